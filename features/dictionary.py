@@ -1,0 +1,64 @@
+"""Generate the data dictionary (markdown) from the raw contract and the feature catalogue."""
+
+from __future__ import annotations
+
+from features.catalog import FEATURES, feature_names
+from features.levels import THORACOLUMBAR_DEFINITION
+from features.labels import OUTCOMES
+from features.sarcopenia import SARCOPENIA_SOURCE
+from features.schema import SCHEMA_VERSION, TABLES
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def data_dictionary_markdown() -> str:
+    """The data dictionary as markdown: raw tables column by column, then derived features."""
+    lines = [
+        "# Data dictionary",
+        "",
+        f"Generated from `features/schema.py` and `features/catalog.py` (schema version {SCHEMA_VERSION}) "
+        "by `refracture dictionary --out docs/data-dictionary.md`. Do not edit by hand.",
+        "",
+        "## Raw export",
+        "",
+        "A raw export is a folder with one file per table, `<table>.csv` or `<table>.parquet`. "
+        "Dates are ISO 8601 (`YYYY-MM-DD`). Empty cells are missing values. "
+        "`timing` says when a value becomes known relative to surgery; the pre-operative feature set uses only `preop` values.",
+        "",
+    ]
+    for spec in TABLES.values():
+        lines += [f"### `{spec.name}`", "", spec.description, "", f"Key: `{', '.join(spec.key)}`.", "",
+                  "| column | type | unit | allowed | required | timing | definition |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in spec.columns:
+            lines.append(
+                f"| `{c.name}` | {c.kind} | {_cell(c.unit) or '–'} | {_cell(c.range_text) or '–'} | "
+                f"{'no' if c.nullable else 'yes'} | {c.timing} | {_cell(c.definition)} |"
+            )
+        lines.append("")
+    lines += [
+        "## Derived features",
+        "",
+        f"Thoracolumbar junction: {THORACOLUMBAR_DEFINITION}. Sarcopenia: {SARCOPENIA_SOURCE}.",
+        "",
+        f"Feature set `preop`: {len(feature_names('preop'))} features. Feature set `postop`: "
+        f"{len(feature_names('postop'))} features (adds procedure, cement and immediate post-operative imaging). "
+        "`followup` features belong to neither set.",
+        "",
+        "| feature | group | timing | unit | label | definition |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in FEATURES:
+        lines.append(f"| `{f.name}` | {f.group} | {f.timing} | {_cell(f.unit) or '–'} | {_cell(f.label)} | {_cell(f.definition) or '–'} |")
+    lines += [
+        "",
+        "## Labels",
+        "",
+        f"Outcomes: {', '.join(f'`{o}`' for o in OUTCOMES)}; see `features/labels.py` for the definitions. "
+        "Per outcome: `<outcome>_time_days`, `<outcome>_event` (1 observed, 0 censored) and the binary `<outcome>` "
+        "at the horizon (default 24 months): missing when follow-up ended before the horizon without the event.",
+        "",
+    ]
+    return "\n".join(lines)

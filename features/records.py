@@ -1,0 +1,163 @@
+"""Raw procedure records: the single-procedure form of the raw contract.
+
+A *record* holds what a hospital knows about one treated level at prediction time: the
+patient's baseline values, the procedure, and the pre-op and immediate post-op imaging.
+Follow-up values and outcome dates are not part of it.
+
+Two shapes, one set of fields:
+
+- nested (the HTTP API): ``{"patient": {...}, "procedure": {...},
+  "imaging": {"preop": {...}, "postop": {...}}}``
+- flat (the MLflow model's input, batch files): one column per field; imaging fields are
+  suffixed with their time point, e.g. ``hu_index_preop``.
+
+``records_to_wide`` turns flat records into the same frame ``features.wide.procedure_frame``
+builds from tables, so training and serving run the very same feature functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+
+from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
+from features.validate import _coerce_column
+
+RECORD_TIMEPOINTS = ("preop", "postop")
+_PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
+_PROCEDURE_EXCLUDE = {"patient_id"}
+
+
+@dataclass(frozen=True)
+class RecordField:
+    """One field of a record: its flat name, nested location and contract column."""
+
+    flat_name: str
+    section: str  # "patient", "procedure" or "imaging"
+    timepoint: str | None
+    spec: ColumnSpec
+
+    @property
+    def path(self) -> str:
+        """JSON path in the nested shape, e.g. 'imaging.preop.hu_index'."""
+        if self.timepoint:
+            return f"imaging.{self.timepoint}.{self.spec.name}"
+        return f"{self.section}.{self.spec.name}"
+
+    @property
+    def required(self) -> bool:
+        # Imaging is optional as a whole (no CT, no MRI...): pipelines handle missing values.
+        return not self.spec.nullable and self.timepoint is None
+
+
+def _fields() -> tuple[RecordField, ...]:
+    out = [RecordField(c.name, "patient", None, c) for c in PATIENTS.columns if c.name not in _PATIENT_EXCLUDE]
+    out += [RecordField(c.name, "procedure", None, c) for c in PROCEDURES.columns if c.name not in _PROCEDURE_EXCLUDE]
+    for tp in RECORD_TIMEPOINTS:
+        out += [RecordField(f"{name}_{tp}", "imaging", tp, IMAGING.column(name)) for name in IMAGING_BY_TIMEPOINT[tp]]
+    return tuple(out)
+
+
+RECORD_FIELDS: tuple[RecordField, ...] = _fields()
+RECORD_FIELDS_BY_FLAT: dict[str, RecordField] = {f.flat_name: f for f in RECORD_FIELDS}
+
+
+def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Nested record -> flat dict (missing sections and fields become None)."""
+    patient = record.get("patient") or {}
+    procedure = record.get("procedure") or {}
+    imaging = record.get("imaging") or {}
+    flat: dict[str, Any] = {}
+    for f in RECORD_FIELDS:
+        if f.section == "patient":
+            flat[f.flat_name] = patient.get(f.spec.name)
+        elif f.section == "procedure":
+            flat[f.flat_name] = procedure.get(f.spec.name)
+        else:
+            flat[f.flat_name] = (imaging.get(f.timepoint) or {}).get(f.spec.name)
+    return flat
+
+
+def nest_record(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat dict -> nested record (None values are dropped)."""
+    out: dict[str, Any] = {"patient": {}, "procedure": {}, "imaging": {tp: {} for tp in RECORD_TIMEPOINTS}}
+    for f in RECORD_FIELDS:
+        value = flat.get(f.flat_name)
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            continue
+        if f.timepoint:
+            out["imaging"][f.timepoint][f.spec.name] = value
+        else:
+            out[f.section][f.spec.name] = value
+    return out
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Nested records -> flat DataFrame with one column per record field."""
+    return pd.DataFrame([flatten_record(r) for r in records], columns=[f.flat_name for f in RECORD_FIELDS])
+
+
+def tables_to_records(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Typed tables -> flat records (what a hospital would send at prediction time)."""
+    from features.wide import procedure_frame
+
+    wide = procedure_frame(tables).reset_index()
+    return wide[[f.flat_name for f in RECORD_FIELDS]].copy()
+
+
+def records_to_wide(flat: pd.DataFrame) -> pd.DataFrame:
+    """Flat records (any dtypes: JSON values, CSV text, Parquet types) -> the wide frame
+    the feature functions take, typed exactly as ``procedure_frame`` types it.
+
+    Values that cannot be read as their type become missing; range checks are the
+    caller's job (``check_records``), as they are ``validate_raw``'s for tables.
+    """
+    flat = flat.reset_index(drop=True)
+    out = pd.DataFrame(index=flat.index)
+    for f in RECORD_FIELDS:
+        raw = flat[f.flat_name] if f.flat_name in flat.columns else pd.Series([None] * len(flat), index=flat.index, dtype=object)
+        values, _bad = _coerce_column(raw.astype(object), f.spec)
+        if pd.api.types.is_integer_dtype(values.dtype):
+            values = values.astype("float64")
+        out[f.flat_name] = values
+    if "procedure_id" in flat.columns and flat["procedure_id"].notna().all():
+        out.index = pd.Index([str(v) for v in flat["procedure_id"]], dtype=object, name="procedure_id")
+    else:
+        out.index = pd.Index([f"record-{i}" for i in range(len(flat))], dtype=object, name="procedure_id")
+    return out.drop(columns=["procedure_id"])
+
+
+def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every field error in flat records: [{'record': i, 'field': path, 'error': ..., 'allowed': ...}].
+
+    Empty list when all records are acceptable. Uses the contract's types, ranges and
+    allowed values, so the service refuses exactly what validation would refuse.
+    """
+    errors: list[dict[str, Any]] = []
+    flat = flat.reset_index(drop=True)
+    for f in RECORD_FIELDS:
+        raw = flat[f.flat_name] if f.flat_name in flat.columns else pd.Series([None] * len(flat), dtype=object)
+        raw = raw.astype(object)
+        values, bad = _coerce_column(raw, f.spec)
+        missing = values.isna() & ~bad
+        for i in range(len(flat)):
+            if bad.iat[i]:
+                errors.append(_err(i, f, f"cannot read {raw.iat[i]!r} as {f.spec.kind}"))
+            elif missing.iat[i]:
+                if f.required:
+                    errors.append(_err(i, f, "required field is missing"))
+            elif f.spec.allowed and values.iat[i] not in f.spec.allowed:
+                errors.append(_err(i, f, f"{values.iat[i]!r} is not allowed"))
+            elif f.spec.kind == "binary" and values.iat[i] not in (0, 1):
+                errors.append(_err(i, f, f"{float(values.iat[i]):g} is not 0 or 1"))
+            elif f.spec.kind in ("int", "float") and not (f.spec.min <= float(values.iat[i]) <= f.spec.max):
+                hint = f" ({f.spec.unit_hint})" if f.spec.unit_hint else ""
+                errors.append(_err(i, f, f"{float(values.iat[i]):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")))
+    return errors
+
+
+def _err(i: int, f: RecordField, message: str) -> dict[str, Any]:
+    allowed = f.spec.range_text + (f" {f.spec.unit}" if f.spec.unit and not f.spec.allowed and f.spec.kind != "binary" else "")
+    return {"record": i, "field": f.path, "error": message, "allowed": allowed.strip()}

@@ -1,0 +1,31 @@
+"""Sarcopenia features: psoas muscle index, paraspinal fat fraction, sarcopenia flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Psoas muscle index cut-offs at L3 (cm²/m²) below which a patient is sarcopenic.
+#: Source: Hamaguchi Y et al., Nutrition 2016;32(11-12):1200-1205 (men 6.36, women 3.92).
+PMI_THRESHOLD_CM2_M2 = {"M": 6.36, "F": 3.92}
+SARCOPENIA_SOURCE = "Hamaguchi 2016 (Nutrition 32:1200): psoas muscle index at L3 < 6.36 cm²/m² men, < 3.92 cm²/m² women"
+
+
+def sarcopenia_features(wide: pd.DataFrame) -> pd.DataFrame:
+    """Sarcopenia features from a ``features.wide.procedure_frame``.
+
+    ``psoas_muscle_index_cm2_m2`` = psoas area at L3 (cm², both sides) / height (m)²;
+    ``paraspinal_fat_fraction_pct`` as measured; ``sarcopenia`` = 1 when the index is
+    below the sex-specific threshold in ``PMI_THRESHOLD_CM2_M2``, missing when the index is.
+    """
+    pmi = wide["psoas_area_cm2_preop"] / (wide["height_cm"] / 100.0) ** 2
+    threshold = wide["sex"].map(PMI_THRESHOLD_CM2_M2).astype("float64")
+    flag = np.where(pmi.isna() | threshold.isna(), np.nan, (pmi < threshold).astype("float64"))
+    return pd.DataFrame(
+        {
+            "psoas_muscle_index_cm2_m2": pmi,
+            "paraspinal_fat_fraction_pct": wide["paraspinal_fat_fraction_pct_preop"],
+            "sarcopenia": flag,
+        },
+        index=wide.index,
+    )

@@ -1,0 +1,48 @@
+"""The ``refracture`` console command.
+
+Logging is configured here and only here. Each command lives in ``refracture.commands.*``;
+this module just registers them, so a command group can be read (and owned) on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="refracture",
+    help="Predict refracture after vertebral augmentation (PVP/PKP): simulate, validate, build features, train, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+#: (module, function, command name). Order is the order shown in --help.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("refracture.commands.data", "synth", "synth"),
+    ("refracture.commands.data", "validate", "validate"),
+    ("refracture.commands.data", "features", "features"),
+    ("refracture.commands.data", "dictionary", "dictionary"),
+]
+
+
+def _register() -> None:
+    for module_name, func_name, command_name in COMMANDS:
+        module = importlib.import_module(module_name)
+        app.command(command_name)(getattr(module, func_name))
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    _register()
+    app()

@@ -1,0 +1,98 @@
+"""Data commands: synth, validate, features, dictionary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def _report_violations(exc) -> None:
+    table = Table(title=f"{len(exc.violations)} violation(s)", show_lines=False)
+    for col in ("table", "row key", "column", "problem"):
+        table.add_column(col, overflow="fold")
+    for v in exc.violations:
+        table.add_row(v.table, v.row, v.column, v.message)
+    console.print(table)
+
+
+def _load_valid(raw: Path):
+    """Read and validate a raw export, or print every violation and exit 1."""
+    from features.validate import RawDataError, validate_raw
+    from refracture.io import read_raw
+
+    try:
+        return validate_raw(read_raw(raw))
+    except RawDataError as exc:
+        _report_violations(exc)
+        raise typer.Exit(code=1) from None
+
+
+def validate(
+    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet).")],
+) -> None:
+    """Check a raw export against the data contract; list every violation by table, row and column."""
+    tables = _load_valid(raw)
+    counts = ", ".join(f"{name} {len(df)}" for name, df in tables.items())
+    console.print(f"[green]valid[/green]: {counts} rows")
+
+
+def features(
+    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file (one row per procedure_id).")],
+    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
+    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Label horizon in months.", min=1, max=120)] = 24.0,
+) -> None:
+    """Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."""
+    from features.assemble import build_training_set
+    from features.catalog import FEATURE_SETS
+    from refracture.io import write_frame_atomic
+
+    if feature_set not in FEATURE_SETS:
+        raise typer.BadParameter(f"choose one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
+    if out.suffix != ".parquet":
+        raise typer.BadParameter("the training set is written as Parquet: use a .parquet file name", param_hint="--out")
+    tables = _load_valid(raw)
+    training_set = build_training_set(tables, feature_set, horizon_months=horizon_months)
+    write_frame_atomic(training_set.reset_index(), out)
+    console.print(f"[green]wrote[/green] {out}: {len(training_set)} procedures, feature set {feature_set}, "
+                  f"horizon {horizon_months:g} months")
+
+
+def dictionary(
+    out: Annotated[Path, typer.Option("--out", help="Markdown file to write.")] = Path("docs/data-dictionary.md"),
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file differs from the schema instead of writing it.")] = False,
+) -> None:
+    """Generate the data dictionary from the schema (never edit it by hand)."""
+    from features.dictionary import data_dictionary_markdown
+
+    text = data_dictionary_markdown()
+    if check:
+        if not out.exists() or out.read_text(encoding="utf-8") != text:
+            console.print(f"[red]{out} is out of date[/red]: run `refracture dictionary --out {out}`")
+            raise typer.Exit(code=1)
+        console.print(f"{out} is up to date")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    console.print(f"[green]wrote[/green] {out}")
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export and truth.parquet to.")],
+    n: Annotated[int, typer.Option("--n", help="Number of procedures (treated levels).", min=10, max=5_000_000)] = 5000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
+    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, or a YAML path.")] = "xiong2021-pvp",
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
+    from refracture.commands.synth import run_synth
+
+    if fmt not in ("csv", "parquet"):
+        raise typer.BadParameter("choose csv or parquet", param_hint="--format")
+    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt)

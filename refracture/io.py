@@ -1,0 +1,115 @@
+"""Reading and writing raw exports and derived tables. The only file I/O of the data path.
+
+A raw export is a folder with one file per table of the contract (``features.schema``):
+``patients``, ``procedures``, ``imaging``, ``events``, each as ``.csv`` or ``.parquet``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from features.schema import TABLES
+from features.validate import RawDataError, Violation
+
+SUFFIXES = (".parquet", ".csv")
+
+
+def find_table_file(raw_dir: Path, table: str) -> Path | None:
+    """Return the file holding ``table`` in ``raw_dir`` (Parquet preferred), or None."""
+    for suffix in SUFFIXES:
+        path = raw_dir / f"{table}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def read_table(path: Path, table: str) -> pd.DataFrame:
+    """Read one table file. CSV columns are read as text so that validation, not the
+    CSV parser, decides what a value means and can name the row of a bad one."""
+    if path.stat().st_size == 0:
+        raise RawDataError([Violation(table, "-", "-", f"{path.name} is an empty file")])
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise RawDataError([Violation(table, "-", "-", f"cannot read {path.name}: {exc}")]) from exc
+    if len(df) == 0:
+        raise RawDataError([Violation(table, "-", "-", f"{path.name} has a header but no rows")])
+    return df
+
+
+def read_raw(raw_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Read every table of the contract from ``raw_dir``.
+
+    Raises RawDataError listing every missing, empty or unreadable table at once.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise RawDataError([Violation("-", "-", "-", f"raw export folder {raw_dir} does not exist")])
+    tables: dict[str, pd.DataFrame] = {}
+    problems: list[Violation] = []
+    for name in TABLES:
+        path = find_table_file(raw_dir, name)
+        if path is None:
+            problems.append(Violation(name, "-", "-", f"table missing: expected {name}.csv or {name}.parquet in {raw_dir}"))
+            continue
+        try:
+            tables[name] = read_table(path, name)
+        except RawDataError as exc:
+            problems.extend(exc.violations)
+    if problems:
+        raise RawDataError(problems)
+    return tables
+
+
+def write_raw(tables: dict[str, pd.DataFrame], out_dir: str | Path, fmt: str = "csv") -> None:
+    """Write a raw export, one file per table, atomically (all files or none)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, df in tables.items():
+            target = out_dir / f"{name}.{fmt}"
+            tmp = _tmp_beside(target)
+            _write_frame(df, tmp, fmt)
+            staged.append((tmp, target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def write_frame_atomic(df: pd.DataFrame, path: str | Path) -> None:
+    """Write one DataFrame (format from the suffix) so that a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        _write_frame(df, tmp, path.suffix.lstrip("."))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _write_frame(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        df.to_parquet(path, index=False)
+    elif fmt == "csv":
+        df.to_csv(path, index=False, lineterminator="\n")
+    else:
+        raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")

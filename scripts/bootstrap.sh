@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv with the exact versions in requirements.lock and install this project into it.
+# Idempotent: re-running only installs what changed (the lock's hash is remembered).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv
+stamp="$venv/.lock-installed"
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/refracture" ]; then
+  exit 0
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  py=$(bash scripts/find-python.sh)
+  echo "bootstrap: creating $venv with $py" >&2
+  "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+echo "bootstrap: installing requirements.lock (a few minutes on a fresh machine)" >&2
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+echo "$want" > "$stamp"

@@ -1,0 +1,1 @@
+"""Serving: the BentoML service, request/response models and the clinician page."""

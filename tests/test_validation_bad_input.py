@@ -1,0 +1,145 @@
+"""Bad input: each problem is reported by table, row key and column, and nothing is written."""
+
+import re
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.validate import RawDataError, validate_raw
+from refracture.cli import _register, app
+from refracture.io import read_raw
+
+runner = CliRunner()
+_register()
+
+
+def _violations(raw) -> list[str]:
+    with pytest.raises(RawDataError) as exc:
+        validate_raw(raw)
+    return [str(v) for v in exc.value.violations]
+
+
+def _assert_one(violations, table, row, column, pattern):
+    hits = [v for v in violations if v.startswith(f"{table} [{row}] {column}:") and re.search(pattern, v)]
+    assert hits, f"no {table}/{row}/{column} ~ {pattern!r} in:\n" + "\n".join(violations)
+
+
+def test_valid_fixture_passes(raw):
+    tables = validate_raw(raw)
+    assert len(tables["procedures"]) == 4
+
+
+def test_missing_column(raw):
+    raw["imaging"] = raw["imaging"].drop(columns=["wedge_angle_deg"])
+    _assert_one(_violations(raw), "imaging", "-", "wedge_angle_deg", "column missing")
+
+
+def test_missing_table(raw):
+    del raw["events"]
+    _assert_one(_violations(raw), "events", "-", "-", "table missing")
+
+
+def test_height_in_cm_is_named_as_a_unit_mixup(raw):
+    img = raw["imaging"]
+    img.loc[(img["procedure_id"] == "A1-1") & (img["timepoint"] == "preop"), "vertebral_height_mm"] = "1.8"
+    _assert_one(_violations(raw), "imaging", "A1-1/preop", "vertebral_height_mm", "look like cm")
+
+
+def test_bmd_given_as_t_score(raw):
+    raw["patients"].loc[raw["patients"]["patient_id"] == "B2", "dxa_bmd_g_cm2"] = "-2.1"
+    _assert_one(_violations(raw), "patients", "B2", "dxa_bmd_g_cm2", "look like a T-score")
+
+
+def test_impossible_level(raw):
+    raw["procedures"].loc[raw["procedures"]["procedure_id"] == "B2-1", "level"] = "L7"
+    _assert_one(_violations(raw), "procedures", "B2-1", "level", "must be one of: T1.*L5")
+
+
+def test_followup_date_before_surgery(raw):
+    raw["events"].loc[raw["events"]["event_id"] == "E1", "event_date"] = "2020-12-01"
+    _assert_one(_violations(raw), "events", "E1", "event_date", "before the surgery")
+    img = raw["imaging"]
+    img.loc[(img["procedure_id"] == "A1-1") & (img["timepoint"] == "followup"), "exam_date"] = "2020-12-01"
+    _assert_one(_violations(raw), "imaging", "A1-1/followup", "exam_date", "before the surgery")
+
+
+def test_duplicate_procedure_id(raw):
+    raw["procedures"].loc[raw["procedures"]["procedure_id"] == "B2-1", "procedure_id"] = "A1-1"
+    _assert_one(_violations(raw), "procedures", "A1-1", "procedure_id", "duplicate key")
+
+
+def test_unreadable_value_and_missing_required(raw):
+    raw["patients"].loc[raw["patients"]["patient_id"] == "A1", "weight_kg"] = "sixty"
+    raw["procedures"].loc[raw["procedures"]["procedure_id"] == "C3-1", "technique"] = None
+    v = _violations(raw)
+    _assert_one(v, "patients", "A1", "weight_kg", "cannot read 'sixty'")
+    _assert_one(v, "procedures", "C3-1", "technique", "value missing")
+
+
+def test_level_count_must_match_session_rows(raw):
+    raw["procedures"].loc[raw["procedures"]["procedure_id"] == "C3-1", "n_levels_treated"] = "1"
+    _assert_one(_violations(raw), "procedures", "C3-1", "n_levels_treated", "export has 2 rows")
+
+
+def test_all_violations_in_one_pass(raw):
+    raw["procedures"].loc[raw["procedures"]["procedure_id"] == "B2-1", "level"] = "L7"
+    raw["patients"].loc[raw["patients"]["patient_id"] == "B2", "dxa_bmd_g_cm2"] = "-2.1"
+    raw["imaging"].loc[0, "vertebral_height_mm"] = "1.8"
+    assert len(_violations(raw)) >= 3
+
+
+def test_empty_file(raw_dir):
+    (raw_dir / "events.csv").write_text("")
+    with pytest.raises(RawDataError, match="events.csv is an empty file"):
+        read_raw(raw_dir)
+
+
+def test_header_only_file(raw_dir):
+    (raw_dir / "events.csv").write_text("event_id,patient_id,event_date,fracture_level\n")
+    with pytest.raises(RawDataError, match="no rows"):
+        read_raw(raw_dir)
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_parquet_export_is_accepted(raw_dir, raw, typed):
+    """Parquet with text columns, or with native types (dates, numbers), reads the same as CSV."""
+    expected = validate_raw(read_raw(raw_dir))
+    source = validate_raw(raw) if typed else raw
+    for name, df in source.items():
+        (raw_dir / f"{name}.csv").unlink()
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    got = validate_raw(read_raw(raw_dir))
+    for name in expected:
+        pd.testing.assert_frame_equal(got[name], expected[name], check_dtype=False)
+
+
+@pytest.mark.parametrize("breakage", ["missing_table", "unit_mixup", "impossible_level", "empty_file", "duplicate_id", "date_before_surgery"])
+def test_cli_reports_and_writes_nothing(raw_dir, tmp_path, breakage):
+    import pandas as pd
+
+    if breakage == "missing_table":
+        (raw_dir / "imaging.csv").unlink()
+        expect = ["imaging", "table missing"]
+    elif breakage == "empty_file":
+        (raw_dir / "patients.csv").write_text("")
+        expect = ["patients", "empty file"]
+    else:
+        name, key, col, value, expect = {
+            "unit_mixup": ("imaging", 0, "upper_adjacent_height_mm", "2.4", ["imaging", "A1-1/preop", "upper_adjacent_height_mm", "cm"]),
+            "impossible_level": ("procedures", 1, "level", "L7", ["procedures", "B2-1", "level"]),
+            "duplicate_id": ("procedures", 1, "procedure_id", "A1-1", ["procedures", "A1-1", "duplicate"]),
+            "date_before_surgery": ("events", 0, "event_date", "2019-01-01", ["events", "E1", "event_date"]),
+        }[breakage]
+        df = pd.read_csv(raw_dir / f"{name}.csv", dtype=str, keep_default_na=False)
+        df.loc[key, col] = value
+        df.to_csv(raw_dir / f"{name}.csv", index=False)
+    out = tmp_path / "features.parquet"
+    result = runner.invoke(app, ["features", "--raw", str(raw_dir), "--feature-set", "postop", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    for part in expect:
+        assert part in text, f"{part!r} not in output:\n{result.output}"
+    assert not out.exists()
+    assert list(tmp_path.glob(".features.parquet*")) == []
+    assert runner.invoke(app, ["validate", "--raw", str(raw_dir)]).exit_code == 1

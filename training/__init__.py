@@ -1,0 +1,1 @@
+"""Training: candidates, search, calibration, evaluation, explanation, tracking, registry."""
