@@ -1,0 +1,1 @@
+"""The clinician review page, mounted at /ui by the service. Static assets only: no CDN."""

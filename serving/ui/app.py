@@ -1,0 +1,57 @@
+"""The review page as a small Starlette app; the service mounts it at ``/ui``.
+
+Everything the page needs is served from here (no CDN, no external fonts or scripts),
+and the Content-Security-Policy forbids loading anything from elsewhere. The page holds no
+API key: the clinician (or the hospital's login proxy, see docs/clinician-page.md)
+supplies it, and the page's script sends it as a Bearer header to /predict and /explain.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from serving.ui.form import form_schema
+
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@lru_cache(maxsize=1)
+def _examples() -> list[dict]:
+    from serving.ui.examples import example_records
+
+    return example_records()
+
+
+async def index(request):
+    return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
+
+
+async def form(request):
+    return JSONResponse(form_schema(), headers=SECURITY_HEADERS)
+
+
+async def examples(request):
+    return JSONResponse(_examples(), headers=SECURITY_HEADERS)
+
+
+def build_ui_app() -> Starlette:
+    """The ASGI app behind /ui: the page, its form description, example patients, static assets."""
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/form.json", form),
+        Route("/examples.json", examples),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ])

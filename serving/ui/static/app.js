@@ -1,0 +1,458 @@
+// Clinician review page. Plain JavaScript, no external libraries: the page must work on a
+// hospital network without internet access. The API key is never part of the page source;
+// it comes from the key field (kept in sessionStorage for this tab) or from a login proxy.
+"use strict";
+
+const OUTCOME_NAMES = {
+  cemented_refracture: "Refracture of the cemented vertebra",
+  adjacent_fracture: "Fracture of an adjacent vertebra",
+  remote_fracture: "Fracture of a remote vertebra",
+};
+const state = { schema: null, examples: [], model: null, record: null, results: null };
+const $ = (sel) => document.querySelector(sel);
+
+// ---------------------------------------------------------------- API
+function authHeaders() {
+  const key = $("#api-key").value.trim();
+  const h = { "Content-Type": "application/json", Accept: "application/json" };
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+async function call(path, body) {
+  const opts = body === undefined ? { headers: authHeaders() } : { method: "POST", headers: authHeaders(), body: JSON.stringify(body) };
+  const resp = await fetch(path, opts);
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  return { status: resp.status, ok: resp.ok, data };
+}
+
+// Service base: the page lives at <base>/ui/.
+const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
+const api = {
+  explain: (record) => call(BASE + "/explain", { records: [record] }),
+  predict: (record) => call(BASE + "/predict", { records: [record] }),
+  model: () => call(BASE + "/model"),
+};
+
+// Per-outcome results of the first record of a /predict or /explain response.
+function outcomesOf(data) {
+  const first = (data && data.results && data.results[0]) || {};
+  return first.outcomes || {};
+}
+
+// Field errors of a 4xx response: [{field: "procedure.level", error: "...", allowed: "..."}].
+function fieldErrorsOf(data) {
+  if (!data) return [];
+  const list = data.errors || (data.detail && data.detail.errors) || [];
+  return Array.isArray(list) ? list : [];
+}
+
+// ---------------------------------------------------------------- form
+function fieldId(name) { return "f-" + name; }
+
+function buildForm(schema) {
+  const root = $("#form-groups");
+  root.textContent = "";
+  for (const group of schema.groups) {
+    const fs = document.createElement("fieldset");
+    fs.id = "group-" + group.id;
+    const legend = document.createElement("legend");
+    legend.textContent = group.title;
+    fs.appendChild(legend);
+    const grid = document.createElement("div");
+    grid.className = "grid";
+    for (const f of group.fields) grid.appendChild(buildField(f));
+    fs.appendChild(grid);
+    root.appendChild(fs);
+  }
+}
+
+function buildField(f) {
+  const wrap = document.createElement("div");
+  wrap.className = "field";
+  wrap.dataset.path = f.path;
+  const label = document.createElement("label");
+  label.htmlFor = fieldId(f.name);
+  label.textContent = f.label;
+  if (f.unit) {
+    const u = document.createElement("span");
+    u.className = "unit";
+    u.textContent = " (" + f.unit + ")";
+    label.appendChild(u);
+  }
+  if (f.required) {
+    const r = document.createElement("span");
+    r.className = "req";
+    r.textContent = " required";
+    label.appendChild(r);
+  }
+  let input;
+  if (f.allowed && f.allowed.length) {
+    input = document.createElement("select");
+    const blank = new Option(f.required ? "— choose —" : "not recorded", "");
+    input.appendChild(blank);
+    for (const v of f.allowed) {
+      const text = f.kind === "binary" ? (v === "1" ? "yes" : "no") : v.replace(/_/g, " ");
+      input.appendChild(new Option(text, v));
+    }
+  } else {
+    input = document.createElement("input");
+    input.type = f.kind === "date" ? "date" : "text";
+    if (f.kind === "int" || f.kind === "float") {
+      input.inputMode = "decimal";
+      input.placeholder = f.min !== null && f.max !== null ? `${f.min}–${f.max}` : "";
+    }
+    input.autocomplete = "off";
+  }
+  input.id = fieldId(f.name);
+  input.name = f.name;
+  input.dataset.kind = f.kind;
+  input.dataset.path = f.path;
+  const help = document.createElement("small");
+  help.id = "h-" + f.name;
+  help.className = "help";
+  help.textContent = f.help + (f.min !== null && f.max !== null && f.unit ? ` Allowed ${f.min}–${f.max} ${f.unit}.` : "");
+  const err = document.createElement("span");
+  err.id = "e-" + f.name;
+  err.className = "error";
+  err.setAttribute("role", "alert");
+  input.setAttribute("aria-describedby", help.id + " " + err.id);
+  wrap.append(label, input, help, err);
+  return wrap;
+}
+
+function allFields() {
+  return state.schema.groups.flatMap((g) => g.fields);
+}
+
+function readForm() {
+  const record = { patient: {}, procedure: {}, imaging: { preop: {}, postop: {} } };
+  for (const f of allFields()) {
+    const raw = document.getElementById(fieldId(f.name)).value.trim();
+    if (raw === "") continue;
+    let value = raw;
+    if (f.kind === "int" || f.kind === "float" || f.kind === "binary") {
+      const n = Number(raw.replace(",", "."));
+      value = Number.isFinite(n) ? n : raw; // the service names what it cannot read
+    }
+    setPath(record, f.path, value);
+  }
+  return record;
+}
+
+function setPath(obj, path, value) {
+  const parts = path.split(".");
+  let cur = obj;
+  for (const p of parts.slice(0, -1)) cur = cur[p] = cur[p] || {};
+  cur[parts[parts.length - 1]] = value;
+}
+
+function getPath(obj, path) {
+  return path.split(".").reduce((cur, p) => (cur == null ? undefined : cur[p]), obj);
+}
+
+function fillForm(record) {
+  clearErrors();
+  for (const f of allFields()) {
+    const v = getPath(record, f.path);
+    document.getElementById(fieldId(f.name)).value = v === undefined || v === null ? "" : String(v);
+  }
+}
+
+function clearErrors() {
+  document.querySelectorAll(".field .error").forEach((e) => { e.textContent = ""; });
+  document.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+  $("#form-status").textContent = "";
+}
+
+function showFieldErrors(errors) {
+  let first = null;
+  const unplaced = [];
+  for (const e of errors) {
+    const path = (e.field || "").replace(/^records\.\d+\./, "").replace(/^\d+\./, "");
+    const input = document.querySelector(`[data-path="${CSS.escape(path)}"]:is(input,select)`);
+    const text = e.error + (e.allowed ? ` (allowed: ${e.allowed})` : "");
+    if (input) {
+      const err = document.getElementById("e-" + input.name);
+      err.textContent = err.textContent ? err.textContent + "; " + text : text;
+      input.setAttribute("aria-invalid", "true");
+      first = first || input;
+    } else {
+      unplaced.push(`${e.field}: ${text}`);
+    }
+  }
+  $("#form-status").textContent = `Please correct ${errors.length} field(s).` + (unplaced.length ? " " + unplaced.join("; ") : "");
+  if (first) first.focus();
+}
+
+// ---------------------------------------------------------------- results
+const pct = (p) => (100 * p < 1 ? (100 * p).toFixed(1) : Math.round(100 * p)) + " %";
+const logit = (p) => Math.log(p / (1 - p));
+const expit = (x) => 1 / (1 + Math.exp(-x));
+
+function metricText(m) {
+  if (!m) return "";
+  const ci = (name, digits) => {
+    const v = m[name], lo = m[name + "_ci_low"], hi = m[name + "_ci_high"];
+    if (v === undefined || v === null) return null;
+    return `${v.toFixed(digits)}` + (lo !== undefined && hi !== undefined ? ` (95 % CI ${lo.toFixed(digits)}–${hi.toFixed(digits)})` : "");
+  };
+  const parts = [];
+  const auroc = ci("auroc", 2);
+  if (auroc) parts.push("AUROC " + auroc);
+  const slope = ci("calibration_slope", 2);
+  if (slope) parts.push("calibration slope " + slope);
+  const icpt = ci("calibration_intercept", 2);
+  if (icpt) parts.push("calibration intercept " + icpt);
+  return parts.join(" · ");
+}
+
+function renderResults(data) {
+  const outcomes = outcomesOf(data);
+  const cards = $("#outcome-cards");
+  cards.textContent = "";
+  for (const [name, o] of Object.entries(outcomes)) {
+    const card = document.createElement("article");
+    card.className = "card";
+    card.dataset.outcome = name;
+    card.dataset.probability = String(o.probability);
+    const h = document.createElement("h3");
+    h.textContent = OUTCOME_NAMES[name] || name;
+    const prob = document.createElement("p");
+    prob.className = "probability";
+    prob.innerHTML = "";
+    const big = document.createElement("strong");
+    big.textContent = pct(o.probability);
+    prob.append(big, ` within ${o.horizon_months} months`);
+    const band = document.createElement("span");
+    band.className = "band band-" + String(o.risk_band || "").toLowerCase();
+    band.textContent = (o.risk_band || "") + " risk";
+    prob.append(" ", band);
+    const model = document.createElement("p");
+    model.className = "meta";
+    const info = (state.model && state.model.models && state.model.models[name]) || {};
+    model.textContent = `Model ${o.model_name || info.name || ""} version ${o.model_version || info.version || "?"}. ` +
+      metricText(info.metrics || o.metrics);
+    card.append(h, prob, model);
+    if (o.missing_inputs && o.missing_inputs.length) {
+      const miss = document.createElement("p");
+      miss.className = "meta missing";
+      miss.textContent = "Missing inputs: " + o.missing_inputs.map((m) => `${m.field} (${m.handling})`).join("; ");
+      card.appendChild(miss);
+    }
+    if (o.explanation) card.appendChild(waterfall(o.explanation, o.probability));
+    cards.appendChild(card);
+  }
+  $("#results-meta").textContent = "Each bar is the factor's contribution on the log-odds scale, from the average risk (base) to this patient's risk.";
+  $("#results").hidden = false;
+}
+
+// SHAP waterfall as an accessible SVG plus a table-like list of the same numbers.
+function waterfall(expl, probability) {
+  const contribs = (expl.contributions || []).slice().sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
+  const top = contribs.slice(0, 10);
+  const rest = contribs.slice(10);
+  const restSum = rest.reduce((s, c) => s + c.contribution, 0);
+  const rows = top.map((c) => ({
+    label: c.display_name + (c.value === null || c.value === undefined ? " = not recorded" : ` = ${fmtValue(c.value)}${c.unit && !["0/1", "index"].includes(c.unit) ? " " + c.unit : ""}`),
+    value: c.contribution, feature: c.feature,
+  }));
+  if (rest.length) rows.push({ label: `${rest.length} other factors`, value: restSum, feature: "_other" });
+  const base = expl.base_value;
+  let cum = base;
+  const steps = rows.map((r) => { const s = { ...r, start: cum, end: cum + r.value }; cum += r.value; return s; });
+  const final = base + contribs.reduce((s, c) => s + c.contribution, 0);
+  const xs = [base, final, ...steps.flatMap((s) => [s.start, s.end])];
+  const lo = Math.min(...xs) - 0.2, hi = Math.max(...xs) + 0.2;
+  const W = 720, labelW = 330, rowH = 22, top0 = 26, plotW = W - labelW - 70;
+  const H = top0 + (steps.length + 2) * rowH + 30;
+  const X = (v) => labelW + ((v - lo) / (hi - lo)) * plotW;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "waterfall");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Factors from the base risk ${pct(expit(base))} to this patient's ${pct(probability)}`);
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.appendChild(e);
+    return e;
+  };
+  el("text", { x: 4, y: 16, class: "wf-title" }, "Base risk (average patient) " + pct(expit(base)));
+  steps.forEach((s, i) => {
+    const y = top0 + i * rowH;
+    el("text", { x: labelW - 6, y: y + 15, "text-anchor": "end", class: "wf-label" }, s.label);
+    const x0 = X(Math.min(s.start, s.end)), x1 = X(Math.max(s.start, s.end));
+    const bar = el("rect", { x: x0, y: y + 3, width: Math.max(1, x1 - x0), height: rowH - 6,
+      class: s.value >= 0 ? "wf-up" : "wf-down" });
+    bar.dataset.feature = s.feature;
+    bar.dataset.contribution = String(s.value);
+    el("text", { x: x1 + 4, y: y + 15, class: "wf-num" }, (s.value >= 0 ? "+" : "−") + Math.abs(s.value).toFixed(2));
+  });
+  const yEnd = top0 + steps.length * rowH;
+  el("line", { x1: X(base), x2: X(base), y1: top0, y2: yEnd, class: "wf-base" });
+  el("line", { x1: X(final), x2: X(final), y1: top0, y2: yEnd + 8, class: "wf-final" });
+  el("text", { x: 4, y: yEnd + 22, class: "wf-title wf-result" }, "This patient " + pct(probability));
+  for (const p of [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7]) {
+    const v = logit(p);
+    if (v < lo || v > hi) continue;
+    el("text", { x: X(v), y: H - 4, "text-anchor": "middle", class: "wf-tick" }, pct(p));
+  }
+  const fig = document.createElement("figure");
+  fig.className = "wf";
+  fig.dataset.baseValue = String(base);
+  fig.dataset.finalLogit = String(final);
+  fig.appendChild(svg);
+  const cap = document.createElement("figcaption");
+  const ups = (expl.top_raising || []).map(plainFactor).join("; ");
+  const downs = (expl.top_lowering || []).map(plainFactor).join("; ");
+  cap.textContent = (ups ? "Raising risk: " + ups + ". " : "") + (downs ? "Lowering risk: " + downs + "." : "");
+  fig.appendChild(cap);
+  return fig;
+}
+
+function plainFactor(f) { return typeof f === "string" ? f : (f.text || f.display_name || f.feature); }
+function fmtValue(v) { return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v); }
+
+// ---------------------------------------------------------------- what-if
+function buildWhatIf(schema, record) {
+  const root = $("#what-if-controls");
+  root.textContent = "";
+  for (const item of schema.what_if) {
+    const wrap = document.createElement("div");
+    wrap.className = "field";
+    const id = "w-" + item.id;
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = item.label + (item.unit ? ` (${item.unit})` : "");
+    let input;
+    const current = getPath(record, item.paths[0]);
+    if (item.kind === "binary") {
+      input = document.createElement("select");
+      input.append(new Option("no", "0"), new Option("yes", "1"));
+      const both = item.paths.every((p) => Number(getPath(record, p)) === 1);
+      input.value = both ? "1" : "0";
+    } else if (item.kind === "category") {
+      input = document.createElement("select");
+      for (const v of item.allowed) input.appendChild(new Option(v.replace(/_/g, " "), v));
+      input.value = current || "none";
+    } else {
+      input = document.createElement("input");
+      input.type = "number";
+      input.step = "0.1";
+      input.min = item.min;
+      input.max = item.max;
+      input.value = current === undefined || current === null ? "" : current;
+    }
+    input.id = id;
+    input.dataset.item = item.id;
+    wrap.append(label, input);
+    root.appendChild(wrap);
+  }
+  $("#what-if").hidden = false;
+  $("#what-if-table").hidden = true;
+}
+
+function whatIfRecord() {
+  const rec = structuredClone(state.record);
+  for (const item of state.schema.what_if) {
+    const v = document.getElementById("w-" + item.id).value;
+    if (v === "") continue;
+    for (const p of item.paths) setPath(rec, p, item.kind === "category" ? v : Number(v));
+  }
+  return rec;
+}
+
+async function runWhatIf() {
+  const after = await api.predict(whatIfRecord());
+  const tbody = $("#what-if-table tbody");
+  tbody.textContent = "";
+  if (!after.ok) {
+    $("#form-status").textContent = "What-if request failed: " + (fieldErrorsOf(after.data).map((e) => `${e.field}: ${e.error}`).join("; ") || after.status);
+    return;
+  }
+  const before = outcomesOf(state.results);
+  for (const [name, o] of Object.entries(outcomesOf(after.data))) {
+    const b = before[name] ? before[name].probability : null;
+    const tr = document.createElement("tr");
+    tr.dataset.outcome = name;
+    tr.dataset.before = String(b);
+    tr.dataset.after = String(o.probability);
+    const diff = b === null ? "" : ((o.probability - b) * 100 >= 0 ? "+" : "−") + Math.abs((o.probability - b) * 100).toFixed(1) + " points";
+    for (const text of [OUTCOME_NAMES[name] || name, b === null ? "–" : pct(b), pct(o.probability), diff]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    tbody.appendChild(tr);
+  }
+  $("#what-if-table").hidden = false;
+}
+
+// ---------------------------------------------------------------- wiring
+async function submit(ev) {
+  ev.preventDefault();
+  clearErrors();
+  const record = readForm();
+  $("#form-status").textContent = "Estimating…";
+  const resp = await api.explain(record);
+  if (resp.status === 401 || resp.status === 403) {
+    $("#form-status").textContent = "Not authorised: enter the API key (or sign in through your hospital's portal).";
+    $("#api-key").focus();
+    return;
+  }
+  if (!resp.ok) {
+    const errors = fieldErrorsOf(resp.data);
+    if (errors.length) showFieldErrors(errors);
+    else $("#form-status").textContent = `The service could not answer (HTTP ${resp.status}).`;
+    return;
+  }
+  if (!state.model) {
+    const m = await api.model();
+    if (m.ok) state.model = m.data;
+  }
+  state.record = record;
+  state.results = resp.data;
+  renderResults(resp.data);
+  buildWhatIf(state.schema, record);
+  $("#form-status").textContent = "Done.";
+  $("#results-title").focus();
+}
+
+async function init() {
+  const key = sessionStorage.getItem("refracture-api-key");
+  if (key) $("#api-key").value = key;
+  $("#api-key").addEventListener("change", (e) => sessionStorage.setItem("refracture-api-key", e.target.value.trim()));
+  $("#results-title").tabIndex = -1;
+  const form = await (await fetch("form.json")).json();
+  state.schema = form;
+  buildForm(form);
+  $("#record-form").addEventListener("submit", submit);
+  $("#what-if-run").addEventListener("click", runWhatIf);
+  $("#load-json").addEventListener("click", () => {
+    $("#json-error").textContent = "";
+    try {
+      const parsed = JSON.parse($("#json-input").value);
+      fillForm(Array.isArray(parsed) ? parsed[0] : parsed.records ? parsed.records[0] : parsed);
+    } catch (e) {
+      $("#json-error").textContent = "Not valid JSON: " + e.message;
+    }
+  });
+  $("#load-example").addEventListener("click", () => {
+    const ex = state.examples[Number($("#example-select").value)];
+    if (ex) fillForm(ex.record);
+  });
+  try {
+    state.examples = await (await fetch("examples.json")).json();
+    const sel = $("#example-select");
+    sel.textContent = "";
+    state.examples.forEach((ex, i) => sel.appendChild(new Option(ex.label, String(i))));
+  } catch (e) {
+    $("#example-select").textContent = "";
+  }
+}
+
+document.addEventListener("DOMContentLoaded", init);
