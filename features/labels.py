@@ -7,7 +7,10 @@ before it, by its distance from the procedure's level:
 - ``adjacent_fracture``: it is one level above or below, and that level had not itself
   been treated by then (a fracture of another cemented level is that level's refracture,
   not an adjacent fracture of this one).
-- ``remote_fracture``: it is two or more levels away, at a level not treated by then.
+- ``remote_fracture``: it is two or more levels away from *every* level treated by then
+  (at least one normal segment in between, as Yassavoly 2025 counts it). A fracture next
+  to another level of a multi-level session is that level's adjacent fracture, not a
+  remote fracture of this one.
 
 For each outcome the label frame holds:
 
@@ -52,17 +55,17 @@ def _classify_events(procedures: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
     if pairs.empty:
         return pairs.assign(outcome=pd.Series(dtype=object))
 
-    # Was the fractured level treated (in any session of the patient) before the event?
-    treated = proc[["patient_id", "level", "surgery_date"]].rename(
-        columns={"level": "fracture_level", "surgery_date": "treated_date"})
-    hit = pairs[["event_id", "patient_id", "fracture_level", "event_date"]].drop_duplicates("event_id")
-    hit = hit.merge(treated, on=["patient_id", "fracture_level"], how="inner")
-    treated_events = set(hit.loc[hit["treated_date"] < hit["event_date"], "event_id"])
+    # Distance from the fracture to the nearest level treated (in any session) before it.
+    treated = proc[["patient_id", "level_idx", "surgery_date"]].rename(columns={"level_idx": "treated_idx"})
+    hit = pairs[["event_id", "patient_id", "event_level_idx", "event_date"]].drop_duplicates("event_id")
+    hit = hit.merge(treated, on="patient_id", how="inner")
+    hit = hit[hit["surgery_date"] < hit["event_date"]]
+    nearest = (hit["event_level_idx"] - hit["treated_idx"]).abs().groupby(hit["event_id"]).min()
+    nearest_treated = pairs["event_id"].map(nearest)
 
     distance = (pairs["event_level_idx"] - pairs["level_idx"]).abs()
-    at_treated_level = pairs["event_id"].isin(treated_events)
     outcome = np.select(
-        [distance == 0, (distance == 1) & ~at_treated_level, (distance >= 2) & ~at_treated_level],
+        [distance == 0, (distance == 1) & (nearest_treated >= 1), (distance >= 2) & (nearest_treated >= 2)],
         ["cemented_refracture", "adjacent_fracture", "remote_fracture"],
         default="",
     )

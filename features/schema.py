@@ -80,6 +80,8 @@ class TableSpec:
     description: str
     key: tuple[str, ...]
     columns: tuple[ColumnSpec, ...] = field(default_factory=tuple)
+    #: A table that may legitimately have no rows (a cohort with no new fractures).
+    may_be_empty: bool = False
 
     def column(self, name: str) -> ColumnSpec:
         for col in self.columns:
@@ -203,10 +205,11 @@ IMAGING = TableSpec(
 EVENTS = TableSpec(
     name="events",
     description=(
-        "One row per new vertebral fracture found during follow-up. A fracture of a cemented level "
+        "One row per new vertebral fracture found during follow-up (no rows if there were none). A fracture of a cemented level "
         "follows the site's refracture criterion (Xiong 2021: compression-rate increase ≥ 15 % and bone marrow edema)."
     ),
     key=("event_id",),
+    may_be_empty=True,
     columns=(
         ColumnSpec("event_id", "id", "Key of this event.", timing="key"),
         ColumnSpec("patient_id", "id", "Patient (patients.patient_id).", timing="key"),

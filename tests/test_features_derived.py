@@ -65,10 +65,15 @@ def test_labels_by_distance_and_censoring(raw):
     labels = build_labels(validate_raw(raw), horizon_months=24)
     assert labels.loc["A1-1", "cemented_refracture"] == 1
     assert labels.loc["A1-1", "cemented_refracture_time_days"] == 142
-    # C3 treated L1+L2; a later L3 fracture is adjacent to L2 but remote to L1.
+    # C3 treated L1+L2. A later L3 fracture is adjacent to L2; it is not a remote fracture
+    # of L1, because it lies next to a treated level. The T11 fracture (two levels above L1)
+    # is remote to both.
     assert labels.loc["C3-2", "adjacent_fracture"] == 1
+    assert labels.loc["C3-2", "adjacent_fracture_time_days"] == 170
     assert labels.loc["C3-1", "adjacent_fracture"] == 0
     assert labels.loc["C3-1", "remote_fracture"] == 1
+    assert labels.loc["C3-1", "remote_fracture_time_days"] == 306
+    assert labels.loc["C3-2", "remote_fracture_time_days"] == 306
     # B2: adjacent fracture after 27 months is outside a 24-month horizon -> 0, inside 36 -> 1.
     assert labels.loc["B2-1", "adjacent_fracture"] == 0
     assert build_labels(validate_raw(raw), horizon_months=36).loc["B2-1", "adjacent_fracture"] == 1

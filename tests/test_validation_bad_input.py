@@ -96,9 +96,20 @@ def test_empty_file(raw_dir):
 
 
 def test_header_only_file(raw_dir):
-    (raw_dir / "events.csv").write_text("event_id,patient_id,event_date,fracture_level\n")
-    with pytest.raises(RawDataError, match="no rows"):
+    (raw_dir / "procedures.csv").write_text((raw_dir / "procedures.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(RawDataError, match="procedures.csv has a header but no rows"):
         read_raw(raw_dir)
+
+
+def test_export_without_any_new_fracture_is_valid(raw_dir):
+    """A cohort with no new fractures is real: events may have a header and no rows."""
+    from features.labels import build_labels
+
+    (raw_dir / "events.csv").write_text("event_id,patient_id,event_date,fracture_level\n")
+    tables = validate_raw(read_raw(raw_dir))
+    labels = build_labels(tables)
+    assert labels["cemented_refracture"].tolist() == [0, 0, 0, 0]
+    assert labels["remote_fracture_event"].sum() == 0
 
 
 @pytest.mark.parametrize("typed", [False, True])

@@ -1,0 +1,344 @@
+"""Simulator profiles: a cohort described in YAML, validated once into a frozen model.
+
+A profile says who is treated (age, sex, bone and muscle quality, levels, technique),
+what the images look like (height restoration, cleft, cement contact, leakage), how the
+three outcomes depend on them (odds ratios per named covariate) and how patients are
+followed. Every number carries a ``source``: the publication it comes from (see
+clinical-evidence.md, copied into the YAML so the product never reads it) or the word
+"assumption" with a reason. Profiles ship in ``features/profiles/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from features.levels import LEVELS
+from features.schema import THERAPIES
+
+OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
+
+#: Covariates an outcome model may use, with the unit its odds ratio is per. Patient-level
+#: covariates are the same for every level treated in a session; the remote-fracture model
+#: may use only these, because a remote fracture belongs to the patient, not to a level.
+PATIENT_COVARIATES: dict[str, str] = {
+    "age_per_10y": "(age - 80 years) / 10",
+    "female": "1 if female",
+    "bmd_per_0.1_lower": "(0.70 - true areal BMD g/cm²) / 0.1",
+    "systemic_hu_per_10_lower": "(80 - patient's trabecular HU) / 10",
+    "prior_fracture_any": "1 if at least one earlier osteoporotic vertebral fracture",
+    "prior_fractures_n": "number of earlier osteoporotic vertebral fractures",
+    "glucocorticoids_long_term": "1 if long-term oral glucocorticoids",
+    "type2_diabetes": "1 if type 2 diabetes",
+    "chronic_kidney_disease": "1 if chronic kidney disease",
+    "therapy_none": "1 if no anti-osteoporosis therapy",
+    "denosumab_discontinued": "1 if denosumab stopped without a follow-on bisphosphonate",
+    "no_brace": "1 if no brace after surgery",
+    "sarcopenia": "1 if psoas muscle index below the profile's sex-specific cut-off",
+    "paraspinal_fat_per_10pct": "(paraspinal fat fraction - 30 %) / 10",
+    "multilevel": "1 if two or more levels treated in the session",
+}
+PROCEDURE_COVARIATES: dict[str, str] = {
+    "ivc": "1 if intravertebral cleft on pre-op MRI",
+    "endplate_disruption": "1 if endplate cortical disruption on pre-op MRI",
+    "reduction_rate_per_10pct": "measured reduction rate (post-op CR - pre-op CR) / 10 points",
+    "npec_count": "endplates the cement does not touch (0, 1, 2)",
+    "kyphotic_angle_per_10deg": "(pre-op kyphotic angle - 10°) / 10",
+    "thoracolumbar": "1 if the level is T10-L2",
+    "adjacent_hu_per_10_lower": "(80 - lower of the adjacent vertebrae's HU) / 10",
+    "stiffness_gradient_high": "1 if HU ratio > 15.18 and adjacent HU < 66.9 (Matsumoto 2024)",
+    "leakage_spike": "1 if spike-type intradiscal leakage",
+    "leakage_round": "1 if round-type intradiscal leakage",
+    "leakage_other": "1 if paravertebral, venous or epidural leakage",
+    "larger_side_fill_u": "((larger-side fill ratio % - optimum) / 10)², capped at 15 points: U-shaped cement effect",
+    "surgery_after_4_weeks": "1 if surgery more than 28 days after pain onset",
+}
+COVARIATES: dict[str, str] = {**PATIENT_COVARIATES, **PROCEDURE_COVARIATES}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Sourced(_Frozen):
+    source: str = Field(min_length=3, description="Publication (clinical-evidence.md) or 'assumption: why'.")
+
+
+class Value(_Sourced):
+    """One number with its source."""
+
+    value: float
+
+
+class Share(_Sourced):
+    """A proportion in [0, 1] with its source."""
+
+    value: float = Field(ge=0, le=1)
+
+
+class Normal(_Sourced):
+    """A normal distribution truncated (by clipping) to [min, max]."""
+
+    mean: float
+    sd: float = Field(gt=0)
+    min: float = -math.inf
+    max: float = math.inf
+
+
+class Categorical(_Sourced):
+    """Probabilities of named categories; must sum to 1 (within 0.002, rounding of published %)."""
+
+    probabilities: dict[str, float]
+
+    @field_validator("probabilities")
+    @classmethod
+    def _sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(p < 0 for p in v.values()):
+            raise ValueError("probabilities must be non-negative")
+        total = sum(v.values())
+        if abs(total - 1) > 0.002:
+            raise ValueError(f"probabilities sum to {total:.4f}, not 1")
+        return {k: p / total for k, p in v.items()}
+
+
+class Term(_Sourced):
+    """Effect of one covariate on the log-odds of an outcome, as an odds ratio per unit."""
+
+    odds_ratio: float = Field(gt=0)
+
+
+class OutcomeModel(_Frozen):
+    """Logistic model of the true probability of an outcome within the horizon."""
+
+    intercept_log_odds: Value
+    target_incidence: Share  # per-patient incidence within the horizon (outcomes.patient_truth) the intercept is tuned to
+    weibull_shape: Value  # < 1: events front-loaded
+    terms: dict[str, Term] = Field(default_factory=dict)
+
+
+class Sex(_Frozen):
+    female: Normal
+    male: Normal
+
+
+class SexValue(_Sourced):
+    """One number for women and one for men."""
+
+    female: float
+    male: float
+
+
+class Demographics(_Frozen):
+    age_years: Normal
+    female_share: Share
+    body_height_cm: Sex
+    weight_kg: Sex
+
+
+class Bone(_Frozen):
+    """Latent bone quality z ~ N(0, 1) given age and sex; BMD and HU are read from it."""
+
+    age_slope_sd_per_10y: Value  # change of z per 10 years of age (negative: older, weaker bone)
+    male_shift_sd: Value
+    bmd_g_cm2: Normal  # at z = 0 and the cohort's mean age, women
+    hu_trabecular: Normal  # at z = 0 and the cohort's mean age, women
+    hu_bmd_correlation: Value
+    t_score_reference_mean_g_cm2: SexValue  # young-adult reference mean for the T-score
+    t_score_reference_sd_g_cm2: SexValue
+    dxa_missing: Share
+    ct_missing: Share
+
+
+class Muscle(_Frozen):
+    psoas_area_cm2: Sex  # at the cohort's mean age
+    psoas_area_slope_per_10y: Value  # cm² per 10 years of age (negative: sarcopenia rises with age)
+    psoas_index_cutoff_cm2_m2: SexValue  # sarcopenia below this psoas muscle index
+    fat_fraction_pct: Normal  # at the cohort's mean age, men
+    fat_fraction_slope_per_10y: Value
+    fat_fraction_female_shift: Value
+
+
+class History(_Frozen):
+    prior_fracture_rate: Value  # Poisson mean of earlier vertebral fractures at z = 0, mean age
+    prior_fracture_bone_log_rate_per_sd: Value  # added to log-rate per SD lower bone quality
+    glucocorticoids_long_term: Share
+    type2_diabetes: Share
+    chronic_kidney_disease: Share
+    therapy: Categorical
+    brace: Share
+
+    @field_validator("therapy")
+    @classmethod
+    def _known_therapies(cls, v: Categorical) -> Categorical:
+        unknown = set(v.probabilities) - set(THERAPIES)
+        if unknown:
+            raise ValueError(f"unknown therapies {sorted(unknown)}; allowed: {THERAPIES}")
+        return v
+
+
+class Procedure(_Frozen):
+    levels: Categorical
+    levels_per_session: Categorical
+    pkp_share: Share
+    approach_pvp: Categorical
+    approach_pkp: Categorical
+    cement_volume_ml: Normal
+    cement_ml_per_ml_body_volume: Value  # larger vertebrae take more cement
+    days_pain_to_surgery: Normal  # of log(days)
+    pain_onset_missing: Share
+
+    @field_validator("levels")
+    @classmethod
+    def _known_levels(cls, v: Categorical) -> Categorical:
+        unknown = set(v.probabilities) - set(LEVELS)
+        if unknown:
+            raise ValueError(f"unknown levels {sorted(unknown)}")
+        return v
+
+    @field_validator("levels_per_session")
+    @classmethod
+    def _counts(cls, v: Categorical) -> Categorical:
+        if not all(k.isdigit() and 1 <= int(k) <= 8 for k in v.probabilities):
+            raise ValueError("levels_per_session keys must be 1..8")
+        return v
+
+    @model_validator(mode="after")
+    def _enough_levels(self) -> Procedure:
+        most = max(int(k) for k, p in self.levels_per_session.probabilities.items() if p > 0)
+        possible = sum(p > 0 for p in self.levels.probabilities.values())
+        if most > possible:
+            raise ValueError(f"sessions of {most} levels need at least {most} levels with probability > 0")
+        return self
+
+    @field_validator("approach_pvp", "approach_pkp")
+    @classmethod
+    def _approaches(cls, v: Categorical) -> Categorical:
+        allowed = {"unilateral_left", "unilateral_right", "bilateral"}
+        if set(v.probabilities) - allowed:
+            raise ValueError(f"approach categories must be among {sorted(allowed)}")
+        return v
+
+
+class Imaging(_Frozen):
+    compression_rate_preop_pct: Normal
+    ivc: Share
+    ivc_compression_rate_shift_pct: Value  # clefts sit in more collapsed vertebrae
+    endplate_disruption: Share
+    reduction_rate_pct: Normal  # PVP, no cleft
+    ivc_extra_reduction_pct: Normal  # extra restoration of a level with a cleft (varies: dynamic mobility)
+    pkp_extra_reduction_pct: Value
+    wedge_angle_per_pct_collapse: Value  # degrees of wedge per point of (100 - CR)
+    wedge_angle_noise_deg: Normal
+    kyphosis_noise_deg: Normal
+    reduction_angle_deg: Normal
+    npec_pattern_no_ivc: Categorical  # none / upper_only / lower_only / both
+    npec_pattern_ivc: Categorical
+    leakage_intradiscal: Share
+    leakage_intradiscal_endplate_disruption_or: Value
+    leakage_intradiscal_spike_share: Share
+    leakage_paravertebral: Share
+    leakage_venous: Share
+    leakage_epidural: Share
+    cemented_hu_base: Value  # post-op HU of the augmented body = base + per_fill_pct * fill %
+    cemented_hu_per_fill_pct: Value
+    larger_side_fill_optimum_pct: Value
+    refracture_cri_pct: Normal  # compression-rate increase at a cemented refracture
+    gradual_height_loss_share: Share  # non-refractured levels with 7-14 points of slow loss
+    edema_without_refracture: Share
+
+    @field_validator("npec_pattern_no_ivc", "npec_pattern_ivc")
+    @classmethod
+    def _patterns(cls, v: Categorical) -> Categorical:
+        if set(v.probabilities) != {"none", "upper_only", "lower_only", "both"}:
+            raise ValueError("NPEC patterns must be exactly: none, upper_only, lower_only, both")
+        return v
+
+
+class Mortality(_Frozen):
+    annual_at_80: SexValue  # annual probability of death at age 80
+    gompertz_slope_per_year: Value
+
+
+class FollowUp(_Frozen):
+    enrolment_start: date
+    enrolment_end: date
+    data_cut: date  # administrative end of follow-up: the date the export was drawn
+    dates_source: str = Field(min_length=3)  # where the three dates come from
+    lost_to_followup: Share  # share lost at a uniform time between lost_min_months and the planned end
+    lost_min_months: Value
+    mortality: Mortality
+    published_reference: str = ""  # the cohort's published follow-up, for the record
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> FollowUp:
+        if not self.enrolment_start <= self.enrolment_end < self.data_cut:
+            raise ValueError("need enrolment_start <= enrolment_end < data_cut")
+        return self
+
+
+class Profile(_Frozen):
+    """A validated, immutable simulator profile."""
+
+    name: str
+    description: str
+    horizon_months: int = Field(default=24, ge=1, le=120)
+    demographics: Demographics
+    bone: Bone
+    muscle: Muscle
+    history: History
+    procedure: Procedure
+    imaging: Imaging
+    followup: FollowUp
+    outcomes: dict[Literal["cemented_refracture", "adjacent_fracture", "remote_fracture"], OutcomeModel]
+
+    @model_validator(mode="after")
+    def _followup_reaches_horizon(self) -> Profile:
+        # Keeps censoring before the horizon to loss and death: every patient enrolled
+        # could be followed to the horizon before the data cut.
+        span_months = (self.followup.data_cut - self.followup.enrolment_end).days / (365.25 / 12)
+        if span_months < self.horizon_months:
+            raise ValueError(f"data_cut is {span_months:.1f} months after enrolment_end; "
+                             f"it must be at least horizon_months ({self.horizon_months})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_outcomes(self) -> Profile:
+        missing = set(OUTCOMES) - set(self.outcomes)
+        if missing:
+            raise ValueError(f"outcome models missing: {sorted(missing)}")
+        for outcome, model in self.outcomes.items():
+            allowed = PATIENT_COVARIATES if outcome == "remote_fracture" else COVARIATES
+            unknown = set(model.terms) - set(allowed)
+            if unknown:
+                raise ValueError(f"{outcome}: unknown or non-patient-level covariates {sorted(unknown)}; "
+                                 f"allowed: {sorted(allowed)}")
+        return self
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    root = resources.files("features") / "profiles"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load and validate a profile: a shipped name (``"xiong2021-pvp"``) or a YAML path.
+
+    Raises ValueError (pydantic ValidationError) naming every invalid field, and
+    FileNotFoundError listing the shipped profiles when the name is unknown.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        resource = resources.files("features") / "profiles" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise FileNotFoundError(f"no profile {name_or_path!r}; shipped profiles: {', '.join(available_profiles())}")
+        text = resource.read_text(encoding="utf-8")
+    return Profile.model_validate(yaml.safe_load(text))
