@@ -25,6 +25,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.data", "validate", "validate"),
     ("refracture.commands.data", "features", "features"),
     ("refracture.commands.data", "dictionary", "dictionary"),
+    ("refracture.commands.training", "train", "train"),
+    ("refracture.commands.training", "models", "models"),
+    ("refracture.commands.training", "promote", "promote"),
+    ("refracture.commands.training", "ui", "ui"),
 ]
 
 

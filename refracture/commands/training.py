@@ -1,0 +1,188 @@
+"""Training commands: train, models, promote, ui."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+logger = logging.getLogger(__name__)
+
+_STORE_HELP = "Local MLflow store folder (default ./mlflow or $REFRACTURE_MLFLOW_DIR); ignored when MLFLOW_TRACKING_URI is set."
+
+
+def _outcomes(value: str) -> tuple[str, ...]:
+    from features.labels import OUTCOMES
+
+    if value == "all":
+        return OUTCOMES
+    if value not in OUTCOMES:
+        raise typer.BadParameter(f"choose one of {', '.join(OUTCOMES)} or all", param_hint="--outcome")
+    return (value,)
+
+
+def _tracking_or_exit(store: Path | None) -> str:
+    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
+
+    uri = configure_tracking(store)
+    try:
+        check_tracking(uri)
+    except TrackingUnavailable as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(code=1) from None
+    return uri
+
+
+def train(
+    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (a simulated cohort may also hold truth.parquet).")],
+    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or all.")] = "all",
+    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
+    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Outcome horizon in months.")] = 24.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of split, folds, search and bootstrap.")] = 0,
+    search_trials: Annotated[int, typer.Option("--search-trials", help="Optuna trials per searched candidate (0 = defaults).")] = 20,
+    test_size: Annotated[float, typer.Option("--test-size", help="Held-out test fraction (grouped by patient).")] = 0.2,
+    cv_folds: Annotated[int, typer.Option("--cv-folds", help="Cross-validation folds on the training part.")] = 4,
+    candidates: Annotated[str, typer.Option("--candidates", help="Comma-separated subset of logistic,elastic_net,random_forest,xgboost.")] = "logistic,elastic_net,random_forest,xgboost",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    experiment_prefix: Annotated[str, typer.Option("--experiment-prefix", help="MLflow experiment = prefix + outcome.")] = "refracture-",
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register the selected model (default) or only log runs.")] = True,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads for forests/boosting (1-2).")] = 2,
+    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+) -> None:
+    """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from features.validate import RawDataError
+    from refracture.commands.data import _report_violations
+    from training.config import ConfigError, TrainConfig
+    from training.pipeline import TrainingRefused, run
+    from training.tracking import TrackingUnavailable
+
+    try:
+        cfg = TrainConfig(raw_dir=raw, outcomes=_outcomes(outcome), feature_set=feature_set, horizon_months=horizon_months,
+                          seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
+                          candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), n_bootstrap=bootstrap,
+                          experiment_prefix=experiment_prefix, register=register, n_jobs=n_jobs, store_dir=store)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    try:
+        with progress:
+            results = run(cfg, progress)
+    except RawDataError as exc:
+        _report_violations(exc)
+        raise typer.Exit(code=1) from None
+    except (TrainingRefused, TrackingUnavailable) as exc:
+        console.print(f"[red]refused[/red]: {exc}")
+        raise typer.Exit(code=1) from None
+    refused = False
+    for res in results:
+        if res.refused:
+            refused = True
+            console.print(f"[yellow]skipped[/yellow] {res.outcome}: {res.refused}")
+            continue
+        table = Table(title=f"{res.outcome}: test set (95 % CI)", show_lines=False)
+        for col in ("candidate", "AUROC", "log loss", "Brier", "cal. slope", "CV log loss"):
+            table.add_column(col)
+        rows = list(res.candidates.items())
+        if res.oracle_metrics:
+            rows.append(("oracle (true risk)", None))
+        for name, r in rows:
+            m = r.test_metrics if r else res.oracle_metrics
+            mark = " ★" if name == res.selected else ""
+            table.add_row(name + mark, f"{m['auroc']:.3f} ({m['auroc_ci_low']:.3f}–{m['auroc_ci_high']:.3f})",
+                          f"{m['log_loss']:.4f}", f"{m['brier']:.4f}", f"{m['calibration_slope']:.2f}",
+                          f"{r.cv_metrics['log_loss']:.4f}" if r else "–")
+        console.print(table)
+        where = (f"registered [bold]refracture-{res.outcome}[/bold] v{res.registered_version} as [bold]{res.alias}[/bold]"
+                 if res.registered_version else "not registered")
+        console.print(f"{res.outcome}: selected [bold]{res.selected}[/bold]; {where}; parent run {res.parent_run_id} "
+                      f"({res.seconds:.0f} s)")
+    if refused:
+        raise typer.Exit(code=1)
+
+
+def models(
+    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+) -> None:
+    """List registered models: versions, aliases and key test metrics."""
+    from training import registry
+
+    _tracking_or_exit(store)
+    rows = registry.list_models()
+    if not rows:
+        console.print("no registered models yet: run `refracture train`")
+        return
+    table = Table(title="Registered models (test-set metrics)")
+    for col in ("model", "version", "aliases", "type", "features", "horizon", *registry.KEY_METRICS, "created", "run"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        t = r["tags"]
+        table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]) or "–", t.get("model_type", "?"),
+                      t.get("feature_set", "?"), t.get("horizon_months", "?"),
+                      *(t.get(f"test_{k}", "–") for k in registry.KEY_METRICS),
+                      r["created"].strftime("%Y-%m-%d %H:%M"), (r["run_id"] or "")[:8])
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # files and pipes: do not squeeze the table to 80 columns
+    out.print(table)
+
+
+def promote(
+    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture or remote_fracture.")],
+    version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
+    alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",
+    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+) -> None:
+    """Move an alias (champion/challenger) to a version by hand; the move is recorded."""
+    from mlflow.exceptions import MlflowException
+
+    from training import registry
+
+    (name,) = _outcomes(outcome) if outcome != "all" else (None,)
+    if name is None:
+        raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
+    if alias not in registry.ALIASES:
+        raise typer.BadParameter(f"choose one of {', '.join(registry.ALIASES)}", param_hint="--alias")
+    _tracking_or_exit(store)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().get_model_version(registry.model_name(name), str(version))
+    except MlflowException:
+        console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
+        raise typer.Exit(code=1) from None
+    registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
+    console.print(f"[green]moved[/green] {alias} of {registry.model_name(name)} to v{version}")
+
+
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
+    store: Annotated[Path | None, typer.Option("--store", help="Local MLflow store folder (default ./mlflow).")] = None,
+) -> None:
+    """Open the MLflow UI on the local store (runs, plots, model cards, registry)."""
+    import os
+    import subprocess
+    import sys
+
+    from training.tracking import local_store
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        console.print(f"MLFLOW_TRACKING_URI is set: open {os.environ['MLFLOW_TRACKING_URI']} in a browser instead.")
+        raise typer.Exit(code=0)
+    uri, artifacts, _ = local_store(store)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+           "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
+    try:
+        raise typer.Exit(code=subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None

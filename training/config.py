@@ -1,0 +1,69 @@
+"""Training configuration, validated once at the entry point and passed down unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from features.catalog import FEATURE_SETS
+from features.labels import OUTCOMES
+from training.candidates import MODEL_TYPES
+
+
+class ConfigError(ValueError):
+    """An invalid training option; the message names the option."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``training.pipeline.run`` needs.
+
+    ``search_trials``: optuna trials per searched candidate (elastic net, random forest,
+    XGBoost; the logistic baseline has no search). ``cv_folds``: folds of the grouped,
+    stratified cross-validation on the training part (search, calibration, selection).
+    ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
+    outcome with fewer events is refused.
+    """
+
+    raw_dir: Path
+    outcomes: tuple[str, ...] = OUTCOMES
+    feature_set: str = "postop"
+    horizon_months: float = 24.0
+    seed: int = 0
+    search_trials: int = 20
+    test_size: float = 0.2
+    cv_folds: int = 4
+    candidates: tuple[str, ...] = MODEL_TYPES
+    experiment_prefix: str = "refracture-"
+    n_bootstrap: int = 1000
+    n_jobs: int = 2
+    shap_rows: int = 300
+    store_dir: Path | None = None
+    register: bool = True
+    min_events: int = 20
+    min_test_events: int = 5
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.outcomes if o not in OUTCOMES]
+        if not self.outcomes or bad:
+            raise ConfigError(f"--outcome: unknown {bad or 'none given'}; choose from {', '.join(OUTCOMES)} or all")
+        if self.feature_set not in FEATURE_SETS:
+            raise ConfigError(f"--feature-set: choose one of {', '.join(FEATURE_SETS)}, got {self.feature_set!r}")
+        unknown = [c for c in self.candidates if c not in MODEL_TYPES]
+        if not self.candidates or unknown:
+            raise ConfigError(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(MODEL_TYPES)}")
+        if not 1 <= self.horizon_months <= 120:
+            raise ConfigError(f"--horizon-months must be within 1-120, got {self.horizon_months:g}")
+        if not 0.05 <= self.test_size <= 0.5:
+            raise ConfigError(f"--test-size must be within 0.05-0.5, got {self.test_size:g}")
+        if not 2 <= self.cv_folds <= 10:
+            raise ConfigError(f"--cv-folds must be within 2-10, got {self.cv_folds}")
+        if not 0 <= self.search_trials <= 500:
+            raise ConfigError(f"--search-trials must be within 0-500, got {self.search_trials}")
+        if not 50 <= self.n_bootstrap <= 10_000:
+            raise ConfigError(f"--bootstrap must be within 50-10000, got {self.n_bootstrap}")
+        if not 1 <= self.n_jobs <= 2:
+            raise ConfigError(f"--n-jobs must be 1 or 2 on this machine, got {self.n_jobs}")
+        if not self.experiment_prefix or any(c in self.experiment_prefix for c in "/\\"):
+            raise ConfigError(f"--experiment-prefix must be non-empty text without slashes, got {self.experiment_prefix!r}")

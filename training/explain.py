@@ -1,0 +1,158 @@
+"""SHAP explanations in calibrated log-odds: the one explanation module for training
+(plots, model card) and serving (per-patient contributions).
+
+Every explanation is *additive on the scale the product reports*:
+``base_value + values.sum(axis=1)`` equals the model's calibrated log-odds for each
+record (``Explanation.logit``), to floating-point accuracy, for every candidate type.
+Calibration is an affine map of the log-odds (``logit' = a * logit + b``,
+``training.calibration``), so contributions are multiplied by ``a`` and the base
+becomes ``a * base + b``; additivity is preserved exactly.
+
+How the raw (uncalibrated) log-odds are decomposed, per model type:
+
+- ``logistic`` / ``elastic_net``: linear SHAP with independent features (the closed form
+  ``shap.LinearExplainer`` computes): column j contributes ``coef_j * (z_j - mean_j)``
+  against the training mean of the encoded column; the columns that come from one
+  feature (its value, its squared term, its missing indicator) are summed into that
+  feature. Exact.
+- ``xgboost``: interventional TreeSHAP (``shap.TreeExplainer``,
+  ``feature_perturbation="interventional"``) against a fixed background sample of
+  training rows stored with the model; computed by shap in float64 on the log-odds
+  margin. Exact up to ~1e-8.
+- ``random_forest``: path-dependent TreeSHAP of the forest's probability (exact on the
+  probability scale). The forest's raw output is a probability, so the contributions
+  are **rescaled** onto the log-odds scale: each record's contributions are multiplied
+  by the secant slope ``(logit f(x) - logit E[f]) / (f(x) - E[f])`` of the logit
+  between the base value and the prediction (the derivative when they coincide). Sums
+  are then exact in log-odds and signs and relative sizes within a record are kept;
+  this is an approximation: it is not the SHAP decomposition of the log-odds itself
+  (that is not defined for an averaging forest), and it is stated in the model card.
+
+Display names and units come from ``features.catalog``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import FEATURES_BY_NAME, display_name
+
+METHODS = {
+    "logistic": "linear SHAP (independent features, training-mean background), exact",
+    "elastic_net": "linear SHAP (independent features, training-mean background), exact",
+    "xgboost": "interventional TreeSHAP against a training background sample, exact in log-odds",
+    "random_forest": "path-dependent TreeSHAP on probability, rescaled to log-odds by the logit secant slope (approximation; sums are exact)",
+}
+
+
+@dataclass
+class Explanation:
+    """Per-record feature contributions to the calibrated log-odds.
+
+    ``base_value``: calibrated log-odds of the reference (background) patient;
+    ``values``: (n, k) contributions in log-odds, one column per feature;
+    ``feature_values``: (n, k) the feature values explained (NaN = missing), in the units
+    named by ``units``. ``display_names`` are clinical words with unit.
+    """
+
+    base_value: float
+    values: np.ndarray
+    feature_names: list[str]
+    display_names: list[str]
+    units: list[str]
+    feature_values: pd.DataFrame
+    method: str = ""
+
+    def logit(self) -> np.ndarray:
+        """Calibrated log-odds per record: base_value + sum of contributions."""
+        return self.base_value + self.values.sum(axis=1)
+
+    def probability(self) -> np.ndarray:
+        """Calibrated probability per record (the logistic of ``logit()``)."""
+        return 1.0 / (1.0 + np.exp(-self.logit()))
+
+    def frame(self) -> pd.DataFrame:
+        """Contributions as a DataFrame (records x feature names)."""
+        return pd.DataFrame(self.values, index=self.feature_values.index, columns=self.feature_names)
+
+
+def raw_contributions(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
+    """(base, values) decomposing ``scorer.raw_logit(X)`` (uncalibrated log-odds)."""
+    kind = scorer.model_type
+    if kind in ("logistic", "elastic_net"):
+        return _linear(scorer, X)
+    if kind == "xgboost":
+        return _boosted(scorer, X)
+    if kind == "random_forest":
+        return _forest(scorer, X)
+    raise ValueError(f"no explainer for model type {kind!r}")
+
+
+def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0) -> Explanation:
+    """Explain ``scorer`` on features ``X`` in calibrated log-odds (``slope * raw + intercept``)."""
+    X = X[list(scorer.feature_names_)] if hasattr(scorer, "feature_names_") else X
+    base, values = raw_contributions(scorer, X)
+    names = list(X.columns)
+    return Explanation(
+        base_value=float(slope * base + intercept),
+        values=slope * values,
+        feature_names=names,
+        display_names=[display_name(n) for n in names],
+        units=[FEATURES_BY_NAME[n].unit if n in FEATURES_BY_NAME else "" for n in names],
+        feature_values=X.copy(),
+        method=METHODS[scorer.model_type],
+    )
+
+
+def _linear(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
+    prep = scorer.prep_
+    Z = prep.transform(X)
+    per_column = scorer.coef_ * (Z - scorer.background_mean_)
+    base = float(scorer.intercept_ + scorer.coef_ @ scorer.background_mean_)
+    names = list(prep.feature_names_)
+    position = {n: i for i, n in enumerate(names)}
+    group = np.zeros((len(prep.sources_), len(names)))
+    for col, source in enumerate(prep.sources_):
+        group[col, position[source]] = 1.0
+    return base, per_column @ group
+
+
+def _tree_explainer(scorer):
+    """shap.TreeExplainer for a tree scorer, built once per loaded model (not pickled)."""
+    cached = scorer.__dict__.get("_explainer_cache")
+    if cached is not None:
+        return cached
+    import shap
+
+    if scorer.model_type == "xgboost":
+        explainer = shap.TreeExplainer(scorer.model_.get_booster(), data=scorer.background_,
+                                       feature_perturbation="interventional", model_output="raw")
+    else:
+        explainer = shap.TreeExplainer(scorer.forest_, feature_perturbation="tree_path_dependent")
+    scorer.__dict__["_explainer_cache"] = explainer
+    return explainer
+
+
+def _boosted(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
+    explainer = _tree_explainer(scorer)
+    values = np.asarray(explainer.shap_values(X.to_numpy(dtype="float64"), check_additivity=False), dtype="float64")
+    return float(np.ravel(explainer.expected_value)[0]), values
+
+
+def _forest(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
+    from training.candidates import logit
+
+    explainer = _tree_explainer(scorer)
+    raw = np.asarray(explainer.shap_values(X.to_numpy(dtype="float64"), check_additivity=False), dtype="float64")
+    phi = raw[..., 1] if raw.ndim == 3 else raw
+    base_p = float(np.ravel(explainer.expected_value)[-1])
+    f = base_p + phi.sum(axis=1)  # equals the forest's probability (path-dependent SHAP is exact)
+    base_logit = float(logit(np.array([base_p]))[0])
+    diff = f - base_p
+    derivative = 1.0 / (np.clip(base_p, 1e-12, 1) * np.clip(1 - base_p, 1e-12, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        secant = np.where(np.abs(diff) > 1e-12, (logit(f) - base_logit) / diff, derivative)
+    return base_logit, phi * secant[:, None]

@@ -1,0 +1,123 @@
+"""The model registry: one registered model per outcome, ``refracture-<outcome>``.
+
+Aliases: ``champion`` (what serving loads) and ``challenger`` (a newer version that did
+not beat the champion). Every alias move, automatic or by hand, is recorded as
+model-version tags (``alias.<alias>.set_by`` / ``.set_at`` / ``.reason``), as a
+registered-model tag ``last_alias_change`` and in the log.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+#: Metrics shown by ``refracture models`` (read from model-version tags).
+KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "ece")
+
+
+def model_name(outcome: str) -> str:
+    """Registered-model name of an outcome."""
+    return f"refracture-{outcome}"
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
+def current_version(outcome: str, alias: str = CHAMPION):
+    """The model version holding ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_model_version_by_alias(model_name(outcome), alias)
+    except MlflowException:
+        return None
+
+
+def load_version(outcome: str, version: str):
+    """Load a registered version's RefractureModel (unwrapped python model)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(f"models:/{model_name(outcome)}/{version}").unwrap_python_model()
+
+
+def register(model_uri: str, outcome: str, tags: dict[str, Any], description: str = ""):
+    """Create a new version of ``refracture-<outcome>`` from ``model_uri`` with ``tags``.
+    Returns the ModelVersion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    name = model_name(outcome)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    if description:
+        client.update_model_version(name, mv.version, description=description)
+    return mv
+
+
+def set_alias(outcome: str, version: str, alias: str, reason: str, who: str | None = None) -> None:
+    """Move ``alias`` to ``version`` and record who, when and why."""
+    if alias not in ALIASES:
+        raise ValueError(f"alias must be one of {', '.join(ALIASES)}, got {alias!r}")
+    client = _client()
+    name = model_name(outcome)
+    who = who or _who()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous = current_version(outcome, alias)
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), f"alias.{alias}.set_by", who)
+    client.set_model_version_tag(name, str(version), f"alias.{alias}.set_at", when)
+    client.set_model_version_tag(name, str(version), f"alias.{alias}.reason", reason[:4000])
+    moved = f"{alias}: v{previous.version if previous else '-'} -> v{version} by {who} at {when}: {reason}"
+    client.set_registered_model_tag(name, "last_alias_change", moved[:4000])
+    logger.info("%s %s", name, moved)
+
+
+def delete_version(outcome: str, version: str) -> None:
+    """Remove a version (used to undo a half-finished registration)."""
+    _client().delete_model_version(model_name(outcome), str(version))
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every version of every ``refracture-*`` model: name, version, aliases, run, tags."""
+    client = _client()
+    rows = []
+    for rm in client.search_registered_models(filter_string="name LIKE 'refracture-%'"):
+        aliases_by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases_by_version.setdefault(str(version), []).append(alias)
+        for mv in client.search_model_versions(f"name = '{rm.name}'"):
+            rows.append({
+                "name": rm.name, "version": int(mv.version), "aliases": sorted(aliases_by_version.get(str(mv.version), [])),
+                "run_id": mv.run_id, "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc),
+                "tags": dict(mv.tags or {}),
+            })
+    return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+
+
+def beats(new_log_loss: float, old_log_loss: float) -> bool:
+    """The rule for taking the champion alias: strictly lower test log loss on the same rows
+    (a missing old score counts as beaten)."""
+    return not np.isfinite(old_log_loss) or new_log_loss < old_log_loss

@@ -1,0 +1,115 @@
+"""Where runs and models are recorded: the MLflow tracking store.
+
+By default an embedded store inside the project: SQLite ``mlflow/mlflow.db`` with
+artifacts under ``mlflow/artifacts`` (MLflow 3 would otherwise write ``./mlflow.db``
+and ``./mlruns``). ``MLFLOW_TRACKING_URI`` points everything at a tracking server
+instead. Nothing here runs on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the local store folder (default ``./mlflow``).
+STORE_DIR_ENV = "REFRACTURE_MLFLOW_DIR"
+#: A tracking server that does not answer within this many seconds is reported as
+#: unreachable (MLflow's own default retries for minutes).
+DEFAULT_HTTP_TIMEOUT_S = "10"
+DEFAULT_HTTP_RETRIES = "0"
+#: MLflow's ``set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; remember what *we*
+#: set so a later call (another store, e.g. in tests) is not mistaken for the user's choice.
+_configured: dict[str, str] = {}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store or server cannot be used; the message says which and why."""
+
+
+def local_store(store_dir: Path | None = None) -> tuple[str, str, Path]:
+    """(tracking URI, artifact root URI, folder) of the embedded SQLite store.
+
+    ``store_dir`` defaults to ``$REFRACTURE_MLFLOW_DIR`` or ``./mlflow``; the folder is
+    created. Paths are absolute so runs started from another directory find the same store.
+    """
+    folder = Path(store_dir or os.environ.get(STORE_DIR_ENV) or "mlflow").expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "artifacts").mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder
+
+
+def _user_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` as set by the user (not by an earlier ``configure_tracking``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if not uri or uri == _configured.get("uri") else uri
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifact location for new experiments of ``tracking_uri``: ``artifacts/`` beside a
+    SQLite database file; None (the server's own default) for a tracking server."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        folder = db.parent / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.as_uri()
+    return None
+
+
+def configure_tracking(store_dir: Path | None = None) -> str:
+    """Point MLflow at the tracking store and return its URI.
+
+    ``MLFLOW_TRACKING_URI`` wins when set; otherwise the embedded SQLite store in
+    ``store_dir`` (see ``local_store``). For an HTTP server, a short timeout and no
+    retries are set unless the environment already sets
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, so an
+    unreachable server fails in seconds (``check_tracking``) rather than minutes.
+    """
+    import mlflow
+
+    uri = _user_uri()
+    if uri:
+        if uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", DEFAULT_HTTP_TIMEOUT_S)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_RETRIES)
+    else:
+        uri = local_store(store_dir)[0]
+        _configured["uri"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    logger.debug("tracking store: %s", uri)
+    return uri
+
+
+def check_tracking(uri: str) -> None:
+    """Fail fast with a clear message if the tracking store cannot be reached.
+
+    Raises TrackingUnavailable naming the URI and the underlying error.
+    """
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot use this store"
+        hint = ""
+        if uri.startswith(("http://", "https://")):
+            hint = (" Is the server running? Unset MLFLOW_TRACKING_URI to use the local store in ./mlflow,"
+                    " or raise MLFLOW_HTTP_REQUEST_TIMEOUT for a slow server.")
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingUnavailable(f"tracking store {uri} is unreachable: {first_line[:300]}.{hint}") from exc
+
+
+def get_or_create_experiment(name: str) -> str:
+    """Experiment id for ``name`` in the configured store, creating it with an explicit
+    artifact location (``artifacts/<name>`` beside a SQLite store) when it does not exist."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root(mlflow.get_tracking_uri())
+    return client.create_experiment(name, artifact_location=f"{location}/{name}" if location else None)
