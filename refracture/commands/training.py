@@ -167,6 +167,7 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
     store: Annotated[Path | None, typer.Option("--store", help="Local MLflow store folder (default ./mlflow).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="UI server processes (1 is plenty on a 2-core machine).", min=1, max=4)] = 1,
 ) -> None:
     """Open the MLflow UI on the local store (runs, plots, model cards, registry)."""
     import os
@@ -180,7 +181,7 @@ def ui(
         raise typer.Exit(code=0)
     uri, artifacts, _ = local_store(store)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
-           "--host", host, "--port", str(port)]
+           "--host", host, "--port", str(port), "--workers", str(workers)]
     console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
     try:
         raise typer.Exit(code=subprocess.call(cmd))

@@ -29,22 +29,22 @@ async function call(path, body) {
 
 // Service base: the page lives at <base>/ui/.
 const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
+// The body of /predict and /explain is the record itself (or a list of records).
 const api = {
-  explain: (record) => call(BASE + "/explain", { records: [record] }),
-  predict: (record) => call(BASE + "/predict", { records: [record] }),
+  explain: (record) => call(BASE + "/explain", record),
+  predict: (record) => call(BASE + "/predict", record),
   model: () => call(BASE + "/model"),
 };
 
 // Per-outcome results of the first record of a /predict or /explain response.
 function outcomesOf(data) {
-  const first = (data && data.results && data.results[0]) || {};
+  const first = (data && data.predictions && data.predictions[0]) || {};
   return first.outcomes || {};
 }
 
-// Field errors of a 4xx response: [{field: "procedure.level", error: "...", allowed: "..."}].
+// Field errors of a 4xx response: [{record, field: "procedure.level", error, allowed}].
 function fieldErrorsOf(data) {
-  if (!data) return [];
-  const list = data.errors || (data.detail && data.detail.errors) || [];
+  const list = (data && data.errors) || [];
   return Array.isArray(list) ? list : [];
 }
 
@@ -231,9 +231,9 @@ function renderResults(data) {
     prob.append(" ", band);
     const model = document.createElement("p");
     model.className = "meta";
-    const info = (state.model && state.model.models && state.model.models[name]) || {};
-    model.textContent = `Model ${o.model_name || info.name || ""} version ${o.model_version || info.version || "?"}. ` +
-      metricText(info.metrics || o.metrics);
+    const info = (state.model && state.model.outcomes && state.model.outcomes[name]) || {};
+    model.className = "meta model-info";
+    model.textContent = `Model ${o.model.name} version ${o.model.version}. Held-out validation: ` + metricText(info.metrics);
     card.append(h, prob, model);
     if (o.missing_inputs && o.missing_inputs.length) {
       const miss = document.createElement("p");
@@ -241,7 +241,7 @@ function renderResults(data) {
       miss.textContent = "Missing inputs: " + o.missing_inputs.map((m) => `${m.field} (${m.handling})`).join("; ");
       card.appendChild(miss);
     }
-    if (o.explanation) card.appendChild(waterfall(o.explanation, o.probability));
+    if (o.contributions) card.appendChild(waterfall(o, o.probability));
     cards.appendChild(card);
   }
   $("#results-meta").textContent = "Each bar is the factor's contribution on the log-odds scale, from the average risk (base) to this patient's risk.";
@@ -255,7 +255,7 @@ function waterfall(expl, probability) {
   const rest = contribs.slice(10);
   const restSum = rest.reduce((s, c) => s + c.contribution, 0);
   const rows = top.map((c) => ({
-    label: c.display_name + (c.value === null || c.value === undefined ? " = not recorded" : ` = ${fmtValue(c.value)}${c.unit && !["0/1", "index"].includes(c.unit) ? " " + c.unit : ""}`),
+    label: `${c.display_name} = ${c.value_text}`,
     value: c.contribution, feature: c.feature,
   }));
   if (rest.length) rows.push({ label: `${rest.length} other factors`, value: restSum, feature: "_other" });
@@ -265,7 +265,7 @@ function waterfall(expl, probability) {
   const final = base + contribs.reduce((s, c) => s + c.contribution, 0);
   const xs = [base, final, ...steps.flatMap((s) => [s.start, s.end])];
   const lo = Math.min(...xs) - 0.2, hi = Math.max(...xs) + 0.2;
-  const W = 720, labelW = 330, rowH = 22, top0 = 26, plotW = W - labelW - 70;
+  const W = 820, labelW = 420, rowH = 22, top0 = 26, plotW = W - labelW - 70;
   const H = top0 + (steps.length + 2) * rowH + 30;
   const X = (v) => labelW + ((v - lo) / (hi - lo)) * plotW;
   const ns = "http://www.w3.org/2000/svg";
@@ -307,15 +307,14 @@ function waterfall(expl, probability) {
   fig.dataset.finalLogit = String(final);
   fig.appendChild(svg);
   const cap = document.createElement("figcaption");
-  const ups = (expl.top_raising || []).map(plainFactor).join("; ");
-  const downs = (expl.top_lowering || []).map(plainFactor).join("; ");
+  const ups = (expl.raising || []).map(plainFactor).join("; ");
+  const downs = (expl.lowering || []).map(plainFactor).join("; ");
   cap.textContent = (ups ? "Raising risk: " + ups + ". " : "") + (downs ? "Lowering risk: " + downs + "." : "");
   fig.appendChild(cap);
   return fig;
 }
 
-function plainFactor(f) { return typeof f === "string" ? f : (f.text || f.display_name || f.feature); }
-function fmtValue(v) { return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v); }
+function plainFactor(f) { return typeof f === "string" ? f : (f.text || f.feature); }
 
 // ---------------------------------------------------------------- what-if
 function buildWhatIf(schema, record) {

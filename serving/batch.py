@@ -1,0 +1,150 @@
+"""Batch scoring of record files, without HTTP (``refracture predict``).
+
+Same models, same checks, same scorer as the service: a file is read as flat records,
+checked with ``features.records.check_records`` and scored chunk by chunk (one
+vectorised call per outcome per chunk), with a progress bar on large files. As in the
+API, any field error refuses the whole file, listing the errors; nothing is written.
+
+Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``,
+and per outcome ``<outcome>_probability``, ``<outcome>_risk_band`` and
+``<outcome>_model_version``; with ``--explain`` also ``<outcome>_base_value`` and one
+``<outcome>__<feature>`` column per feature contribution (log-odds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.records import RECORD_FIELDS, check_records, records_frame
+from serving.config import DEFAULT_RISK_BANDS
+from serving.scoring import LoadedModel
+
+FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
+MAX_LISTED_ERRORS = 50
+
+
+class BatchInputError(ValueError):
+    """The input file cannot be scored; ``errors`` lists why (record = 0-based row)."""
+
+    def __init__(self, errors: list[dict[str, Any]], n_records: int | None = None):
+        self.errors = errors
+        self.n_records = n_records
+        super().__init__(f"{len(errors)} error(s) in the input")
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.errors)} error(s)" + (f" in {self.n_records} records" if self.n_records else "") + ":"]
+        for e in self.errors[:MAX_LISTED_ERRORS]:
+            where = f"record {e['record']}" if e.get("record") is not None else "file"
+            allowed = f" (allowed: {e['allowed']})" if e.get("allowed") else ""
+            out.append(f"  - {where} {e.get('field') or ''}: {e['error']}{allowed}")
+        if len(self.errors) > MAX_LISTED_ERRORS:
+            out.append(f"  ... and {len(self.errors) - MAX_LISTED_ERRORS} more")
+        return out
+
+
+def read_records(path: Path) -> pd.DataFrame:
+    """Flat records from .csv/.parquet (columns = flat field names) or .json (nested records).
+
+    Unknown columns are refused, as unknown fields are by the API; missing optional
+    columns are missing values (required ones are then reported by the checks).
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            flat = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        elif suffix == ".parquet":
+            flat = pd.read_parquet(path)
+        elif suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data = [data] if isinstance(data, dict) else data
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise BatchInputError([{"record": None, "field": "", "error": "expected a JSON list of nested procedure records", "allowed": ""}])
+            unknown = sorted({f"{k}" for r in data for k in r if k not in ("patient", "procedure", "imaging")})
+            if unknown:
+                raise BatchInputError([{"record": None, "field": k, "error": "unknown field", "allowed": ""} for k in unknown])
+            flat = records_frame(data)
+        else:
+            raise BatchInputError([{"record": None, "field": "", "error": f"unsupported file type {suffix!r}", "allowed": ".csv, .parquet, .json"}])
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, BatchInputError):
+            raise
+        raise BatchInputError([{"record": None, "field": "", "error": f"cannot read {path.name}: {exc}"[:300], "allowed": ""}]) from None
+    unknown = [c for c in flat.columns if c not in FLAT_NAMES]
+    if unknown:
+        raise BatchInputError([{"record": None, "field": c, "error": "unknown column (not a record field)", "allowed": ""} for c in unknown])
+    if len(flat) == 0:
+        raise BatchInputError([{"record": None, "field": "", "error": "no records", "allowed": ""}])
+    return flat.reindex(columns=FLAT_NAMES).reset_index(drop=True)
+
+
+def _band(p: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+    low, high = thresholds
+    return np.where(p < low, "low", np.where(p < high, "intermediate", "high"))
+
+
+def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = False,
+                risk_bands: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Score checked flat records: one vectorised call per outcome (features computed once
+    per feature set, by the model artifact). Returns the output columns described above."""
+    from serving.scoring import Scorer
+
+    bands = risk_bands or DEFAULT_RISK_BANDS
+    scorer = Scorer(models, risk_bands=bands)
+    flat = flat.reset_index(drop=True)
+    feats = scorer.features(flat)
+    out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
+    out["horizon_months"] = float(models[0].model.horizon_months)
+    for m in models:
+        X = feats[m.outcome]
+        if explain:
+            expl = m.model.explain_features(X)
+            p = expl.probability()
+        else:
+            p = m.model.proba_from_features(X)
+        out[f"{m.outcome}_probability"] = p
+        out[f"{m.outcome}_risk_band"] = _band(p, bands[m.outcome])
+        out[f"{m.outcome}_model_version"] = m.version
+        if explain:
+            out[f"{m.outcome}_base_value"] = expl.base_value
+            contrib = pd.DataFrame(expl.values, columns=[f"{m.outcome}__{n}" for n in expl.feature_names])
+            out = pd.concat([out, contrib], axis=1)
+    return out
+
+
+def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
+               chunk_size: int = 50_000, console=None) -> str:
+    """Read, check and score ``input_path``; write ``output_path`` atomically. Returns a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from refracture.io import write_frame_atomic
+
+    start = time.perf_counter()
+    flat = read_records(Path(input_path))
+    n = len(flat)
+    chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    errors: list[dict[str, Any]] = []
+    parts: list[pd.DataFrame] = []
+    show = console is not None and n > chunk_size
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not show, transient=True) as progress:
+        task = progress.add_task("checking and scoring records", total=n)
+        for a, b in chunks:
+            chunk = flat.iloc[a:b].reset_index(drop=True)
+            found = check_records(chunk)
+            errors.extend({**e, "record": e["record"] + a} for e in found)
+            if not errors:
+                parts.append(score_frame(models, chunk, explain=explain))
+            progress.advance(task, b - a)
+    if errors:
+        raise BatchInputError(errors, n)
+    result = pd.concat(parts, ignore_index=True)
+    write_frame_atomic(result, output_path)
+    seconds = time.perf_counter() - start
+    versions = ", ".join(f"{m.outcome} v{m.version}" for m in models)
+    return f"{n} records in {seconds:.1f} s ({n / seconds:,.0f} records/s); models {versions}"

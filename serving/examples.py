@@ -1,0 +1,78 @@
+"""A made-up procedure record for documentation, ``GET /model`` and tests.
+
+No real patient: a 78-year-old woman with an L1 fracture treated by unilateral
+vertebroplasty, with pre-op CT and MRI and a post-op radiograph and CT. Every field of
+the contract is present, so the example shows the whole request shape; a test checks
+that ``POST /predict`` accepts it as is.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_EXAMPLE: dict[str, Any] = {
+    "patient": {
+        "sex": "F",
+        "height_cm": 158.0,
+        "weight_kg": 56.0,
+        "type2_diabetes": 0,
+        "chronic_kidney_disease": 0,
+        "glucocorticoids_long_term": 0,
+        "prior_vertebral_fractures_n": 1,
+        "anti_osteoporosis_therapy": "bisphosphonate",
+        "dxa_bmd_g_cm2": 0.68,
+        "dxa_t_score": -2.9,
+    },
+    "procedure": {
+        "procedure_id": "example-0001",
+        "surgery_date": "2024-01-15",
+        "age_years": 78.0,
+        "level": "L1",
+        "technique": "PVP",
+        "n_levels_treated": 1,
+        "pain_onset_date": "2023-12-28",
+        "approach": "unilateral_right",
+        "cement_volume_ml": 3.5,
+        "brace_prescribed": 0,
+    },
+    "imaging": {
+        "preop": {
+            "vertebral_height_mm": 18.0,
+            "upper_adjacent_height_mm": 24.0,
+            "lower_adjacent_height_mm": 26.0,
+            "kyphotic_angle_deg": 15.0,
+            "wedge_angle_deg": 12.0,
+            "hu_index": 62.0,
+            "hu_upper_adjacent": 70.0,
+            "hu_lower_adjacent": 58.0,
+            "vertebral_body_volume_ml": 30.0,
+            "psoas_area_cm2": 9.6,
+            "paraspinal_fat_fraction_pct": 25.0,
+            "ivc": 1,
+            "endplate_disruption": 0,
+        },
+        "postop": {
+            "vertebral_height_mm": 20.0,
+            "upper_adjacent_height_mm": 24.0,
+            "lower_adjacent_height_mm": 26.0,
+            "kyphotic_angle_deg": 11.0,
+            "wedge_angle_deg": 9.0,
+            "hu_index": 1100.0,
+            "hu_upper_adjacent": 71.0,
+            "hu_lower_adjacent": 59.0,
+            "cement_touches_upper_endplate": 1,
+            "cement_touches_lower_endplate": 0,
+            "cement_larger_side_volume_ml": 2.4,
+            "leakage_intradiscal": "spike",
+            "leakage_paravertebral": 0,
+            "leakage_venous": 0,
+            "leakage_epidural": 0,
+        },
+    },
+}
+
+
+def example_record() -> dict[str, Any]:
+    """A fresh copy of the example record (nested, as POST /predict takes it)."""
+    return copy.deepcopy(_EXAMPLE)

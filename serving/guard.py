@@ -1,0 +1,172 @@
+"""ASGI middleware in front of every route: API key, body-size limit, audit line.
+
+- **Auth.** Every path needs ``Authorization: Bearer <key>`` except the open ones
+  (``OPEN_PATHS``: health, readiness, metrics, ``GET /model`` and the API docs), so a
+  route added later is protected unless someone decides otherwise. Keys are compared
+  in constant time (``hmac.compare_digest``). A missing or wrong key is a 401 with
+  ``WWW-Authenticate: Bearer`` and is audited like any other request.
+- **Body size.** A body over ``max_body_bytes`` is a 413, decided on ``Content-Length``
+  before reading, or while reading a chunked body; the body is then buffered and
+  handed on, so the endpoint never sees a partial one.
+- **Audit.** One JSON line per request to a protected path (``serving.audit``). The
+  endpoint adds what only it knows (procedure ids, model versions) to
+  ``scope["state"]["audit"]``; the ids are hashed here, never logged raw.
+- **OpenAPI.** ``GET /docs.json`` is answered here with the service's spec plus what
+  BentoML cannot know: the bearer scheme, the 401/413/415/422 answers and their body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+from serving import audit
+from serving.config import ServingSettings
+
+Scope = dict[str, Any]
+OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics", "/model", "/docs.json", "/schema.json"})
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui")  # /ui: the clinician page (holds no key)
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+async def _send_json(send: Callable, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    value = _header(scope, b"authorization")
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class GuardMiddleware:
+    """See the module docstring. ``settings`` defaults to the process's settings
+    (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
+
+    def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None):
+        from serving.config import get_settings
+
+        self.app = app
+        self.settings = settings or get_settings()
+        self.spec_provider = spec_provider
+        self._spec: bytes | None = None
+        audit.configure_audit_log(self.settings.audit_log_path)
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path == "/docs.json" and scope.get("method") == "GET" and self.spec_provider is not None:
+            await self._send_spec(send)
+            return
+        if is_open(path):
+            await self.app(scope, receive, send)
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _send_spec(self, send: Callable) -> None:
+        if self._spec is None:
+            self._spec = json.dumps(self.spec_provider()).encode("utf-8")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(self._spec)).encode())]})
+        await send({"type": "http.response.body", "body": self._spec})
+
+    async def _guarded(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        start = time.perf_counter()
+        state = scope.setdefault("state", {})
+        info: dict[str, Any] = {}
+        state["audit"] = info
+        request_id = uuid.uuid4().hex[:16]
+        status_box = {"status": 500}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_box["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        auth = "ok"
+        try:
+            token = bearer_token(scope)
+            if self.settings.api_key is None:  # only possible with insecure_dev (ServingSettings.from_env)
+                auth = "insecure-dev"
+            elif not self.settings.key_matches(token):
+                auth = "missing" if token is None else "wrong"
+                await _send_json(send_wrapper, 401, {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                                 [(b"www-authenticate", b'Bearer realm="refracture-risk"')])
+                return
+            body = await self._read_body(scope, receive, send_wrapper)
+            if body is None:
+                return
+            sent = False
+
+            async def replay() -> dict:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()  # after the body: disconnects
+
+            await self.app(scope, replay, send_wrapper)
+        finally:
+            audit.write(audit.audit_line(
+                endpoint=scope.get("path", ""),
+                method=scope.get("method", ""),
+                status=status_box["status"],
+                latency_ms=(time.perf_counter() - start) * 1000,
+                salt=self.settings.audit_salt,
+                procedure_ids=info.get("procedure_ids", ()),
+                outcomes=info.get("outcomes", ()),
+                model_versions=info.get("model_versions"),
+                n_records=info.get("n_records"),
+                n_errors=info.get("n_errors"),
+                auth=auth,
+                request_id=request_id,
+            ))
+
+    async def _read_body(self, scope: Scope, receive: Callable, send: Callable) -> bytes | None:
+        """The whole body, or None after answering 413 (too large)."""
+        limit = self.settings.max_body_bytes
+        too_large = {"error": f"request body larger than {limit} bytes; send fewer records per request",
+                     "errors": [{"record": None, "field": "", "error": "body too large", "allowed": f"at most {limit} bytes"}]}
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, too_large, [(b"connection", b"close")])
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

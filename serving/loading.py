@@ -1,0 +1,199 @@
+"""Finding and loading the served models: MLflow registry, or the models bundled in a Bento.
+
+Registry mode (``refracture serve``): for each outcome, the ``champion`` alias of
+``refracture-<outcome>`` is resolved **once, at start** to a concrete version, and that
+version (``models:/<name>/<version>``) is loaded and served until the process ends. A new
+champion is picked up by a restart, never mid-flight.
+
+Bento mode (inside a Bento, ``REFRACTURE_MODEL_SOURCE=bento``): the versions pinned at
+build time by ``refracture bento`` are read from ``serving/bento_models.json`` and loaded
+from the BentoML model store the Bento carries, so the Bento runs without the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.config import CHAMPION_ALIAS, REGISTERED_MODEL_PREFIX
+from serving.scoring import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+ENV_MODEL_SOURCE = "REFRACTURE_MODEL_SOURCE"
+BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
+
+
+class ModelsUnavailable(RuntimeError):
+    """A served model cannot be found or loaded; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A registered model version chosen to be served."""
+
+    outcome: str
+    name: str
+    version: str
+    run_id: str | None = None
+
+
+def outcomes() -> tuple[str, ...]:
+    from features.labels import OUTCOMES
+
+    return tuple(OUTCOMES)
+
+
+def registered_name(outcome: str) -> str:
+    return f"{REGISTERED_MODEL_PREFIX}{outcome}"
+
+
+def resolve_pins(pinned_versions: dict[str, str] | None = None, alias: str = CHAMPION_ALIAS) -> list[Pin]:
+    """Resolve each outcome's alias (or the explicitly pinned version) to a concrete version.
+
+    Raises ModelsUnavailable listing every outcome that has no such model.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    pins, problems = [], []
+    for outcome in outcomes():
+        name = registered_name(outcome)
+        try:
+            if pinned_versions and outcome in pinned_versions:
+                mv = client.get_model_version(name, pinned_versions[outcome])
+            else:
+                mv = client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            wanted = f"version {pinned_versions[outcome]}" if pinned_versions and outcome in pinned_versions else f"alias '{alias}'"
+            problems.append(f"{name} ({wanted}): {str(exc).splitlines()[0][:200]}")
+            continue
+        pins.append(Pin(outcome, name, str(mv.version), mv.run_id))
+    if problems:
+        raise ModelsUnavailable(
+            "cannot resolve the served models in the MLflow registry "
+            f"({os.environ.get('MLFLOW_TRACKING_URI') or 'local store'}):\n  - " + "\n  - ".join(problems)
+            + "\nTrain and register them first: `refracture train --raw DIR --outcome all`."
+        )
+    return pins
+
+
+def load_pins(pins: list[Pin]) -> list[LoadedModel]:
+    """Load each pinned version from the registry (``models:/<name>/<version>``)."""
+    import mlflow.pyfunc
+
+    loaded = []
+    for pin in pins:
+        uri = f"models:/{pin.name}/{pin.version}"
+        try:
+            model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        except Exception as exc:  # noqa: BLE001 - any load failure stops the start, with the URI named
+            raise ModelsUnavailable(f"cannot load {uri}: {exc}") from exc
+        _check_outcome(model, pin.outcome, uri)
+        loaded.append(LoadedModel(pin.outcome, pin.name, pin.version, model, pin.run_id, source=uri))
+        logger.info("loaded %s (run %s)", uri, pin.run_id)
+    return loaded
+
+
+def _check_outcome(model, outcome: str, where: str) -> None:
+    if getattr(model, "outcome", outcome) != outcome:
+        raise ModelsUnavailable(f"{where} predicts {model.outcome!r}, not {outcome!r}")
+
+
+def load_from_registry(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:
+    """Resolve and load every outcome's model from the configured MLflow registry."""
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    return load_pins(resolve_pins(pinned_versions))
+
+
+# --------------------------------------------------------------------------- bento
+
+
+def bento_tag(pin: Pin) -> str:
+    """BentoML model tag of a registry version: name and version plus the run, so two
+    registries' 'version 3' never collide in one model store."""
+    run = (pin.run_id or "norun")[:12]
+    return f"{pin.name}:v{pin.version}-{run}"
+
+
+def read_manifest(path: Path = BUNDLE_MANIFEST) -> dict[str, dict]:
+    """The pinned models of a Bento build: {outcome: {tag, name, version, run_id}}; {} if none."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def export_to_bentoml(pins: list[Pin], manifest_path: Path = BUNDLE_MANIFEST) -> dict[str, dict]:
+    """Copy each pinned MLflow model into the BentoML model store and write the manifest
+    that the service (and ``bentoml build``) read. Returns the manifest."""
+    import bentoml
+    import mlflow.artifacts
+    from bentoml.exceptions import NotFound
+
+    manifest: dict[str, dict] = {}
+    for pin in pins:
+        tag = bento_tag(pin)
+        try:
+            bentoml.models.get(tag)
+            logger.info("%s already in the BentoML model store", tag)
+        except NotFound:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{pin.name}/{pin.version}", dst_path=tmp)
+                name, version = tag.split(":")
+                with bentoml.models.create(
+                    f"{name}:{version}",
+                    labels={"outcome": pin.outcome, "registry_version": pin.version},
+                    metadata={"registered_model": pin.name, "registry_version": pin.version, "run_id": pin.run_id or ""},
+                ) as bm:
+                    shutil.copytree(local, Path(bm.path) / "mlflow_model", dirs_exist_ok=True)
+            logger.info("exported models:/%s/%s to BentoML model %s", pin.name, pin.version, tag)
+        manifest[pin.outcome] = {"tag": tag, "name": pin.name, "version": pin.version, "run_id": pin.run_id}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
+    """Load the models a Bento carries (no registry involved)."""
+    import bentoml
+    import mlflow.pyfunc
+
+    missing = [o for o in outcomes() if o not in manifest]
+    if missing:
+        raise ModelsUnavailable(f"{BUNDLE_MANIFEST.name} has no model for {', '.join(missing)}: rebuild with `refracture bento`")
+    loaded = []
+    for outcome in outcomes():
+        entry = manifest[outcome]
+        path = Path(bentoml.models.get(entry["tag"]).path) / "mlflow_model"
+        model = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
+        _check_outcome(model, outcome, entry["tag"])
+        loaded.append(LoadedModel(outcome, entry["name"], str(entry["version"]), model, entry.get("run_id"),
+                                  source=f"bento:{entry['tag']}"))
+    return loaded
+
+
+def running_in_bento() -> bool:
+    """True when this code runs from a built Bento (``<bento>/src/serving/...`` beside
+    ``<bento>/bento.yaml``). ``bentoml serve <bento>`` does not apply the Bento's ``envs``
+    outside a container, so the layout, not only the variable, says where we are."""
+    return (Path(__file__).resolve().parents[2] / "bento.yaml").exists()
+
+
+def load_served_models(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:
+    """The models to serve: from the Bento when running in one (or when
+    ``REFRACTURE_MODEL_SOURCE=bento``), else from the registry (champion alias, or
+    ``pinned_versions``)."""
+    default = "bento" if running_in_bento() else "registry"
+    source = os.environ.get(ENV_MODEL_SOURCE, default).strip().lower()
+    if source == "bento":
+        return load_from_bento(read_manifest())
+    if source != "registry":
+        raise ModelsUnavailable(f"{ENV_MODEL_SOURCE}={source!r}: use 'registry' or 'bento'")
+    return load_from_registry(pinned_versions)

@@ -1,0 +1,64 @@
+"""The served OpenAPI document: BentoML's, plus what only this service knows.
+
+BentoML documents each API's request and 200 response from the pydantic models. This
+adds the bearer-key scheme on the protected routes and the answers the service really
+gives on bad input (400 malformed JSON, 401 key, 413 body size, 415 media type, 422
+field errors), each with the ``ErrorResponse`` body, and drops BentoML's generic 400/404
+error bodies, which this service never sends.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from serving.schemas import ErrorResponse
+
+PROTECTED_ROUTES = ("/predict", "/explain")
+_ERRORS = {
+    "400": "Malformed JSON or an empty body. Nothing was scored.",
+    "401": "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+    "413": "Request body larger than the service's limit (REFRACTURE_MAX_BODY_BYTES).",
+    "415": "Content-Type is not application/json.",
+    "422": "One or more field errors, or too many / no records. Every error of every record is listed; nothing was scored.",
+}
+_DESCRIPTION = (
+    "Calibrated risk of cemented-vertebra refracture, adjacent and remote vertebral fracture after "
+    "vertebroplasty (PVP) or kyphoplasty (PKP), within the stated horizon, with optional SHAP explanations. "
+    "POST /predict and /explain take one procedure record or a list and need 'Authorization: Bearer <key>'. "
+    "GET /model (open) lists the served model versions, their held-out metrics, the risk-band thresholds, the "
+    "record schema and an example request. Decision support only: not a substitute for clinical judgement."
+)
+
+
+def patch_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of BentoML's spec dict with auth and the real error answers documented."""
+    spec = copy.deepcopy(spec)
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in error_schema.pop("$defs", {}).items():
+        schemas[name] = definition
+    schemas["ErrorResponse"] = error_schema
+    components.setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "The API key configured with REFRACTURE_API_KEY (compared in constant time).",
+    }
+    info = spec.setdefault("info", {})
+    info["title"] = "refracture-risk"
+    info["description"] = _DESCRIPTION
+    info["contact"] = {"name": "refracture-risk maintainers"}
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path in PROTECTED_ROUTES:
+        operation = spec.get("paths", {}).get(path, {}).get("post")
+        if operation is None:
+            continue
+        operation["security"] = [{"bearerAuth": []}]
+        if "requestBody" in operation:
+            operation["requestBody"]["required"] = True  # an empty body is a 400
+        responses = operation.setdefault("responses", {})
+        for code in ("400", "404", 400, 404):
+            responses.pop(code, None)
+        for code, text in _ERRORS.items():
+            responses[code] = {"description": text, **copy.deepcopy(ref)}
+    return spec

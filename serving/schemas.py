@@ -1,0 +1,301 @@
+"""Request and response models of the HTTP API, built from the raw contract.
+
+The request models are generated from ``features.records.RECORD_FIELDS``, so a new column
+in the contract appears in the API (and its OpenAPI document, with unit, range and
+definition) without an edit here.
+
+Two layers check a record, and they never disagree on the same question:
+
+1. These pydantic models check the JSON *shape*: known sections and fields only
+   (``extra='forbid'``), numbers are JSON numbers, text is text, dates are ``YYYY-MM-DD``,
+   and no value is absurd enough to break the parsers (non-finite, beyond ±1e12, dates
+   outside 1900–2100). They do not check contract ranges, allowed values or required
+   fields: their JSON schema *documents* those, but
+2. ``features.records.check_records`` enforces them, so the service refuses exactly what
+   ``refracture validate`` refuses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
+
+from features.records import RECORD_FIELDS, RECORD_TIMEPOINTS, RecordField
+
+ABSURD = 1e12
+MAX_TEXT = 200
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# ----------------------------------------------------------------------- value types
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a JSON number")
+    if isinstance(value, int) and abs(value) > ABSURD:
+        raise ValueError(f"a {len(str(abs(value)))}-digit number is far outside any allowed range")
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > ABSURD:
+        raise ValueError(f"{value:g} is far outside any allowed range")
+    return value
+
+
+def _whole(value: Any) -> float:
+    value = _number(value)
+    if value != round(value):
+        raise ValueError(f"{value:g} is not a whole number")
+    return value
+
+
+def _binary(value: Any) -> float:
+    if isinstance(value, bool):  # JSON true/false is a fair way to say 1/0
+        return float(value)
+    value = _number(value)
+    if value not in (0.0, 1.0):
+        # Worded as check_records words it; refused here because the contract's coercion
+        # of binaries to Int8 overflows on large values instead of reporting them.
+        raise ValueError(f"{value:g} is not 0 or 1")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a JSON string")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"text longer than {MAX_TEXT} characters")
+    return value
+
+
+def _date(value: Any) -> str:
+    if not isinstance(value, str) or not _DATE.match(value.strip()):
+        raise ValueError("expected a date as a string YYYY-MM-DD")
+    try:
+        parsed = dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a calendar date") from None
+    if not 1900 <= parsed.year <= 2100:
+        raise ValueError(f"{value!r} is outside 1900-01-01 – 2100-12-31")
+    return value.strip()
+
+
+_VALIDATORS = {"float": _number, "int": _whole, "binary": _binary, "category": _text, "str": _text,
+               "id": _text, "date": _date}
+
+
+def _value_schema(f: RecordField) -> dict[str, Any]:
+    """JSON schema of one field's value (non-null part): type, unit, range, definition."""
+    spec = f.spec
+    doc = spec.definition
+    if spec.unit and spec.kind in ("int", "float"):
+        doc += f" Unit: {spec.unit}."
+    if spec.range_text:
+        doc += f" Allowed: {spec.range_text}{' ' + spec.unit if spec.kind in ('int', 'float') and spec.unit else ''}."
+    schema: dict[str, Any]
+    if spec.kind == "float":
+        schema = {"type": "number", "minimum": spec.min, "maximum": spec.max}
+    elif spec.kind == "int":
+        schema = {"type": "integer", "minimum": int(spec.min), "maximum": int(spec.max)}
+    elif spec.kind == "binary":
+        schema = {"type": "integer", "enum": [0, 1]}
+    elif spec.kind == "category":
+        schema = {"type": "string", "enum": list(spec.allowed)}
+    elif spec.kind == "date":
+        schema = {"type": "string", "format": "date", "pattern": r"^(19\d\d|20\d\d|2100)-\d\d-\d\d$"}
+        doc += " ISO date YYYY-MM-DD, 1900-01-01 to 2100-12-31."
+    else:  # id
+        schema = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}
+    if spec.unit and spec.kind in ("int", "float"):
+        schema["x-unit"] = spec.unit
+    schema["description"] = doc
+    return schema
+
+
+def _field_type(f: RecordField):
+    schema = _value_schema(f)
+    if not f.required:
+        schema = {**schema, "nullable": True}
+    check = _VALIDATORS[f.spec.kind]
+
+    def validate(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return Annotated[Any, PlainValidator(validate), WithJsonSchema(schema)]
+
+
+def _drop_null_refs(schema: dict[str, Any]) -> None:
+    """Document a section as its model only (``null`` is accepted but not advertised)."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+        any_of = prop.get("anyOf")
+        if any_of and len(any_of) == 2 and {"type": "null"} in any_of:
+            prop.update(next(a for a in any_of if a != {"type": "null"}))
+            del prop["anyOf"]
+
+
+def _section_model(name: str, fields: list[RecordField], doc: str) -> type[BaseModel]:
+    required = [f.spec.name for f in fields if f.required]
+
+    def extra(schema: dict[str, Any]) -> None:
+        if required:
+            schema["required"] = required
+        for prop in schema.get("properties", {}).values():
+            prop.pop("default", None)
+
+    definitions = {f.spec.name: (_field_type(f), Field(default=None)) for f in fields}
+    model = create_model(  # type: ignore[call-overload]
+        name,
+        __config__=ConfigDict(extra="forbid", json_schema_extra=extra, title=name),
+        __doc__=doc,
+        **definitions,
+    )
+    return model
+
+
+PatientSection = _section_model(
+    "Patient", [f for f in RECORD_FIELDS if f.section == "patient"],
+    "Baseline values of the patient at the index surgery (no name, no record number).")
+ProcedureSection = _section_model(
+    "Procedure", [f for f in RECORD_FIELDS if f.section == "procedure"],
+    "The treated vertebral level and the operation. procedure_id is the site's pseudonymous key of this level.")
+ImagingPreop = _section_model(
+    "ImagingPreop", [f for f in RECORD_FIELDS if f.timepoint == "preop"],
+    "Pre-operative imaging measurements (radiograph, CT, MRI). Missing values are allowed.")
+ImagingPostop = _section_model(
+    "ImagingPostop", [f for f in RECORD_FIELDS if f.timepoint == "postop"],
+    "Immediately post-operative imaging measurements. Missing values are allowed.")
+assert RECORD_TIMEPOINTS == ("preop", "postop"), "update the imaging sections"
+
+
+class Imaging(BaseModel):
+    """Imaging by time point; either or both may be left out."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_drop_null_refs)
+    preop: ImagingPreop | None = None  # type: ignore[valid-type]
+    postop: ImagingPostop | None = None  # type: ignore[valid-type]
+
+
+def _record_extra(schema: dict[str, Any]) -> None:
+    _drop_null_refs(schema)
+    schema["required"] = ["patient", "procedure"]
+
+
+class ProcedureRecord(BaseModel):
+    """One treated vertebral level, as known at prediction time (raw contract fields)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_record_extra)
+    patient: Annotated[PatientSection | None, Field(default=None)]  # type: ignore[valid-type]
+    procedure: Annotated[ProcedureSection | None, Field(default=None)]  # type: ignore[valid-type]
+    imaging: Imaging | None = None
+
+
+# --------------------------------------------------------------------------- responses
+
+OutcomeName = Literal["cemented_refracture", "adjacent_fracture", "remote_fracture"]
+RiskBand = Literal["low", "intermediate", "high"]
+
+
+class FieldError(BaseModel):
+    """One problem with one field of one record."""
+
+    record: int | None = Field(description="Index of the record in the request (0 for a single record); null for the body as a whole.")
+    field: str = Field(description="JSON path of the field, e.g. 'imaging.preop.hu_index'; '' for the body.")
+    error: str = Field(description="What is wrong.")
+    allowed: str = Field(description="What the contract allows (range with unit, or the allowed values); '' if not applicable.")
+
+
+class ErrorResponse(BaseModel):
+    """The request was refused; nothing was scored."""
+
+    error: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class ModelRef(BaseModel):
+    """The registered model version that produced a probability."""
+
+    name: str = Field(description="MLflow registered model name, e.g. 'refracture-adjacent_fracture'.")
+    version: str = Field(description="MLflow registry version (pinned when the service started).")
+    run_id: str | None = Field(default=None, description="MLflow run that trained it.")
+
+
+class MissingInput(BaseModel):
+    """An input the model uses that the record did not supply, and what the model did instead."""
+
+    field: str
+    handling: str
+
+
+class OutcomePrediction(BaseModel):
+    """Calibrated risk of one outcome within the horizon."""
+
+    probability: float = Field(ge=0, le=1, description="Calibrated probability that the event happens within horizon_months of surgery.")
+    horizon_months: float = Field(description="Horizon of the probability, months after surgery.")
+    risk_band: RiskBand = Field(description="low / intermediate / high; thresholds in GET /model and docs/serving.md.")
+    model: ModelRef
+    missing_inputs: list[MissingInput]
+
+
+class Contribution(BaseModel):
+    """One feature's SHAP contribution to the log-odds of the event."""
+
+    feature: str = Field(description="Feature name (see the data dictionary).")
+    display_name: str = Field(description="The feature in clinical words.")
+    value: float | None = Field(description="The feature's value for this record (null if missing).")
+    unit: str
+    value_text: str = Field(description="The value with its unit, in words, e.g. '62 HU', 'yes', 'missing'.")
+    contribution: float = Field(description="Contribution to the log-odds (positive raises the risk).")
+
+
+class Factor(BaseModel):
+    """A top factor in plain words."""
+
+    feature: str
+    text: str
+    contribution: float
+
+
+class OutcomeExplanation(OutcomePrediction):
+    """A prediction with its SHAP explanation."""
+
+    base_value: float = Field(description="Log-odds of the model before any feature is known (the explainer's expected value).")
+    contributions: list[Contribution]
+    raising: list[Factor] = Field(description="Top factors raising the risk, largest first.")
+    lowering: list[Factor] = Field(description="Top factors lowering the risk, largest first.")
+
+
+def _outcomes_model(name: str, item: type[BaseModel]) -> type[BaseModel]:
+    fields = {o: (item, ...) for o in OutcomeName.__args__}  # type: ignore[attr-defined]
+    return create_model(name, **fields)  # type: ignore[call-overload]
+
+
+OutcomePredictions = _outcomes_model("OutcomePredictions", OutcomePrediction)
+OutcomeExplanations = _outcomes_model("OutcomeExplanations", OutcomeExplanation)
+
+
+class RecordPrediction(BaseModel):
+    record: int = Field(description="Index of the record in the request.")
+    procedure_id: str
+    outcomes: OutcomePredictions  # type: ignore[valid-type]
+
+
+class RecordExplanation(BaseModel):
+    record: int
+    procedure_id: str
+    outcomes: OutcomeExplanations  # type: ignore[valid-type]
+
+
+class PredictResponse(BaseModel):
+    """One entry per record, in request order (also for a single record)."""
+
+    predictions: list[RecordPrediction]
+
+
+class ExplainResponse(BaseModel):
+    """One entry per record, in request order, with explanations."""
+
+    predictions: list[RecordExplanation]

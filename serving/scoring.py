@@ -1,0 +1,203 @@
+"""Scoring flat records with the loaded models: probabilities, risk bands, explanations.
+
+Shared by the HTTP service and ``refracture predict``, so a file scored in batch and the
+same records sent over HTTP get the same numbers. Features come only from the model
+artifact (``RefractureModel.features``, which runs ``features.assemble``): when the
+outcome models share a feature set the features are computed once, by the first model,
+and handed to each model's ``proba_from_features`` / ``explain_features``: one
+vectorised call per outcome for a whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.config import DEFAULT_RISK_BANDS, risk_band
+
+TOP_FACTORS = 3
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One outcome's model, pinned to a registry version."""
+
+    outcome: str
+    name: str
+    version: str
+    model: Any  # training.model.RefractureModel
+    run_id: str | None = None
+    source: str = "registry"
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id}
+
+
+@dataclass
+class Scorer:
+    """Scores flat record frames with one model per outcome (in ``models`` order)."""
+
+    models: list[LoadedModel]
+    risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
+
+    @property
+    def outcomes(self) -> list[str]:
+        return [m.outcome for m in self.models]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {m.outcome: m.version for m in self.models}
+
+    def features(self, flat: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Features per outcome, computed once per distinct feature set."""
+        by_set: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
+        out: dict[str, pd.DataFrame] = {}
+        for m in self.models:
+            key = (m.model.feature_set, tuple(m.model.feature_names))
+            if key not in by_set:
+                by_set[key] = m.model.features(flat)
+            out[m.outcome] = by_set[key]
+        return out
+
+    def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
+              first_index: int = 0) -> list[dict[str, Any]]:
+        """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
+        ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
+        flat = flat.reset_index(drop=True)
+        feats = self.features(flat)
+        per_outcome: dict[str, list[dict[str, Any]]] = {}
+        for m in self.models:
+            X = feats[m.outcome]
+            if explain:
+                expl = m.model.explain_features(X)
+                proba = expl.probability()
+            else:
+                expl = None
+                proba = m.model.proba_from_features(X)
+            missing = _missing_inputs(m.model, flat, X)
+            bands = self.risk_bands.get(m.outcome, DEFAULT_RISK_BANDS[m.outcome])
+            horizon = float(m.model.horizon_months)
+            ref = m.ref
+            items = []
+            for i in range(len(flat)):
+                p = float(proba[i])
+                item: dict[str, Any] = {
+                    "probability": p,
+                    "horizon_months": horizon,
+                    "risk_band": risk_band(p, bands),
+                    "model": ref,
+                    "missing_inputs": [{"field": d.get("field", ""), "handling": d.get("handling", "")} for d in missing[i]],
+                }
+                if expl is not None:
+                    item.update(explanation_item(expl, i))
+                items.append(item)
+            per_outcome[m.outcome] = items
+        return [
+            {"record": first_index + i, "procedure_id": procedure_ids[i],
+             "outcomes": {o: per_outcome[o][i] for o in per_outcome}}
+            for i in range(len(flat))
+        ]
+
+    def probabilities(self, flat: pd.DataFrame) -> pd.DataFrame:
+        """Probabilities only, one column per outcome (the batch-file path)."""
+        flat = flat.reset_index(drop=True)
+        feats = self.features(flat)
+        return pd.DataFrame({m.outcome: m.model.proba_from_features(feats[m.outcome]) for m in self.models})
+
+
+def _missing_inputs(model: Any, flat: pd.DataFrame, X: pd.DataFrame) -> list[list[dict]]:
+    """The model's own account of missing inputs, reusing the features already computed.
+
+    ``RefractureModel.missing_inputs(records)`` recomputes the features (the most
+    expensive step of scoring) only to see which are missing. For tree models its
+    answer is ``training.inputs.missing_inputs(records, features, model_type, {})``, so
+    that is called with the features in hand; linear models (which report their
+    training medians) go through the model's method.
+    """
+    fast = getattr(model, "missing_inputs_from_features", None)
+    if fast is not None:
+        return fast(flat, X)
+    if getattr(model, "model_type", None) in ("xgboost", "random_forest"):
+        from training.inputs import missing_inputs
+
+        return missing_inputs(flat, X, model.model_type, {})
+    return model.missing_inputs(flat)
+
+
+# ---------------------------------------------------------------------- explanations
+
+
+#: Units that read badly after a number ("18.6 ratio"); the number is shown alone.
+_SILENT_UNITS = {"count", "0–2", "ratio", "index"}
+
+
+def _value_text(value: float | None, unit: str, kind: str) -> str:
+    """A feature value in words: '62 HU', '4 °', 'yes', 'missing'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
+    if kind == "binary":
+        return "yes" if value >= 0.5 else "no"
+    shown = "" if unit in _SILENT_UNITS else unit
+    if kind == "count":
+        return f"{value:g} {shown}".strip()
+    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{text} {shown}".strip()
+
+
+def factor_text(label: str, value_text: str, contribution: float) -> str:
+    """'Adjacent vertebra HU (lowest) 62 HU raises the risk (odds × 1.52)'."""
+    direction = "raises" if contribution > 0 else "lowers"
+    odds = math.exp(contribution)
+    if value_text in ("yes", "no"):
+        subject = label if value_text == "yes" else f"No {label[0].lower()}{label[1:]}"
+    elif value_text == "missing":
+        subject = f"{label} not available"
+    else:
+        subject = f"{label} {value_text}"
+    return f"{subject} {direction} the risk (odds × {odds:.2f})"
+
+
+def explanation_item(expl: Any, i: int) -> dict[str, Any]:
+    """Base value, every feature's contribution and the top factors of record ``i``."""
+    from features.catalog import FEATURES_BY_NAME
+
+    values = expl.values[i]
+    row = expl.feature_values.iloc[i]
+    contributions = []
+    for j, name in enumerate(expl.feature_names):
+        spec = FEATURES_BY_NAME.get(name)
+        kind = spec.kind if spec else "continuous"
+        raw = row.iloc[j]
+        value = None if pd.isna(raw) else float(raw)
+        unit = expl.units[j] or ""
+        contributions.append({
+            "feature": name,
+            "display_name": expl.display_names[j],
+            "value": value,
+            "unit": unit,
+            "value_text": _value_text(value, unit, kind),
+            "contribution": float(values[j]),
+            "_label": spec.label if spec else name,
+        })
+    order = np.argsort(-values, kind="stable")
+    raising = [contributions[j] for j in order if values[j] > 1e-9][:TOP_FACTORS]
+    lowering = [contributions[j] for j in order[::-1] if values[j] < -1e-9][:TOP_FACTORS]
+
+    def factor(c: dict[str, Any]) -> dict[str, Any]:
+        return {"feature": c["feature"], "text": factor_text(c["_label"], c["value_text"], c["contribution"]),
+                "contribution": c["contribution"]}
+
+    result = {
+        "base_value": float(expl.base_value),
+        "raising": [factor(c) for c in raising],
+        "lowering": [factor(c) for c in lowering],
+    }
+    for c in contributions:
+        del c["_label"]
+    result["contributions"] = contributions
+    return result

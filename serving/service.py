@@ -1,0 +1,299 @@
+"""The BentoML service: the champion models behind POST /predict and /explain.
+
+Start it with ``refracture serve`` (or ``bentoml serve serving.service:RefractureRisk``).
+At start the service reads its settings (``serving.config``: no API key and no
+``--insecure-dev`` means no start), resolves the ``champion`` alias of each
+``refracture-<outcome>`` to a concrete registry version and loads those versions once
+(``serving.loading``). Every answer names the versions that produced it.
+
+Routes: POST ``/predict``, POST ``/explain`` (bearer key); GET ``/model`` (versions,
+metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
+``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI), all open.
+
+A request body is parsed here, per request (JSON, shape, value types:
+``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
+of concurrent requests (``serving.batcher``), in a worker thread. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import time
+import traceback
+from typing import Annotated, Any
+
+import bentoml
+from _bentoml_sdk.io_models import IORootModel  # the only BentoML internal used: see RecordsInput
+from fastapi import FastAPI
+from pydantic import Field
+from starlette.responses import Response
+
+from serving.schemas import ExplainResponse, PredictResponse, ProcedureRecord
+from serving.validation import ParsedRequest
+
+logger = logging.getLogger(__name__)
+
+#: Processes serving requests. One is best on a small machine (models are loaded per
+#: process and batching works within a process); raise it on a big one.
+WORKERS = int(os.environ.get("REFRACTURE_WORKERS", "1") or 1)
+#: Longest a request may take (seconds) before BentoML answers 504.
+TIMEOUT_S = int(os.environ.get("REFRACTURE_TIMEOUT_S", "120") or 120)
+
+RecordsBody = Annotated[
+    ProcedureRecord | Annotated[list[ProcedureRecord], Field(min_length=1)],
+    Field(description="One procedure record, or a list of them (at most REFRACTURE_MAX_RECORDS, default 1000)."),
+]
+
+
+class RecordsInput(IORootModel[RecordsBody]):  # type: ignore[valid-type]
+    """Request body: one record or a list (JSON). Its schema documents the contract.
+
+    Parsing is ours, not BentoML's: ``from_http_request`` never raises on bad input but
+    hands the endpoint a ``ParsedRequest`` carrying every field error, so the endpoint
+    answers 400/415/422 with the service's own error body (field path, problem, allowed
+    range) rather than BentoML's generic 400.
+    """
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> "RecordsInput":
+        from serving.config import get_settings
+        from serving.validation import _body_error, parse_body
+
+        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        body = await request.body()
+        if media not in ("application/json", "") and not media.endswith("+json"):
+            parsed = _body_error(415, f"send the records as JSON (Content-Type: application/json), not {media!r}")
+        else:
+            parsed = parse_body(body, get_settings().max_records)
+        return cls.model_construct(root=parsed)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # BentoML's OpenAPI flattening keeps only the first branch of an ``anyOf``; the two
+        # shapes (object or array) are exclusive, so ``oneOf`` says the same and survives.
+        schema = super().model_json_schema(*args, **kwargs)
+        if "anyOf" in schema:
+            schema["oneOf"] = schema.pop("anyOf")
+        return schema
+
+
+RecordsInput.__root_input__ = True  # the body is the record (or list) itself, not {"records": ...}
+
+def _declare_bundled_models(cls: type) -> type:
+    """Declare the models pinned by ``refracture bento`` (serving/bento_models.json) as
+    BentoML models of the service, so ``bentoml build`` packs them into the Bento.
+    Without that file (development) nothing is declared and the registry is used."""
+    from serving.loading import read_manifest
+
+    for outcome, entry in read_manifest().items():
+        setattr(cls, f"bundled_{outcome}", bentoml.models.BentoModel(entry["tag"]))
+    return cls
+
+
+model_app = FastAPI(title="refracture-risk model info", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _ui_app():
+    from serving.ui.app import build_ui_app
+
+    return build_ui_app()
+
+
+@bentoml.asgi_app(_ui_app(), path="/ui")
+@bentoml.asgi_app(model_app, path="/")
+@bentoml.service(
+    name="refracture-risk",
+    workers=WORKERS,
+    traffic={"timeout": TIMEOUT_S},
+    # The audit line (serving.guard) is the access log: BentoML's own would add a second
+    # line per request, with the client's address, and cost ~10 % of throughput.
+    logging={"access": {"enabled": False}},
+)
+@_declare_bundled_models
+class RefractureRisk:
+    """Risk of refracture after vertebral augmentation (PVP/PKP): calibrated probabilities per outcome."""
+
+    def __init__(self) -> None:
+        from serving.batcher import MicroBatcher
+        from serving.config import get_settings
+        from serving.loading import load_served_models
+        from serving.scoring import Scorer
+
+        self.settings = get_settings()
+        if self.settings.insecure_dev:
+            logger.warning("INSECURE DEV MODE: no API key; anyone who can reach this port can score records")
+        if self.settings.audit_salt_is_random:
+            logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
+        self.models = load_served_models(self.settings.model_versions or None)
+        self.scorer = Scorer(self.models, risk_bands=self.settings.risk_bands)
+        self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
+        self._explain_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=True), max_records=1000)
+        self._info = _model_info(self.models, self.settings)
+        self._warm_up()
+        # Everything alive now (libraries, models, explainers) lives as long as the process.
+        # Freezing it keeps each full garbage collection from walking it again: on the
+        # bench machine a full pass took 50-150 ms and was the bulk of the p99 latency.
+        gc.collect()
+        gc.freeze()
+        logger.info("serving %s", ", ".join(f"{m.name} v{m.version}" for m in self.models))
+
+    def _warm_up(self) -> None:
+        """Score and explain the example record once: the first real request is then not
+        the one paying for lazy initialisation (SHAP explainers, XGBoost), and a broken
+        model stops the start instead of failing requests."""
+        from features.records import records_frame
+        from serving.examples import example_record
+
+        flat = records_frame([example_record()])
+        self.scorer.score(flat, ["warm-up"], explain=True)
+
+    def __is_ready__(self) -> bool:
+        return len(getattr(self, "models", [])) == 3
+
+    @bentoml.api(route="/predict", input_spec=RecordsInput, output_spec=PredictResponse)
+    async def predict(self, body: ParsedRequest, ctx: bentoml.Context) -> Response:
+        """Calibrated probability, horizon, risk band, model version and missing-input handling,
+        per outcome, for one record or a list. Any field error refuses the whole request (422)."""
+        return await self._answer(body, ctx, explain=False)
+
+    @bentoml.api(route="/explain", input_spec=RecordsInput, output_spec=ExplainResponse)
+    async def explain(self, body: ParsedRequest, ctx: bentoml.Context) -> Response:
+        """As /predict, plus per outcome the SHAP base value (log-odds), every feature's value with
+        unit and contribution (log-odds), and the top factors raising and lowering the risk."""
+        return await self._answer(body, ctx, explain=True)
+
+    @model_app.get("/model")
+    def model_info(self) -> dict[str, Any]:
+        """Served model versions, held-out metrics, horizon, risk bands, record schema and an example request."""
+        return self._info
+
+    # ------------------------------------------------------------------ internals
+    async def _answer(self, parsed: ParsedRequest, ctx: bentoml.Context, explain: bool) -> Response:
+        info = ctx.request.scope.get("state", {}).get("audit")
+        info = info if info is not None else {}
+        info["outcomes"] = self.scorer.outcomes
+        info["model_versions"] = self.scorer.versions
+        if not parsed.ok:
+            info["n_errors"] = len(parsed.errors)
+            ctx.response.status_code = parsed.status  # BentoML copies this onto the response
+            return _json(parsed.status, {"error": parsed.message or parsed.errors[0]["error"], "errors": parsed.errors})
+        batcher = self._explain_batcher if explain else self._predict_batcher
+        status, payload, n_errors = await batcher.submit(parsed.flat, parsed.procedure_ids, parsed.errors)
+        info["n_records"] = len(parsed.flat)
+        info["procedure_ids"] = [p for p in parsed.procedure_ids if p]
+        info["n_errors"] = n_errors
+        ctx.response.status_code = status
+        return Response(payload, status_code=status, media_type="application/json")
+
+    def _process(self, jobs: list, explain: bool) -> list[tuple[int, bytes, int]]:
+        """Check and score a batch of requests (runs in the batcher's thread)."""
+        import pandas as pd
+
+        from features.records import check_records
+        from serving.validation import finish
+
+        try:
+            flats = [j.flat for j in jobs]
+            merged = pd.concat(flats, ignore_index=True) if len(flats) > 1 else flats[0].reset_index(drop=True)
+            contract = check_records(merged)
+            offsets, start = [], 0
+            for f in flats:
+                offsets.append((start, start + len(f)))
+                start += len(f)
+            per_job: list[list[dict]] = [[] for _ in jobs]
+            for e in contract:
+                k = next(k for k, (a, b) in enumerate(offsets) if a <= e["record"] < b)
+                per_job[k].append({**e, "record": e["record"] - offsets[k][0]})
+            finals = [finish(ParsedRequest(200, flat=j.flat, procedure_ids=j.procedure_ids, errors=j.prior_errors), errs)
+                      for j, errs in zip(jobs, per_job)]
+            ok = [k for k, f in enumerate(finals) if f.ok]
+            results: dict[int, bytes] = {}
+            if ok:
+                flat_ok = pd.concat([jobs[k].flat for k in ok], ignore_index=True) if len(ok) > 1 else jobs[ok[0]].flat
+                ids = [pid for k in ok for pid in jobs[k].procedure_ids]
+                scored = self.scorer.score(flat_ok, ids, explain=explain)
+                pos = 0
+                for k in ok:
+                    n = len(jobs[k].flat)
+                    part = scored[pos:pos + n]
+                    for i, item in enumerate(part):
+                        item["record"] = i
+                    results[k] = json.dumps({"predictions": part}, separators=(",", ":")).encode("utf-8")
+                    pos += n
+            out = []
+            for k, final in enumerate(finals):
+                if final.ok:
+                    out.append((200, results[k], 0))
+                else:
+                    body = {"error": final.message, "errors": final.errors}
+                    out.append((422, json.dumps(body, separators=(",", ":")).encode("utf-8"), len(final.errors)))
+            return out
+        except Exception as exc:
+            # Log where, not what: exception messages may quote record values.
+            logger.error("scoring failed: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            raise RuntimeError("scoring failed") from None
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")).encode("utf-8"), status_code=status,
+                    media_type="application/json")
+
+
+def _model_info(models: list, settings) -> dict[str, Any]:
+    """The body of GET /model (computed once at start)."""
+    from features.catalog import FEATURES_BY_NAME
+    from features.records import RECORD_FIELDS
+    from features.schema import SCHEMA_VERSION
+    from serving.examples import example_record
+
+    outcomes = {}
+    for m in models:
+        low, high = settings.risk_bands[m.outcome]
+        outcomes[m.outcome] = {
+            "model": m.ref,
+            "source": m.source,
+            "model_type": m.model.model_type,
+            "feature_set": m.model.feature_set,
+            "horizon_months": float(m.model.horizon_months),
+            "metrics": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in dict(m.model.metrics).items()},
+            "risk_bands": {"low": f"probability < {low:g}", "intermediate": f"{low:g} <= probability < {high:g}",
+                           "high": f"probability >= {high:g}", "thresholds": [low, high]},
+            "features": [
+                {"name": n, "display_name": FEATURES_BY_NAME[n].display() if n in FEATURES_BY_NAME else n,
+                 "unit": FEATURES_BY_NAME[n].unit if n in FEATURES_BY_NAME else ""}
+                for n in m.model.feature_names
+            ],
+        }
+    horizons = sorted({o["horizon_months"] for o in outcomes.values()})
+    return {
+        "service": "refracture-risk",
+        "horizon_months": horizons[0] if len(horizons) == 1 else horizons,
+        "outcomes": outcomes,
+        "limits": {"max_records_per_request": settings.max_records, "max_body_bytes": settings.max_body_bytes},
+        "record_schema_version": SCHEMA_VERSION,
+        "feature_schema": [
+            {"field": f.path, "flat_name": f.flat_name, "kind": f.spec.kind, "unit": f.spec.unit,
+             "allowed": f.spec.range_text, "required": f.required, "nullable": not f.required,
+             "definition": f.spec.definition}
+            for f in RECORD_FIELDS
+        ],
+        "example_request": example_record(),
+    }
+
+
+def _spec() -> dict[str, Any]:
+    from serving.openapi import patch_spec
+
+    return patch_spec(RefractureRisk.openapi_spec.asdict())
+
+
+def _add_guard() -> None:
+    from serving.guard import GuardMiddleware
+
+    RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
+
+
+_add_guard()

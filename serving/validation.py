@@ -1,0 +1,191 @@
+"""Request body -> flat records, or the list of every field error. Never raises on input.
+
+Policy (docs/serving.md, "Validation"):
+
+- The body is one record (a JSON object) or a list of 1..``max_records`` records.
+- Malformed JSON (including ``NaN``/``Infinity``, which are not JSON) is a 400.
+- Any field error in any record refuses the **whole request** with 422 and lists every
+  error of every record (record index, field path, what is wrong, what is allowed).
+  Nothing is scored: a partial answer to a batch is easy to misfile against the wrong
+  patient, and the list tells the caller exactly which records to fix.
+- Unknown fields are refused, not ignored: a misspelt ``hu_idx`` silently dropped would
+  change a prediction without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from features.records import RECORD_FIELDS, check_records, flatten_record
+from serving.schemas import ProcedureRecord
+
+_FIELDS_BY_PATH = {f.path: f for f in RECORD_FIELDS}
+_FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
+
+
+@dataclass
+class ParsedRequest:
+    """Outcome of parsing a request body.
+
+    ``status`` is 200 when ``flat`` holds the records (one row each, columns = flat
+    record fields), else the HTTP status to answer with and ``errors`` says why.
+    """
+
+    status: int
+    flat: pd.DataFrame | None = None
+    procedure_ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (send null for a missing value)")
+
+
+def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
+    return ParsedRequest(status, errors=[{"record": None, "field": "", "error": message, "allowed": allowed}],
+                         message=message)
+
+
+def _allowed(path: str) -> str:
+    f = _FIELDS_BY_PATH.get(path)
+    if f is None:
+        return ""
+    if f.spec.kind == "date":
+        return "a date YYYY-MM-DD"
+    unit = f" {f.spec.unit}" if f.spec.unit and f.spec.kind in ("int", "float") else ""
+    return (f.spec.range_text + unit).strip()
+
+
+def _pydantic_errors(i: int, exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors(include_url=False, include_context=False, include_input=False):
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            message, allowed = "unknown field (not part of the raw contract)", "see GET /model feature_schema"
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            allowed = _allowed(path)
+        out.append({"record": i, "field": path, "error": message, "allowed": allowed})
+    return out
+
+
+def _scalar_or_none(value: Any) -> Any:
+    """What ``check_records`` may see: a JSON scalar, bool as 0/1; nothing else."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    return None
+
+
+def parse_body(body: bytes, max_records: int) -> ParsedRequest:
+    """First pass, cheap and per request: JSON, shape and value types.
+
+    Returns status 200 with ``flat`` (fields of a refused JSON shape blanked) and any
+    shape errors so far; the contract checks (``check_records``) come second, in
+    ``finish``, so that they can run on many requests at once. Any other status is final.
+    """
+    if not body or not body.strip():
+        return _body_error(400, "empty body: send one procedure record (JSON object) or a list of them")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _body_error(400, f"malformed JSON: {exc}"[:300])
+
+    if isinstance(data, dict):
+        raw_records = [data]
+    elif isinstance(data, list):
+        raw_records = data
+    else:
+        return _body_error(422, f"expected a procedure record (JSON object) or a list of them, got {type(data).__name__}")
+    if not raw_records:
+        return _body_error(422, "empty list: send at least one record", f"1 – {max_records} records")
+    if len(raw_records) > max_records:
+        return _body_error(422, f"{len(raw_records)} records is more than this service takes in one request",
+                           f"1 – {max_records} records")
+
+    errors: list[dict[str, Any]] = []
+    flat_rows: list[dict[str, Any]] = []
+    for i, raw in enumerate(raw_records):
+        if not isinstance(raw, dict):
+            errors.append({"record": i, "field": "", "error": f"expected a JSON object, got {type(raw).__name__}",
+                           "allowed": "a procedure record"})
+            flat_rows.append(dict.fromkeys(_FLAT_NAMES))
+            continue
+        record_errors: list[dict[str, Any]] = []
+        try:
+            ProcedureRecord.model_validate(raw)
+        except ValidationError as exc:
+            record_errors = _pydantic_errors(i, exc)
+        errors.extend(record_errors)
+        flat_rows.append(_masked_flat(raw, {e["field"] for e in record_errors}))
+    flat = pd.DataFrame(flat_rows, columns=_FLAT_NAMES)
+    ids = ["" if v is None else str(v).strip() for v in flat["procedure_id"]]
+    return ParsedRequest(200, flat=flat, procedure_ids=ids, errors=errors)
+
+
+def finish(parsed: ParsedRequest, contract_errors: list[dict[str, Any]]) -> ParsedRequest:
+    """Second pass: merge the contract errors of ``parsed.flat`` (``check_records``,
+    record indices relative to this request) into the shape errors. A field refused for
+    its JSON shape is reported once, for that; a refused section hides its fields."""
+    if not parsed.ok:
+        return parsed
+    errors = list(parsed.errors)
+    seen = {(e["record"], e["field"]) for e in errors}
+    bad_sections = {(e["record"], e["field"]) for e in errors if e["field"] in _SECTIONS}
+    for e in contract_errors:
+        if (e["record"], e["field"]) in seen:
+            continue
+        if any((e["record"], prefix) in bad_sections for prefix in _prefixes(e["field"])):
+            continue
+        errors.append(e)
+    if errors:
+        errors.sort(key=lambda e: (e["record"] if e["record"] is not None else -1))
+        n_bad = len({e["record"] for e in errors})
+        n = len(parsed.flat) if parsed.flat is not None else 0
+        return ParsedRequest(422, procedure_ids=parsed.procedure_ids, errors=errors,
+                             message=f"{len(errors)} field error(s) in {n_bad} of {n} record(s); nothing was scored")
+    return ParsedRequest(200, flat=parsed.flat, procedure_ids=parsed.procedure_ids)
+
+
+def parse_records(body: bytes, max_records: int) -> ParsedRequest:
+    """Parse and validate a request body (JSON bytes) in one go. Never raises."""
+    parsed = parse_body(body, max_records)
+    if not parsed.ok:
+        return parsed
+    return finish(parsed, check_records(parsed.flat))
+
+
+_SECTIONS = ("", "patient", "procedure", "imaging", "imaging.preop", "imaging.postop")
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [""] + [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _masked_flat(raw: dict[str, Any], bad_paths: set[str]) -> dict[str, Any]:
+    """Flat record from a nested one; sections or fields that are not of the right JSON
+    shape (already reported) become None."""
+    safe: dict[str, Any] = {}
+    for section in ("patient", "procedure"):
+        value = raw.get(section)
+        safe[section] = value if isinstance(value, dict) and section not in bad_paths else {}
+    imaging = raw.get("imaging")
+    imaging = imaging if isinstance(imaging, dict) and "imaging" not in bad_paths else {}
+    safe["imaging"] = {tp: (v if isinstance(v := imaging.get(tp), dict) and f"imaging.{tp}" not in bad_paths else {})
+                       for tp in ("preop", "postop")}
+    flat = flatten_record(safe)
+    for f in RECORD_FIELDS:
+        flat[f.flat_name] = None if f.path in bad_paths else _scalar_or_none(flat[f.flat_name])
+    return flat

@@ -1,0 +1,300 @@
+"""The service in-process (``Service.to_asgi()`` + Starlette's TestClient) against a real
+registered champion in a temporary MLflow store: answers, no training/serving skew,
+explanations, auth, limits, bad input and the audit trail."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from serving_support import API_KEY, OUTCOMES, ensure_trained_store, to_json_records, valid_flat_records
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_RECORDS = 40
+MAX_BODY = 300_000
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    return ensure_trained_store(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def service_env(store, tmp_path_factory):
+    audit_log = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    env = {
+        "REFRACTURE_MLFLOW_DIR": str(store / "mlflow"),
+        "REFRACTURE_API_KEY": API_KEY,
+        "REFRACTURE_AUDIT_SALT": "test-salt",
+        "REFRACTURE_AUDIT_LOG": str(audit_log),
+        "REFRACTURE_MAX_RECORDS": str(MAX_RECORDS),
+        "REFRACTURE_MAX_BODY_BYTES": str(MAX_BODY),
+    }
+    saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"]}
+    for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    from serving.config import reset_settings
+
+    reset_settings()
+    yield {**env, "audit_log": audit_log}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_settings()
+
+
+@pytest.fixture(scope="module")
+def client(service_env):
+    from starlette.testclient import TestClient
+
+    from serving.service import RefractureRisk
+
+    with TestClient(RefractureRisk.to_asgi()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def flat(store):
+    return valid_flat_records(store, 20)
+
+
+@pytest.fixture(scope="module")
+def champions(service_env):
+    from mlflow.tracking import MlflowClient
+
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    client = MlflowClient()
+    return {o: client.get_model_version_by_alias(f"refracture-{o}", "champion") for o in OUTCOMES}
+
+
+def post(client, path, payload, headers=AUTH):
+    return client.post(path, content=json.dumps(payload), headers={"Content-Type": "application/json", **headers})
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def test_predict_one_record_names_versions_horizon_and_band(client, champions):
+    from serving.config import DEFAULT_RISK_BANDS, risk_band
+    from serving.examples import example_record
+
+    r = post(client, "/predict", example_record())
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["predictions"]
+    assert item["record"] == 0 and item["procedure_id"] == "example-0001"
+    assert set(item["outcomes"]) == set(OUTCOMES)
+    for outcome, answer in item["outcomes"].items():
+        assert 0 < answer["probability"] < 1
+        assert answer["horizon_months"] == 24.0
+        assert answer["risk_band"] == risk_band(answer["probability"], DEFAULT_RISK_BANDS[outcome])
+        assert answer["model"] == {"name": f"refracture-{outcome}", "version": str(champions[outcome].version),
+                                   "run_id": champions[outcome].run_id}
+        assert answer["missing_inputs"] == []
+    from serving.schemas import PredictResponse
+
+    PredictResponse.model_validate(r.json())
+
+
+def test_no_training_serving_skew(client, champions, flat):
+    """The service's probability is the registered MLflow model's, record for record."""
+    import mlflow.pyfunc
+
+    r = post(client, "/predict", to_json_records(flat))
+    assert r.status_code == 200, r.text
+    served = r.json()["predictions"]
+    assert [p["procedure_id"] for p in served] == list(flat["procedure_id"])
+    as_sent = flat.copy()
+    for col in ("surgery_date", "pain_onset_date"):  # the model's signature takes ISO date strings
+        as_sent[col] = as_sent[col].dt.strftime("%Y-%m-%d").astype(object).where(as_sent[col].notna(), None)
+    for outcome in OUTCOMES:
+        mv = champions[outcome]
+        reference = mlflow.pyfunc.load_model(f"models:/refracture-{outcome}/{mv.version}").predict(as_sent)["probability"]
+        got = np.array([p["outcomes"][outcome]["probability"] for p in served])
+        np.testing.assert_allclose(got, reference.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_list_order_is_kept_and_each_record_scores_as_alone(client, flat):
+    records = to_json_records(flat.head(3))
+    batch = post(client, "/predict", records).json()["predictions"]
+    alone = post(client, "/predict", records[2]).json()["predictions"][0]
+    assert [p["record"] for p in batch] == [0, 1, 2]
+    assert batch[2]["outcomes"] == alone["outcomes"]
+
+
+def test_missing_inputs_are_reported_with_handling(client):
+    from serving.examples import example_record
+
+    rec = example_record()
+    del rec["imaging"]["preop"]["hu_upper_adjacent"], rec["imaging"]["preop"]["hu_lower_adjacent"]
+    r = post(client, "/predict", rec)
+    assert r.status_code == 200, r.text
+    missing = r.json()["predictions"][0]["outcomes"]["adjacent_fracture"]["missing_inputs"]
+    fields = {m["field"] for m in missing}
+    assert "imaging.preop.hu_upper_adjacent" in fields
+    assert all(m["handling"] for m in missing)
+
+
+def test_missing_inputs_fast_path_equals_the_models_own_answer(client, flat):
+    """The service reuses computed features for missing-input reports; same answer as the model's method."""
+    from serving.loading import load_from_registry
+    from serving.scoring import _missing_inputs
+
+    sparse = flat.head(6).copy()
+    sparse.loc[0, ["hu_upper_adjacent_preop", "hu_lower_adjacent_preop"]] = np.nan
+    sparse.loc[1, ["vertebral_body_volume_ml_preop", "psoas_area_cm2_preop"]] = np.nan
+    for m in load_from_registry():
+        X = m.model.features(sparse)
+        assert _missing_inputs(m.model, sparse, X) == m.model.missing_inputs(sparse)
+
+
+def test_explain_is_additive_and_in_plain_words(client, flat):
+    from serving.schemas import ExplainResponse
+
+    records = to_json_records(flat.head(4))
+    r = post(client, "/explain", records)
+    assert r.status_code == 200, r.text
+    ExplainResponse.model_validate(r.json())
+    predicted = post(client, "/predict", records).json()["predictions"]
+    for item, plain in zip(r.json()["predictions"], predicted):
+        for outcome, e in item["outcomes"].items():
+            p = e["probability"]
+            assert p == pytest.approx(plain["outcomes"][outcome]["probability"], abs=1e-9)
+            total = e["base_value"] + sum(c["contribution"] for c in e["contributions"])
+            assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-6)
+            assert len(e["contributions"]) >= 10
+            assert all(c["display_name"] and c["value_text"] for c in e["contributions"])
+            ups = [f["contribution"] for f in e["raising"]]
+            downs = [f["contribution"] for f in e["lowering"]]
+            assert all(c > 0 for c in ups) and ups == sorted(ups, reverse=True) and len(ups) <= 3
+            assert all(c < 0 for c in downs) and downs == sorted(downs) and len(downs) <= 3
+            assert all(" raises the risk" in f["text"] for f in e["raising"])
+            assert all(" lowers the risk" in f["text"] for f in e["lowering"])
+
+
+def test_model_info_is_open_and_its_example_is_accepted_as_is(client, champions):
+    r = client.get("/model")
+    assert r.status_code == 200
+    info = r.json()
+    assert info["horizon_months"] == 24.0
+    for outcome in OUTCOMES:
+        o = info["outcomes"][outcome]
+        assert o["model"]["version"] == str(champions[outcome].version)
+        assert "auroc" in o["metrics"]
+        assert len(o["risk_bands"]["thresholds"]) == 2
+    assert {f["field"] for f in info["feature_schema"]} >= {"patient.height_cm", "imaging.postop.hu_index"}
+    assert post(client, "/predict", info["example_request"]).status_code == 200
+
+
+def test_health_endpoints_are_open(client):
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert client.get(path).status_code == 200
+
+
+def test_openapi_documents_auth_and_error_answers(client):
+    spec = client.get("/docs.json").json()
+    op = spec["paths"]["/predict"]["post"]
+    assert op["security"] == [{"bearerAuth": []}]
+    assert {"400", "401", "413", "422"} <= set(op["responses"])
+    assert "ProcedureRecord" in spec["components"]["schemas"]
+    assert "/model" in spec["paths"]
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-0123456789"},
+                                     {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"}])
+@pytest.mark.parametrize("path", ["/predict", "/explain"])
+def test_missing_or_wrong_key_is_401(client, headers, path):
+    from serving.examples import example_record
+
+    r = post(client, path, example_record(), headers=headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "predictions" not in r.text
+
+
+# ------------------------------------------------------------------- bad input, limits
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'{"patient": NaN}', b"[1]", b'{"patient": {"sex": 1}}'])
+def test_bad_bodies_are_4xx_with_errors(client, raw):
+    r = client.post("/predict", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500
+    assert r.json()["errors"]
+
+
+def test_wrong_media_type_is_415(client):
+    r = client.post("/predict", content=b"sex=F", headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415
+
+
+def test_batch_with_bad_records_is_refused_whole(client, flat):
+    records = to_json_records(flat.head(3))
+    records[1]["patient"]["weight_kg"] = 900
+    records[2]["procedure"]["level"] = "S1"
+    r = post(client, "/predict", records)
+    assert r.status_code == 422
+    errors = r.json()["errors"]
+    assert {(e["record"], e["field"]) for e in errors} == {(1, "patient.weight_kg"), (2, "procedure.level")}
+    assert all(e["allowed"] for e in errors)
+
+
+def test_too_many_records_is_422(client):
+    from serving.examples import example_record
+
+    r = post(client, "/predict", [example_record()] * (MAX_RECORDS + 1))
+    assert r.status_code == 422
+    assert f"1 – {MAX_RECORDS} records" == r.json()["errors"][0]["allowed"]
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(client):
+    big = b"[" + b" " * MAX_BODY + b"]"
+    r = client.post("/predict", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+    def chunks():
+        for _ in range(MAX_BODY // 10_000 + 2):
+            yield b" " * 10_000
+
+    r = client.post("/predict", content=chunks(), headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_env, flat):
+    from serving.audit import key_hash
+
+    log = service_env["audit_log"]
+    before = log.read_text().splitlines() if log.exists() else []
+    records = to_json_records(flat.head(2))
+    post(client, "/predict", records)
+    post(client, "/explain", records[0])
+    post(client, "/predict", records[0], headers={})
+    client.get("/healthz")
+    lines = log.read_text().splitlines()[len(before):]
+    assert len(lines) == 3
+    entries = [json.loads(line) for line in lines]
+    assert [(e["endpoint"], e["status"]) for e in entries] == [("/predict", 200), ("/explain", 200), ("/predict", 401)]
+    first = entries[0]
+    assert first["procedure_key_hashes"] == [key_hash(b"test-salt", pid) for pid in flat["procedure_id"].head(2)]
+    assert first["model_versions"].keys() == set(OUTCOMES) and first["latency_ms"] > 0 and first["n_records"] == 2
+    assert entries[2]["auth"] == "missing"
+    text = "\n".join(lines)
+    for pid in flat["procedure_id"].head(2):
+        assert pid not in text
+    # No clinical value can be in a line: its keys are fixed and none holds record data.
+    allowed = {"time", "event", "request_id", "endpoint", "method", "status", "latency_ms", "auth", "outcomes",
+               "model_versions", "n_records", "n_errors", "procedure_key_hashes"}
+    assert all(set(e) == allowed for e in entries)

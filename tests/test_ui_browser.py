@@ -1,0 +1,169 @@
+"""Browser tests of the clinician page: Debian's chromium, headless, driven by Playwright,
+against the real service (``refracture serve`` on 127.0.0.1 with a registered champion).
+
+Checks: the page loads with no external requests; an example patient fills the form;
+submitting shows each outcome's probability and a SHAP waterfall whose numbers equal
+``POST /explain``'s for the same record; a what-if change moves the risk; a bad value
+shows a field-level message next to the field; the page works from the keyboard alone;
+the API key never appears in the page source. A screenshot is saved to
+``test-artifacts/clinician-page.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from serving_support import API_KEY, ROOT, Server, ensure_trained_store, store_env
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: .ci/run installs it (apt-get install chromium)")
+    store = ensure_trained_store(tmp_path_factory.getbasetemp())
+    env = store_env(store, REFRACTURE_API_KEY=API_KEY, REFRACTURE_AUDIT_SALT="ui-test-salt")
+    with Server(env, log=tmp_path_factory.mktemp("ui") / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    external: list[str] = []
+    pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
+    pg.goto(f"{server.url}/ui/")
+    pg.wait_for_selector("#f-level")
+    # (Selector waits: the page's CSP forbids eval, which string wait_for_function needs.)
+    pg.wait_for_selector("#example-select option:nth-child(3)", state="attached")
+    yield pg
+    assert external == [], f"the page requested outside assets: {external}"
+    context.close()
+
+
+def _explain(server, record) -> dict:
+    r = httpx.post(f"{server.url}/explain", json=record, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"][0]["outcomes"]
+
+
+def _record_in_page(page) -> dict:
+    return page.evaluate("readForm()")
+
+
+def test_review_an_example_patient_matches_explain(page, server):
+    page.fill("#api-key", API_KEY)
+    page.select_option("#example-select", index=2)
+    page.click("#load-example")
+    assert page.input_value("#f-level") != ""
+    page.click("#submit")
+    page.wait_for_selector(".card .wf")
+    expected = _explain(server, _record_in_page(page))
+    cards = page.locator(".card")
+    assert cards.count() == 3
+    for i in range(3):
+        card = cards.nth(i)
+        outcome = card.get_attribute("data-outcome")
+        exp = expected[outcome]
+        assert float(card.get_attribute("data-probability")) == pytest.approx(exp["probability"], abs=1e-12)
+        text = card.inner_text()
+        assert f"within {exp['horizon_months']:g} months" in text
+        assert f"version {exp['model']['version']}" in text
+        assert "AUROC" in text and "95 % CI" in text and "calibration slope" in text
+        # The waterfall's bars are /explain's contributions (top 10 by size, then the rest summed).
+        fig = card.locator("figure.wf")
+        assert float(fig.get_attribute("data-base-value")) == pytest.approx(exp["base_value"], abs=1e-12)
+        bars = card.locator("rect[data-feature]")
+        shown = {bars.nth(j).get_attribute("data-feature"): float(bars.nth(j).get_attribute("data-contribution"))
+                 for j in range(bars.count())}
+        contribs = {c["feature"]: c["contribution"] for c in exp["contributions"]}
+        top = sorted(contribs, key=lambda k: -abs(contribs[k]))[:10]
+        for name in top:
+            assert shown[name] == pytest.approx(contribs[name], abs=1e-12)
+        if len(contribs) > 10:
+            assert shown["_other"] == pytest.approx(sum(contribs[k] for k in contribs if k not in top), abs=1e-9)
+        final = float(fig.get_attribute("data-final-logit"))
+        assert 1 / (1 + math.exp(-final)) == pytest.approx(exp["probability"], abs=1e-9)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "clinician-page.png"), full_page=True)
+
+
+def test_what_if_changes_the_risk_and_says_it_is_an_association(page, server):
+    page.fill("#api-key", API_KEY)
+    page.select_option("#example-select", index=1)
+    page.click("#load-example")
+    page.click("#submit")
+    page.wait_for_selector("#what-if:not([hidden])")
+    assert "not causation" in page.inner_text("#what-if-caveat").lower() or "association" in page.inner_text("#what-if-caveat").lower()
+    current = float(page.input_value("#w-cement_volume") or 3)
+    page.fill("#w-cement_volume", f"{min(current + 4, 14.5):.1f}")
+    page.select_option("#w-endplate_contact", "0" if page.input_value("#w-endplate_contact") == "1" else "1")
+    page.click("#what-if-run")
+    page.wait_for_selector("#what-if-table:not([hidden]) tbody tr")
+    rows = page.locator("#what-if-table tbody tr")
+    assert rows.count() == 3
+    moved = [abs(float(rows.nth(i).get_attribute("data-after")) - float(rows.nth(i).get_attribute("data-before")))
+             for i in range(3)]
+    assert max(moved) > 1e-4, moved
+
+
+def test_bad_value_shows_a_field_error_next_to_the_field(page):
+    page.fill("#api-key", API_KEY)
+    page.select_option("#example-select", index=0)
+    page.click("#load-example")
+    page.fill("#f-vertebral_height_mm_preop", "1.9")  # cm where mm is expected
+    page.select_option("#f-level", "L5")
+    page.fill("#f-age_years", "abc")
+    page.click("#submit")
+    page.wait_for_selector("#e-vertebral_height_mm_preop:not(:empty)")
+    assert "mm" in page.inner_text("#e-vertebral_height_mm_preop")
+    assert page.get_attribute("#f-vertebral_height_mm_preop", "aria-invalid") == "true"
+    assert page.inner_text("#e-age_years") != ""
+    assert page.locator(".card").count() == 0
+
+
+def test_keyboard_only_and_no_key_in_source(page, server):
+    source = httpx.get(f"{server.url}/ui/", timeout=10).text + httpx.get(f"{server.url}/ui/static/app.js", timeout=10).text
+    assert API_KEY not in source
+    # Keyboard only: type the key, choose and load an example, submit with Enter.
+    page.focus("#api-key")
+    page.keyboard.type(API_KEY)
+    page.keyboard.press("Tab")  # example select
+    page.keyboard.press("Tab")  # load button
+    page.keyboard.press("Enter")
+    assert page.input_value("#f-level") != ""
+    page.focus("#f-age_years")
+    page.keyboard.press("Enter")  # submits the form
+    page.wait_for_selector(".card .wf")
+    # Every form control has a label.
+    unlabeled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+        .filter(e => !(e.labels && e.labels.length)).map(e => e.id)""")
+    assert unlabeled == []
+
+
+def test_without_key_the_page_asks_for_it(page):
+    page.select_option("#example-select", index=0)
+    page.click("#load-example")
+    page.click("#submit")
+    page.wait_for_selector("#form-status:has-text('API key')")
+    assert page.locator(".card").count() == 0
