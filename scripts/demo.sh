@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default: simulate a cohort, validate it, build
-# both feature sets. (Training and serving steps are added as they land.)
+# both feature sets, train and register every outcome's candidates in the local MLflow
+# store (mlflow/), then serve the champions on http://127.0.0.1:3000 (Ctrl-C stops it).
+#
+# Knobs: DEMO_N (cohort size, default 5000), DEMO_DATA (default data/demo),
+# DEMO_PORT (default 3000), DEMO_SERVE=0 to stop after training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=.venv/bin/refracture
 DATA=${DEMO_DATA:-data/demo}
 N=${DEMO_N:-5000}
+PORT=${DEMO_PORT:-3000}
+
 $R synth --profile xiong2021-pvp --n "$N" --seed 7 --out "$DATA"
 $R validate --raw "$DATA"
 $R features --raw "$DATA" --feature-set preop --out "$DATA/features-preop.parquet"
 $R features --raw "$DATA" --feature-set postop --out "$DATA/features-postop.parquet"
+$R train --raw "$DATA" --outcome all --feature-set postop
+$R models
+
+[ "${DEMO_SERVE:-1}" = "0" ] && exit 0
+
+# A local API key for the demo, kept out of git (data/ is ignored) and out of the page.
+if [ -z "${REFRACTURE_API_KEY:-}" ]; then
+  keyfile="$DATA/api-key"
+  [ -s "$keyfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$keyfile")
+  export REFRACTURE_API_KEY_FILE="$PWD/$keyfile"
+  echo "demo: API key in $keyfile (use it as: Authorization: Bearer \$(cat $keyfile))"
+fi
+if [ -z "${REFRACTURE_AUDIT_SALT:-}" ]; then
+  saltfile="$DATA/audit-salt"
+  [ -s "$saltfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$saltfile")
+  REFRACTURE_AUDIT_SALT=$(cat "$saltfile"); export REFRACTURE_AUDIT_SALT
+fi
+echo "demo: serving on http://127.0.0.1:$PORT  (clinician page: http://127.0.0.1:$PORT/ui/, API docs: /docs)"
+echo "demo: MLflow UI in another shell: .venv/bin/refracture ui"
+exec $R serve --port "$PORT"

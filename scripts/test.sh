@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Run the whole test suite (unit, data, model and end-to-end tiers) in the project's venv.
+# Run the whole test suite (unit, data, model and end-to-end tiers, browser included) in
+# the project's venv, on both cores. The screenshot of the clinician page lands in
+# test-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/ensure-chromium.sh
 mkdir -p test-artifacts
-exec .venv/bin/python -m pytest -p no:cacheprovider -q "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile "$@"
