@@ -62,7 +62,6 @@ def _client(store):
 
 @pytest.mark.slow
 def test_train_logs_runs_and_registers_a_champion(cohort, store):
-    started = time.perf_counter()
     result = _train(cohort, store, "--seed", "1")
     assert result.exit_code == 0, result.output
     assert "champion" in result.output and "oracle" in result.output
@@ -101,7 +100,6 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     p = model.predict_proba(records)
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
     assert not list(store.rglob("*.py"))
-    assert time.perf_counter() - started < 90
 
 
 @pytest.mark.slow
