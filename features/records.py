@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
@@ -85,7 +86,7 @@ def nest_record(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"patient": {}, "procedure": {}, "imaging": {tp: {} for tp in RECORD_TIMEPOINTS}}
     for f in RECORD_FIELDS:
         value = flat.get(f.flat_name)
-        if value is None or (isinstance(value, float) and pd.isna(value)):
+        if value is None or (not isinstance(value, (str, list, dict)) and pd.isna(value)):
             continue
         if f.timepoint:
             out["imaging"][f.timepoint][f.spec.name] = value
@@ -139,22 +140,34 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
     flat = flat.reset_index(drop=True)
     for f in RECORD_FIELDS:
         raw = flat[f.flat_name] if f.flat_name in flat.columns else pd.Series([None] * len(flat), dtype=object)
-        raw = raw.astype(object)
         values, bad = _coerce_column(raw, f.spec)
         missing = values.isna() & ~bad
-        for i in range(len(flat)):
-            if bad.iat[i]:
-                errors.append(_err(i, f, f"cannot read {raw.iat[i]!r} as {f.spec.kind}"))
-            elif missing.iat[i]:
-                if f.required:
-                    errors.append(_err(i, f, "required field is missing"))
-            elif f.spec.allowed and values.iat[i] not in f.spec.allowed:
-                errors.append(_err(i, f, f"{values.iat[i]!r} is not allowed"))
-            elif f.spec.kind == "binary" and values.iat[i] not in (0, 1):
-                errors.append(_err(i, f, f"{float(values.iat[i]):g} is not 0 or 1"))
-            elif f.spec.kind in ("int", "float") and not (f.spec.min <= float(values.iat[i]) <= f.spec.max):
+        # Vectorised masks; the loops below visit only the offending cells.
+        if f.spec.allowed:
+            out_of_range = ~missing & ~bad & ~values.isin(f.spec.allowed)
+        elif f.spec.kind == "binary":
+            out_of_range = ~missing & ~bad & ~values.isin([0, 1])
+        elif f.spec.kind in ("int", "float"):
+            numeric = values.astype("float64")
+            out_of_range = ~missing & ~bad & ((numeric < f.spec.min) | (numeric > f.spec.max))
+        else:
+            out_of_range = pd.Series(False, index=values.index)
+        for i in np.flatnonzero(bad.to_numpy()):
+            errors.append(_err(int(i), f, f"cannot read {raw.iat[i]!r} as {f.spec.kind}"))
+        if f.required:
+            for i in np.flatnonzero(missing.to_numpy()):
+                errors.append(_err(int(i), f, "required field is missing"))
+        for i in np.flatnonzero(out_of_range.fillna(False).to_numpy(dtype=bool)):
+            v = values.iat[i]
+            if f.spec.allowed:
+                message = f"{v!r} is not allowed"
+            elif f.spec.kind == "binary":
+                message = f"{float(v):g} is not 0 or 1"
+            else:
                 hint = f" ({f.spec.unit_hint})" if f.spec.unit_hint else ""
-                errors.append(_err(i, f, f"{float(values.iat[i]):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")))
+                message = f"{float(v):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")
+            errors.append(_err(int(i), f, message))
+    errors.sort(key=lambda e: e["record"])
     return errors
 
 

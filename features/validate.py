@@ -56,26 +56,47 @@ def _row_keys(df: pd.DataFrame, spec: TableSpec) -> pd.Series:
     return pd.Series([f"row {i + 1}" for i in range(len(df))], index=df.index, dtype=object)
 
 
+def _present(raw: pd.Series) -> pd.Series:
+    """Cells holding a value: not NA and, for text, not blank."""
+    present = raw.notna()
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        text = raw[present]
+        blank = text.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+        present.loc[blank.index[blank.to_numpy()]] = False
+    return present
+
+
 def _coerce_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    """Coerce one column to its contract type. Returns (values, mask of unparseable cells)."""
-    present = raw.notna() & (raw.astype("string").str.strip() != "")
+    """Coerce one column to its contract type. Returns (values, mask of unparseable cells).
+
+    Numeric input (Parquet, JSON numbers) takes a fast path: no conversion through text.
+    """
     if col.kind in ("int", "float", "binary"):
-        values = pd.to_numeric(raw.where(present), errors="coerce").astype("float64")
-        bad = present & values.isna()
+        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+            values = raw.astype("float64")
+            bad = pd.Series(False, index=raw.index)
+        else:
+            present = _present(raw)
+            values = pd.to_numeric(raw.where(present), errors="coerce").astype("float64")
+            bad = present & values.isna()
         if col.kind in ("int", "binary"):
             nonint = values.notna() & (values != np.round(values))
             bad |= nonint
             values = values.where(~nonint)
             values = values.astype("Int64") if col.kind == "int" else values.astype("Int8")
         return values, bad
+    present = _present(raw)
     if col.kind == "date":
-        values = pd.to_datetime(raw.where(present), errors="coerce", format="ISO8601")
+        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+            values = raw
+        else:
+            values = pd.to_datetime(raw.where(present), errors="coerce", format="ISO8601")
         if getattr(values.dt, "tz", None) is not None:
             values = values.dt.tz_localize(None)
         values = values.astype("datetime64[ns]")
         return values, present & values.isna()
     # id, str, category: trimmed text
-    text = raw.astype("string").str.strip().where(present)
+    text = raw.where(present).map(lambda v: v.strip() if isinstance(v, str) else (None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)))
     return text.astype(object).where(present, None), pd.Series(False, index=raw.index)
 
 

@@ -168,7 +168,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(RECORD_FIELDS), value=json_values)
 def test_any_json_value_in_any_field_is_a_clean_answer(field, value):
     """Whatever a field holds, the answer is 200 or a 4xx listing errors: never an exception."""
@@ -184,7 +184,7 @@ def test_any_json_value_in_any_field_is_a_clean_answer(field, value):
         assert all(e["field"] for e in parsed.errors)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=json_values)
 def test_any_json_body_is_a_clean_answer(value):
     parsed = parse_records(json.dumps(value).encode(), 10)
