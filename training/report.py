@@ -200,7 +200,8 @@ def model_card(ctx: dict[str, Any]) -> str:
         "",
         "## Subgroups (14, 23a)",
         "Same metrics by sex, age band, region (thoracolumbar junction T10–L2 vs other) and technique (PVP vs "
-        f"PKP) on the test set; metrics are omitted where a subgroup has fewer than 5 events or non-events.",
+        f"PKP) on the test set; metrics are omitted where a subgroup has fewer than 5 events or non-events. "
+        "95 % bootstrap CIs are in `subgroups.csv` (oracle: `subgroups_oracle.csv`); small subgroups have wide CIs.",
         "",
         markdown_table(ctx["subgroup_table"]),
         "",

@@ -29,6 +29,8 @@ FOREST_TREES = 150
 #: The forest costs several times more per trial than the other candidates and has three
 #: influential hyperparameters: it gets half the trial budget (at least 1).
 FOREST_TRIAL_SHARE = 0.5
+#: Candidates whose cross-validation folds are fitted in parallel (one thread per fit).
+FOLD_PARALLEL = ("logistic", "elastic_net", "xgboost")
 
 
 def suggest(model_type: str, trial) -> dict[str, Any]:
@@ -69,16 +71,18 @@ def oof_raw_logit(model_type: str, params: dict[str, Any], X: pd.DataFrame, y: n
                   folds: list[tuple[np.ndarray, np.ndarray]], outcome: str, seed: int, n_jobs: int) -> np.ndarray:
     """Out-of-fold raw log-odds: each row scored by the model fitted without its fold.
 
-    Linear models are single-threaded, so their folds run on ``n_jobs`` threads; the tree
-    models use the threads themselves and run their folds one after another.
+    Linear models and XGBoost run their folds on ``n_jobs`` threads, each fit single-threaded
+    (XGBoost's OpenMP threads busy-wait and slow down many-fold when the cores are shared
+    with other work; one thread per fit avoids that and gives the same model). The forest
+    parallelises over its trees and runs its folds one after another.
     """
     def one(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inner = 1 if model_type in ("logistic", "elastic_net") else n_jobs
+        inner = 1 if model_type in FOLD_PARALLEL else n_jobs
         scorer = make_scorer(model_type, params, outcome, seed, inner).fit(X.iloc[train], y[train])
         return val, scorer.raw_logit(X.iloc[val])
 
     out = np.full(len(y), np.nan)
-    if model_type in ("logistic", "elastic_net") and n_jobs > 1:
+    if model_type in FOLD_PARALLEL and n_jobs > 1:
         from joblib import Parallel, delayed
 
         parts = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(one)(tr, va) for tr, va in folds)

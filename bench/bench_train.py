@@ -1,0 +1,158 @@
+"""Benchmark of `refracture train`: wall time, peak memory and the champion vs the oracle.
+
+For each scenario (simulator profile, outcome, feature set) and cohort size n, a cohort is
+simulated (seed fixed), then `refracture train` runs as a subprocess against a fresh
+temporary MLflow store, training all four candidates with the default search budget.
+Wall time and peak resident memory are those of the train subprocess (``os.wait4``);
+with ``--repeats`` > 1 the median is reported (the quality metrics are identical across
+repeats: same seed, same model). Quality is read back from the parent run: the selected
+(champion) model's test AUROC, log loss and calibration slope next to the oracle's (the
+simulator's true risks on the same test rows).
+
+Targets shown (issue 3): at n = 10k, champion AUROC within 0.02 of the oracle's,
+calibration slope within 0.9-1.1, and training within 5 minutes.
+
+    .venv/bin/python bench/bench_train.py --sizes 2000,10000,50000 --repeats 1
+
+Writes ``bench/out/bench_train.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = (
+    ("xiong2021-pvp", "cemented_refracture", "postop"),
+    ("yassavoly2025-pkp", "adjacent_fracture", "postop"),
+)
+TARGET_N = 10_000
+TARGET_AUROC_GAP = 0.02
+TARGET_SLOPE = (0.9, 1.1)
+TARGET_SECONDS = 300.0
+
+
+def simulate_cohort(profile: str, n: int, seed: int, out: Path) -> None:
+    """Simulated raw export + truth.parquet + simulation.json in ``out``."""
+    sys.path.insert(0, str(ROOT))
+    from features.simulator import load_profile, simulate
+    from refracture.io import write_frame_atomic, write_raw
+
+    tables, truth = simulate(load_profile(profile), n_procedures=n, seed=seed)
+    write_raw(tables, out, "parquet")
+    write_frame_atomic(truth, out / "truth.parquet")
+    (out / "simulation.json").write_text(json.dumps({"profile": profile, "n": n, "seed": seed}))
+
+
+def run_train(raw: Path, store: Path, outcome: str, feature_set: str, seed: int, extra: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one `refracture train` subprocess."""
+    cmd = [str(ROOT / ".venv" / "bin" / "refracture"), "train", "--raw", str(raw), "--outcome", outcome,
+           "--feature-set", feature_set, "--seed", str(seed), "--store", str(store), *extra]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    started = time.perf_counter()
+    with open(store.parent / f"train-{store.name}.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def read_results(store: Path, outcome: str) -> dict[str, float | str]:
+    """Champion and oracle test metrics of the (only) parent run in ``store``."""
+    sys.path.insert(0, str(ROOT))
+    from mlflow.tracking import MlflowClient
+
+    from training.tracking import configure_tracking
+
+    configure_tracking(store)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(f"refracture-{outcome}")
+    parent = client.search_runs([exp.experiment_id], filter_string="tags.run_kind = 'parent'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    m = parent.data.metrics
+    out: dict[str, float | str] = {"champion": parent.data.tags.get("selected_candidate", "?")}
+    for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "log_loss", "calibration_slope", "calibration_slope_ci_low",
+              "calibration_slope_ci_high"):
+        out[f"champion_{k}"] = m.get(f"selected_test_{k}", float("nan"))
+        out[f"oracle_{k}"] = m.get(f"oracle_{k}", float("nan"))
+    out["n_test"] = m.get("n_test", float("nan"))
+    out["n_test_events"] = m.get("n_test_events", float("nan"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="2000,10000,50000", help="comma-separated cohort sizes (procedures)")
+    ap.add_argument("--repeats", type=int, default=1, help="train runs per size (median wall time and memory)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--search-trials", type=int, default=None, help="override the default search budget")
+    ap.add_argument("--scenarios", default="all", help="'all' or comma-separated profile names")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "bench_train.json")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    extra = [] if args.search_trials is None else ["--search-trials", str(args.search_trials)]
+    scenarios = [s for s in SCENARIOS if args.scenarios == "all" or s[0] in args.scenarios.split(",")]
+    rows = []
+    for profile, outcome, feature_set in scenarios:
+        for n in sizes:
+            with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+                raw = Path(tmp) / "raw"
+                simulate_cohort(profile, n, args.seed, raw)
+                walls, mems, codes, result = [], [], [], {}
+                for r in range(args.repeats):
+                    store = Path(tmp) / f"store{r}"
+                    wall, mem, code = run_train(raw, store, outcome, feature_set, args.seed, extra)
+                    walls.append(wall), mems.append(mem), codes.append(code)
+                    if code != 0:
+                        print((Path(tmp) / f"train-store{r}.log").read_text()[-3000:], file=sys.stderr)
+                        break
+                    result = read_results(store, outcome)
+                row = {"profile": profile, "outcome": outcome, "feature_set": feature_set, "n": n,
+                       "repeats": len(walls), "wall_s_median": statistics.median(walls), "wall_s_all": walls,
+                       "peak_rss_mib_median": statistics.median(mems), "exit_codes": codes, **result}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print(markdown(rows))
+    return 0 if all(c == 0 for r in rows for c in r["exit_codes"]) else 1
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results table, with the n = 10k targets checked."""
+    head = ("| profile / outcome | n | wall s (median) | peak RSS MiB | champion | AUROC champion (95 % CI) | AUROC oracle | "
+            "gap | log loss champion | log loss oracle | slope champion (95 % CI) | targets at 10k |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        gap = r.get("oracle_auroc", float("nan")) - r.get("champion_auroc", float("nan"))
+        target = ""
+        if r["n"] == TARGET_N and "champion_auroc" in r:
+            checks = [f"AUROC gap ≤ {TARGET_AUROC_GAP}: {'PASS' if gap <= TARGET_AUROC_GAP else 'FAIL'}",
+                      f"slope {TARGET_SLOPE[0]}–{TARGET_SLOPE[1]}: "
+                      f"{'PASS' if TARGET_SLOPE[0] <= r['champion_calibration_slope'] <= TARGET_SLOPE[1] else 'FAIL'}",
+                      f"≤ {TARGET_SECONDS:.0f} s: {'PASS' if r['wall_s_median'] <= TARGET_SECONDS else 'FAIL'}"]
+            target = "; ".join(checks)
+        if "champion_auroc" not in r:
+            lines.append(f"| {r['profile']} / {r['outcome']} | {r['n']} | {r['wall_s_median']:.0f} | "
+                         f"{r['peak_rss_mib_median']:.0f} | failed (exit {r['exit_codes']}) | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['profile']} / {r['outcome']} | {r['n']:,} | {r['wall_s_median']:.0f} | {r['peak_rss_mib_median']:.0f} | "
+            f"{r['champion']} | {r['champion_auroc']:.3f} ({r['champion_auroc_ci_low']:.3f}–{r['champion_auroc_ci_high']:.3f}) | "
+            f"{r['oracle_auroc']:.3f} | {gap:+.3f} | {r['champion_log_loss']:.4f} | {r['oracle_log_loss']:.4f} | "
+            f"{r['champion_calibration_slope']:.2f} ({r['champion_calibration_slope_ci_low']:.2f}–"
+            f"{r['champion_calibration_slope_ci_high']:.2f}) | {target} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
