@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
-from features.validate import _coerce_column
+from features.validate import _coerce_column, unreadable_text
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -153,7 +153,7 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
         else:
             out_of_range = pd.Series(False, index=values.index)
         for i in np.flatnonzero(bad.to_numpy()):
-            errors.append(_err(int(i), f, f"cannot read {raw.iat[i]!r} as {f.spec.kind}"))
+            errors.append(_err(int(i), f, unreadable_text(raw.iat[i], f.spec.kind)))
         if f.required:
             for i in np.flatnonzero(missing.to_numpy()):
                 errors.append(_err(int(i), f, "required field is missing"))
@@ -164,11 +164,26 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
             elif f.spec.kind == "binary":
                 message = f"{float(v):g} is not 0 or 1"
             else:
-                hint = f" ({f.spec.unit_hint})" if f.spec.unit_hint else ""
+                hint = f" ({f.spec.hint_for(float(v))})" if f.spec.hint_for(float(v)) else ""
                 message = f"{float(v):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")
             errors.append(_err(int(i), f, message))
+    errors.extend(_cross_field_errors(flat))
     errors.sort(key=lambda e: e["record"])
     return errors
+
+
+def _cross_field_errors(flat: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rules between fields of one record (as ``validate_raw``'s cross-table checks)."""
+    if "pain_onset_date" not in flat.columns or "surgery_date" not in flat.columns:
+        return []
+    surgery, _ = _coerce_column(flat["surgery_date"], RECORD_FIELDS_BY_FLAT["surgery_date"].spec)
+    onset, _ = _coerce_column(flat["pain_onset_date"], RECORD_FIELDS_BY_FLAT["pain_onset_date"].spec)
+    field = RECORD_FIELDS_BY_FLAT["pain_onset_date"]
+    late = (onset > surgery).fillna(False).to_numpy(dtype=bool)
+    return [{"record": int(i), "field": field.path,
+             "error": f"pain onset {onset.iat[i]:%Y-%m-%d} is after the surgery ({surgery.iat[i]:%Y-%m-%d})",
+             "allowed": "on or before procedure.surgery_date"}
+            for i in np.flatnonzero(late)]
 
 
 def _err(i: int, f: RecordField, message: str) -> dict[str, Any]:

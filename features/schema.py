@@ -56,8 +56,18 @@ class ColumnSpec:
     allowed: tuple[str, ...] = ()
     nullable: bool = False
     timing: Timing = "preop"
-    #: Message appended when a value falls outside the range, to name a likely unit mix-up.
+    #: Message appended when a value falls outside the range on the ``unit_hint_side``
+    #: ("below" the minimum or "above" the maximum), to name a likely unit mix-up.
     unit_hint: str = ""
+    unit_hint_side: Literal["below", "above"] = "below"
+
+    def hint_for(self, value: float) -> str:
+        """The unit hint if ``value`` is out of range on the hinted side, else ''."""
+        if not self.unit_hint:
+            return ""
+        if self.unit_hint_side == "below":
+            return self.unit_hint if self.min is not None and value < self.min else ""
+        return self.unit_hint if self.max is not None and value > self.max else ""
 
     @property
     def range_text(self) -> str:
@@ -184,7 +194,7 @@ IMAGING = TableSpec(
                    unit="mL", min=5, max=120, nullable=True),
         ColumnSpec("psoas_area_cm2", "float", "Cross-sectional area of both psoas muscles at L3 on CT.",
                    unit="cm²", min=1, max=60, nullable=True,
-                   unit_hint="psoas area is in cm²; values this large look like mm²"),
+                   unit_hint="psoas area is in cm²; values this large look like mm²", unit_hint_side="above"),
         ColumnSpec("paraspinal_fat_fraction_pct", "float", "Fat fraction of the erector spinae and multifidus at L3/L4.",
                    unit="%", min=0, max=100, nullable=True),
         _binary("ivc", "Intravertebral cleft on sagittal T2 MRI (gas or fluid in the vertebral body).", nullable=True),

@@ -66,6 +66,24 @@ def _present(raw: pd.Series) -> pd.Series:
     return present
 
 
+#: Largest magnitude read into an integer column (exact in float64), and into a 0/1 column.
+INT_LIMIT = 2.0**53
+BINARY_LIMIT = 127.0
+#: Dates outside this window cannot be read (typos such as 2202 for 2022 are caught by the
+#: cross-table checks; these bounds only keep absurd years out of the date type).
+DATE_MIN = pd.Timestamp("1900-01-01")
+DATE_MAX = pd.Timestamp("2199-12-31")
+
+
+def unreadable_text(value: object, kind: str) -> str:
+    """Why a cell could not be read as its contract type."""
+    if kind == "date":
+        return f"cannot read {value!r} as a date from {DATE_MIN.date()} to {DATE_MAX.date()} (YYYY-MM-DD)"
+    if kind in ("int", "binary"):
+        return f"cannot read {value!r} as {'a whole number' if kind == 'int' else '0 or 1'}"
+    return f"cannot read {value!r} as {kind}"
+
+
 def _coerce_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
     """Coerce one column to its contract type. Returns (values, mask of unparseable cells).
 
@@ -80,7 +98,9 @@ def _coerce_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Serie
             values = pd.to_numeric(raw.where(present), errors="coerce").astype("float64")
             bad = present & values.isna()
         if col.kind in ("int", "binary"):
-            nonint = values.notna() & (values != np.round(values))
+            # Not a whole number, or too large for the integer type (1e300, inf): unreadable.
+            limit = INT_LIMIT if col.kind == "int" else BINARY_LIMIT
+            nonint = values.notna() & ((values != np.round(values)) | (values.abs() > limit))
             bad |= nonint
             values = values.where(~nonint)
             values = values.astype("Int64") if col.kind == "int" else values.astype("Int8")
@@ -93,7 +113,10 @@ def _coerce_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Serie
             values = pd.to_datetime(raw.where(present), errors="coerce", format="ISO8601")
         if getattr(values.dt, "tz", None) is not None:
             values = values.dt.tz_localize(None)
-        values = values.astype("datetime64[ns]")
+        # Outside the readable window (year 9999, 1066...): unreadable, and kept out of the
+        # nanosecond type, which cannot hold years past 2262.
+        outside = values.notna() & ((values < DATE_MIN) | (values > DATE_MAX))
+        values = values.where(~outside).astype("datetime64[ns]")
         return values, present & values.isna()
     # id, str, category: trimmed text
     text = raw.where(present).map(lambda v: v.strip() if isinstance(v, str) else (None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)))
@@ -109,10 +132,13 @@ def _pandera_schema(spec: TableSpec) -> pa.DataFrameSchema:
         elif col.kind == "binary":
             checks.append(pa.Check.isin([0, 1], error="must be 0 or 1"))
         elif col.min is not None and col.max is not None:
+            # Two checks, so a unit hint ("values this small look like metres") is only
+            # given for values on its side of the range.
             msg = f"outside the allowed range {col.range_text} {col.unit}".rstrip()
-            if col.unit_hint:
-                msg += f" ({col.unit_hint})"
-            checks.append(pa.Check.in_range(col.min, col.max, error=msg))
+            low = msg + (f" ({col.unit_hint})" if col.unit_hint and col.unit_hint_side == "below" else "")
+            high = msg + (f" ({col.unit_hint})" if col.unit_hint and col.unit_hint_side == "above" else "")
+            checks.append(pa.Check.greater_than_or_equal_to(col.min, error=low))
+            checks.append(pa.Check.less_than_or_equal_to(col.max, error=high))
         unique = len(spec.key) == 1 and col.name == spec.key[0]
         columns[col.name] = pa.Column(nullable=col.nullable, checks=checks, unique=unique, required=True)
     return pa.DataFrameSchema(columns, name=spec.name, strict=False)
@@ -134,7 +160,7 @@ def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[
         values, bad = _coerce_column(df[col.name], col)
         for i in np.flatnonzero(bad.to_numpy())[:MAX_REPORTED_PER_CHECK]:
             violations.append(Violation(spec.name, str(keys.iat[i]), col.name,
-                                        f"cannot read {df[col.name].iat[i]!r} as {col.kind}"))
+                                        unreadable_text(df[col.name].iat[i], col.kind)))
         out[col.name] = values
     # Extra columns are kept (a site may export more) but never used by the pipelines.
     for extra in df.columns.difference(spec.column_names):

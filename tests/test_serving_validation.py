@@ -146,6 +146,35 @@ def test_absurd_or_mistyped_values_are_field_errors(path, value):
     assert path in errors_by_field(parsed)
 
 
+def test_batch_file_values_beyond_json_are_field_errors():
+    """Batch files (CSV/Parquet) can hold what JSON requests cannot: numbers too large for an
+    integer, 0/1 fields with 300, dates past the year 2262. Each is a field error."""
+    from features.records import check_records, records_frame
+
+    flat = records_frame([example_record()] * 4).astype(object)  # as a CSV reader may leave it
+    flat.loc[0, "n_levels_treated"] = 1e300
+    flat.loc[1, "brace_prescribed"] = 300
+    flat.loc[2, "surgery_date"] = "9999-12-31"
+    flat.loc[3, "height_cm"] = 520.0
+    got = {(e["record"], e["field"]): e["error"] for e in check_records(flat)}
+    assert "whole number" in got[(0, "procedure.n_levels_treated")]
+    assert "0 or 1" in got[(1, "procedure.brace_prescribed")]
+    assert "as a date from 1900" in got[(2, "procedure.surgery_date")]
+    assert "outside the allowed range" in got[(3, "patient.height_cm")]
+    assert "metres" not in got[(3, "patient.height_cm")]
+    flat.loc[3, "height_cm"] = 1.62
+    assert "look like metres" in {(e["record"], e["field"]): e["error"] for e in check_records(flat)}[(3, "patient.height_cm")]
+
+
+def test_pain_onset_after_surgery_is_refused_as_validation_refuses_it():
+    rec = example_record()
+    rec["procedure"]["pain_onset_date"] = "2024-03-02"
+    rec["procedure"]["surgery_date"] = "2024-03-01"
+    parsed = parse_records(body(rec), 10)
+    assert parsed.status == 422
+    assert "after the surgery" in errors_by_field(parsed)["procedure.pain_onset_date"]["error"]
+
+
 def test_batch_with_some_bad_records_is_refused_whole_with_per_record_errors():
     good, bad = example_record(), example_record()
     bad["patient"]["weight_kg"] = 5

@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -75,6 +76,36 @@ def test_unreadable_value_and_missing_required(raw):
     v = _violations(raw)
     _assert_one(v, "patients", "A1", "weight_kg", "cannot read 'sixty'")
     _assert_one(v, "procedures", "C3-1", "technique", "value missing")
+
+
+@pytest.mark.parametrize("table, key_col, key, column, value, pattern", [
+    ("procedures", "procedure_id", "B2-1", "surgery_date", "9999-12-31", r"cannot read '9999-12-31' as a date from 1900"),
+    ("procedures", "procedure_id", "B2-1", "pain_onset_date", "1066-10-14", r"cannot read '1066-10-14' as a date"),
+    ("procedures", "procedure_id", "B2-1", "n_levels_treated", "1e300", r"cannot read '1e300' as a whole number"),
+    ("procedures", "procedure_id", "B2-1", "n_levels_treated", "inf", r"cannot read 'inf' as a whole number"),
+    ("procedures", "procedure_id", "B2-1", "brace_prescribed", "300", r"cannot read '300' as 0 or 1"),
+    ("patients", "patient_id", "B2", "weight_kg", "1e300", r"outside the allowed range"),
+])
+def test_absurd_numbers_and_dates_are_violations_not_crashes(raw, table, key_col, key, column, value, pattern):
+    raw[table].loc[raw[table][key_col] == key, column] = value
+    _assert_one(_violations(raw), table, key, column, pattern)
+
+
+def test_far_future_dates_in_a_parquet_export_are_violations(raw):
+    """Parquet carries real datetimes, which may hold years the nanosecond type cannot."""
+    procedures = raw["procedures"]
+    dates = pd.to_datetime(procedures["surgery_date"]).astype("datetime64[s]").to_numpy().copy()
+    dates[(procedures["procedure_id"] == "C3-1").to_numpy()] = np.datetime64("3000-01-01", "s")
+    raw["procedures"] = procedures.assign(surgery_date=pd.Series(dates, index=procedures.index))
+    _assert_one(_violations(raw), "procedures", "C3-1", "surgery_date", "cannot read")
+
+
+@pytest.mark.parametrize("value, hinted", [("1.62", True), ("520", False)])
+def test_unit_hint_only_on_its_side_of_the_range(raw, value, hinted):
+    raw["patients"].loc[raw["patients"]["patient_id"] == "A1", "height_cm"] = value
+    hits = [v for v in _violations(raw) if v.startswith("patients [A1] height_cm:")]
+    assert hits and all("outside the allowed range" in v for v in hits)
+    assert any("look like metres" in v for v in hits) is hinted
 
 
 def test_level_count_must_match_session_rows(raw):
