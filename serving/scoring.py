@@ -111,22 +111,9 @@ class Scorer:
 
 
 def _missing_inputs(model: Any, flat: pd.DataFrame, X: pd.DataFrame) -> list[list[dict]]:
-    """The model's own account of missing inputs, reusing the features already computed.
-
-    ``RefractureModel.missing_inputs(records)`` recomputes the features (the most
-    expensive step of scoring) only to see which are missing. For tree models its
-    answer is ``training.inputs.missing_inputs(records, features, model_type, {})``, so
-    that is called with the features in hand; linear models (which report their
-    training medians) go through the model's method.
-    """
-    fast = getattr(model, "missing_inputs_from_features", None)
-    if fast is not None:
-        return fast(flat, X)
-    if getattr(model, "model_type", None) in ("xgboost", "random_forest"):
-        from training.inputs import missing_inputs
-
-        return missing_inputs(flat, X, model.model_type, {})
-    return model.missing_inputs(flat)
+    """The model's own account of missing inputs, reusing the features already computed
+    (``RefractureModel.missing_inputs`` would compute them again)."""
+    return model.missing_inputs_from_features(flat, X)
 
 
 # ---------------------------------------------------------------------- explanations

@@ -143,19 +143,6 @@ def test_missing_inputs_are_reported_with_handling(client):
     assert all(m["handling"] for m in missing)
 
 
-def test_missing_inputs_fast_path_equals_the_models_own_answer(client, flat):
-    """The service reuses computed features for missing-input reports; same answer as the model's method."""
-    from serving.loading import load_from_registry
-    from serving.scoring import _missing_inputs
-
-    sparse = flat.head(6).copy()
-    sparse.loc[0, ["hu_upper_adjacent_preop", "hu_lower_adjacent_preop"]] = np.nan
-    sparse.loc[1, ["vertebral_body_volume_ml_preop", "psoas_area_cm2_preop"]] = np.nan
-    for m in load_from_registry():
-        X = m.model.features(sparse)
-        assert _missing_inputs(m.model, sparse, X) == m.model.missing_inputs(sparse)
-
-
 def test_explain_is_additive_and_in_plain_words(client, flat):
     from serving.schemas import ExplainResponse
 

@@ -99,6 +99,49 @@ def test_missing_inputs_name_fields_and_handling(fitted):
     assert not any(item["field"].startswith("imaging.preop.hu") for item in report[0])
 
 
+def _reference_missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model: RefractureModel) -> list[list[dict]]:
+    """The documented rule, record by record and cell by cell (slow, obviously right)."""
+    from training.inputs import handling_text
+
+    def gone(v) -> bool:
+        return v is None or (isinstance(v, str) and not v.strip()) or (not isinstance(v, str) and pd.isna(v))
+
+    medians = dict(zip(model.scorer.prep_.feature_names_, model.scorer.prep_.medians_)) \
+        if model.model_type in ("logistic", "elastic_net") else {}
+    out = []
+    for i in range(len(records)):
+        row = records.iloc[i]
+        items = []
+        for feature in features.columns:
+            if not pd.isna(features.iloc[i][feature]):
+                continue
+            handling = handling_text(model.model_type, feature, medians.get(feature))
+            fields = [n for g in FEATURE_INPUTS[feature] if all(gone(row.get(n)) for n in g) for n in g]
+            if not fields:
+                items.append({"field": "", "feature": feature, "handling": handling + " (values given could not be combined)"})
+            items += [{"field": RECORD_FIELDS_BY_FLAT[n].path, "feature": feature, "handling": handling} for n in fields]
+        out.append(items)
+    return out
+
+
+def test_missing_inputs_equal_the_cell_by_cell_rule(fitted):
+    """The vectorised report lists exactly what the per-record rule lists, in the same order,
+    for blanks given as None, NaN, empty text and absent columns."""
+    model, records = fitted
+    batch = _iso_records(records.iloc[:40]).reset_index(drop=True)
+    batch.loc[0, ["hu_upper_adjacent_preop", "hu_lower_adjacent_preop"]] = np.nan
+    batch.loc[1, ["vertebral_body_volume_ml_preop", "psoas_area_cm2_preop"]] = None
+    batch.loc[2, "pain_onset_date"] = "   "
+    batch.loc[3, ["vertebral_height_mm_postop", "upper_adjacent_height_mm_postop"]] = np.nan
+    batch.loc[4, "upper_adjacent_height_mm_preop"] = np.nan  # the lower neighbour still gives the rate
+    batch.loc[5, "leakage_intradiscal_postop"] = None
+    batch = batch.drop(columns=["ivc_preop"])
+    X = model.features(batch)
+    assert X.isna().any(axis=1).sum() >= 6
+    assert model.missing_inputs_from_features(batch, X) == _reference_missing_inputs(batch, X, model)
+    assert model.missing_inputs(batch) == _reference_missing_inputs(batch, X, model)
+
+
 def test_signature_requires_only_fields_the_features_use():
     sig = record_signature(feature_names("preop"))
     required = {c.name for c in sig.inputs.inputs if c.required}

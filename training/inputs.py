@@ -80,15 +80,15 @@ FEATURE_INPUTS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def _is_missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+def _missing_mask(column: pd.Series | None, n: int) -> np.ndarray:
+    """True where a raw field has no value: absent column, None/NaN/NaT, or blank text."""
+    if column is None:
+        return np.ones(n, dtype=bool)
+    mask = column.isna().to_numpy(dtype=bool, copy=True)
+    if column.dtype == object or pd.api.types.is_string_dtype(column.dtype):
+        mask |= np.fromiter((isinstance(v, str) and not v.strip() for v in column.to_numpy(dtype=object)),
+                            dtype=bool, count=n)
+    return mask
 
 
 def handling_text(model_type: str, feature: str, median: float | None = None) -> str:
@@ -116,24 +116,33 @@ def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: st
     are present (e.g. a ratio with a near-zero denominator) is reported with field ``""``.
     """
     medians = medians or {}
-    out: list[list[dict]] = []
     records = records.reset_index(drop=True)
-    for i in range(len(records)):
-        row = records.iloc[i]
-        items: list[dict] = []
-        for feature in features.columns:
-            if not pd.isna(features.iat[i, features.columns.get_loc(feature)]):
-                continue
-            handling = handling_text(model_type, feature, medians.get(feature))
-            fields = [
-                name
-                for group in FEATURE_INPUTS.get(feature, ())
-                if all(_is_missing(row.get(n)) for n in group)
-                for name in group
-            ]
+    n = len(records)
+    out: list[list[dict]] = [[] for _ in range(n)]
+    feature_missing = features.isna().to_numpy(dtype=bool)
+    if not feature_missing.any():
+        return out
+    field_missing: dict[str, np.ndarray] = {}
+
+    def absent(name: str) -> np.ndarray:
+        if name not in field_missing:
+            field_missing[name] = _missing_mask(records[name] if name in records.columns else None, n)
+        return field_missing[name]
+
+    # Vectorised over records per feature; the loop below visits only the missing cells,
+    # feature by feature in column order (the order each record's list is reported in).
+    for j, feature in enumerate(features.columns):
+        rows = np.flatnonzero(feature_missing[:, j])
+        if not len(rows):
+            continue
+        handling = handling_text(model_type, feature, medians.get(feature))
+        groups = FEATURE_INPUTS.get(feature, ())
+        all_absent = [np.logical_and.reduce([absent(name) for name in group]) for group in groups]
+        for i in rows:
+            fields = [name for group, gone in zip(groups, all_absent) if gone[i] for name in group]
             if not fields:
-                items.append({"field": "", "feature": feature, "handling": handling + " (values given could not be combined)"})
+                out[i].append({"field": "", "feature": feature,
+                               "handling": handling + " (values given could not be combined)"})
             for name in fields:
-                items.append({"field": RECORD_FIELDS_BY_FLAT[name].path, "feature": feature, "handling": handling})
-        out.append(items)
+                out[i].append({"field": RECORD_FIELDS_BY_FLAT[name].path, "feature": feature, "handling": handling})
     return out

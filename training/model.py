@@ -89,13 +89,17 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
     def missing_inputs(self, records: pd.DataFrame) -> list[list[dict]]:
         """Per record: ``[{"field": "imaging.preop.hu_index", "feature": ..., "handling": ...}]``
         for every input a feature needed but did not get, and how this model handled it."""
+        return self.missing_inputs_from_features(records, self.features(records))
+
+    def missing_inputs_from_features(self, records: pd.DataFrame, X: pd.DataFrame) -> list[list[dict]]:
+        """As ``missing_inputs``, with the records' features ``X`` already computed."""
         from training.inputs import missing_inputs
 
         medians = {}
         if self.model_type in ("logistic", "elastic_net"):
             prep = self.scorer.prep_
             medians = dict(zip(prep.feature_names_, prep.medians_))
-        return missing_inputs(records, self.features(records), self.model_type, medians)
+        return missing_inputs(records, X, self.model_type, medians)
 
     def __repr__(self) -> str:
         return (f"RefractureModel({self.model_type}, outcome={self.outcome}, feature_set={self.feature_set}, "
