@@ -42,11 +42,12 @@ def compute_all_features(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return features_from_wide(procedure_frame(tables))
 
 
-def features_from_records(flat_records: pd.DataFrame, feature_set: str) -> pd.DataFrame:
-    """Features of ``feature_set`` for flat raw records (``features.records``): the serving path."""
+def features_from_records(flat_records: pd.DataFrame, feature_set: str, typed=None) -> pd.DataFrame:
+    """Features of ``feature_set`` for flat raw records (``features.records``): the serving path.
+    ``typed``: the records' values as ``features.records.inspect_records`` read them."""
     from features.records import records_to_wide
 
-    return features_from_wide(records_to_wide(flat_records))[feature_names(feature_set)]
+    return features_from_wide(records_to_wide(flat_records, typed))[feature_names(feature_set)]
 
 
 def build_feature_table(tables: dict[str, pd.DataFrame], feature_set: str) -> pd.DataFrame:

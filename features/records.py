@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
-from features.validate import _coerce_column, unreadable_text
+from features.coerce import coerce_array, unreadable_text
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -108,26 +108,42 @@ def tables_to_records(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return wide[[f.flat_name for f in RECORD_FIELDS]].copy()
 
 
-def records_to_wide(flat: pd.DataFrame) -> pd.DataFrame:
+def _column(flat: pd.DataFrame, name: str) -> np.ndarray | pd.Series:
+    return flat[name] if name in flat.columns else np.full(len(flat), None, dtype=object)
+
+
+def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Flat records (any dtypes: JSON values, CSV text, Parquet types) -> the wide frame
-    the feature functions take, typed exactly as ``procedure_frame`` types it.
+    the feature functions take, typed as ``procedure_frame`` types it (numbers float64,
+    dates datetime64[ns], text object).
 
     Values that cannot be read as their type become missing; range checks are the
     caller's job (``check_records``), as they are ``validate_raw``'s for tables.
+    ``typed``: the same records already read by ``inspect_records`` (not read again).
     """
     flat = flat.reset_index(drop=True)
-    out = pd.DataFrame(index=flat.index)
-    for f in RECORD_FIELDS:
-        raw = flat[f.flat_name] if f.flat_name in flat.columns else pd.Series([None] * len(flat), index=flat.index, dtype=object)
-        values, _bad = _coerce_column(raw.astype(object), f.spec)
-        if pd.api.types.is_integer_dtype(values.dtype):
-            values = values.astype("float64")
-        out[f.flat_name] = values
-    if "procedure_id" in flat.columns and flat["procedure_id"].notna().all():
-        out.index = pd.Index([str(v) for v in flat["procedure_id"]], dtype=object, name="procedure_id")
+    if typed is None:
+        typed = {f.flat_name: coerce_array(_column(flat, f.flat_name), f.spec.kind)[0] for f in RECORD_FIELDS}
+    columns = {f.flat_name: typed[f.flat_name] for f in RECORD_FIELDS}
+    ids = columns.pop("procedure_id")
+    if all(v is not None for v in ids):
+        index = pd.Index([str(v) for v in ids], dtype=object, name="procedure_id")
     else:
-        out.index = pd.Index([f"record-{i}" for i in range(len(flat))], dtype=object, name="procedure_id")
-    return out.drop(columns=["procedure_id"])
+        index = pd.Index([f"record-{i}" for i in range(len(flat))], dtype=object, name="procedure_id")
+    return pd.DataFrame(columns, index=index)
+
+
+@dataclass
+class InspectedRecords:
+    """Flat records read once: every field's typed values (``records_to_wide`` takes them)
+    and every field error (``check_records``)."""
+
+    typed: dict[str, np.ndarray]
+    errors: list[dict[str, Any]]
+
+    def subset(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Typed values of the records at ``positions`` (in that order)."""
+        return {name: values[positions] for name, values in self.typed.items()}
 
 
 def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
@@ -136,29 +152,42 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
     Empty list when all records are acceptable. Uses the contract's types, ranges and
     allowed values, so the service refuses exactly what validation would refuse.
     """
+    return inspect_records(flat).errors
+
+
+def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
+    """Read every field of flat records as its contract type and list every field error."""
     errors: list[dict[str, Any]] = []
     flat = flat.reset_index(drop=True)
+    typed: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
-        raw = flat[f.flat_name] if f.flat_name in flat.columns else pd.Series([None] * len(flat), dtype=object)
-        values, bad = _coerce_column(raw, f.spec)
-        missing = values.isna() & ~bad
-        # Vectorised masks; the loops below visit only the offending cells.
-        if f.spec.allowed:
-            out_of_range = ~missing & ~bad & ~values.isin(f.spec.allowed)
-        elif f.spec.kind == "binary":
-            out_of_range = ~missing & ~bad & ~values.isin([0, 1])
-        elif f.spec.kind in ("int", "float"):
-            numeric = values.astype("float64")
-            out_of_range = ~missing & ~bad & ((numeric < f.spec.min) | (numeric > f.spec.max))
+        raw = _column(flat, f.flat_name)
+        values, bad = coerce_array(raw, f.spec.kind)
+        typed[f.flat_name] = values
+        if f.spec.kind in ("int", "float", "binary"):
+            missing = np.isnan(values) & ~bad
+        elif f.spec.kind == "date":
+            missing = np.isnat(values) & ~bad
         else:
-            out_of_range = pd.Series(False, index=values.index)
-        for i in np.flatnonzero(bad.to_numpy()):
-            errors.append(_err(int(i), f, unreadable_text(raw.iat[i], f.spec.kind)))
+            missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        # Vectorised masks; the loops below visit only the offending cells.
+        present = ~missing & ~bad
+        if f.spec.allowed:
+            out_of_range = present & ~np.isin(values, np.array(f.spec.allowed, dtype=object))
+        elif f.spec.kind == "binary":
+            out_of_range = present & (values != 0) & (values != 1)
+        elif f.spec.kind in ("int", "float"):
+            with np.errstate(invalid="ignore"):
+                out_of_range = present & ((values < f.spec.min) | (values > f.spec.max))
+        else:
+            out_of_range = np.zeros(len(values), dtype=bool)
+        for i in np.flatnonzero(bad):
+            errors.append(_err(int(i), f, unreadable_text(_cell(raw, i), f.spec.kind)))
         if f.required:
-            for i in np.flatnonzero(missing.to_numpy()):
+            for i in np.flatnonzero(missing):
                 errors.append(_err(int(i), f, "required field is missing"))
-        for i in np.flatnonzero(out_of_range.fillna(False).to_numpy(dtype=bool)):
-            v = values.iat[i]
+        for i in np.flatnonzero(out_of_range):
+            v = values[i]
             if f.spec.allowed:
                 message = f"{v!r} is not allowed"
             elif f.spec.kind == "binary":
@@ -167,21 +196,22 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
                 hint = f" ({f.spec.hint_for(float(v))})" if f.spec.hint_for(float(v)) else ""
                 message = f"{float(v):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")
             errors.append(_err(int(i), f, message))
-    errors.extend(_cross_field_errors(flat))
+    errors.extend(_cross_field_errors(typed))
     errors.sort(key=lambda e: e["record"])
-    return errors
+    return InspectedRecords(typed, errors)
 
 
-def _cross_field_errors(flat: pd.DataFrame) -> list[dict[str, Any]]:
+def _cell(raw: np.ndarray | pd.Series, i: int) -> Any:
+    return raw.iat[i] if isinstance(raw, pd.Series) else raw[i]
+
+
+def _cross_field_errors(typed: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Rules between fields of one record (as ``validate_raw``'s cross-table checks)."""
-    if "pain_onset_date" not in flat.columns or "surgery_date" not in flat.columns:
-        return []
-    surgery, _ = _coerce_column(flat["surgery_date"], RECORD_FIELDS_BY_FLAT["surgery_date"].spec)
-    onset, _ = _coerce_column(flat["pain_onset_date"], RECORD_FIELDS_BY_FLAT["pain_onset_date"].spec)
+    surgery, onset = typed["surgery_date"], typed["pain_onset_date"]
     field = RECORD_FIELDS_BY_FLAT["pain_onset_date"]
-    late = (onset > surgery).fillna(False).to_numpy(dtype=bool)
+    late = ~np.isnat(onset) & ~np.isnat(surgery) & (onset > surgery)
     return [{"record": int(i), "field": field.path,
-             "error": f"pain onset {onset.iat[i]:%Y-%m-%d} is after the surgery ({surgery.iat[i]:%Y-%m-%d})",
+             "error": f"pain onset {pd.Timestamp(onset[i]):%Y-%m-%d} is after the surgery ({pd.Timestamp(surgery[i]):%Y-%m-%d})",
              "allowed": "on or before procedure.surgery_date"}
             for i in np.flatnonzero(late)]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from features.coerce import coerce_array, unreadable_text
 from features.schema import TABLES, ColumnSpec, TableSpec
 
 MAX_REPORTED_PER_CHECK = 20
@@ -56,71 +57,18 @@ def _row_keys(df: pd.DataFrame, spec: TableSpec) -> pd.Series:
     return pd.Series([f"row {i + 1}" for i in range(len(df))], index=df.index, dtype=object)
 
 
-def _present(raw: pd.Series) -> pd.Series:
-    """Cells holding a value: not NA and, for text, not blank."""
-    present = raw.notna()
-    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
-        text = raw[present]
-        blank = text.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
-        present.loc[blank.index[blank.to_numpy()]] = False
-    return present
-
-
-#: Largest magnitude read into an integer column (exact in float64), and into a 0/1 column.
-INT_LIMIT = 2.0**53
-BINARY_LIMIT = 127.0
-#: Dates outside this window cannot be read (typos such as 2202 for 2022 are caught by the
-#: cross-table checks; these bounds only keep absurd years out of the date type).
-DATE_MIN = pd.Timestamp("1900-01-01")
-DATE_MAX = pd.Timestamp("2199-12-31")
-
-
-def unreadable_text(value: object, kind: str) -> str:
-    """Why a cell could not be read as its contract type."""
-    if kind == "date":
-        return f"cannot read {value!r} as a date from {DATE_MIN.date()} to {DATE_MAX.date()} (YYYY-MM-DD)"
-    if kind in ("int", "binary"):
-        return f"cannot read {value!r} as {'a whole number' if kind == 'int' else '0 or 1'}"
-    return f"cannot read {value!r} as {kind}"
-
-
 def _coerce_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    """Coerce one column to its contract type. Returns (values, mask of unparseable cells).
-
-    Numeric input (Parquet, JSON numbers) takes a fast path: no conversion through text.
-    """
-    if col.kind in ("int", "float", "binary"):
-        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-            values = raw.astype("float64")
-            bad = pd.Series(False, index=raw.index)
-        else:
-            present = _present(raw)
-            values = pd.to_numeric(raw.where(present), errors="coerce").astype("float64")
-            bad = present & values.isna()
-        if col.kind in ("int", "binary"):
-            # Not a whole number, or too large for the integer type (1e300, inf): unreadable.
-            limit = INT_LIMIT if col.kind == "int" else BINARY_LIMIT
-            nonint = values.notna() & ((values != np.round(values)) | (values.abs() > limit))
-            bad |= nonint
-            values = values.where(~nonint)
-            values = values.astype("Int64") if col.kind == "int" else values.astype("Int8")
-        return values, bad
-    present = _present(raw)
-    if col.kind == "date":
-        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
-            values = raw
-        else:
-            values = pd.to_datetime(raw.where(present), errors="coerce", format="ISO8601")
-        if getattr(values.dt, "tz", None) is not None:
-            values = values.dt.tz_localize(None)
-        # Outside the readable window (year 9999, 1066...): unreadable, and kept out of the
-        # nanosecond type, which cannot hold years past 2262.
-        outside = values.notna() & ((values < DATE_MIN) | (values > DATE_MAX))
-        values = values.where(~outside).astype("datetime64[ns]")
-        return values, present & values.isna()
-    # id, str, category: trimmed text
-    text = raw.where(present).map(lambda v: v.strip() if isinstance(v, str) else (None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)))
-    return text.astype(object).where(present, None), pd.Series(False, index=raw.index)
+    """Coerce one column to its contract type (``features.coerce``). Returns (values, mask
+    of unreadable cells) as Series on ``raw``'s index: int as Int64, binary as Int8, float
+    as float64, dates as datetime64[ns], text as object (None = missing)."""
+    values, bad = coerce_array(raw, col.kind)
+    if col.kind == "int":
+        typed = pd.Series(values, index=raw.index).astype("Int64")
+    elif col.kind == "binary":
+        typed = pd.Series(values, index=raw.index).astype("Int8")
+    else:
+        typed = pd.Series(values, index=raw.index, dtype=values.dtype)
+    return typed, pd.Series(bad, index=raw.index)
 
 
 def _pandera_schema(spec: TableSpec) -> pa.DataFrameSchema:

@@ -1,7 +1,7 @@
 """Batch scoring of record files, without HTTP (``refracture predict``).
 
 Same models, same checks, same scorer as the service: a file is read as flat records,
-checked with ``features.records.check_records`` and scored chunk by chunk (one
+checked with ``features.records.inspect_records`` and scored chunk by chunk (one
 vectorised call per outcome per chunk), with a progress bar on large files. As in the
 API, any field error refuses the whole file, listing the errors; nothing is written.
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.records import RECORD_FIELDS, check_records, records_frame
+from features.records import RECORD_FIELDS, inspect_records, records_frame
 from serving.config import DEFAULT_RISK_BANDS
 from serving.scoring import LoadedModel
 
@@ -89,7 +89,8 @@ def _band(p: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
 
 
 def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = False,
-                risk_bands: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+                risk_bands: dict[str, tuple[float, float]] | None = None,
+                typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Score checked flat records: one vectorised call per outcome (features computed once
     per feature set, by the model artifact). Returns the output columns described above."""
     from serving.scoring import Scorer
@@ -97,7 +98,7 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     bands = risk_bands or DEFAULT_RISK_BANDS
     scorer = Scorer(models, risk_bands=bands)
     flat = flat.reset_index(drop=True)
-    feats = scorer.features(flat)
+    feats = scorer.features(flat, typed)
     out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
     out["horizon_months"] = float(models[0].model.horizon_months)
     for m in models:
@@ -117,6 +118,17 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     return out
 
 
+def _use_all_cores(models: list[LoadedModel]) -> None:
+    """Boosted trees predict on every core for a file (the service keeps one thread per
+    call: its batches are small and it shares the cores with the HTTP work)."""
+    import os
+
+    for m in models:
+        scorer = m.model.scorer
+        if m.model.model_type == "xgboost":
+            scorer.model_.get_booster().set_param({"nthread": os.cpu_count() or 1})
+
+
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
                chunk_size: int = 50_000, console=None) -> str:
     """Read, check and score ``input_path``; write ``output_path`` atomically. Returns a summary."""
@@ -125,6 +137,7 @@ def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, e
     from refracture.io import write_frame_atomic
 
     start = time.perf_counter()
+    _use_all_cores(models)
     flat = read_records(Path(input_path))
     n = len(flat)
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
@@ -136,10 +149,10 @@ def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, e
         task = progress.add_task("checking and scoring records", total=n)
         for a, b in chunks:
             chunk = flat.iloc[a:b].reset_index(drop=True)
-            found = check_records(chunk)
-            errors.extend({**e, "record": e["record"] + a} for e in found)
+            inspected = inspect_records(chunk)
+            errors.extend({**e, "record": e["record"] + a} for e in inspected.errors)
             if not errors:
-                parts.append(score_frame(models, chunk, explain=explain))
+                parts.append(score_frame(models, chunk, explain=explain, typed=inspected.typed))
             progress.advance(task, b - a)
     if errors:
         raise BatchInputError(errors, n)

@@ -17,8 +17,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import pandas as pd
-
 logger = logging.getLogger(__name__)
 
 
@@ -26,7 +24,7 @@ logger = logging.getLogger(__name__)
 class Job:
     """One request's records waiting to be checked and scored."""
 
-    flat: pd.DataFrame
+    rows: list[dict[str, Any]]
     procedure_ids: list[str]
     prior_errors: list[dict[str, Any]]
     future: asyncio.Future = field(repr=False)
@@ -48,14 +46,14 @@ class MicroBatcher:
         self.batches = 0
         self.jobs = 0
 
-    async def submit(self, flat: pd.DataFrame, procedure_ids: list[str], prior_errors: list[dict[str, Any]]) -> Any:
+    async def submit(self, rows: list[dict[str, Any]], procedure_ids: list[str], prior_errors: list[dict[str, Any]]) -> Any:
         """Queue one request's records and wait for its result."""
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(Job(flat, procedure_ids, prior_errors, future))
+        await self._queue.put(Job(rows, procedure_ids, prior_errors, future))
         return await future
 
     async def _run(self) -> None:
@@ -64,14 +62,14 @@ class MicroBatcher:
         while True:
             first = carry if carry is not None else await self._queue.get()
             carry = None
-            batch, n = [first], len(first.flat)
+            batch, n = [first], len(first.rows)
             while not self._queue.empty():
                 job = self._queue.get_nowait()
-                if n + len(job.flat) > self.max_records:
+                if n + len(job.rows) > self.max_records:
                     carry = job
                     break
                 batch.append(job)
-                n += len(job.flat)
+                n += len(job.rows)
             batch = [j for j in batch if not j.future.cancelled()]
             if not batch:
                 continue

@@ -53,23 +53,24 @@ class Scorer:
     def versions(self) -> dict[str, str]:
         return {m.outcome: m.version for m in self.models}
 
-    def features(self, flat: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        """Features per outcome, computed once per distinct feature set."""
+    def features(self, flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
+        """Features per outcome, computed once per distinct feature set. ``typed``: the
+        records as ``features.records.inspect_records`` read them (saves reading again)."""
         by_set: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
         out: dict[str, pd.DataFrame] = {}
         for m in self.models:
             key = (m.model.feature_set, tuple(m.model.feature_names))
             if key not in by_set:
-                by_set[key] = m.model.features(flat)
+                by_set[key] = m.model.features(flat, typed)
             out[m.outcome] = by_set[key]
         return out
 
     def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
-              first_index: int = 0) -> list[dict[str, Any]]:
+              first_index: int = 0, typed: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
         ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
         flat = flat.reset_index(drop=True)
-        feats = self.features(flat)
+        feats = self.features(flat, typed)
         per_outcome: dict[str, list[dict[str, Any]]] = {}
         for m in self.models:
             X = feats[m.outcome]
@@ -103,10 +104,10 @@ class Scorer:
             for i in range(len(flat))
         ]
 
-    def probabilities(self, flat: pd.DataFrame) -> pd.DataFrame:
+    def probabilities(self, flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """Probabilities only, one column per outcome (the batch-file path)."""
         flat = flat.reset_index(drop=True)
-        feats = self.features(flat)
+        feats = self.features(flat, typed)
         return pd.DataFrame({m.outcome: m.model.proba_from_features(feats[m.outcome]) for m in self.models})
 
 

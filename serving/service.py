@@ -26,6 +26,7 @@ import traceback
 from typing import Annotated, Any
 
 import bentoml
+import numpy as np
 from _bentoml_sdk.io_models import IORootModel  # the only BentoML internal used: see RecordsInput
 from fastapi import FastAPI
 from pydantic import Field
@@ -181,43 +182,43 @@ class RefractureRisk:
             ctx.response.status_code = parsed.status  # BentoML copies this onto the response
             return _json(parsed.status, {"error": parsed.message or parsed.errors[0]["error"], "errors": parsed.errors})
         batcher = self._explain_batcher if explain else self._predict_batcher
-        status, payload, n_errors = await batcher.submit(parsed.flat, parsed.procedure_ids, parsed.errors)
-        info["n_records"] = len(parsed.flat)
+        status, payload, n_errors = await batcher.submit(parsed.rows, parsed.procedure_ids, parsed.errors)
+        info["n_records"] = len(parsed.rows)
         info["procedure_ids"] = [p for p in parsed.procedure_ids if p]
         info["n_errors"] = n_errors
         ctx.response.status_code = status
         return Response(payload, status_code=status, media_type="application/json")
 
     def _process(self, jobs: list, explain: bool) -> list[tuple[int, bytes, int]]:
-        """Check and score a batch of requests (runs in the batcher's thread)."""
-        import pandas as pd
-
-        from features.records import check_records
-        from serving.validation import finish
+        """Check and score a batch of requests (runs in the batcher's thread): one frame,
+        one ``check_records`` call and one scoring call for all of them."""
+        from features.records import inspect_records
+        from serving.validation import finish, rows_frame
 
         try:
-            flats = [j.flat for j in jobs]
-            merged = pd.concat(flats, ignore_index=True) if len(flats) > 1 else flats[0].reset_index(drop=True)
-            contract = check_records(merged)
-            offsets, start = [], 0
-            for f in flats:
-                offsets.append((start, start + len(f)))
-                start += len(f)
+            merged = rows_frame([row for j in jobs for row in j.rows])
+            inspected = inspect_records(merged)
+            contract = inspected.errors
+            bounds = np.cumsum([0] + [len(j.rows) for j in jobs])
             per_job: list[list[dict]] = [[] for _ in jobs]
             for e in contract:
-                k = next(k for k, (a, b) in enumerate(offsets) if a <= e["record"] < b)
-                per_job[k].append({**e, "record": e["record"] - offsets[k][0]})
-            finals = [finish(ParsedRequest(200, flat=j.flat, procedure_ids=j.procedure_ids, errors=j.prior_errors), errs)
+                k = int(np.searchsorted(bounds, e["record"], side="right")) - 1
+                per_job[k].append({**e, "record": e["record"] - int(bounds[k])})
+            finals = [finish(ParsedRequest(200, rows=j.rows, procedure_ids=j.procedure_ids, errors=j.prior_errors), errs)
                       for j, errs in zip(jobs, per_job)]
             ok = [k for k, f in enumerate(finals) if f.ok]
             results: dict[int, bytes] = {}
             if ok:
-                flat_ok = pd.concat([jobs[k].flat for k in ok], ignore_index=True) if len(ok) > 1 else jobs[ok[0]].flat
+                if len(ok) == len(jobs):
+                    flat_ok, typed = merged, inspected.typed
+                else:
+                    positions = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in ok])
+                    flat_ok, typed = merged.iloc[positions], inspected.subset(positions)
                 ids = [pid for k in ok for pid in jobs[k].procedure_ids]
-                scored = self.scorer.score(flat_ok, ids, explain=explain)
+                scored = self.scorer.score(flat_ok, ids, explain=explain, typed=typed)
                 pos = 0
                 for k in ok:
-                    n = len(jobs[k].flat)
+                    n = len(jobs[k].rows)
                     part = scored[pos:pos + n]
                     for i, item in enumerate(part):
                         item["record"] = i

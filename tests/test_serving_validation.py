@@ -319,8 +319,6 @@ def test_micro_batcher_scores_concurrent_requests_together_and_in_order():
     import asyncio
     import time
 
-    import pandas as pd
-
     from serving.batcher import MicroBatcher
 
     sizes = []
@@ -328,12 +326,12 @@ def test_micro_batcher_scores_concurrent_requests_together_and_in_order():
     def process(jobs):
         time.sleep(0.05)  # a batch in progress lets the others queue up
         sizes.append(len(jobs))
-        return [list(j.flat["x"]) for j in jobs]
+        return [[r["x"] for r in j.rows] for j in jobs]
 
     async def main():
         batcher = MicroBatcher(process, max_records=100)
-        frames = [pd.DataFrame({"x": [i, i]}) for i in range(12)]
-        return await asyncio.gather(*(batcher.submit(f, ["a", "b"], []) for f in frames))
+        requests = [[{"x": i}, {"x": i}] for i in range(12)]
+        return await asyncio.gather(*(batcher.submit(rows, ["a", "b"], []) for rows in requests))
 
     results = asyncio.run(main())
     assert results == [[i, i] for i in range(12)]
@@ -342,8 +340,6 @@ def test_micro_batcher_scores_concurrent_requests_together_and_in_order():
 
 def test_a_failing_batch_fails_its_requests_not_the_batcher():
     import asyncio
-
-    import pandas as pd
 
     from serving.batcher import MicroBatcher
 
@@ -358,8 +354,8 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
     async def main():
         batcher = MicroBatcher(process)
         with pytest.raises(RuntimeError):
-            await batcher.submit(pd.DataFrame({"x": [1]}), ["a"], [])
-        return await batcher.submit(pd.DataFrame({"x": [1]}), ["a"], [])
+            await batcher.submit([{"x": 1}], ["a"], [])
+        return await batcher.submit([{"x": 1}], ["a"], [])
 
     assert asyncio.run(main()) == "ok"
 

@@ -48,11 +48,12 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         self.info = dict(info or {})
 
     # -- features -------------------------------------------------------------------
-    def features(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Model features (float64, NaN = missing) for flat raw records, index aligned."""
+    def features(self, records: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """Model features (float64, NaN = missing) for flat raw records, index aligned.
+        ``typed``: the records as ``features.records.inspect_records`` read them, if done."""
         from features.assemble import features_from_records
 
-        feats = features_from_records(records, self.feature_set)[self.feature_names]
+        feats = features_from_records(records, self.feature_set, typed)[self.feature_names]
         feats.index = records.index
         return feats
 
