@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ensure_trained_store(ROOT / "bench" / "out")
     os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "BENTOML", "MLFLOW"))})
 
-    from features.records import check_records, nest_record, records_frame
+    from features.records import inspect_records, nest_record, records_frame
     from serving.loading import load_served_models
     from serving.scoring import Scorer
     from serving.validation import parse_body, rows_frame
@@ -76,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
             stages.setdefault("parse (all requests)", []).append(1000 * (time.perf_counter() - t0))
             merged, ms = timed(rows_frame, [row for p in parsed for row in p.rows])
             stages.setdefault("merge requests", []).append(ms)
-            errors, ms = timed(check_records, merged)
-            assert not errors, errors[:3]
-            stages.setdefault("check_records", []).append(ms)
+            inspected, ms = timed(inspect_records, merged)
+            assert not inspected.errors, inspected.errors[:3]
+            stages.setdefault("inspect_records (read + check)", []).append(ms)
             ids = [p.procedure_ids[0] for p in parsed]
             for explain in (False, True):
                 name = "explain" if explain else "predict"
-                out, ms = timed(scorer.score, merged, ids, explain=explain)
+                out, ms = timed(scorer.score, merged, ids, explain=explain, typed=inspected.typed)
                 stages.setdefault(f"score ({name})", []).append(ms)
                 _, ms = timed(lambda: [json.dumps({"predictions": [o]}, separators=(",", ":")) for o in out])
                 stages.setdefault(f"json ({name})", []).append(ms)
-            feats, ms = timed(scorer.features, merged.reset_index(drop=True))
+            feats, ms = timed(scorer.features, merged.reset_index(drop=True), inspected.typed)
             stages.setdefault("  of which features", []).append(ms)
             for m in models:
                 X = feats[m.outcome]
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             prof.enable()
             for _ in range(10):
                 m2 = rows_frame([row for p in parsed for row in p.rows])
-                check_records(m2)
-                scorer.score(m2, ids, explain=False)
+                scorer.score(m2, ids, explain=False, typed=inspect_records(m2).typed)
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
     return 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from features._columns import numbers
 
 
 def bone_density_features(wide: pd.DataFrame) -> pd.DataFrame:
@@ -15,18 +18,21 @@ def bone_density_features(wide: pd.DataFrame) -> pd.DataFrame:
     measure of the stiffness gradient (Zeng review: ratio > 15.18 with adjacent HU < 66.9
     marks high adjacent-fracture risk).
     """
-    adjacent_min = wide[["hu_upper_adjacent_preop", "hu_lower_adjacent_preop"]].min(axis=1, skipna=True)
-    adjacent_min_post = wide[["hu_upper_adjacent_postop", "hu_lower_adjacent_postop"]].min(axis=1, skipna=True)
-    denominator = adjacent_min_post.fillna(adjacent_min)
+    upper, lower = numbers(wide, "hu_upper_adjacent_preop"), numbers(wide, "hu_lower_adjacent_preop")
+    adjacent_min = np.fmin(upper, lower)  # the lower of the two; either alone if one is missing
+    adjacent_min_post = np.fmin(numbers(wide, "hu_upper_adjacent_postop"), numbers(wide, "hu_lower_adjacent_postop"))
+    denominator = np.where(np.isnan(adjacent_min_post), adjacent_min, adjacent_min_post)
     # HU near or below zero (fatty marrow) makes the ratio meaningless: leave it missing.
-    ratio = wide["hu_index_postop"] / denominator.where(denominator >= 5)
+    with np.errstate(invalid="ignore"):
+        usable = np.where(denominator >= 5, denominator, np.nan)
+    ratio = numbers(wide, "hu_index_postop") / usable
     return pd.DataFrame(
         {
-            "dxa_bmd_g_cm2": wide["dxa_bmd_g_cm2"],
-            "dxa_t_score": wide["dxa_t_score"],
-            "hu_index_preop": wide["hu_index_preop"],
-            "hu_upper_adjacent": wide["hu_upper_adjacent_preop"],
-            "hu_lower_adjacent": wide["hu_lower_adjacent_preop"],
+            "dxa_bmd_g_cm2": numbers(wide, "dxa_bmd_g_cm2"),
+            "dxa_t_score": numbers(wide, "dxa_t_score"),
+            "hu_index_preop": numbers(wide, "hu_index_preop"),
+            "hu_upper_adjacent": upper,
+            "hu_lower_adjacent": lower,
             "hu_adjacent_min": adjacent_min,
             "hu_ratio_augmented_adjacent": ratio,
         },

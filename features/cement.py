@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-def _flag(mask: pd.Series, missing: pd.Series) -> np.ndarray:
-    return np.where(missing, np.nan, mask.astype("float64"))
+from features._columns import flag, numbers, present, text
 
 
 def cement_features(wide: pd.DataFrame) -> pd.DataFrame:
@@ -20,39 +18,34 @@ def cement_features(wide: pd.DataFrame) -> pd.DataFrame:
     touch on the post-op radiograph (Xiong 2021 NPEC). Leakage flags from post-op imaging;
     ``leakage_intradiscal_spike`` marks the spike type (Yassavoly 2025).
     """
-    technique = wide["technique"]
-    approach = wide["approach"]
-    body = wide["vertebral_body_volume_ml_preop"]
-    touches_upper = wide["cement_touches_upper_endplate_postop"]
-    touches_lower = wide["cement_touches_lower_endplate_postop"]
-    intradiscal = wide["leakage_intradiscal_postop"]
-    no_intradiscal = intradiscal.isna()
-    leak_parts = pd.DataFrame(
-        {
-            "intradiscal": np.where(no_intradiscal, np.nan, (intradiscal != "none").astype("float64")),
-            "paravertebral": wide["leakage_paravertebral_postop"],
-            "venous": wide["leakage_venous_postop"],
-            "epidural": wide["leakage_epidural_postop"],
-        },
-        index=wide.index,
-    )
-    any_leak = leak_parts.max(axis=1, skipna=True)  # NaN only when every site is unknown
+    technique, approach = text(wide, "technique"), text(wide, "approach")
+    body = numbers(wide, "vertebral_body_volume_ml_preop")
+    volume = numbers(wide, "cement_volume_ml")
+    touches_upper = numbers(wide, "cement_touches_upper_endplate_postop")
+    touches_lower = numbers(wide, "cement_touches_lower_endplate_postop")
+    intradiscal = text(wide, "leakage_intradiscal_postop")
+    intradiscal_known = present(intradiscal)
+    leak_intradiscal = flag(intradiscal != "none", intradiscal_known)
+    paravertebral = numbers(wide, "leakage_paravertebral_postop")
+    venous = numbers(wide, "leakage_venous_postop")
+    epidural = numbers(wide, "leakage_epidural_postop")
+    any_leak = np.fmax.reduce([leak_intradiscal, paravertebral, venous, epidural])  # NaN only when every site is unknown
     return pd.DataFrame(
         {
-            "technique_pkp": _flag(technique == "PKP", technique.isna()),
-            "approach_bilateral": _flag(approach == "bilateral", approach.isna()),
-            "cement_volume_ml": wide["cement_volume_ml"],
-            "fill_ratio_total_pct": 100.0 * wide["cement_volume_ml"] / body,
-            "fill_ratio_larger_side_pct": 100.0 * wide["cement_larger_side_volume_ml_postop"] / (body / 2.0),
+            "technique_pkp": flag(technique == "PKP", present(technique)),
+            "approach_bilateral": flag(approach == "bilateral", present(approach)),
+            "cement_volume_ml": volume,
+            "fill_ratio_total_pct": 100.0 * volume / body,
+            "fill_ratio_larger_side_pct": 100.0 * numbers(wide, "cement_larger_side_volume_ml_postop") / (body / 2.0),
             "npec_upper": 1.0 - touches_upper,
             "npec_lower": 1.0 - touches_lower,
             "npec_count": 2.0 - touches_upper - touches_lower,
             "leakage_any": any_leak,
-            "leakage_intradiscal": leak_parts["intradiscal"],
-            "leakage_intradiscal_spike": _flag(intradiscal == "spike", no_intradiscal),
-            "leakage_paravertebral": leak_parts["paravertebral"],
-            "leakage_venous": leak_parts["venous"],
-            "leakage_epidural": leak_parts["epidural"],
+            "leakage_intradiscal": leak_intradiscal,
+            "leakage_intradiscal_spike": flag(intradiscal == "spike", intradiscal_known),
+            "leakage_paravertebral": paravertebral,
+            "leakage_venous": venous,
+            "leakage_epidural": epidural,
         },
         index=wide.index,
     )

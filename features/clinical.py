@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features._columns import flag, numbers, present, text
+
 ACTIVE_THERAPIES = frozenset({"bisphosphonate", "denosumab", "teriparatide", "romosozumab", "other"})
 
 
@@ -15,23 +17,27 @@ def clinical_features(wide: pd.DataFrame) -> pd.DataFrame:
     anti-osteoporosis therapy (active / denosumab discontinued), days from pain onset to
     surgery, number of levels treated in the session and the post-operative brace.
     """
-    height_m = wide["height_cm"] / 100.0
-    therapy = wide["anti_osteoporosis_therapy"]
-    pain_days = (wide["surgery_date"] - wide["pain_onset_date"]).dt.days.astype("float64")
+    height_m = numbers(wide, "height_cm") / 100.0
+    sex = text(wide, "sex")
+    therapy = text(wide, "anti_osteoporosis_therapy")
+    therapy_known = present(therapy)
+    surgery = wide["surgery_date"].to_numpy(dtype="datetime64[ns]")
+    onset = wide["pain_onset_date"].to_numpy(dtype="datetime64[ns]")
+    pain_days = np.floor((surgery - onset) / np.timedelta64(1, "D"))  # whole days; NaN when a date is missing
     return pd.DataFrame(
         {
-            "age_years": wide["age_years"].astype("float64"),
-            "sex_female": np.where(wide["sex"].isna(), np.nan, (wide["sex"] == "F").astype("float64")),
-            "bmi_kg_m2": wide["weight_kg"] / height_m**2,
-            "type2_diabetes": wide["type2_diabetes"],
-            "chronic_kidney_disease": wide["chronic_kidney_disease"],
-            "glucocorticoids_long_term": wide["glucocorticoids_long_term"],
-            "prior_vertebral_fractures_n": wide["prior_vertebral_fractures_n"],
-            "on_anti_osteoporosis_therapy": np.where(therapy.isna(), np.nan, therapy.isin(ACTIVE_THERAPIES).astype("float64")),
-            "denosumab_discontinued": np.where(therapy.isna(), np.nan, (therapy == "denosumab_discontinued").astype("float64")),
+            "age_years": numbers(wide, "age_years"),
+            "sex_female": flag(sex == "F", present(sex)),
+            "bmi_kg_m2": numbers(wide, "weight_kg") / height_m**2,
+            "type2_diabetes": numbers(wide, "type2_diabetes"),
+            "chronic_kidney_disease": numbers(wide, "chronic_kidney_disease"),
+            "glucocorticoids_long_term": numbers(wide, "glucocorticoids_long_term"),
+            "prior_vertebral_fractures_n": numbers(wide, "prior_vertebral_fractures_n"),
+            "on_anti_osteoporosis_therapy": flag(np.isin(therapy, list(ACTIVE_THERAPIES)), therapy_known),
+            "denosumab_discontinued": flag(therapy == "denosumab_discontinued", therapy_known),
             "pain_to_surgery_days": pain_days,
-            "n_levels_treated": wide["n_levels_treated"],
-            "brace_prescribed": wide["brace_prescribed"],
+            "n_levels_treated": numbers(wide, "n_levels_treated"),
+            "brace_prescribed": numbers(wide, "brace_prescribed"),
         },
         index=wide.index,
     )

@@ -201,6 +201,19 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     return InspectedRecords(typed, errors)
 
 
+def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per field, which records have no value (from ``InspectedRecords.typed``)."""
+    out = {}
+    for name, values in typed.items():
+        if values.dtype.kind == "f":
+            out[name] = np.isnan(values)
+        elif values.dtype.kind == "M":
+            out[name] = np.isnat(values)
+        else:
+            out[name] = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    return out
+
+
 def _cell(raw: np.ndarray | pd.Series, i: int) -> Any:
     return raw.iat[i] if isinstance(raw, pd.Series) else raw[i]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features._columns import flag, numbers, text
+
 #: Psoas muscle index cut-offs at L3 (cm²/m²) below which a patient is sarcopenic.
 #: Source: Hamaguchi Y et al., Nutrition 2016;32(11-12):1200-1205 (men 6.36, women 3.92).
 PMI_THRESHOLD_CM2_M2 = {"M": 6.36, "F": 3.92}
@@ -18,14 +20,16 @@ def sarcopenia_features(wide: pd.DataFrame) -> pd.DataFrame:
     ``paraspinal_fat_fraction_pct`` as measured; ``sarcopenia`` = 1 when the index is
     below the sex-specific threshold in ``PMI_THRESHOLD_CM2_M2``, missing when the index is.
     """
-    pmi = wide["psoas_area_cm2_preop"] / (wide["height_cm"] / 100.0) ** 2
-    threshold = wide["sex"].map(PMI_THRESHOLD_CM2_M2).astype("float64")
-    flag = np.where(pmi.isna() | threshold.isna(), np.nan, (pmi < threshold).astype("float64"))
+    pmi = numbers(wide, "psoas_area_cm2_preop") / (numbers(wide, "height_cm") / 100.0) ** 2
+    sex = text(wide, "sex")
+    threshold = np.full(len(wide), np.nan)
+    for code, cut in PMI_THRESHOLD_CM2_M2.items():
+        threshold[sex == code] = cut
     return pd.DataFrame(
         {
             "psoas_muscle_index_cm2_m2": pmi,
-            "paraspinal_fat_fraction_pct": wide["paraspinal_fat_fraction_pct_preop"],
-            "sarcopenia": flag,
+            "paraspinal_fat_fraction_pct": numbers(wide, "paraspinal_fat_fraction_pct_preop"),
+            "sarcopenia": flag(pmi < threshold, ~np.isnan(pmi) & ~np.isnan(threshold)),
         },
         index=wide.index,
     )

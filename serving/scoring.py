@@ -69,8 +69,11 @@ class Scorer:
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
         ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
+        from features.records import missing_fields
+
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
+        absent = missing_fields(typed) if typed is not None else None
         per_outcome: dict[str, list[dict[str, Any]]] = {}
         for m in self.models:
             X = feats[m.outcome]
@@ -80,7 +83,7 @@ class Scorer:
             else:
                 expl = None
                 proba = m.model.proba_from_features(X)
-            missing = _missing_inputs(m.model, flat, X)
+            missing = m.model.missing_inputs_from_features(flat, X, absent)
             bands = self.risk_bands.get(m.outcome, DEFAULT_RISK_BANDS[m.outcome])
             horizon = float(m.model.horizon_months)
             ref = m.ref
@@ -109,12 +112,6 @@ class Scorer:
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
         return pd.DataFrame({m.outcome: m.model.proba_from_features(feats[m.outcome]) for m in self.models})
-
-
-def _missing_inputs(model: Any, flat: pd.DataFrame, X: pd.DataFrame) -> list[list[dict]]:
-    """The model's own account of missing inputs, reusing the features already computed
-    (``RefractureModel.missing_inputs`` would compute them again)."""
-    return model.missing_inputs_from_features(flat, X)
 
 
 # ---------------------------------------------------------------------- explanations

@@ -140,6 +140,12 @@ def test_missing_inputs_equal_the_cell_by_cell_rule(fitted):
     assert X.isna().any(axis=1).sum() >= 6
     assert model.missing_inputs_from_features(batch, X) == _reference_missing_inputs(batch, X, model)
     assert model.missing_inputs(batch) == _reference_missing_inputs(batch, X, model)
+    # The service's path: which fields are absent, from the records as the checks read them.
+    from features.records import inspect_records, missing_fields
+
+    inspected = inspect_records(batch)
+    assert model.missing_inputs_from_features(batch, X, missing_fields(inspected.typed)) == \
+        _reference_missing_inputs(batch, X, model)
 
 
 def test_signature_requires_only_fields_the_features_use():

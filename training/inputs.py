@@ -11,6 +11,8 @@ fractured height and the height of at least one neighbour;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -106,7 +108,8 @@ def handling_text(model_type: str, feature: str, median: float | None = None) ->
 
 
 def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: str,
-                   medians: dict[str, float] | None = None) -> list[list[dict]]:
+                   medians: dict[str, float] | None = None,
+                   absent_fields: Mapping[str, np.ndarray] | None = None) -> list[list[dict]]:
     """Per record: the input fields a missing feature needed, and how the model handled it.
 
     ``records`` are flat raw records and ``features`` their computed features (same row
@@ -114,6 +117,8 @@ def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: st
     "feature": "hu_index_preop", "handling": "..."}``; a field feeding several missing
     features is listed once per feature. A feature that is missing although its inputs
     are present (e.g. a ratio with a near-zero denominator) is reported with field ``""``.
+    ``absent_fields``: per flat field, which records lack it, if already known
+    (``features.records.missing_fields``); otherwise read from ``records``.
     """
     medians = medians or {}
     records = records.reset_index(drop=True)
@@ -122,7 +127,7 @@ def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: st
     feature_missing = features.isna().to_numpy(dtype=bool)
     if not feature_missing.any():
         return out
-    field_missing: dict[str, np.ndarray] = {}
+    field_missing: dict[str, np.ndarray] = dict(absent_fields or {})
 
     def absent(name: str) -> np.ndarray:
         if name not in field_missing:

@@ -92,15 +92,17 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         for every input a feature needed but did not get, and how this model handled it."""
         return self.missing_inputs_from_features(records, self.features(records))
 
-    def missing_inputs_from_features(self, records: pd.DataFrame, X: pd.DataFrame) -> list[list[dict]]:
-        """As ``missing_inputs``, with the records' features ``X`` already computed."""
+    def missing_inputs_from_features(self, records: pd.DataFrame, X: pd.DataFrame,
+                                     absent_fields: dict[str, np.ndarray] | None = None) -> list[list[dict]]:
+        """As ``missing_inputs``, with the records' features ``X`` already computed (and, if
+        given, which records lack each field: ``features.records.missing_fields``)."""
         from training.inputs import missing_inputs
 
         medians = {}
         if self.model_type in ("logistic", "elastic_net"):
             prep = self.scorer.prep_
             medians = dict(zip(prep.feature_names_, prep.medians_))
-        return missing_inputs(records, X, self.model_type, medians)
+        return missing_inputs(records, X, self.model_type, medians, absent_fields)
 
     def __repr__(self) -> str:
         return (f"RefractureModel({self.model_type}, outcome={self.outcome}, feature_set={self.feature_set}, "
