@@ -40,6 +40,10 @@ BINARY_LIMIT = 127.0
 DATE_MIN = pd.Timestamp("1900-01-01")
 DATE_MAX = pd.Timestamp("2199-12-31")
 
+#: Arrow text columns at least this long are trimmed and parsed with vectorised string
+#: operations; shorter ones cell by cell (each Arrow operation has a fixed cost).
+VECTORISE_TEXT_FROM = 256
+
 NUMERIC_KINDS = ("int", "float", "binary")
 TEXT_KINDS = ("id", "str", "category")
 
@@ -193,7 +197,8 @@ def coerce_array(raw: np.ndarray | pd.Series, kind: str) -> tuple[np.ndarray, np
             raw = raw.to_numpy()
         elif pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_bool_dtype(raw.dtype):
             raw = raw.to_numpy(dtype="float64", na_value=np.nan)  # nullable Int64 / Float64 / boolean
-        elif kind in TEXT_KINDS + ("date",) and pd.api.types.is_string_dtype(raw.dtype) and raw.dtype != object:
+        elif (kind in TEXT_KINDS + ("date",) and pd.api.types.is_string_dtype(raw.dtype) and raw.dtype != object
+              and len(raw) >= VECTORISE_TEXT_FROM):
             # Arrow-backed text (Parquet, CSV): trim, blank -> missing, vectorised.
             text = raw.str.strip()
             present = (text.notna() & (text != "")).to_numpy(dtype=bool)

@@ -64,7 +64,7 @@ def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         col = np.empty(len(rows), dtype=object)
         col[:] = [r[name] for r in rows]
         columns[name] = col
-    return pd.DataFrame(columns, copy=False)
+    return pd.DataFrame(columns, copy=False, dtype=object)  # no text inference: values as sent
 
 
 def _reject_constant(name: str) -> Any:
