@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ensure_trained_store(ROOT / "bench" / "out")
     os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "BENTOML", "MLFLOW"))})
 
-    from features.records import inspect_records, nest_record, records_frame
+    from features.records import inspect_records, missing_fields, nest_record, records_frame
     from serving.loading import load_served_models
     from serving.scoring import Scorer
     from serving.validation import parse_body, rows_frame
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 X = feats[m.outcome]
                 _, ms = timed(m.model.proba_from_features, X)
                 stages.setdefault("  of which probability (3 models)", []).append(ms)
-                _, ms = timed(m.model.missing_inputs_from_features, merged, X)
+                _, ms = timed(m.model.missing_inputs_from_features, merged, X, missing_fields(inspected.typed))
                 stages.setdefault("  of which missing inputs (3 models)", []).append(ms)
                 _, ms = timed(m.model.explain_features, X)
                 stages.setdefault("  of which SHAP (3 models)", []).append(ms)

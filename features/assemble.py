@@ -47,7 +47,9 @@ def features_from_records(flat_records: pd.DataFrame, feature_set: str, typed=No
     ``typed``: the records' values as ``features.records.inspect_records`` read them."""
     from features.records import records_to_wide
 
-    return features_from_wide(records_to_wide(flat_records, typed))[feature_names(feature_set)]
+    feats = features_from_wide(records_to_wide(flat_records, typed))
+    names = feature_names(feature_set)
+    return feats if list(feats.columns) == names else feats[names]
 
 
 def build_feature_table(tables: dict[str, pd.DataFrame], feature_set: str) -> pd.DataFrame:

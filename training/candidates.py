@@ -39,6 +39,12 @@ EPS = 1e-4
 QUADRATIC_FEATURES = ("cement_volume_ml",)
 
 
+def in_order(X: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``X[names]``, without the copy when the columns are already those, in that order
+    (the serving path calls this several times per batch; each selection costs ~0.5 ms)."""
+    return X if list(X.columns) == list(names) else X[names]
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     """log(p / (1 - p)) of p clipped to [EPS, 1 - EPS], float64."""
     p = np.clip(np.asarray(p, dtype="float64"), EPS, 1 - EPS)
@@ -172,7 +178,7 @@ class LinearPrep:
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """Encoded matrix (n, len(sources_)) for features in the fitted order."""
-        values = X[self.feature_names_].to_numpy(dtype="float64")
+        values = in_order(X, self.feature_names_).to_numpy(dtype="float64")
         missing = np.isnan(values)
         filled = np.where(missing, self.medians_, values)
         z = (np.clip(filled, self.low_, self.high_) - self.mean_) / self.scale_
@@ -253,7 +259,7 @@ class ForestScorer(_Picklable):
         return self
 
     def proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.forest_.predict_proba(X[self.feature_names_].to_numpy(dtype="float64"))[:, 1].astype("float64")
+        return self.forest_.predict_proba(in_order(X, self.feature_names_).to_numpy(dtype="float64"))[:, 1].astype("float64")
 
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         return logit(self.proba(X))
@@ -322,7 +328,7 @@ class BoostScorer(_Picklable):
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         import xgboost as xgb
 
-        data = xgb.DMatrix(X[self.feature_names_].to_numpy(dtype="float64"), missing=np.nan)
+        data = xgb.DMatrix(in_order(X, self.feature_names_).to_numpy(dtype="float64"), missing=np.nan)
         leaves = self.model_.get_booster().predict(data, pred_leaf=True).reshape(len(X), -1)
         # Leaf node ids -> positions in the flattened (trees x nodes) table: one ``take``
         # (3x faster than 2-D fancy indexing on 50k rows).

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from training.calibration import Platt
-from training.candidates import expit
+from training.candidates import expit, in_order
 
 
 class RefractureModel(mlflow.pyfunc.PythonModel):
@@ -53,14 +53,14 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         ``typed``: the records as ``features.records.inspect_records`` read them, if done."""
         from features.assemble import features_from_records
 
-        feats = features_from_records(records, self.feature_set, typed)[self.feature_names]
+        feats = in_order(features_from_records(records, self.feature_set, typed), self.feature_names)
         feats.index = records.index
         return feats
 
     # -- predictions ----------------------------------------------------------------
     def logit_from_features(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated log-odds from a feature frame (training/evaluation path)."""
-        return self.calibration(self.scorer.raw_logit(X[self.feature_names]))
+        return self.calibration(self.scorer.raw_logit(in_order(X, self.feature_names)))
 
     def proba_from_features(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability from a feature frame."""
@@ -84,7 +84,7 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         """As ``explain`` but from a feature frame."""
         from training.explain import explain
 
-        return explain(self.scorer, X[self.feature_names], slope=self.calibration.slope,
+        return explain(self.scorer, in_order(X, self.feature_names), slope=self.calibration.slope,
                        intercept=self.calibration.intercept)
 
     def missing_inputs(self, records: pd.DataFrame) -> list[list[dict]]:
