@@ -151,7 +151,7 @@ PROCEDURES = TableSpec(
         ColumnSpec("technique", "category", "PVP = percutaneous vertebroplasty; PKP = balloon kyphoplasty.", allowed=("PVP", "PKP")),
         ColumnSpec("n_levels_treated", "int", "Levels treated in the same session, this one included (must equal the session's rows).",
                    unit="count", min=1, max=8),
-        ColumnSpec("pain_onset_date", "date", "Date back pain from the index fracture began.", nullable=True),
+        ColumnSpec("pain_onset_date", "date", "Date back pain from the index fracture began; on or before surgery_date.", nullable=True),
         ColumnSpec("approach", "category", "Transpedicular access: one side (left or right) or both.",
                    allowed=("unilateral_left", "unilateral_right", "bilateral"), timing="intraop"),
         ColumnSpec("cement_volume_ml", "float", "Total PMMA cement injected at this level (operative record).",

@@ -91,8 +91,22 @@ def test_concurrent_requests_all_answered_correctly(server, flat):
             assert a["outcomes"][o]["probability"] == pytest.approx(b["outcomes"][o]["probability"], abs=1e-12)
 
 
+def valid_data_accepted_but_for_cross_field_rules(ctx, response, case):
+    """schemathesis' positive-data check, except for the one rule between fields of a record
+    that JSON Schema cannot express (pain onset on or before the surgery date, documented in
+    the field's description): a schema-valid record breaking only that rule may get 422."""
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    if response.status_code == 422 and case.meta is not None and case.meta.generation.mode.is_positive:
+        errors = response.json().get("errors", [])
+        if errors and all(e["field"] == "procedure.pain_onset_date" and "after the surgery" in e["error"] for e in errors):
+            return None
+    return positive_data_acceptance(ctx, response, case)
+
+
 def test_schemathesis_no_5xx_and_responses_match_the_schema(server):
     import schemathesis
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
     from hypothesis import HealthCheck, Phase, given, settings
     from schemathesis.generation.modes import GenerationMode
 
@@ -107,7 +121,9 @@ def test_schemathesis_no_5xx_and_responses_match_the_schema(server):
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode))
             def check(case):
-                case.call_and_validate(base_url=server.url, headers=AUTH, timeout=60)
+                case.call_and_validate(base_url=server.url, headers=AUTH, timeout=60,
+                                       excluded_checks=[positive_data_acceptance],
+                                       additional_checks=[valid_data_accepted_but_for_cross_field_rules])
 
             check()
 
