@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import display_name
+from features.coerce import missing_mask
 from features.records import RECORD_FIELDS_BY_FLAT
 
 _CR_PRE = (("vertebral_height_mm_preop",), ("upper_adjacent_height_mm_preop", "lower_adjacent_height_mm_preop"))
@@ -86,11 +87,7 @@ def _missing_mask(column: pd.Series | None, n: int) -> np.ndarray:
     """True where a raw field has no value: absent column, None/NaN/NaT, or blank text."""
     if column is None:
         return np.ones(n, dtype=bool)
-    mask = column.isna().to_numpy(dtype=bool, copy=True)
-    if column.dtype == object or pd.api.types.is_string_dtype(column.dtype):
-        mask |= np.fromiter((isinstance(v, str) and not v.strip() for v in column.to_numpy(dtype=object)),
-                            dtype=bool, count=n)
-    return mask
+    return missing_mask(column.to_numpy())
 
 
 def handling_text(model_type: str, feature: str, median: float | None = None) -> str:
