@@ -177,12 +177,7 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
         raw = columns[f.flat_name]
         values, bad = coerce_array(raw, f.spec.kind)
         typed[f.flat_name] = values
-        if f.spec.kind in ("int", "float", "binary"):
-            missing = np.isnan(values) & ~bad
-        elif f.spec.kind == "date":
-            missing = np.isnat(values) & ~bad
-        else:
-            missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        missing = _absent(values) & ~bad
         # Vectorised masks; the loops below visit only the offending cells.
         present = ~missing & ~bad
         if f.spec.allowed:
@@ -214,17 +209,18 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     return InspectedRecords(typed, errors)
 
 
+def _absent(values: np.ndarray) -> np.ndarray:
+    """True where a typed field (``features.coerce.coerce_array`` output) has no value."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "M":
+        return np.isnat(values)
+    return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+
+
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per field, which records have no value (from ``InspectedRecords.typed``)."""
-    out = {}
-    for name, values in typed.items():
-        if values.dtype.kind == "f":
-            out[name] = np.isnan(values)
-        elif values.dtype.kind == "M":
-            out[name] = np.isnat(values)
-        else:
-            out[name] = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-    return out
+    return {name: _absent(values) for name, values in typed.items()}
 
 
 def _cell(raw: np.ndarray | pd.Series, i: int) -> Any:

@@ -124,9 +124,8 @@ def _use_all_cores(models: list[LoadedModel]) -> None:
     import os
 
     for m in models:
-        scorer = m.model.scorer
         if m.model.model_type == "xgboost":
-            scorer.model_.get_booster().set_param({"nthread": os.cpu_count() or 1})
+            m.model.scorer.model_.get_booster().set_param({"nthread": os.cpu_count() or 1})
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,

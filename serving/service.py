@@ -191,7 +191,8 @@ class RefractureRisk:
 
     def _process(self, jobs: list, explain: bool) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread): one frame,
-        one ``check_records`` call and one scoring call for all of them."""
+        one ``inspect_records`` pass (field errors and typed values) and one scoring call
+        for all of them."""
         from features.records import inspect_records
         from serving.validation import finish, rows_frame
 
