@@ -12,19 +12,27 @@ before it, by its distance from the procedure's level:
   to another level of a multi-level session is that level's adjacent fracture, not a
   remote fracture of this one.
 
+The estimand is the **absolute (crude) risk**: the probability that the fracture happens
+within the horizon, given that the patient may die first. Death is a *competing event*,
+not censoring: a patient who died without the fracture is known not to have had it.
+
 For each outcome the label frame holds:
 
-- ``<outcome>_time_days``: days from surgery to the first such event, or to censoring;
-- ``<outcome>_event``: 1 if the event was observed, 0 if censored;
-- ``<outcome>``: the binary label at the horizon: 1 if the event happened within the
-  horizon, 0 if the patient was followed to the horizon without it, and **missing** if
-  follow-up ended (last contact or death) before the horizon without the event. Such
-  procedures get no binary label: treating them as negatives would bias risk downward.
-  Training on the labelled subset assumes censoring is unrelated to risk; the time and
-  event columns are kept for survival methods that do not need that assumption.
+- ``<outcome>_time_days``: days from surgery to the first such event, or else to death,
+  or else to the last contact (censoring);
+- ``<outcome>_status``: competing-risks status at that time: 1 the event, 2 death before
+  any such event, 0 censored (lost or data cut, alive and event-free at last contact);
+- ``<outcome>_event``: 1 if the event was observed, else 0 (``status == 1``);
+- ``<outcome>``: the binary crude label at the horizon: 1 if the event happened within the
+  horizon, 0 if the patient died without it before the horizon or was followed to the
+  horizon without it, and **missing** if censored (status 0) before the horizon. Missing
+  labels must not be dropped silently: unbiased estimates reweight the labelled rows by
+  the inverse probability of remaining uncensored (``training.competing_risks``).
 
-Censoring is at the earlier of ``last_followup_date`` and ``death_date``; death is a
-competing event and is treated as censoring. Months are 365.25/12 days.
+A death counts only when ``death_date`` is on or before ``last_followup_date`` (or no
+last contact is recorded): a death learnt later (registry linkage after the patient was
+lost) says nothing about fractures after the last contact, so follow-up is censored
+there. Months are 365.25/12 days.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import pandas as pd
 from features.levels import LEVEL_INDEX
 
 OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
+#: Competing-risks status codes of ``<outcome>_status``.
+CENSORED, EVENT, DEATH = 0, 1, 2
 DAYS_PER_MONTH = 365.25 / 12
 DEFAULT_HORIZON_MONTHS = 24.0
 
@@ -76,18 +86,23 @@ def _classify_events(procedures: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
 def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAULT_HORIZON_MONTHS) -> pd.DataFrame:
     """Labels for every procedure at ``horizon_months`` (default 24), indexed by procedure_id.
 
-    Takes typed tables (``features.validate.validate_raw``). Returns ``followup_days``
-    and, per outcome, ``<o>_time_days`` (float), ``<o>_event`` (0/1) and ``<o>``
-    (0/1, missing when censored before the horizon without the event).
+    Takes typed tables (``features.validate.validate_raw``). Returns ``followup_days``,
+    ``death_time_days`` / ``death_status`` (1 died within follow-up, 0 censored alive) and,
+    per outcome, ``<o>_time_days`` (float), ``<o>_status`` (0 censored, 1 event, 2 death
+    first), ``<o>_event`` (0/1) and ``<o>`` (0/1, missing when censored before the horizon).
     """
     if horizon_months <= 0:
         raise ValueError(f"horizon_months must be positive, got {horizon_months}")
     procedures, patients, events = tables["procedures"], tables["patients"], tables["events"]
     ends = patients[["patient_id", "last_followup_date", "death_date"]].copy()
-    ends["censor_date"] = ends[["last_followup_date", "death_date"]].min(axis=1, skipna=True)
+    last, death = ends["last_followup_date"], ends["death_date"]
+    died = death.notna() & (last.isna() | (death <= last))
+    ends["end_date"] = death.where(died, last)
+    ends["died"] = died
     base = procedures[["procedure_id", "patient_id", "surgery_date"]].merge(
-        ends[["patient_id", "censor_date"]], on="patient_id", how="left")
-    base["followup_days"] = (base["censor_date"] - base["surgery_date"]).dt.days.astype("float64")
+        ends[["patient_id", "end_date", "died"]], on="patient_id", how="left")
+    base["followup_days"] = (base["end_date"] - base["surgery_date"]).dt.days.astype("float64")
+    base["died"] = base["died"].fillna(False).astype(bool)
     base = base.set_index("procedure_id")
 
     pairs = _classify_events(procedures, events)
@@ -95,16 +110,22 @@ def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAUL
     first = pairs.groupby(["procedure_id", "outcome"])["days"].min().unstack("outcome")
 
     h = horizon_days(horizon_months)
+    died = base["died"].to_numpy()
     out = pd.DataFrame(index=base.index)
     out["followup_days"] = base["followup_days"]
+    out["death_time_days"] = base["followup_days"]
+    out["death_status"] = died.astype("int8")
     for outcome in OUTCOMES:
         event_days = first[outcome].reindex(base.index) if outcome in first.columns else pd.Series(np.nan, index=base.index)
-        observed = event_days.notna()
+        observed = event_days.notna().to_numpy()
         time = event_days.where(observed, base["followup_days"])
+        status = np.where(observed, EVENT, np.where(died, DEATH, CENSORED)).astype("int8")
+        t = time.to_numpy(dtype="float64")
         label = pd.Series(pd.NA, index=base.index, dtype="Int8")
-        label[observed & (event_days <= h)] = 1
-        label[(observed & (event_days > h)) | (~observed & (base["followup_days"] >= h))] = 0
+        label[(status == EVENT) & (t <= h)] = 1
+        label[((status == EVENT) & (t > h)) | ((status == DEATH) & (t <= h)) | (t >= h) & (status != EVENT)] = 0
         out[f"{outcome}_time_days"] = time
+        out[f"{outcome}_status"] = status
         out[f"{outcome}_event"] = observed.astype("int8")
         out[outcome] = label
     out.attrs["horizon_months"] = float(horizon_months)
