@@ -23,8 +23,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
 from features.coerce import coerce_array, unreadable_text
+from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
+from features.wide import procedure_frame
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -102,8 +103,6 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def tables_to_records(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Typed tables -> flat records (what a hospital would send at prediction time)."""
-    from features.wide import procedure_frame
-
     wide = procedure_frame(tables).reset_index()
     return wide[[f.flat_name for f in RECORD_FIELDS]].copy()
 

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-#: Outcomes served, in response order. Mirrors ``features.labels.OUTCOMES``; imported
-#: lazily there to keep this module free of the pandas import.
-REGISTERED_MODEL_PREFIX = "refracture-"
-CHAMPION_ALIAS = "champion"
+from modelstore.errors import ConfigError
+
 
 #: Risk bands on the calibrated probability at the model's horizon (24 months by default):
 #: [0, low_upper) = "low", [low_upper, high_lower) = "intermediate", [high_lower, 1] = "high".
@@ -43,10 +41,6 @@ ENV_AUDIT_LOG = "REFRACTURE_AUDIT_LOG"
 ENV_MAX_RECORDS = "REFRACTURE_MAX_RECORDS"
 ENV_MAX_BODY_BYTES = "REFRACTURE_MAX_BODY_BYTES"
 ENV_MODEL_VERSIONS = "REFRACTURE_MODEL_VERSIONS"
-
-
-class ConfigError(ValueError):
-    """The serving configuration is unusable (e.g. no API key and no --insecure-dev)."""
 
 
 def _truthy(value: str | None) -> bool:

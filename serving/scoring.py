@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.catalog import FEATURES_BY_NAME
+from features.records import missing_fields
 from serving.config import DEFAULT_RISK_BANDS, risk_band
 
 TOP_FACTORS = 3
@@ -69,8 +71,6 @@ class Scorer:
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
         ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
-        from features.records import missing_fields
-
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
@@ -149,8 +149,6 @@ def factor_text(label: str, value_text: str, contribution: float) -> str:
 
 def explanation_item(expl: Any, i: int) -> dict[str, Any]:
     """Base value, every feature's contribution and the top factors of record ``i``."""
-    from features.catalog import FEATURES_BY_NAME
-
     values = expl.values[i]
     row = expl.feature_values.iloc[i]
     contributions = []

@@ -42,7 +42,7 @@ def ensure_trained_store(base: Path) -> Path:
     if marker.exists():
         return store
     from features.simulator import load_profile, simulate
-    from refracture.io import write_raw
+    from features.io import write_raw
     from training.config import TrainConfig
     from training.pipeline import run
 
@@ -72,7 +72,7 @@ def valid_flat_records(store: Path, n: int = 20) -> pd.DataFrame:
     """The first ``n`` flat records of the store's raw export (valid by construction)."""
     from features.records import tables_to_records
     from features.validate import validate_raw
-    from refracture.io import read_raw
+    from features.io import read_raw
 
     return tables_to_records(validate_raw(read_raw(store / "raw"))).head(n).reset_index(drop=True)
 

@@ -69,7 +69,7 @@ def flat(store):
 def champions(service_env):
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking()
     client = MlflowClient()

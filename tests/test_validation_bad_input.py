@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from features.validate import RawDataError, validate_raw
 from refracture.cli import _register, app
-from refracture.io import read_raw
+from features.io import read_raw
 
 runner = CliRunner()
 _register()

@@ -26,7 +26,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv") -> N
 
     from features.simulator import load_profile, simulate
     from features.validate import validate_raw
-    from refracture.io import write_frame_atomic, write_raw
+    from features.io import write_frame_atomic, write_raw
 
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")

@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving.ui.examples import example_records
 from serving.ui.form import form_schema
 
 STATIC = Path(__file__).parent / "static"
@@ -30,8 +31,6 @@ SECURITY_HEADERS = {
 
 @lru_cache(maxsize=1)
 def _examples() -> list[dict]:
-    from serving.ui.examples import example_records
-
     return example_records()
 
 

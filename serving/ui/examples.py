@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from features.records import nest_record, tables_to_records
+from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 
 EXAMPLE_SEED = 20261121
@@ -36,8 +37,6 @@ def flat_to_json_record(flat: dict[str, Any]) -> dict[str, Any]:
 
 def example_records(profile: str = "xiong2021-pvp", outcome: str = "cemented_refracture", n_cohort: int = 400) -> list[dict[str, Any]]:
     """Three nested example records with a label each: lower, typical and higher true risk."""
-    from features.simulator import load_profile, simulate
-
     tables, truth = simulate(load_profile(profile), n_procedures=n_cohort, seed=EXAMPLE_SEED)
     flat = tables_to_records(validate_raw(tables))
     flat = flat.merge(truth[["procedure_id", f"p_{outcome}"]], on="procedure_id")

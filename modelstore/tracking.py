@@ -12,6 +12,9 @@ import logging
 import os
 from pathlib import Path
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the local store folder (default ``./mlflow``).
@@ -67,8 +70,6 @@ def configure_tracking(store_dir: Path | None = None) -> str:
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, so an
     unreachable server fails in seconds (``check_tracking``) rather than minutes.
     """
-    import mlflow
-
     uri = _user_uri()
     if uri:
         if uri.startswith(("http://", "https://")):
@@ -88,8 +89,6 @@ def check_tracking(uri: str) -> None:
 
     Raises TrackingUnavailable naming the URI and the underlying error.
     """
-    from mlflow.tracking import MlflowClient
-
     try:
         MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot use this store"
@@ -104,9 +103,6 @@ def check_tracking(uri: str) -> None:
 def get_or_create_experiment(name: str) -> str:
     """Experiment id for ``name`` in the configured store, creating it with an explicit
     artifact location (``artifacts/<name>`` beside a SQLite store) when it does not exist."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
