@@ -83,7 +83,7 @@ def test_every_field_error_is_listed_with_path_problem_and_allowed_range():
     assert errs["patient.height_cm"]["allowed"] == "120 – 210 cm"
     assert "metres" in errs["patient.height_cm"]["error"]
     assert "L5" in errs["procedure.level"]["allowed"]
-    assert errs["procedure.age_years"]["error"] == "required field is missing"
+    assert errs["procedure.age_years"]["error"] == "value missing (required)"
     assert errs["imaging.preop.hu_index"]["allowed"] == "-150 – 2500 HU"
     assert errs["imaging.postop.leakage_venous"]["allowed"] == "0, 1"
 
@@ -97,8 +97,10 @@ def test_service_refuses_exactly_what_check_records_refuses():
     rec["procedure"]["technique"] = None
     contract = {e["field"] for e in check_records(records_frame([rec]))}
     parsed = parse_records(body(rec), 10)
+    # 0.1 mL in total is also less than the larger side holds (a rule between fields).
     assert {e["field"] for e in parsed.errors} == contract == {
-        "patient.weight_kg", "procedure.cement_volume_ml", "patient.sex", "procedure.technique"}
+        "patient.weight_kg", "procedure.cement_volume_ml", "patient.sex", "procedure.technique",
+        "imaging.postop.cement_larger_side_volume_ml"}
 
 
 def test_unknown_fields_are_refused_not_ignored():
