@@ -160,6 +160,7 @@ def _dates(cols: Columns, name: str, n: int) -> np.ndarray:
 
 
 def _pain_onset_after_surgery(cols: Columns, n: int) -> list[Implausible]:
+    """Back pain from the index fracture begins on or before the surgery (`pain_onset_date` ≤ `surgery_date`)."""
     surgery, onset = _dates(cols, "surgery_date", n), _dates(cols, "pain_onset_date", n)
     late = ~np.isnat(onset) & ~np.isnat(surgery) & (onset > surgery)
     return [Implausible(int(i), "pain_onset_date",
@@ -169,6 +170,7 @@ def _pain_onset_after_surgery(cols: Columns, n: int) -> list[Implausible]:
 
 
 def _cement_sides(cols: Columns, n: int) -> list[Implausible]:
+    """The fuller hemivertebra holds no more cement than was injected at the level (`cement_larger_side_volume_ml` ≤ `cement_volume_ml`), nor more than the whole vertebral body (≤ pre-operative `vertebral_body_volume_ml`)."""
     larger, total = _num(cols, "cement_larger_side_volume_ml_postop", n), _num(cols, "cement_volume_ml", n)
     body = _num(cols, "vertebral_body_volume_ml_preop", n)
     out = []
@@ -195,6 +197,7 @@ def bmd_range_for_t_score(t_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bmd_t_score(cols: Columns, n: int) -> list[Implausible]:
+    """`dxa_t_score` is coherent with `dxa_bmd_g_cm2`: BMD = mean + T × SD for a young-adult reference (means 0.85–1.20 g/cm², SDs 0.11–0.14 g/cm², ± 0.15 g/cm²); e.g. BMD 1.8 with T −7 is refused."""
     bmd, t = _num(cols, "dxa_bmd_g_cm2", n), _num(cols, "dxa_t_score", n)
     lo, hi = bmd_range_for_t_score(t)
     with np.errstate(invalid="ignore"):
@@ -207,6 +210,7 @@ def _bmd_t_score(cols: Columns, n: int) -> list[Implausible]:
 
 
 def _cemented_neighbour_hu(cols: Columns, n: int) -> list[Implausible]:
+    """A neighbour above 600 HU holds cement: before surgery that needs an earlier fracture (`prior_vertebral_fractures_n` ≥ 1), after it an earlier fracture or a neighbour treated in the same session (`n_levels_treated` ≥ 2)."""
     levels = _num(cols, "n_levels_treated", n)
     prior = _num(cols, "prior_vertebral_fractures_n", n)
     out = []
@@ -235,6 +239,7 @@ _HEIGHTS = ("vertebral_height_mm", "upper_adjacent_height_mm", "lower_adjacent_h
 
 
 def _heights_in_cm(cols: Columns, n: int) -> list[Implausible]:
+    """Heights are in mm: an examination whose heights (at least two) are all below 6.5 mm was written in cm. A single low height (vertebra plana, near-complete collapse, down to 1 mm) is accepted."""
     out = []
     for tp in _TIMEPOINTS:
         names = [f"{h}_{tp}" for h in _HEIGHTS]
@@ -254,6 +259,7 @@ def _heights_in_cm(cols: Columns, n: int) -> list[Implausible]:
 
 
 def _compression_rate(cols: Columns, n: int) -> list[Implausible]:
+    """The pre-operative compression rate (height / neighbours' mean) is at most 100 %, unless a neighbour may be fractured too (`n_levels_treated` ≥ 2, or `prior_vertebral_fractures_n` ≥ 1)."""
     h, u, lo = (_num(cols, f"{name}_preop", n) for name in _HEIGHTS)
     with np.errstate(invalid="ignore", divide="ignore"):
         reference = np.nanmean(np.stack([u, lo]), axis=0) if n else np.empty(0)
