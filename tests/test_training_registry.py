@@ -10,7 +10,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
 from modelstore.naming import CHAMPION, model_name
-from modelstore.tracking import configure_tracking
+from modelstore.tracking import configure_tracking, get_or_create_experiment
 from training import registry
 
 OUTCOME = "adjacent_fracture"
@@ -28,7 +28,8 @@ def versions(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         configure_tracking(tmp_path_factory.mktemp("registry") / "mlflow")
-        with mlflow.start_run():
+        # An experiment with its artifacts beside the store (the default one writes ./mlruns).
+        with mlflow.start_run(experiment_id=get_or_create_experiment("registry-test")):
             info = mlflow.pyfunc.log_model(name="model", python_model=_Constant())
         first = registry.register(info.model_uri, OUTCOME, tags={"log_loss": 0.3}).version
         before_alias = registry.current_version(OUTCOME, CHAMPION)
