@@ -287,9 +287,22 @@ PLAUSIBILITY_RULES: tuple[_Rule, ...] = (
 )
 
 
+def without(values: np.ndarray, positions) -> np.ndarray:
+    """A copy of a typed column with the cells at ``positions`` made missing."""
+    out = values.copy()
+    positions = np.asarray(list(positions), dtype=int)
+    if len(positions):
+        out[positions] = np.nan if out.dtype.kind == "f" else np.datetime64("NaT") if out.dtype.kind == "M" else None
+    return out
+
+
 def plausibility_problems(cols: Columns, n: int) -> list[Implausible]:
     """Every implausible combination in ``n`` procedures given as typed columns by flat
-    record name (numbers as float, dates as datetime64). Absent fields are skipped."""
+    record name (numbers as float, dates as datetime64). Absent fields are skipped.
+
+    Give it only values that passed ``column_problems`` (refused cells made missing,
+    ``without``): a value already refused is reported once, for itself, and both callers
+    then judge the same combinations."""
     out: list[Implausible] = []
     for rule in PLAUSIBILITY_RULES:
         out.extend(rule(cols, n))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.coerce import coerce_array, missing_mask
-from features.contract import allowed_text, column_problems, plausibility_problems
+from features.contract import allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
 from features.wide import table_columns, wide_frame
 
@@ -175,12 +175,15 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     flat = flat.reset_index(drop=True)
     typed: dict[str, np.ndarray] = {}
     columns = _raw_columns(flat)
+    acceptable: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
         raw = columns[f.flat_name]
         values, bad = coerce_array(raw, f.spec.kind)
         typed[f.flat_name] = values
-        errors.extend(_err(i, f, message) for i, message in column_problems(raw, values, bad, f.spec, f.required))
-    for problem in plausibility_problems(typed, len(flat)):
+        problems = column_problems(raw, values, bad, f.spec, f.required)
+        errors.extend(_err(i, f, message) for i, message in problems)
+        acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
+    for problem in plausibility_problems(acceptable, len(flat)):
         field = RECORD_FIELDS_BY_FLAT[problem.field]
         errors.append({"record": problem.position, "field": field.path, "error": problem.message,
                        "allowed": problem.allowed})

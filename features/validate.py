@@ -77,14 +77,16 @@ def _typed_series(values: np.ndarray, index: pd.Index, col: ColumnSpec) -> pd.Se
     return pd.Series(values, index=index, dtype=values.dtype)
 
 
-def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[Violation]]:
+def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[Violation], dict[str, set[int]]]:
+    """(typed table, violations, refused cells: column -> row positions)."""
     violations: list[Violation] = []
+    refused: dict[str, set[int]] = {}
     missing = [c for c in spec.column_names if c not in df.columns]
     for name in missing:
         col = spec.column(name)
         violations.append(Violation(spec.name, "-", name, f"column missing ({col.definition} Unit: {col.unit or '-'})"))
     if missing:
-        return df, violations
+        return df, violations, refused
 
     df = df.reset_index(drop=True)
     keys = _row_keys(df, spec)
@@ -95,6 +97,8 @@ def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[
         problems = column_problems(raw, values, bad, col, required=not col.nullable)
         violations.extend(_capped(spec.name, col.name, [(str(keys.iat[i]), message) for i, message in problems]))
         out[col.name] = _typed_series(values, raw.index, col)
+        if problems:
+            refused[col.name] = {i for i, _ in problems}
     # Extra columns are kept (a site may export more) but never used by the pipelines.
     for extra in df.columns.difference(spec.column_names):
         out[extra] = df[extra]
@@ -103,7 +107,7 @@ def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[
     dup = out.duplicated(key_cols, keep=False) & out[key_cols].notna().all(axis=1)
     violations.extend(_capped(spec.name, "+".join(key_cols),
                               [(str(keys.iat[i]), "duplicate key") for i in np.flatnonzero(dup.to_numpy())]))
-    return out, violations
+    return out, violations, refused
 
 
 def _capped(table: str, column: str, problems: list[tuple[str, str]]) -> list[Violation]:
@@ -218,6 +222,20 @@ def _implausible(typed: dict[str, pd.DataFrame]) -> list[Violation]:
     return out
 
 
+def _acceptable(typed: dict[str, pd.DataFrame], refused: dict[str, dict[str, set[int]]]) -> dict[str, pd.DataFrame]:
+    """The typed tables with every refused cell made missing: the rules between values and
+    across tables judge only values that are acceptable on their own (a value is reported
+    once, for itself; the service does the same)."""
+    out = dict(typed)
+    for name, cells in refused.items():
+        if cells:
+            table = typed[name].copy()
+            for column, positions in cells.items():
+                table.loc[table.index[sorted(positions)], column] = None
+            out[name] = table
+    return out
+
+
 def _set_aside_sacral(events: pd.DataFrame) -> pd.DataFrame:
     """Events without the sacral fractures: accepted by the contract, but the outcomes are
     vertebral (T1-L5), so they must not reach the labels. Their count is kept in
@@ -241,22 +259,25 @@ def validate_raw(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         if name not in tables:
             violations.append(Violation(name, "-", "-", "table missing"))
     typed: dict[str, pd.DataFrame] = {}
+    refused: dict[str, dict[str, set[int]]] = {}
     for name, spec in TABLES.items():
         if name not in tables:
             continue
         if len(tables[name]) == 0 and not spec.may_be_empty:
             violations.append(Violation(name, "-", "-", "table is empty (no rows)"))
             continue
-        df, problems = _check_table(tables[name], spec)
+        df, problems, refused_cells = _check_table(tables[name], spec)
         violations.extend(problems)
         typed[name] = df
+        refused[name] = refused_cells
     # The rules across tables need every table with its columns and unique keys; given
     # those, they run even when some cells were refused, so one pass reports everything.
     structural = len(typed) < len(TABLES) or any(
         v.message.startswith(("column missing", "duplicate key", "table")) for v in violations)
     if not structural:
-        violations.extend(_cross_table(typed))
-        violations.extend(_implausible(typed))
+        acceptable = _acceptable(typed, refused)
+        violations.extend(_cross_table(acceptable))
+        violations.extend(_implausible(acceptable))
     if violations:
         raise RawDataError(violations)
     typed["events"] = _set_aside_sacral(typed["events"])
