@@ -99,6 +99,28 @@ def nest_record(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_value(value: Any) -> Any:
+    """One flat value as JSON: dates as YYYY-MM-DD, NumPy scalars as Python, whole floats
+    as integers, missing as None."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d")
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+        if isinstance(value, float) and value != value:
+            return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def json_record(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat record (pandas or NumPy values, e.g. a row of ``tables_to_records``) as the
+    nested JSON-ready record the API takes (missing values left out)."""
+    return nest_record({k: _json_value(v) for k, v in flat.items()})
+
+
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Nested records -> flat DataFrame with one column per record field."""
     return pd.DataFrame([flatten_record(r) for r in records], columns=[f.flat_name for f in RECORD_FIELDS])

@@ -9,7 +9,7 @@ with the code after, then compare::
     python scripts/check_served_identity.py compare old.json new.json
 
 ``score`` takes the service's own path: JSON bodies -> ``serving.validation.parse_body``
--> ``features.records.inspect_records`` -> ``serving.scoring.Scorer.score(explain=True)``,
+-> ``features.records.inspect_records`` -> ``serving.scoring.ServedModels.score(explain=True)``,
 with the champions loaded from the store's registry. ``compare`` prints the largest
 absolute difference of any probability, base value or SHAP contribution and exits 1 if it
 is above 1e-12. The imports work with both the old and the new module layout.
@@ -71,10 +71,13 @@ def score(base: Path, out: Path) -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from features.records import inspect_records
     from serving.loading import load_from_registry
-    from serving.scoring import Scorer
+    try:
+        from serving.scoring import ServedModels
+    except ImportError:  # the name before the refactor
+        from serving.scoring import Scorer as ServedModels
     from serving.validation import finish, parse_body
 
-    scorer = Scorer(load_from_registry())
+    scorer = ServedModels(load_from_registry())
     results = []
     for body in _bodies(base):
         parsed = parse_body(body, 100)

@@ -25,8 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
+from modelstore.risk_bands import risk_bands
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import LoadedModel, Scorer
+from serving.scoring import LoadedModel, ServedModels
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -86,18 +87,13 @@ def read_records(path: Path) -> pd.DataFrame:
     return flat.reindex(columns=FLAT_NAMES).reset_index(drop=True)
 
 
-def _band(p: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
-    low, high = thresholds
-    return np.where(p < low, "low", np.where(p < high, "intermediate", "high"))
-
-
 def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = False,
                 risk_bands: dict[str, tuple[float, float]] | None = None,
                 typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Score checked flat records: one vectorised call per outcome (features computed once
     per feature set, by the model artifact). Returns the output columns described above."""
     bands = risk_bands or DEFAULT_RISK_BANDS
-    scorer = Scorer(models, risk_bands=bands)
+    scorer = ServedModels(models, risk_bands=bands)
     flat = flat.reset_index(drop=True)
     feats = scorer.features(flat, typed)
     out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
@@ -110,7 +106,7 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
         else:
             p = m.model.proba_from_features(X)
         out[f"{m.outcome}_probability"] = p
-        out[f"{m.outcome}_risk_band"] = _band(p, bands[m.outcome])
+        out[f"{m.outcome}_risk_band"] = risk_bands(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
             out[f"{m.outcome}_base_value"] = expl.base_value

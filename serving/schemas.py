@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchem
 
 from features.coerce import DATE_MAX, DATE_MIN
 from features.contract import MAX_TEXT_CHARS, allowed_text
+from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, RECORD_TIMEPOINTS, RecordField
 
 #: Numbers beyond this are refused for their JSON shape (every contract range is far
@@ -211,7 +212,7 @@ class ProcedureRecord(BaseModel):
 
 # --------------------------------------------------------------------------- responses
 
-OutcomeName = Literal["cemented_refracture", "adjacent_fracture", "remote_fracture"]
+OutcomeName = Literal[OUTCOMES]  # features.labels.OUTCOMES, in response order
 RiskBand = Literal["low", "intermediate", "high"]
 
 

@@ -19,7 +19,8 @@ import pandas as pd
 
 from features.catalog import FEATURES_BY_NAME
 from features.records import missing_fields
-from serving.config import DEFAULT_RISK_BANDS, risk_band
+from modelstore.risk_bands import risk_band
+from serving.config import DEFAULT_RISK_BANDS
 
 TOP_FACTORS = 3
 
@@ -41,8 +42,9 @@ class LoadedModel:
 
 
 @dataclass
-class Scorer:
-    """Scores flat record frames with one model per outcome (in ``models`` order)."""
+class ServedModels:
+    """The served models, one per outcome (in ``models`` order): features, probabilities,
+    risk bands and explanations for frames of flat records."""
 
     models: list[LoadedModel]
     risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))

@@ -42,7 +42,7 @@ from serving.guard import GuardMiddleware
 from serving.loading import load_served_models, read_manifest
 from serving.openapi import patch_spec
 from serving.schemas import ExplainResponse, PredictResponse, ProcedureRecord
-from serving.scoring import Scorer
+from serving.scoring import ServedModels
 from serving.ui.app import build_ui_app
 from serving.validation import ParsedRequest, _body_error, finish, parse_body, rows_frame
 
@@ -128,7 +128,7 @@ class RefractureRisk:
         if self.settings.audit_salt_is_random:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
         self.models = load_served_models(self.settings.model_versions or None)
-        self.scorer = Scorer(self.models, risk_bands=self.settings.risk_bands)
+        self.scorer = ServedModels(self.models, risk_bands=self.settings.risk_bands)
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
         self._explain_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=True), max_records=1000)
         self._info = _model_info(self.models, self.settings)

@@ -84,7 +84,8 @@ def post(client, path, payload, headers=AUTH):
 
 
 def test_predict_one_record_names_versions_horizon_and_band(client, champions):
-    from serving.config import DEFAULT_RISK_BANDS, risk_band
+    from modelstore.risk_bands import risk_band
+    from serving.config import DEFAULT_RISK_BANDS
     from serving.examples import example_record
 
     r = post(client, "/predict", example_record())

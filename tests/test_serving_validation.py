@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from features.records import RECORD_FIELDS, check_records, records_frame
 from serving import audit
-from serving.config import DEFAULT_RISK_BANDS, ConfigError, ServingSettings, parse_model_versions, risk_band
+from modelstore.risk_bands import risk_band
+from serving.config import DEFAULT_RISK_BANDS, ConfigError, ServingSettings, parse_model_versions
 from serving.examples import example_record
 from serving.schemas import ProcedureRecord
 from serving.validation import parse_records

@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving.ui.examples import example_records
+from serving.examples import example_patients
 from serving.ui.form import form_schema
 
 STATIC = Path(__file__).parent / "static"
@@ -31,7 +31,7 @@ SECURITY_HEADERS = {
 
 @lru_cache(maxsize=1)
 def _examples() -> list[dict]:
-    return example_records()
+    return example_patients()
 
 
 async def index(request):
