@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from serving.batch import BatchInputError, score_file
-from serving.config import ConfigError, ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
 from serving.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)

@@ -18,10 +18,11 @@ from rich.table import Table
 
 from features.labels import OUTCOMES
 from features.validate import RawDataError
+from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking, local_store
 from refracture.commands.data import _report_violations
 from training import registry
-from training.config import ConfigError, TrainConfig
+from training.config import TrainConfig
 from training.pipeline import TrainingRefused, run
 
 console = Console(stderr=True)
