@@ -205,7 +205,7 @@ def _implausible(typed: dict[str, pd.DataFrame]) -> list[Violation]:
     """``features.contract.plausibility_problems`` on each procedure, reported at the table,
     row and column of the value named (a patient's value once, however many procedures)."""
     columns, ids = table_columns(typed)
-    patient_of = dict(zip(typed["procedures"]["procedure_id"], typed["procedures"]["patient_id"]))
+    patient_of = dict(zip(typed["procedures"]["procedure_id"].astype(str), typed["procedures"]["patient_id"]))
     seen: set[tuple[str, str, str, str]] = set()
     found: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     for problem in plausibility_problems(columns, len(ids)):
@@ -228,6 +228,8 @@ def _acceptable(typed: dict[str, pd.DataFrame], refused: dict[str, dict[str, set
     once, for itself; the service does the same)."""
     out = dict(typed)
     for name, cells in refused.items():
+        # Keys stay: they name the rows the violations are reported at.
+        cells = {column: positions for column, positions in cells.items() if TABLES[name].column(column).kind != "id"}
         if cells:
             table = typed[name].copy()
             for column, positions in cells.items():
