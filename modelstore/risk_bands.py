@@ -25,10 +25,10 @@ RISK_BANDS: dict[str, tuple[float, float]] = {
 
 def risk_band(probability: float, thresholds: tuple[float, float]) -> str:
     """'low', 'intermediate' or 'high' for a probability, given (low_upper, high_lower)."""
-    return str(risk_bands(np.array([probability]), thresholds)[0])
+    return str(bands_of(np.array([probability]), thresholds)[0])
 
 
-def risk_bands(probabilities: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+def bands_of(probabilities: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
     """The band of each probability (an array of 'low' / 'intermediate' / 'high')."""
     low_upper, high_lower = thresholds
     p = np.asarray(probabilities, dtype="float64")

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
-from modelstore.risk_bands import risk_bands
+from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
 from serving.scoring import LoadedModel, ServedModels
 
@@ -106,7 +106,7 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
         else:
             p = m.model.proba_from_features(X)
         out[f"{m.outcome}_probability"] = p
-        out[f"{m.outcome}_risk_band"] = risk_bands(p, bands[m.outcome])
+        out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
             out[f"{m.outcome}_base_value"] = expl.base_value
