@@ -260,6 +260,14 @@ def test_net_benefit_of_true_risk_beats_both_defaults(big_cohort):
     assert (nb["net_benefit"] > np.maximum(nb["treat_all"], 0)).all()
 
 
+def test_undefined_metrics_are_nan_not_numbers():
+    no_event = evaluate_at_horizons(TIME, np.array([0, 0, 2, 0, 0]), {H: RISK}, n_boot=20).iloc[0]
+    assert np.isnan([no_event.td_auroc, no_event.calibration_slope, no_event.calibration_intercept]).all()
+    assert no_event.observed_risk == 0 and no_event.brier > 0
+    all_censored = evaluate_at_horizons(TIME, np.zeros(5, int), {10.0: RISK}, n_boot=20).iloc[0]
+    assert np.isnan([all_censored.brier, all_censored.observed_risk, all_censored.td_auroc]).all()
+
+
 # ---------------------------------------------------------------- bad input
 
 

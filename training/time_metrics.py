@@ -87,6 +87,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def _runs(sorted_values: np.ndarray) -> np.ndarray:
     """Start positions of runs of equal values in a sorted array."""
+    if len(sorted_values) == 0:
+        return np.zeros(0, dtype="int64")
     return np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
 
 
@@ -179,8 +181,17 @@ class _Ranked:
         Exact (every row) without ``cell_lp``. With it, the fit runs on 2 x 512 cells
         (equal-width bin of logit(risk) x label) weighted by each replicate's weight sums and
         placed at ``cell_lp`` (the full-sample weighted mean logit of the cell): the
-        bootstrap's approximation, 40x cheaper, checked against exact refits in the tests.
+        bootstrap's approximation, far cheaper on large n, checked against exact refits in the tests.
         """
+        pos_w = w @ self.y.astype(w.dtype)
+        # Without both labels the logistic model has no finite fit: NaN, not a number
+        # Newton stopped at.
+        undefined = (pos_w <= 0) | (w.sum(axis=1) - pos_w <= 0)
+        if undefined.all():
+            nan = np.full(w.shape[0], np.nan)
+            return nan, nan, nan.copy()
+        if start is not None and not np.all(np.isfinite(start)):
+            start = None
         if cell_lp is None:
             lp, y, ww = self.lp, self.y, w
         else:
@@ -189,10 +200,12 @@ class _Ranked:
             ww = np.concatenate([pos, np.add.reduceat(w, self.cells, axis=1) - pos], axis=1).astype("float64")
         slope, b = _weighted_logistic(lp, y, ww, slope=True, start=start)
         _, intercept = _weighted_logistic(lp, y, ww, slope=False, start=start)
-        return slope, b, intercept
+        return tuple(np.where(undefined, np.nan, v) for v in (slope, b, intercept))
 
     def cell_lp(self, w: np.ndarray) -> np.ndarray:
         """Weighted mean logit(risk) of each (bin, label) cell under the weights ``w`` (n,)."""
+        if len(self.cells) == 0:
+            return np.zeros(0)
         out = []
         for lab in (self.y, 1 - self.y):
             sw = np.add.reduceat(w * lab, self.cells)
@@ -216,6 +229,9 @@ def _metrics(rank: _Ranked, w_known: np.ndarray, n_w: np.ndarray, mean_predicted
         out["mean_predicted"] = mean_predicted
         out["observed_risk"] = (w @ rank.y.astype(w.dtype)) / n_w  # = Aalen-Johansen (module docstring)
         out["observed_expected"] = out["observed_risk"] / mean_predicted
+    if w.shape[1] == 0:  # everyone censored before h: nothing is known there
+        for k in ("brier", "observed_risk", "observed_expected"):
+            out[k] = np.full(len(n_w), np.nan)
     return out
 
 
