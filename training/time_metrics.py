@@ -17,9 +17,6 @@ given it is fitted here with events and deaths leaving the risk set before censo
 the same time (the tie rule of ``competing_risks``); then the IPCW mean of the crude label
 equals the Aalen-Johansen cumulative incidence exactly, tied times included, so the
 bootstrap computes the observed (Aalen-Johansen) risk from the same weights.
-(``competing_risks.censoring_survival`` keeps tied events in the censoring risk set; it
-differs only at times where a censoring ties with an event, by about 1e-4 relative on
-whole-day data.)
 
 Metrics:
 
