@@ -54,14 +54,17 @@ reference, per input, on the reference's bins plus one bin for "missing":
 
 Inputs are ranked by PSI (1 = largest shift).
 
-Why not evidently? We tried evidently 0.7.23 (``DataDriftPreset``/``ValueDrift`` on
-``Dataset.from_pandas``): it computes every statistic (K-S, PSI, Wasserstein, chi-square)
-from two *row-level* DataFrames, binning the reference rows itself; it has no way to
-start from a stored binned summary. Feeding it rows rebuilt from our bins (bin means
-repeated by count) turns its K-S and Wasserstein tests into tests against a step
-distribution we made up, and storing real training rows with each model version is what
-the reference must not do. Its HTML report also loads its JavaScript from a CDN by
-default. See ``docs/monitoring.md`` for the measurements.
+Why not evidently? We tried evidently 0.7.23, the current release (docs/monitoring.md has
+the script and figures). (1) It does not import with this project's pandas 3.1.1
+(``ImportError: cannot import name 'infer_dtype_from_object'``); its metadata still
+allows pandas 3. (2) In a throwaway environment with pandas 2, its ``DataDriftPreset``
+works on two *row-level* DataFrames (it flagged HU shifted by -20 and not age), binning
+the reference rows itself; it cannot start from a stored binned summary. Rebuilding
+reference rows from our deciles (bin means repeated by count) made it flag HU drift
+(normed Wasserstein 0.13 > its 0.1 threshold) on a sample with *no* shift, against 0.02
+with the true rows; and keeping true training rows with each model version is what the
+reference must not do. (3) It brings ~80 packages (a web server, nltk, plotly < 6) into
+the model's environment. Hence our own ~200 lines on scipy (G-test, Wasserstein).
 
 Pure: DataFrames and dicts in, DataFrames and dicts out; no I/O.
 """
