@@ -63,8 +63,8 @@ the reference rows itself; it cannot start from a stored binned summary. Rebuild
 reference rows from our deciles (bin means repeated by count) made it flag HU drift
 (normed Wasserstein 0.13 > its 0.1 threshold) on a sample with *no* shift, against 0.02
 with the true rows; and keeping true training rows with each model version is what the
-reference must not do. (3) It brings ~80 packages (a web server, nltk, plotly < 6) into
-the model's environment. Hence our own ~200 lines on scipy (G-test, Wasserstein).
+reference must not do. (3) It brings 28 packages the lock does not hold (a web server,
+nltk, plotly < 6, telemetry) into the model's environment. Hence our own ~200 lines on scipy (G-test, Wasserstein).
 
 Pure: DataFrames and dicts in, DataFrames and dicts out; no I/O.
 """
