@@ -125,6 +125,23 @@ def test_bad_input_named(reference, new_site):
         drift_table({"inputs": {}}, new_site)
 
 
+def test_computed_features_and_predicted_risk(training, new_site):
+    rng = np.random.default_rng(3)
+    computed = pd.DataFrame({"sex_female": (training["sex"] == "F").astype(float).to_numpy(),
+                             "age_years": training["age_years"].to_numpy(),  # a record field: skipped
+                             "predicted_risk_24m": rng.beta(2, 30, len(training))})
+    ref = build_reference(training, computed)
+    assert ref["inputs"]["sex_female"]["kind"] == "categorical" and ref["inputs"]["sex_female"]["levels"] == ["0", "1"]
+    assert ref["inputs"]["predicted_risk_24m"]["kind"] == "numeric" and ref["inputs"]["age_years"]["source"] == "record"
+    now = pd.DataFrame({"sex_female": (new_site["sex"] == "F").astype(float).to_numpy(),
+                        "predicted_risk_24m": rng.beta(2, 30, len(new_site)) * 1.6})  # risks 1.6x higher
+    table = drift_table(ref, new_site, now).set_index("input")
+    assert table.loc["predicted_risk_24m", "status"] == "major shift"
+    assert table.loc["sex_female", "status"] == "stable"
+    with pytest.raises(ValueError, match=r"computed: column 'sex_female' is missing"):
+        drift_table(ref, new_site)
+
+
 # ---------------------------------------------------------------- no patient data in the reference
 
 def test_reference_holds_no_identifiers_dates_or_extremes(training, reference):
