@@ -12,8 +12,9 @@ JSON-serialisable dict stored with the model version:
   outside the training range still fall in a bin;
 - categorical inputs (``category``, ``str``, ``binary``; binary as levels "0"/"1"): the
   share of each level of the contract's allowed values;
-- dates (``surgery_date``, ``pain_onset_date``): the share missing only (a date is close to
-  an identifier, and calendar time is not a model input);
+- dates (``surgery_date``, ``pain_onset_date``) and free text (contract kind ``str``, none
+  today): the share missing only (a date is close to an identifier, calendar time is not a
+  model input, and free text may hold anything);
 - every input: the share missing.
 
 **No patient data.** Identifiers (``procedure_id``) are never read. Every numeric bin
@@ -92,6 +93,8 @@ MISSING_SHIFT = 0.05
 MIN_BIN_ROWS = 10
 #: Label of the pooled rare / unseen categorical levels.
 OTHER = "(other)"
+#: Input kinds of which only the share missing is stored and compared.
+PRESENCE_ONLY = ("date", "text")
 #: Fixed Prometheus buckets (upper bounds) for a predicted risk, a probability in [0, 1].
 PREDICTED_RISK_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _SIGNIFICANT = 4
@@ -108,7 +111,7 @@ def _input_specs(records: pd.DataFrame, computed: pd.DataFrame | None) -> list[d
             continue
         if f.flat_name not in records.columns:
             raise ValueError(f"records: column {f.flat_name!r} is missing (every record field is a model input)")
-        group = {"int": "numeric", "float": "numeric", "date": "date"}.get(kind, "categorical")
+        group = {"int": "numeric", "float": "numeric", "date": "date", "str": "text"}.get(kind, "categorical")
         levels = list(f.spec.allowed) if f.spec.allowed else (["0", "1"] if kind == "binary" else None)
         specs.append({"name": f.flat_name, "kind": group, "source": "record", "contract_kind": kind,
                       "unit": f.spec.unit if group == "numeric" else "", "levels": levels})
@@ -324,7 +327,7 @@ def drift_table(reference: dict[str, Any], records: pd.DataFrame, computed: pd.D
     bins plus a missing bin), ``status`` (``status_of(psi)``), ``p_value`` (G-test of
     homogeneity on the same bins), ``wasserstein`` (numeric only, in ``unit``),
     ``mean_ref``/``mean_now`` (numeric only), ``missing_ref``/``missing_now`` (fractions of
-    rows), ``missing_shift`` (bool) and ``rank``. Dates get missingness only.
+    rows), ``missing_shift`` (bool) and ``rank``. Dates and text get missingness only.
     """
     _check_reference(reference)
     if len(records) == 0:
@@ -342,8 +345,8 @@ def drift_table(reference: dict[str, Any], records: pd.DataFrame, computed: pd.D
         miss_ref, miss_now = entry["missing_share"], float(1 - present.mean())
         # Counts on the reference bins plus the missing bin; reference counts from its shares.
         ref_present, n_missing = n_ref * (1 - miss_ref), float(n_now - present.sum())
-        if entry["kind"] == "date" or not entry["shares"]:
-            # Dates, and inputs too rarely present in training to have bins: missingness only.
+        if entry["kind"] in PRESENCE_ONLY or not entry.get("shares"):
+            # Dates, text, and inputs too rarely present in training to have bins: missingness only.
             ref_counts = np.array([ref_present, n_ref * miss_ref])
             now_counts = np.array([float(present.sum()), n_missing])
         else:
@@ -374,12 +377,14 @@ def current_shares(reference: dict[str, Any], name: str, records: pd.DataFrame,
     """(bin labels, reference shares, new shares) of one input's present values on the
     reference bins, for plots. Labels read '≤ e1', 'e1–e2', '> ek' or the level."""
     entry = reference["inputs"][name]
+    if entry["kind"] in PRESENCE_ONLY or not entry.get("shares"):
+        return [], np.zeros(0), np.zeros(0)  # nothing but the missing share to show
     frame = records if entry["source"] == "record" else computed
     values = _read(frame.reset_index(drop=True)[name], entry["contract_kind"], name,
                    "records" if entry["source"] == "record" else "computed")
     if entry["kind"] == "numeric":
         e = entry["edges"]
-        labels = ([f"≤ {e[0]:g}"] + [f"{a:g}–{b:g}" for a, b in zip(e[:-1], e[1:])] + [f"> {e[-1]:g}"]) if e else ["all"]
+        labels = ([f"≤ {e[0]:g}"] + [f"{a:g}–{b:g}" for a, b in zip(e[:-1], e[1:])] + [f"> {e[-1]:g}"]) if e else ["all values"]
     else:
         labels = list(entry["levels"])
     counts = _counts_now(entry, values)

@@ -182,6 +182,17 @@ def test_small_training_set_merges_bins_and_pools_rare_levels(training):
     assert levels["shares"] == pytest.approx([0.5, 0.25, 0.25])
 
 
+def test_input_rarely_recorded_in_training_keeps_only_its_missing_share(training, new_site):
+    sparse = training.copy()
+    sparse.loc[sparse.index[5:], "psoas_area_cm2_preop"] = np.nan  # 5 values: too few to describe
+    ref = build_reference(sparse)
+    entry = ref["inputs"]["psoas_area_cm2_preop"]
+    assert entry["edges"] == [] and entry["shares"] == [] and entry["mean"] is None
+    assert "psoas_area_cm2_preop" not in histogram_buckets(ref)
+    row = drift_table(ref, new_site).set_index("input").loc["psoas_area_cm2_preop"]
+    assert row["missing_shift"] and row["status"] == "major shift"  # now recorded for ~97 %
+
+
 # ---------------------------------------------------------------- Prometheus
 
 def test_histogram_buckets_match_prometheus(training, reference):

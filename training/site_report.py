@@ -36,7 +36,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from features.catalog import FEATURES_BY_NAME
-from features.drift import MISSING_SHIFT, PSI_MAJOR, PSI_MODERATE, current_shares
+from features.drift import MISSING_SHIFT, PRESENCE_ONLY, PSI_MAJOR, PSI_MODERATE, current_shares
 from features.labels import horizon_days
 from features.records import RECORD_FIELDS_BY_FLAT
 from training.site_figures import calibration_figure, decision_curve_figure, months, shift_figure
@@ -249,7 +249,7 @@ def _drift_section(drift, reference, records, computed, site, training_site, top
            "performs differently here, but this report does not show that any one input caused it, nor that "
            "changing a patient's value would change their risk.</p>"]
     shifted = drift[(drift["status"] != "stable") | drift["missing_shift"]]
-    shifted = shifted[shifted["kind"] != "date"].head(top_inputs)
+    shifted = shifted[~shifted["kind"].isin(PRESENCE_ONLY)].head(top_inputs)
     if shifted.empty:
         out.append("<p>No input moved beyond the stable range; no distribution plots are shown.</p>")
     for _, r in shifted.iterrows():
