@@ -390,7 +390,7 @@ def current_shares(reference: dict[str, Any], name: str, records: pd.DataFrame,
     counts = _counts_now(entry, values)
     ref = np.asarray(entry["shares"], dtype="float64")
     if len(counts) > len(ref):
-        labels.append("(unseen)")
+        labels.append("(not in training)")
         ref = np.r_[ref, 0.0]
     now = counts / counts.sum() if counts.sum() else counts
     return labels, ref, now

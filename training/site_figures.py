@@ -93,6 +93,7 @@ def shift_figure(name: str, unit: str, labels: list[str], ref: np.ndarray, now: 
     x = np.arange(len(ticks))
     ax.bar(x - 0.2, ref_all, width=0.4, color=COLOURS[1], label=f"{training_site} (training reference)")
     ax.bar(x + 0.2, now_all, width=0.4, color=COLOURS[0], label=site)
+    ax.set_ylim(0, max(ref_all.max(initial=0), now_all.max(initial=0)) * 1.3 + 1)  # room for the legend
     ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="Share of procedures (%)", title=f"{name}" + (f" [{unit}]" if unit else ""))
     ax.legend(fontsize=7)
