@@ -411,6 +411,15 @@ def histogram_buckets(reference: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
+def category_levels(reference: dict[str, Any]) -> dict[str, list[str]]:
+    """Per categorical input, the ``level`` label values a ``refracture_input_level_total``
+    counter may take: the reference's levels and ``OTHER`` (for any value outside them), so
+    the label set is bounded and never holds free text."""
+    _check_reference(reference)
+    return {name: list(dict.fromkeys([*entry["levels"], OTHER])) for name, entry in reference["inputs"].items()
+            if entry["kind"] == "categorical"}
+
+
 def reference_cumulative_shares(reference: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per numeric input, the reference's cumulative share of present values at each
     bucket bound, keyed by the ``le`` label text as Prometheus writes it (``"+Inf"`` = 1):

@@ -21,6 +21,7 @@ from features.drift import (
     PREDICTED_RISK_BUCKETS,
     _merge_small,
     build_reference,
+    category_levels,
     drift_table,
     histogram_buckets,
     psi,
@@ -204,6 +205,7 @@ def test_histogram_buckets_match_prometheus(training, reference):
     assert buckets["hu_index_preop"] == reference["inputs"]["hu_index_preop"]["edges"]
     assert all(np.all(np.diff(b) > 0) for b in buckets.values())
     assert "sex" not in buckets and "procedure_id" not in buckets
+    assert category_levels(reference)["technique"] == ["PVP", OTHER]  # bounded label values
     # The live histogram of the training rows reproduces the reference's cumulative shares.
     registry = CollectorRegistry()
     hist = Histogram("refracture_input_value", "x", ["input"], buckets=buckets["hu_index_preop"], registry=registry)
@@ -316,3 +318,14 @@ def test_alert_rules_use_the_documented_metric_names():
     used = set(re.findall(r"\b(refracture_[a-z_]+?)(?:_bucket|_count|_sum)?\b", rules))
     docs = (RULES.parent / "monitoring.md").read_text()
     assert used and all(f"`{name}`" in docs for name in used), used
+
+
+def test_drift_only_report_on_a_small_sample_warns_about_chance(reference, new_site):
+    small = new_site.head(200)
+    report = render_site_report(drift_table(reference, small), reference, small, site="Site C",
+                                training_site="xiong2021-pvp", top_inputs=3)
+    parsed = _Tags()
+    parsed.feed(report.html)
+    text = " ".join(parsed.text)
+    assert "With 200 procedures, PSI values up to about 0.1 can arise by chance" in text
+    assert "data drift only" in text and not any(k.startswith("calibration") for k in report.figures)

@@ -157,6 +157,10 @@ def _drift_sentence(drift: pd.DataFrame, site: str, training_site: str) -> str:
             f"training data (PSI ≥ {PSI_MAJOR:g}) and {len(moderate)} moderately "
             f"({PSI_MODERATE:g} ≤ PSI &lt; {PSI_MAJOR:g}); {len(missing)} are missing more or less often "
             f"(by ≥ {100 * MISSING_SHIFT:.0f} percentage points).")
+    n_now = int(drift["n_now"].iloc[0]) if len(drift) else 0
+    if n_now < 500:  # PSI x n is chi-square under no shift: small samples give PSI ~0.05-0.1 by chance
+        text += (f" With {n_now} procedures, PSI values up to about {PSI_MODERATE:g} can arise by chance; "
+                 "read them with the p-values.")
     top = [r for _, r in major.head(3).iterrows()] or [r for _, r in moderate.head(3).iterrows()]
     parts = []
     for r in top:
