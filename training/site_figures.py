@@ -61,7 +61,8 @@ def calibration_figure(calibration: pd.DataFrame, outcome: str, cohorts: list[st
 def decision_curve_figure(decision: pd.DataFrame, outcome: str, cohorts: list[str], horizon: float) -> Figure:
     """Net benefit of treating when the predicted risk is at least the threshold, per
     cohort, with each cohort's treat-all line and treat-none, at ``horizon`` (days)."""
-    rows = decision[(decision["outcome"] == outcome) & np.isclose(decision["horizon"], horizon)]
+    # Within a day: 730 and 730.5 days are both 24 months.
+    rows = decision[(decision["outcome"] == outcome) & np.isclose(decision["horizon"], horizon, rtol=0, atol=1.0)]
     fig, (ax,) = _figure(1, 6.0, 4.2)
     low, top = 0.0, 0.0
     for colour, cohort in zip(COLOURS, cohorts):

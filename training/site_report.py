@@ -87,6 +87,11 @@ def _img(fig: Figure, alt: str) -> str:
     return f'<img src="{_png(fig)}" alt="{html.escape(alt)}">'
 
 
+def _at(horizons: pd.Series, horizon: float) -> np.ndarray:
+    """Rows at ``horizon`` days, within a day (730 and 730.5 are both 24 months)."""
+    return np.isclose(horizons.to_numpy(dtype="float64"), horizon, rtol=0, atol=1.0)
+
+
 def _e(x: object) -> str:
     return html.escape(str(x))
 
@@ -200,10 +205,11 @@ def _performance_section(metrics, calibration, decision, cohorts, decision_horiz
            "which use every patient for as long as they were followed. Brackets are 95 % bootstrap "
            "intervals. <b>Observed/expected</b> below 1 means the model predicts more fractures than occur; "
            "a <b>calibration slope</b> below 1 means its predictions are too extreme; <b>AUROC</b> (0.5 = chance, "
-           "1 = perfect) measures how well it ranks patients who fracture above those who do not.</p>"]
+           "1 = perfect) measures how well it ranks patients who fracture above those who do not; the <b>Brier</b> "
+           "score is the mean squared error of the predicted risk (lower is better).</p>"]
     for outcome in metrics["outcome"].unique():
         out.append(f"<h3>{_e(outcome.replace('_', ' ').capitalize())}</h3>")
-        rows = metrics[(metrics["outcome"] == outcome) & np.isclose(metrics["horizon"], decision_horizon)]
+        rows = metrics[(metrics["outcome"] == outcome) & _at(metrics["horizon"], decision_horizon)]
         sentences = [_calibration_sentence(r, outcome, r["cohort"]) for _, r in rows.iterrows()]
         if sentences:
             out.append("<ul>" + "".join(f"<li>{s}</li>" for s in sentences) + "</ul>")
@@ -215,7 +221,7 @@ def _performance_section(metrics, calibration, decision, cohorts, decision_horiz
             out.append("<p class=note>Each point is a tenth of the procedures grouped by predicted risk; on the "
                        "dotted line, what the model predicts is what happened. Bars: 95 % intervals.</p>")
         if decision is not None and ((decision["outcome"] == outcome)
-                                     & np.isclose(decision["horizon"], decision_horizon)).any():
+                                     & _at(decision["horizon"], decision_horizon)).any():
             fig = decision_curve_figure(decision, outcome, cohorts, decision_horizon)
             figures[f"decision_curve_{outcome}_{months(decision_horizon).split()[0]}m.png"] = fig
             out.append(_img(fig, f"Decision curve of {outcome}"))
@@ -283,7 +289,7 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
 
     ``site``/``training_site``: names shown to the reader; the performance frames'
     ``cohort`` values are shown as given, cohorts ordered as they first appear in
-    ``metrics``. ``model``: e.g. 'refracture-cemented_refracture v3'. ``generated_on``: a
+    ``metrics``, and the first one (put the site first) is the one the summary describes. ``model``: e.g. 'refracture-cemented_refracture v3'. ``generated_on``: a
     date text from the caller (nothing here reads the clock, so the same inputs give the
     same bytes). ``decision_horizon_months``: the horizon of the summary sentences and
     decision curves. ``top_inputs``: most shifted inputs plotted.
@@ -306,7 +312,7 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
     summary = [_drift_sentence(drift, site, training_site)]
     if metrics is not None:
         cohorts = list(dict.fromkeys(metrics["cohort"]))
-        at_h = metrics[np.isclose(metrics["horizon"], h) & (metrics["cohort"] == cohorts[0])]
+        at_h = metrics[_at(metrics["horizon"], h) & (metrics["cohort"] == cohorts[0])]
         summary += [_calibration_sentence(r, r["outcome"], r["cohort"]) for _, r in at_h.iterrows()]
     parts.append("<div class=summary><h2>Summary</h2><ul>" + "".join(f"<li>{s}</li>" for s in summary) + "</ul></div>")
     if metrics is not None:
