@@ -10,8 +10,8 @@ JSON-serialisable dict stored with the model version:
   each bin, each bin's mean, and the overall mean and SD. The first and last bins are open
   (-inf, e1] and (ek, +inf), so no minimum or maximum is stored and values a new site has
   outside the training range still fall in a bin;
-- categorical inputs (``category``, ``str``, ``binary``; binary as levels "0"/"1"): the
-  share of each level of the contract's allowed values;
+- categorical inputs (``category``, ``binary``; binary as levels "0"/"1"): the share of
+  each level of the contract's allowed values;
 - dates (``surgery_date``, ``pain_onset_date``) and free text (contract kind ``str``, none
   today): the share missing only (a date is close to an identifier, calendar time is not a
   model input, and free text may hold anything);
@@ -39,8 +39,9 @@ reference, per input, on the reference's bins plus one bin for "missing":
   divergence, an effect size that does not grow with the number of rows.
 - ``p_value``: G-test (log-likelihood ratio chi-square) of homogeneity of the reference's
   and the new counts over the same bins. Yurdakul (2018) shows PSI x n_ref n_new /
-  (n_ref + n_new) is asymptotically chi-square with (bins - 1) df under no shift, and the
-  G statistic is its one-sided twin: the p-value says whether a PSI is beyond sampling
+  (n_ref + n_new) is asymptotically chi-square with (bins - 1) df under no shift; the G
+  statistic (2 n times the Kullback-Leibler divergence of each sample from the pooled
+  shares) is the standard test of the same kind: the p-value says whether a PSI is beyond sampling
   noise for these sample sizes (with a few hundred rows a PSI of 0.1 can be noise; with
   100k rows a PSI of 0.01 is "significant" and irrelevant). Flags use PSI; the p-value
   qualifies them.
@@ -50,13 +51,14 @@ reference, per input, on the reference's bins plus one bin for "missing":
   shift in the unit measured. Binning makes it a lower bound of the row-level distance
   (mass beyond the outer bins' means is not moved further). NaN for categories.
 - ``missing_ref`` / ``missing_now`` and ``missing_shift``: True when the missing share
-  moved by at least ``MISSING_SHIFT`` (5 percentage points, a project choice: about half
-  the smallest decile bin, so it is flagged before it alone would push PSI past 0.1).
+  moved by at least ``MISSING_SHIFT`` (5 percentage points, a project choice: from a 3 %
+  baseline a 5-point rise alone gives PSI ~0.05, under the PSI flag, so missingness gets
+  its own).
 
 Inputs are ranked by PSI (1 = largest shift).
 
 Why not evidently? We tried evidently 0.7.23, the current release (docs/monitoring.md has
-the script and figures). (1) It does not import with this project's pandas 3.1.1
+the steps and figures). (1) It does not import with this project's pandas 3.1.1
 (``ImportError: cannot import name 'infer_dtype_from_object'``); its metadata still
 allows pandas 3. (2) In a throwaway environment with pandas 2, its ``DataDriftPreset``
 works on two *row-level* DataFrames (it flagged HU shifted by -20 and not age), binning
@@ -65,7 +67,8 @@ reference rows from our deciles (bin means repeated by count) made it flag HU dr
 (normed Wasserstein 0.13 > its 0.1 threshold) on a sample with *no* shift, against 0.02
 with the true rows; and keeping true training rows with each model version is what the
 reference must not do. (3) It brings 28 packages the lock does not hold (a web server,
-nltk, plotly < 6, telemetry) into the model's environment. Hence our own ~200 lines on scipy (G-test, Wasserstein).
+nltk, plotly < 6, telemetry) into the model's environment. Hence our own ~200 lines on scipy (G-test,
+Wasserstein).
 
 Pure: DataFrames and dicts in, DataFrames and dicts out; no I/O.
 """
