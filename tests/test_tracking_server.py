@@ -8,7 +8,9 @@ runs on one xdist worker with ``--dist loadfile``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -123,11 +125,12 @@ def test_two_outcomes_trained_at_once_both_register_cleanly(first_training, clie
     assert "refracture-cemented_refracture" in listed.stdout and "refracture-adjacent_fracture" in listed.stdout
 
 
-def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_training, client, cohort, env, tmp_path):
+def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_training, stack, client, cohort, env,
+                                                                      tmp_path):
     """A second adjacent_fracture version and a remote_fracture champion (trained at once),
     then `refracture serve` pins the champions; `refracture promote` moves the champion to
     the other version while it runs; the running service keeps its version, a restarted
-    one serves the new champion."""
+    one serves the new champion, and goes on serving while the tracking server is down."""
     from serving.examples import example_record
 
     done = train_concurrently(cohort, env, ("remote_fracture",), ("adjacent_fracture", "--seed", "7"))
@@ -159,6 +162,16 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
         assert served_version(server.url) == before  # pinned at start, not hot-swapped
     with Server(serve_env, log=tmp_path / "restarted.log") as restarted:
         assert served_version(restarted.url) == after
+        stack.stop_server()
+        try:
+            assert served_version(restarted.url) == after  # models are in memory: no registry needed
+        finally:
+            stack.start_server()
+        # A supervisor's SIGTERM to `refracture serve` alone stops the BentoML server it started.
+        os.kill(restarted.proc.pid, signal.SIGTERM)
+        restarted.proc.wait(timeout=60)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{restarted.url}/readyz", timeout=5)
 
 
 def test_server_stopped_mid_training_gives_a_clear_error_and_leaves_the_registry_intact(first_training, stack, client,
