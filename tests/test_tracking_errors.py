@@ -1,8 +1,15 @@
 """How the tracking layer behaves on a shared server, without one: a lost connection is told
-apart from other MLflow errors, and creating an experiment or a registered model that
-another process has just created is not an error."""
+apart from other MLflow errors, one dropped request is retried (but not the first probe),
+and creating an experiment or a registered model that another process has just created is
+not an error."""
 
 from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import threading
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -10,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from serving_support import free_port
 
 from training import registry
-from training.tracking import already_exists, configure_tracking, connection_lost, get_or_create_experiment, \
-    lost_connection_reason
+from training.tracking import (HTTP_CLIENT_DEFAULTS, TrackingUnavailable, already_exists, check_tracking,
+                               configure_tracking, connection_lost, get_or_create_experiment, lost_connection_reason)
 
 
 @pytest.fixture
@@ -92,3 +99,56 @@ def _none_once(real):
         return None if len(calls) == 1 else real(self, name)
 
     return lookup
+
+
+class _DropsFirstRequest(http.server.BaseHTTPRequestHandler):
+    """A stand-in tracking server that closes the first connection without an answer (as a
+    server closing an idle keep-alive connection, or a worker restarting, does), then
+    answers MLflow's experiment search."""
+
+    dropped: list[str] = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self.dropped:
+            self.dropped.append(self.path)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = json.dumps({"experiments": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server():
+    _DropsFirstRequest.dropped = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsFirstRequest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_one_dropped_request_does_not_fail_a_command(flaky_server, monkeypatch):
+    for name, value in HTTP_CLIENT_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    assert MlflowClient(tracking_uri=flaky_server).search_experiments() == []
+    assert _DropsFirstRequest.dropped  # the first attempt really was dropped
+
+
+def test_the_first_probe_does_not_retry(flaky_server, monkeypatch):
+    for name, value in HTTP_CLIENT_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrackingUnavailable, match=flaky_server):
+        check_tracking(flaky_server)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_CLIENT_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]

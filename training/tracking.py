@@ -25,6 +25,12 @@ DEFAULT_HTTP_TIMEOUT_S = "10"
 #: so a server that is not there at all is reported in seconds.
 DEFAULT_HTTP_RETRIES = "3"
 DEFAULT_HTTP_BACKOFF_FACTOR = "1"
+#: MLflow's HTTP client settings for a tracking server, unless the environment sets them.
+HTTP_CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": DEFAULT_HTTP_TIMEOUT_S,
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": DEFAULT_HTTP_RETRIES,
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": DEFAULT_HTTP_BACKOFF_FACTOR,
+}
 #: MLflow's ``set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; remember what *we*
 #: set so a later call (another store, e.g. in tests) is not mistaken for the user's choice.
 _configured: dict[str, str] = {}
@@ -67,20 +73,18 @@ def configure_tracking(store_dir: Path | None = None) -> str:
     """Point MLflow at the tracking store and return its URI.
 
     ``MLFLOW_TRACKING_URI`` wins when set; otherwise the embedded SQLite store in
-    ``store_dir`` (see ``local_store``). For an HTTP server, a short timeout and no
-    retries are set unless the environment already sets
-    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, so an
-    unreachable server fails in seconds (``check_tracking``) rather than minutes, and a few
-    quick retries (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``) once it has answered.
+    ``store_dir`` (see ``local_store``). For an HTTP server, ``HTTP_CLIENT_DEFAULTS`` (a
+    short timeout and a few quick retries) are set where the environment does not set
+    them, so an unreachable server fails in seconds (``check_tracking``) rather than
+    minutes, and one dropped request does not end a training.
     """
     import mlflow
 
     uri = _user_uri()
     if uri:
         if uri.startswith(("http://", "https://")):
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", DEFAULT_HTTP_TIMEOUT_S)
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_RETRIES)
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", DEFAULT_HTTP_BACKOFF_FACTOR)
+            for name, value in HTTP_CLIENT_DEFAULTS.items():
+                os.environ.setdefault(name, value)
     else:
         uri = local_store(store_dir)[0]
         _configured["uri"] = uri

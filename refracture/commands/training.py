@@ -39,12 +39,14 @@ _TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or
 def _exit_if_tracking_lost(doing: str, consequence: str = ""):
     """Turn a tracking store that stops answering mid-command into one clear message naming
     its URI (exit 1) instead of a traceback; any other error propagates."""
+    from training.tracking import TrackingUnavailable, connection_lost
+
     try:
         yield
+    except TrackingUnavailable:
+        raise  # the start-up check's own message ("unreachable"), reported by the caller
     except Exception as exc:
         import mlflow
-
-        from training.tracking import connection_lost
 
         lost = connection_lost(exc, mlflow.get_tracking_uri(), doing, consequence)
         if lost is None:
