@@ -92,7 +92,7 @@ def covariates(patients: Arrays, sessions: Sessions, procedures: Arrays, imaging
         "age_per_10y": (patients["age_years"] - 80) / 10,
         "female": 1.0 - patients["male"],
         "bmd_per_0.1_lower": _capped((0.70 - patients["bmd_true"]) / 0.1, -4, 3),
-        "systemic_hu_per_10_lower": (80 - _capped(patients["hu_systemic"], 20, 160)) / 10,
+        "systemic_hu_per_10_lower": (80 - _capped(patients["hu_systemic"], 40, 160)) / 10,
         "prior_fracture_any": (patients["prior_vertebral_fractures_n"] > 0).astype(float),
         "prior_fractures_n": np.minimum(patients["prior_vertebral_fractures_n"], 4).astype(float),
         "glucocorticoids_long_term": patients["glucocorticoids_long_term"].astype(float),
@@ -129,7 +129,9 @@ def covariates(patients: Arrays, sessions: Sessions, procedures: Arrays, imaging
         into = (leak_side == side) | (leak_side == "both")
         per_side[side] = {
             **per_level,
-            "adjacent_hu_per_10_lower": (80 - _capped(hu, 20, 160)) / 10,
+            # Capped at 40 HU: the lower end of OVCF series (§2: typically 40-110 HU), below
+            # which the per-HU odds ratios were not observed.
+            "adjacent_hu_per_10_lower": (80 - _capped(hu, 40, 160)) / 10,
             "stiffness_gradient_high": ((imaging["hu_post"] / np.nan_to_num(imaging[hu_post], nan=1e9) > 15.18)
                                         & (hu < 66.9)).astype(float),
             "leakage_spike": ((leak == "spike") & into).astype(float),
