@@ -20,7 +20,7 @@ from features.validate import validate_raw
 from refracture.commands.synth import run_synth
 from simulated_cohorts import pkp_cohort, xiong_cohort
 
-PROFILES = ("xiong2021-pvp", "yassavoly2025-pkp")
+PROFILES = ("xiong2021-pvp", "yassavoly2025-pkp", "site-c-older-frail-pkp")
 
 
 # ----------------------------------------------------------------------------- profiles
