@@ -33,7 +33,10 @@ def _dates(start: np.datetime64, offset_days: np.ndarray) -> pd.Series:
 
 
 def _binary_or_na(values: np.ndarray) -> pd.Series:
-    return pd.Series(pd.array(np.where(np.isnan(values), None, values), dtype="Int8"))
+    """0/1 floats (NaN = missing) as a nullable Int8 column, built from data and mask
+    directly (an object array of None would cost ~0.1 s per 300,000 cells)."""
+    mask = np.isnan(values)
+    return pd.Series(pd.arrays.IntegerArray(np.where(mask, 0, values).astype(np.int8), mask))
 
 
 def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedures: Arrays, imaging: Arrays,

@@ -272,38 +272,45 @@ def death_survival(mortality: Mortality, hazard_now: np.ndarray, months: float |
     return np.exp(-hazard_now / gamma * np.expm1(gamma * years))
 
 
-def crude_risk(lam: np.ndarray, timing: EventTiming, hazard_now: np.ndarray, mortality: Mortality,
-               horizons_months: tuple[float, ...] = TRUTH_HORIZONS_MONTHS) -> dict[float, np.ndarray]:
+def crude_risks(lams: dict[str, np.ndarray], timings: dict[str, EventTiming], hazard_now: np.ndarray,
+                mortality: Mortality, horizons_months: tuple[float, ...] = TRUTH_HORIZONS_MONTHS
+                ) -> dict[str, dict[float, np.ndarray]]:
     """Cumulative incidence by each horizon with death competing: integral S_death dF.
 
-    ``lam``: net cumulative hazard at the profile's horizon per row; ``hazard_now``: each
-    row's Gompertz death hazard. Returns horizon -> array.
+    ``lams``: per outcome, the net cumulative hazard at the profile's horizon per row;
+    ``timings``: per outcome, its baseline shape; ``hazard_now``: each row's Gompertz death
+    hazard (one death survival serves every outcome). Returns outcome -> horizon -> array.
     """
     top = max(horizons_months)
     edges = np.arange(0.0, top + _GRID_MONTHS / 2, _GRID_MONTHS)
-    shares = baseline_share(timing, edges)
-    out: dict[float, np.ndarray] = {}
-    cif = np.zeros(len(lam))
-    surv_prev = np.ones(len(lam))
+    shares = {o: baseline_share(timings[o], edges) for o in lams}
+    out: dict[str, dict[float, np.ndarray]] = {o: {} for o in lams}
+    cif = {o: np.zeros(len(lam)) for o, lam in lams.items()}
+    surv_prev = {o: np.ones(len(lam)) for o, lam in lams.items()}
     for i in range(1, len(edges)):
-        surv = np.exp(-lam * shares[i])
-        cif += (surv_prev - surv) * death_survival(mortality, hazard_now, (edges[i - 1] + edges[i]) / 2)
-        surv_prev = surv
-        for h in horizons_months:
-            if abs(edges[i] - h) < 1e-9:
-                out[h] = cif.copy()
+        alive = death_survival(mortality, hazard_now, (edges[i - 1] + edges[i]) / 2)
+        for o, lam in lams.items():
+            surv = np.exp(-lam * shares[o][i])
+            cif[o] += (surv_prev[o] - surv) * alive
+            surv_prev[o] = surv
+            for h in horizons_months:
+                if abs(edges[i] - h) < 1e-9:
+                    out[o][h] = cif[o].copy()
     return out
+
+
+def crude_risk(lam: np.ndarray, timing: EventTiming, hazard_now: np.ndarray, mortality: Mortality,
+               horizons_months: tuple[float, ...] = TRUTH_HORIZONS_MONTHS) -> dict[float, np.ndarray]:
+    """``crude_risks`` for one outcome: horizon -> array."""
+    return crude_risks({"x": lam}, {"x": timing}, hazard_now, mortality, horizons_months)["x"]
 
 
 def truth_table(profile: Profile, sessions: Sessions, patients: Arrays, r: Risks) -> dict[str, np.ndarray]:
     """Per treated level: ``p_<outcome>_<m>m`` (crude risk by m months) and ``p_death_24m``."""
     hz = death_hazard_per_year(profile.followup.mortality, patients["age_years"], patients["male"])[sessions.patient]
     mort = profile.followup.mortality
-    out: dict[str, np.ndarray] = {}
-    for outcome in OUTCOMES:
-        cif = crude_risk(r.lam_truth[outcome], profile.outcomes[outcome].timing, hz, mort)
-        for m in TRUTH_HORIZONS_MONTHS:
-            out[f"p_{outcome}_{m}m"] = cif[m]
+    cif = crude_risks(r.lam_truth, {o: profile.outcomes[o].timing for o in OUTCOMES}, hz, mort)
+    out = {f"p_{o}_{m}m": cif[o][m] for o in OUTCOMES for m in TRUTH_HORIZONS_MONTHS}
     out["p_death_24m"] = 1 - death_survival(mort, hz, 24.0)
     return out
 
