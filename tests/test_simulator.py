@@ -326,3 +326,21 @@ def test_a_drawn_world_keeps_the_profiles_incidence_and_a_valid_export():
         # Intercepts are re-solved on the same patients so the mean net risk is unchanged;
         # the crude mean moves only through who dies first (< 3 % relative).
         assert drawn[f"p_{o}_24m"].mean() == pytest.approx(truth[f"p_{o}_24m"].mean(), rel=0.03)
+
+
+def test_docs_list_every_effect_with_its_value():
+    """docs/simulator.md's effect table is generated from the profiles: every term of every
+    shipped profile appears there with its odds ratio (catches a profile edit without the docs)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "simulator.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[2].split(":")[0].strip(" `"): line for line in doc.splitlines()
+            if line.startswith("| cemented") or line.startswith("| adjacent") or line.startswith("| remote")}
+    for name in PROFILES:
+        for outcome, model in load_profile(name).outcomes.items():
+            for key, term in model.terms.items():
+                row = next((line for line in doc.splitlines()
+                            if line.startswith(f"| {outcome.replace('_', ' ')} | `{key}`")), None)
+                assert row is not None, (name, outcome, key)
+                assert f"{term.odds_ratio:g}" in row, (name, outcome, key, term.odds_ratio)
+    assert rows
