@@ -59,6 +59,11 @@ BMD_T_SCORE_SLACK_G_CM2 = 0.15
 #: neighbour is fractured too, which needs a neighbour treated in the same session or an
 #: earlier fracture.
 MAX_COMPRESSION_RATE_PCT = 100.0
+#: A neighbour lower than this share of the other neighbour's height is itself collapsed
+#: (healthy adjacent vertebrae differ by a few percent; Genant's mild grade starts at 20-25 %).
+COLLAPSED_NEIGHBOUR_RATIO = 0.75
+#: ... or lower than this: no healthy vertebra from T1 to L5 is (a vertebra plana is 2-8 mm).
+COLLAPSED_NEIGHBOUR_MM = 10.0
 
 
 def today() -> pd.Timestamp:
@@ -259,19 +264,22 @@ def _heights_in_cm(cols: Columns, n: int) -> list[Implausible]:
 
 
 def _compression_rate(cols: Columns, n: int) -> list[Implausible]:
-    """The pre-operative compression rate (height / neighbours' mean) is at most 100 %, unless a neighbour may be fractured too (`n_levels_treated` ≥ 2, or `prior_vertebral_fractures_n` ≥ 1)."""
+    """The pre-operative compression rate (height / neighbours' mean) is at most 100 %, unless a neighbour may be fractured too: treated in the same session (`n_levels_treated` ≥ 2), an earlier fracture (`prior_vertebral_fractures_n` ≥ 1), or visibly collapsed (below 75 % of the other neighbour's height, or below 10 mm: a vertebra plana)."""
     h, u, lo = (_num(cols, f"{name}_preop", n) for name in _HEIGHTS)
     with np.errstate(invalid="ignore", divide="ignore"):
         reference = np.nanmean(np.stack([u, lo]), axis=0) if n else np.empty(0)
         rate = 100.0 * h / reference
     levels, prior = _num(cols, "n_levels_treated", n), _num(cols, "prior_vertebral_fractures_n", n)
     with np.errstate(invalid="ignore"):
-        bad = (rate > MAX_COMPRESSION_RATE_PCT) & ~(levels >= 2) & ~(prior >= 1)
+        collapsed_neighbour = ((np.fmin(u, lo) < COLLAPSED_NEIGHBOUR_RATIO * np.fmax(u, lo))
+                               | (np.fmin(u, lo) < COLLAPSED_NEIGHBOUR_MM))
+        bad = (rate > MAX_COMPRESSION_RATE_PCT) & ~(levels >= 2) & ~(prior >= 1) & ~collapsed_neighbour
     return [Implausible(int(i), "vertebral_height_mm_preop",
                         f"the fractured vertebra ({h[i]:g} mm) is taller than its neighbours (mean {reference[i]:g} mm): "
                         f"a compression rate of {rate[i]:.0f} % needs a fractured neighbour, yet the session treats one "
-                        "level and the patient has no earlier fracture. If a neighbour is fractured, leave its height "
-                        "empty (the other neighbour is then the reference) and record the fracture",
+                        "level, the patient has no earlier fracture and both neighbours are of similar height. If a "
+                        "neighbour is fractured, record the fracture (patient.prior_vertebral_fractures_n) or leave its "
+                        "height empty (the other neighbour is then the reference)",
                         f"a pre-operative compression rate up to {MAX_COMPRESSION_RATE_PCT:g} %")
             for i in np.flatnonzero(bad)]
 

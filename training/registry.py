@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import ErrorCode, RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
 from modelstore.naming import ALIASES, CHALLENGER, CHAMPION, model_name
+from modelstore.tracking import already_exists
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,11 @@ def register(model_uri: str, outcome: str, tags: dict[str, Any], description: st
     except MlflowException as exc:
         if not _not_found(exc):
             raise
-        client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        try:
+            client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        except MlflowException as exc:
+            if not already_exists(exc):  # another process on a shared server created it just now
+                raise
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     if description:
         client.update_model_version(name, mv.version, description=description)

@@ -6,9 +6,11 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import mlflow
 import typer
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -19,7 +21,14 @@ from rich.table import Table
 from features.labels import OUTCOMES
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
-from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking, local_store
+from modelstore.tracking import (
+    TrackingUnavailable,
+    check_tracking,
+    configure_tracking,
+    connection_lost,
+    local_store,
+    lost_connection_reason,
+)
 from refracture.commands.data import _report_violations
 from training import registry
 from training.config import TrainConfig
@@ -37,6 +46,30 @@ def _outcomes(value: str) -> tuple[str, ...]:
     if value not in OUTCOMES:
         raise typer.BadParameter(f"choose one of {', '.join(OUTCOMES)} or all", param_hint="--outcome")
     return (value,)
+
+
+#: What a user should know after the tracking store went away mid-training (the pipeline
+#: touches the registry only in its last step, after every run has been logged).
+_TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or FAILED. The registry is changed only "
+                         "in the last step of training (register, then move the alias), so unless it got that far the "
+                         "earlier versions and aliases are as they were: check with `refracture models` once the store "
+                         "is back, then train again.")
+
+
+@contextmanager
+def _exit_if_tracking_lost(doing: str, consequence: str = ""):
+    """Turn a tracking store that stops answering mid-command into one clear message naming
+    its URI (exit 1) instead of a traceback; any other error propagates."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise  # the start-up check's own message ("unreachable"), reported by the caller
+    except Exception as exc:
+        lost = connection_lost(exc, mlflow.get_tracking_uri(), doing, consequence)
+        if lost is None:
+            raise
+        console.print(f"[red]error[/red]: {lost}")
+        raise typer.Exit(code=1) from None
 
 
 def _tracking_or_exit(store: Path | None) -> str:
@@ -76,7 +109,7 @@ def train(
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True)
     try:
-        with progress:
+        with progress, _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
             results = run(cfg, progress)
     except RawDataError as exc:
         _report_violations(exc)
@@ -116,7 +149,8 @@ def models(
 ) -> None:
     """List registered models: versions, aliases and key test metrics."""
     _tracking_or_exit(store)
-    rows = registry.list_models()
+    with _exit_if_tracking_lost("listing the registered models"):
+        rows = registry.list_models()
     if not rows:
         console.print("no registered models yet: run `refracture train`")
         return
@@ -149,12 +183,15 @@ def promote(
     if alias not in registry.ALIASES:
         raise typer.BadParameter(f"choose one of {', '.join(registry.ALIASES)}", param_hint="--alias")
     _tracking_or_exit(store)
-    try:
-        MlflowClient().get_model_version(registry.model_name(name), str(version))
-    except MlflowException:
-        console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
-        raise typer.Exit(code=1) from None
-    registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
+    with _exit_if_tracking_lost(f"moving {alias} of {registry.model_name(name)}"):
+        try:
+            MlflowClient().get_model_version(registry.model_name(name), str(version))
+        except MlflowException as exc:
+            if lost_connection_reason(exc) is not None:
+                raise
+            console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
+            raise typer.Exit(code=1) from None
+        registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
     console.print(f"[green]moved[/green] {alias} of {registry.model_name(name)} to v{version}")
 
 
