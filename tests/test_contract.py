@@ -289,3 +289,24 @@ def test_a_decimal_comma_in_a_comma_separated_file_names_the_decimal_point(raw):
     raw["patients"].loc[0, "weight_kg"] = "64,5"
     with pytest.raises(RawDataError, match=r"the decimal separator is a point \(64\.5\)"):
         validate_raw(raw)
+
+
+def test_a_vertebra_plana_neighbour_explains_a_compression_rate_above_100():
+    record = _edit("imaging.preop.upper_adjacent_height_mm", 5.0)  # old flattened neighbour above
+    record["patient"]["prior_vertebral_fractures_n"] = 0            # ... not recorded as a prior fracture
+    assert refused_by_service(record) == set() == refused_by_validate(record)
+
+
+def test_a_simulated_export_with_the_real_world_quirks_is_accepted():
+    """The simulator's export quirks (issue 12: vertebra plana neighbours, near-complete
+    collapse at follow-up, sacral events, same-session cemented neighbours) pass the contract."""
+    from features.simulator import load_profile, simulate
+
+    profile = load_profile("yassavoly2025-pkp")
+    quirks = profile.export_quirks.model_copy(update={"enabled": True, "vertebra_plana_neighbour_share": 0.1,
+                                                      "near_complete_collapse_share": 0.5, "sacral_event_share": 0.05})
+    tables, _ = simulate(profile.model_copy(update={"export_quirks": quirks}), 1500, 3)
+    typed = validate_raw(tables)
+    assert typed["events"].attrs["sacral_events_set_aside"] > 0
+    assert typed["imaging"]["hu_upper_adjacent"].max() > 600 or typed["imaging"]["hu_lower_adjacent"].max() > 600
+    assert typed["imaging"]["upper_adjacent_height_mm"].min() < 8
