@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import typer
 
@@ -51,5 +52,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 def main() -> None:
     """Entry point of the console script."""
+    # pandera imports pyspark.pandas whenever pyspark (the `spark` extra) is installed, and
+    # PySpark warns about pandas 3 there; only pyspark.sql is used, through Arrow.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     _register()
     app()
