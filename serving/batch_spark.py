@@ -54,7 +54,8 @@ def spark_session(master: str | None = "local[*]", app_name: str = "refracture-p
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC")
+    builder = (SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
     if master:
         builder = builder.master(master)
     for key, value in (conf or {}).items():

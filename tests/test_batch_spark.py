@@ -246,7 +246,8 @@ def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp
         result = runner.invoke(app, ["predict", "--raw", str(raw), "--output", str(out), "--engine", engine,
                                      "--master", "local[2]"])
         assert result.exit_code == 0, result.output
-        reports[engine] = [line for line in result.output.splitlines() if not line.startswith("wrote")]
+        lines = result.output.splitlines()
+        reports[engine] = lines[:next(i for i, line in enumerate(lines) if line.startswith("wrote"))]
         outputs[engine] = pd.read_parquet(out)
     assert reports["spark"] == reports["pandas"]
     text = "\n".join(reports["pandas"])

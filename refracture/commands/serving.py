@@ -127,15 +127,19 @@ def _raw_records(raw: Path):
 
 def _predict_on_spark(models, input: Path | None, records, output: Path, explain: bool, chunk_size: int,
                       master: str | None) -> str:
+    from pyspark.sql import SparkSession
+
     from serving.batch_spark import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
 
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
+    # A session this command did not start (spark-submit's, a notebook's) is left running.
+    ours = SparkSession.getActiveSession() is None and not under_submit
     spark = spark_session(master or (None if under_submit else "local[*]"))
     try:
         frame, n = read_parquet_records(spark, input) if records is None else records_frame_on_spark(spark, records)
         return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size)
     finally:
-        if not under_submit:
+        if ours:
             spark.stop()
 
 
