@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -123,7 +122,7 @@ def _numbered(spark, frame) -> tuple[Any, int]:
     return numbered, n
 
 
-def read_parquet_records(spark, path: Path):
+def read_parquet_records(spark, path: str | Path):
     """Flat records from a Parquet file or a (partitioned) folder, each row numbered.
     Raises BatchInputError as ``serving.batch.read_records`` does (unknown columns, unreadable)."""
     from pyspark.errors import PySparkException
@@ -137,7 +136,7 @@ def read_parquet_records(spark, path: Path):
         return _numbered(spark, frame)
     except PySparkException as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BatchInputError([{"record": None, "field": "", "error": f"cannot read {path.name}: {message}"[:300],
+        raise BatchInputError([{"record": None, "field": "", "error": f"cannot read {path}: {message}"[:300],
                                 "allowed": ""}]) from None
 
 
@@ -180,10 +179,11 @@ def spark_schema(template: pd.DataFrame):
     return StructType([StructField(c, kind(t), True) for c, t in template.dtypes.items()])
 
 
-def score_on_spark(spark, models: list[LoadedModel], frame, n_records: int, output_path: Path,
+def score_on_spark(spark, models: list[LoadedModel], frame, n_records: int, output_path: str | Path,
                    explain: bool = False, chunk_size: int = 50_000) -> str:
     """Score a numbered frame (``read_parquet_records`` / ``records_frame_on_spark``) and
-    write partitioned Parquet to ``output_path`` (a folder; replaced if it exists). Raises
+    write partitioned Parquet to ``output_path`` (a folder or URI, e.g. ``s3a://...``;
+    replaced if it exists). Raises
     BatchInputError with every field error, in record order; nothing is written then."""
     import cloudpickle
 
@@ -196,19 +196,17 @@ def score_on_spark(spark, models: list[LoadedModel], frame, n_records: int, outp
     errors_acc = spark.sparkContext.accumulator([], _ErrorList())
     scored = frame.mapInPandas(_scorer(token, payload, errors_acc, explain, list(template.columns)), schema)
 
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_path.parent / f".{output_path.name}.staging-{token[:8]}"
+    fs = _FileSystem(spark, str(output_path))
+    staging = fs.beside(f"staging-{token[:8]}")
     try:
-        scored.write.mode("errorifexists").parquet(str(staging))
+        scored.write.mode("errorifexists").parquet(staging)
         errors = _unique(errors_acc.value)
         if errors:
             raise BatchInputError(errors, n_records)
-        _replace_dir(staging, output_path)
+        fs.replace_with(staging)
     finally:
         payload.unpersist()
-        if staging.exists():
-            shutil.rmtree(staging)
+        fs.delete(staging)
     seconds = time.perf_counter() - start
     versions = ", ".join(f"{m.outcome} v{m.version}" for m in models)
     return (f"{n_records} records in {seconds:.1f} s ({n_records / max(seconds, 1e-9):,.0f} records/s) on Spark "
@@ -223,12 +221,34 @@ def _unique(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda e: e["record"])
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished output into place; an older output is removed only after."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+class _FileSystem:
+    """The output's file system through Hadoop's API (local, HDFS, S3, ... as Spark writes
+    them), for the staging folder's rename into place."""
+
+    def __init__(self, spark, target: str):
+        jvm = spark.sparkContext._jvm
+        self._Path = jvm.org.apache.hadoop.fs.Path
+        self.fs = self._Path(target).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.target = self.fs.makeQualified(self._Path(target))
+        self.fs.mkdirs(self.target.getParent())
+
+    def beside(self, tag: str) -> str:
+        """A hidden sibling of the target (Spark and Parquet readers skip names starting with '.')."""
+        return str(self._Path(self.target.getParent(), f".{self.target.getName()}.{tag}"))
+
+    def delete(self, path: str) -> None:
+        p = self._Path(path)
+        if self.fs.exists(p):
+            self.fs.delete(p, True)
+
+    def replace_with(self, staging: str) -> None:
+        """Move the finished output into place; an older output is removed only after."""
+        old = None
+        if self.fs.exists(self.target):
+            old = self.beside(f"old-{uuid.uuid4().hex[:8]}")
+            if not self.fs.rename(self.target, self._Path(old)):
+                raise OSError(f"cannot move the old output {self.target} aside")
+        if not self.fs.rename(self._Path(staging), self.target):
+            raise OSError(f"cannot move the output into place at {self.target}")
+        if old is not None:
+            self.delete(old)

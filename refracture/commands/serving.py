@@ -64,8 +64,8 @@ def serve(
 
 
 def predict(
-    output: Annotated[Path, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark).")],
-    input: Annotated[Path | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list). Any field error refuses the whole file.")] = None,
+    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
+    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
     raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
@@ -81,12 +81,12 @@ def predict(
         raise typer.BadParameter("use pandas or spark", param_hint="--engine")
     if (input is None) == (raw is None):
         raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
-    source = input if input is not None else raw
-    if not source.exists():
+    source = raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
+    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
         raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
-    if engine == "pandas" and output.suffix not in (".csv", ".parquet"):
+    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
-    if engine == "spark" and input is not None and not (input.is_dir() or input.suffix == ".parquet"):
+    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
     records = _raw_records(raw) if raw is not None else None
     try:
@@ -96,9 +96,10 @@ def predict(
         _fail(str(exc))
     try:
         if engine == "spark":
-            summary = _predict_on_spark(models, input, records, output, explain, chunk_size, master)
+            summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
+                                        chunk_size, master)
         else:
-            summary = score_file(models, source, output, explain=explain, chunk_size=chunk_size, console=console,
+            summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size, console=console,
                                  records=records)
     except BatchInputError as exc:
         for line in exc.lines():
@@ -125,7 +126,7 @@ def _raw_records(raw: Path):
     return scorable.records
 
 
-def _predict_on_spark(models, input: Path | None, records, output: Path, explain: bool, chunk_size: int,
+def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
                       master: str | None) -> str:
     from pyspark.sql import SparkSession
 
