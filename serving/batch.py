@@ -2,8 +2,12 @@
 
 Same models, same checks, same scorer as the service: a file is read as flat records,
 checked with ``features.records.inspect_records`` and scored chunk by chunk (one
-vectorised call per outcome per chunk), with a progress bar on large files. As in the
-API, any field error refuses the whole file, listing the errors; nothing is written.
+vectorised call per outcome per chunk, ``check_and_score``: the Spark engine,
+``serving.batch_spark``, runs the same function on its Arrow batches), with a progress bar
+on large files. As in the API, any field error refuses the whole file, listing the errors;
+nothing is written. An empty file gives an empty output with every column. (A raw export,
+``refracture predict --raw``, is different: ``features.raw_records`` leaves out the broken
+records and the rest are scored.)
 
 Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``,
 and per outcome ``<outcome>_probability``, ``<outcome>_risk_band`` and
