@@ -65,12 +65,18 @@ def register(model_uri: str, outcome: str, tags: dict[str, Any], description: st
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from training.tracking import already_exists
+
     client = _client()
     name = model_name(outcome)
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        try:
+            client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        except MlflowException as exc:
+            if not already_exists(exc):  # another process on a shared server created it just now
+                raise
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     if description:
         client.update_model_version(name, mv.version, description=description)
