@@ -1,4 +1,4 @@
-"""``python -m refracture ...``, and the script ``spark-submit`` runs (docs/spark.md)."""
+"""``python -m refracture ...``, and the script ``spark-submit`` runs (docs/deployment.md)."""
 
 from refracture.cli import main
 
