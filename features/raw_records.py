@@ -87,7 +87,7 @@ def scorable_records(tables: dict[str, pd.DataFrame]) -> ScorableRecords:
     if violations:
         # validate_raw checks the rules between tables only on tables that pass their own
         # checks: check them again on what is kept.
-        again = [v for v in _all_violations(kept_tables) if not _level_count_artifact(v, tables, bad)]
+        again = [v for v in _all_violations(_record_rows_only(kept_tables)) if not _level_count_artifact(v, tables, bad)]
         violations = violations + [v for v in again if v not in violations]
         more = _touched_procedures(again, kept_tables, _text(kept_tables["procedures"]["procedure_id"]))
         if more - bad:
@@ -114,6 +114,20 @@ def _all_violations(tables: dict[str, pd.DataFrame]) -> list[Violation]:
     except RawDataError as exc:
         return exc.violations
     return []
+
+
+def _record_rows_only(kept: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The kept tables reduced to what records use, for the second check: patients with a
+    kept procedure, pre-/post-operative imaging, no events, and the follow-up columns
+    (reported in the first check, never scored) set to values no rule objects to (last
+    contact on the last surgery date, no death), so only rules about record rows can fail."""
+    procedures = kept["procedures"]
+    patients = kept["patients"][kept["patients"]["patient_id"].isin(set(procedures["patient_id"]))].copy()
+    last_surgery = procedures.groupby("patient_id")["surgery_date"].max()
+    patients["last_followup_date"] = patients["patient_id"].map(last_surgery)
+    patients["death_date"] = None
+    imaging = kept["imaging"][kept["imaging"]["timepoint"].isin(RECORD_TIMEPOINTS)]
+    return {"patients": patients, "procedures": procedures, "imaging": imaging, "events": kept["events"].iloc[0:0]}
 
 
 def _level_count_artifact(v: Violation, tables: dict[str, pd.DataFrame], bad: set[str]) -> bool:
