@@ -142,9 +142,9 @@ def _level_count_artifact(v: Violation, tables: dict[str, pd.DataFrame], bad: se
     session = procedures.loc[(ids == v.row).to_numpy(), ["patient_id", "surgery_date"]]
     if session.empty:
         return False
-    patient, date = (str(x).strip() for x in session.iloc[0])
-    siblings = ids[((_text(procedures["patient_id"]) == patient)
-                    & (procedures["surgery_date"].astype("string").str.strip() == date)).to_numpy()]
+    patient = str(session.iloc[0]["patient_id"]).strip()
+    same_day = (procedures["surgery_date"] == session.iloc[0]["surgery_date"]).fillna(False)  # same column, same type
+    siblings = ids[((_text(procedures["patient_id"]) == patient) & same_day).to_numpy()]
     return bool(set(siblings) & bad)
 
 
