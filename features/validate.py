@@ -77,7 +77,7 @@ def _typed_series(values: np.ndarray, index: pd.Index, col: ColumnSpec) -> pd.Se
     return pd.Series(values, index=index, dtype=values.dtype)
 
 
-def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[Violation], dict[str, set[int]]]:
+def _check_table(df: pd.DataFrame, spec: TableSpec, limit: int = MAX_REPORTED_PER_CHECK) -> tuple[pd.DataFrame, list[Violation], dict[str, set[int]]]:
     """(typed table, violations, refused cells: column -> row positions)."""
     violations: list[Violation] = []
     refused: dict[str, set[int]] = {}
@@ -95,7 +95,7 @@ def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[
         raw = df[col.name]
         values, bad = coerce_array(raw, col.kind)
         problems = column_problems(raw, values, bad, col, required=not col.nullable)
-        violations.extend(_capped(spec.name, col.name, [(str(keys.iat[i]), message) for i, message in problems]))
+        violations.extend(_capped(spec.name, col.name, [(str(keys.iat[i]), message) for i, message in problems], limit))
         out[col.name] = _typed_series(values, raw.index, col)
         if problems:
             refused[col.name] = {i for i, _ in problems}
@@ -110,16 +110,16 @@ def _check_table(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, list[
     return out, violations, refused
 
 
-def _capped(table: str, column: str, problems: list[tuple[str, str]]) -> list[Violation]:
-    """At most ``MAX_REPORTED_PER_CHECK`` violations per rule and column, then a count."""
+def _capped(table: str, column: str, problems: list[tuple[str, str]], limit: int = MAX_REPORTED_PER_CHECK) -> list[Violation]:
+    """At most ``limit`` violations per rule and column, then a count."""
     by_rule: dict[str, list[tuple[str, str]]] = {}
     for row, message in problems:
         by_rule.setdefault(_rule_of(message), []).append((row, message))
     out: list[Violation] = []
     for rule, hits in by_rule.items():
-        out.extend(Violation(table, row, column, message) for row, message in hits[:MAX_REPORTED_PER_CHECK])
-        if len(hits) > MAX_REPORTED_PER_CHECK:
-            out.append(Violation(table, "...", column, f"{len(hits) - MAX_REPORTED_PER_CHECK} more rows: {rule}"))
+        out.extend(Violation(table, row, column, message) for row, message in hits[:limit])
+        if len(hits) > limit:
+            out.append(Violation(table, "...", column, f"{len(hits) - limit} more rows: {rule}"))
     return out
 
 
@@ -135,18 +135,18 @@ def _rule_of(message: str) -> str:
 # ------------------------------------------------------------------------ cross-table
 
 
-def _cross_table(t: dict[str, pd.DataFrame]) -> list[Violation]:
+def _cross_table(t: dict[str, pd.DataFrame], limit: int = MAX_REPORTED_PER_CHECK) -> list[Violation]:
     v: list[Violation] = []
     patients, procedures, imaging, events = t["patients"], t["procedures"], t["imaging"], t["events"]
     known_patients = set(patients["patient_id"].dropna())
     known_procedures = set(procedures["procedure_id"].dropna())
 
     def report(table: str, rows: pd.DataFrame, key_cols: list[str], column: str, message) -> None:
-        for _, r in rows.head(MAX_REPORTED_PER_CHECK).iterrows():
+        for _, r in rows.head(limit).iterrows():
             key = "/".join(str(r[k]) for k in key_cols)
             v.append(Violation(table, key, column, message(r) if callable(message) else message))
-        if len(rows) > MAX_REPORTED_PER_CHECK:
-            v.append(Violation(table, "...", column, f"{len(rows) - MAX_REPORTED_PER_CHECK} more rows"))
+        if len(rows) > limit:
+            v.append(Violation(table, "...", column, f"{len(rows) - limit} more rows"))
 
     report("procedures", procedures[~procedures["patient_id"].isin(known_patients)], ["procedure_id"], "patient_id",
            lambda r: f"patient {r['patient_id']!r} is not in the patients table")
@@ -201,7 +201,7 @@ def _where(flat_name: str) -> tuple[str, str, str | None]:
 _FLAT_SPECS = flat_specs()
 
 
-def _implausible(typed: dict[str, pd.DataFrame]) -> list[Violation]:
+def _implausible(typed: dict[str, pd.DataFrame], limit: int = MAX_REPORTED_PER_CHECK) -> list[Violation]:
     """``features.contract.plausibility_problems`` on each procedure, reported at the table,
     row and column of the value named (a patient's value once, however many procedures)."""
     columns, ids = table_columns(typed)
@@ -218,7 +218,7 @@ def _implausible(typed: dict[str, pd.DataFrame]) -> list[Violation]:
         found.setdefault((table, column, problem.allowed), []).append((row, problem.message))
     out: list[Violation] = []
     for (table, column, _allowed), hits in found.items():
-        out.extend(_capped(table, column, hits))
+        out.extend(_capped(table, column, hits, limit))
     return out
 
 
@@ -248,13 +248,14 @@ def _set_aside_sacral(events: pd.DataFrame) -> pd.DataFrame:
     return kept
 
 
-def validate_raw(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def validate_raw(tables: dict[str, pd.DataFrame], max_per_check: int = MAX_REPORTED_PER_CHECK) -> dict[str, pd.DataFrame]:
     """Validate and type a raw export.
 
     Takes a mapping table name -> DataFrame (as read from CSV or Parquet). Returns the same
     tables with contract types (dates as datetime64, binaries as Int8, ...), except that
     sacral events (S1-S5) are set aside from ``events``. Raises RawDataError with every
-    violation, by table, row key and column.
+    violation, by table, row key and column: at most ``max_per_check`` rows per rule and
+    column, then a count (enough to fix a file; ``features.raw_records`` asks for all).
     """
     violations: list[Violation] = []
     for name in TABLES:
@@ -268,7 +269,7 @@ def validate_raw(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         if len(tables[name]) == 0 and not spec.may_be_empty:
             violations.append(Violation(name, "-", "-", "table is empty (no rows)"))
             continue
-        df, problems, refused_cells = _check_table(tables[name], spec)
+        df, problems, refused_cells = _check_table(tables[name], spec, max_per_check)
         violations.extend(problems)
         typed[name] = df
         refused[name] = refused_cells
@@ -278,8 +279,8 @@ def validate_raw(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         v.message.startswith(("column missing", "duplicate key", "table")) for v in violations)
     if not structural:
         acceptable = _acceptable(typed, refused)
-        violations.extend(_cross_table(acceptable))
-        violations.extend(_implausible(acceptable))
+        violations.extend(_cross_table(acceptable, max_per_check))
+        violations.extend(_implausible(acceptable, max_per_check))
     if violations:
         raise RawDataError(violations)
     typed["events"] = _set_aside_sacral(typed["events"])
