@@ -56,11 +56,12 @@ def serve(
     console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
-    try:
-        code = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code=code)
+    # Become the server (exec) rather than start it as a child: a process manager or a
+    # container runtime signals only the process it started, and SIGTERM/SIGINT must reach
+    # the server itself, which drains, stops its workers and frees the port.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 def predict(

@@ -1,0 +1,49 @@
+"""The API docs page at ``/``: Swagger UI on ``/docs.json``, every asset from this origin.
+
+BentoML's own index page loads Google Tag Manager, a third-party script running on the
+origin of the API and of the clinician page (which keeps the key in ``sessionStorage``).
+This page replaces it: the HTML and its initialiser are ours (``docs_static/``), the
+Swagger UI bundle is the copy BentoML ships, served from here, and the page's
+Content-Security-Policy (``serving.headers.PAGE_CSP``) lets the browser load nothing from
+anywhere else. ``/docs``, the address older notes gave, redirects here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.responses import FileResponse, RedirectResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from serving.headers import PAGE_HEADERS
+
+STATIC = Path(__file__).parent / "docs_static"
+#: The Swagger UI files BentoML ships (swagger-ui-bundle.js, ...), found by package.
+SWAGGER_PACKAGE = ("bentoml._internal.server", "static_content")
+PATHS = frozenset({"/", "/docs"})
+PREFIX = "/docs-static/"
+
+
+def handles(path: str) -> bool:
+    return path in PATHS or path.startswith(PREFIX)
+
+
+async def _index(request):
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def _docs(request):
+    return RedirectResponse("/", status_code=308)
+
+
+@lru_cache(maxsize=1)
+def docs_app() -> Starlette:
+    """The ASGI app behind ``/``, ``/docs`` and ``/docs-static/*`` (built on first use)."""
+    return Starlette(routes=[
+        Route("/", _index),
+        Route("/docs", _docs),
+        Mount("/docs-static", app=StaticFiles(directory=STATIC, packages=[SWAGGER_PACKAGE]), name="docs-static"),
+    ])
