@@ -36,7 +36,7 @@ async def _index(request):
 
 
 async def _docs(request):
-    return RedirectResponse("/", status_code=308)
+    return RedirectResponse("./", status_code=308)  # relative: also right behind a path prefix
 
 
 @lru_cache(maxsize=1)

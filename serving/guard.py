@@ -89,10 +89,11 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def secured(message: dict) -> None:
-            await send(secure_start(message) if message["type"] == "http.response.start" else message)
-
         path = scope.get("path", "")
+
+        async def secured(message: dict) -> None:
+            await send(secure_start(message, path) if message["type"] == "http.response.start" else message)
+
         if path == "/docs.json" and scope.get("method") == "GET" and self.spec_provider is not None:
             await self._send_spec(secured)
             return

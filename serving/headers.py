@@ -10,7 +10,7 @@ without them. ``secure_start`` is applied by ``serving.guard`` to every response
   framing by other sites), ``Referrer-Policy: no-referrer``. A page that sets its own
   CSP keeps it.
 - Redirects are relative: an absolute ``Location`` (Starlette builds one from the
-  ``Host`` header, which the client chooses) becomes its path and query, so
+  ``Host`` header, which the client chooses) becomes a relative one, so
   ``Host: evil.example`` cannot send a user elsewhere.
 """
 
@@ -32,23 +32,31 @@ PAGE_HEADERS = {
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def relative_location(location: str) -> str:
-    """``http://host:port/ui/?a=1`` -> ``/ui/?a=1``; a relative one is returned as is."""
+def relative_location(location: str, request_path: str = "") -> str:
+    """A redirect target that names no host, relative to the request where it can be.
+
+    ``http://host:port/ui/?a=1`` -> ``/ui/?a=1``; and when the target only adds a slash
+    to the request's path (``/ui`` -> ``/ui/``), the last segment plus a slash (``ui/``),
+    which also resolves correctly behind a proxy that serves the service under a prefix.
+    """
     parts = urlsplit(location)
-    if not parts.scheme and not parts.netloc:
-        return location
     path = parts.path or "/"
+    if request_path and path == request_path + "/":
+        path = request_path.rsplit("/", 1)[-1] + "/"
+    elif not parts.scheme and not parts.netloc:
+        return location
     return f"{path}?{parts.query}" if parts.query else path
 
 
-def secure_start(message: dict) -> dict:
-    """An ``http.response.start`` message with the headers above added or fixed."""
+def secure_start(message: dict, request_path: str = "") -> dict:
+    """An ``http.response.start`` message with the headers above added or fixed
+    (``request_path``: the path of the request it answers, for relative redirects)."""
     headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
     names = {k.lower() for k, _ in headers}
     out = []
     for key, value in headers:
         if key.lower() == b"location":
-            value = relative_location(value.decode("latin-1")).encode("latin-1")
+            value = relative_location(value.decode("latin-1"), request_path).encode("latin-1")
         out.append((key, value))
     if b"x-content-type-options" not in names:
         out.append(_NOSNIFF)

@@ -1,9 +1,9 @@
 """Limits of the HTTP server and bounded metric labels, which BentoML gives no option for.
 
 BentoML builds the uvicorn server and the outer middleware stack itself, in the worker,
-from the service; neither the request-head limits nor the metrics middleware can be
-configured from the service. ``install()`` (called once where the service is defined,
-before the worker builds its server) swaps in two small subclasses:
+from the service; none of the classes below can be configured from the service.
+``install()`` (called once where the service is defined, before the worker builds its
+server) swaps in small subclasses:
 
 - **Request head** (``HardenedH11Protocol``): the request line plus headers may take at
   most ``MAX_HEAD_BYTES`` (an answer 400 and the connection closed beyond that) and must
@@ -14,16 +14,20 @@ before the worker builds its server) swaps in two small subclasses:
 - **Metrics** (``RouteLabelledMetrics``): BentoML labels its request counters and
   histograms with the raw path, so every path a client invents became new series on
   ``/metrics``. Labels are now the service's routes, and ``"other"`` for anything else.
+- **Request timeout** (``CancellingTimeoutMiddleware``): BentoML's, without its leak of
+  one live timer per request for the length of the timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 import h11
-from bentoml._internal.server.http import instruments
+from bentoml._internal.server.http import instruments, traffic
 from uvicorn.protocols.http import auto as uvicorn_auto
+from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 #: Largest request head (request line + headers), bytes.
@@ -118,7 +122,45 @@ class RouteLabelledMetrics(instruments.RunnerTrafficMetricsMiddleware):
         await super().__call__(labelled, receive, send)
 
 
+class CancellingTimeoutMiddleware(traffic.TimeoutMiddleware):
+    """BentoML's request timeout (504 when no answer starts within ``timeout`` s), with its
+    timer cancelled once the request is done.
+
+    BentoML's version schedules ``loop.call_later(timeout, ...)`` per request and never
+    cancels it. Each timer keeps its request's future and context (the OpenTelemetry
+    span, ~20 objects) alive for the whole timeout, 120 s: at 500 requests/s some 60,000
+    requests' objects, which every full garbage collection walks. That was the latency
+    that grew with the requests served (bench/README.md, "Soak")."""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message: dict) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            try:
+                await waiter
+            except asyncio.TimeoutError:
+                if fut.cancel():
+                    await JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
+                                       status_code=504)(scope, receive, send)
+            else:
+                await fut
+        finally:
+            timer.cancel()
+
+
 def install() -> None:
     """Use the classes above in this process's server (idempotent; no effect on import)."""
     uvicorn_auto.AutoHTTPProtocol = HardenedH11Protocol
     instruments.RunnerTrafficMetricsMiddleware = RouteLabelledMetrics
+    traffic.TimeoutMiddleware = CancellingTimeoutMiddleware
