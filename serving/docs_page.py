@@ -23,6 +23,13 @@ from serving.headers import PAGE_HEADERS
 STATIC = Path(__file__).parent / "docs_static"
 #: The Swagger UI files BentoML ships (swagger-ui-bundle.js, ...), found by package.
 SWAGGER_PACKAGE = ("bentoml._internal.server", "static_content")
+#: Swagger UI adds one fixed inline style element; allowing exactly that one, by its
+#: hash, keeps ``style-src`` closed to any other (a new bundle with another style shows
+#: as a CSP violation in the browser test).
+SWAGGER_STYLE_HASH = "'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='"
+DOCS_HEADERS = {**PAGE_HEADERS,
+                "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"].replace(
+                    "style-src 'self'", f"style-src 'self' {SWAGGER_STYLE_HASH}")}
 PATHS = frozenset({"/", "/docs"})
 PREFIX = "/docs-static/"
 
@@ -32,7 +39,7 @@ def handles(path: str) -> bool:
 
 
 async def _index(request):
-    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+    return FileResponse(STATIC / "index.html", headers=DOCS_HEADERS)
 
 
 async def _docs(request):
