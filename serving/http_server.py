@@ -59,6 +59,8 @@ class HardenedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._head_timer = None
+        self._head_bytes = 0  # bytes of the request head received so far
+        self._head_tail = b""  # last bytes seen, for a blank line split across reads
 
     def _arm_head_timer(self) -> None:
         self._disarm_head_timer()
@@ -75,6 +77,20 @@ class HardenedH11Protocol(H11Protocol):
         # request is being read or answered is bounded by the request timeout.
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        # h11 limits only a head that arrives in pieces; one that arrives whole, however
+        # large, is parsed. So the head's size is counted here, up to its blank line.
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._head_tail))
+            if size > MAX_HEAD_BYTES:
+                self._disarm_head_timer()
+                self.send_400_response(f"request head larger than {MAX_HEAD_BYTES} bytes")
+                return
+            self._head_bytes, self._head_tail = (size, seen[-3:]) if end < 0 else (0, b"")
+        super().data_received(data)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
