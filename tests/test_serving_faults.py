@@ -118,7 +118,7 @@ def _count(store: Path, sql: str) -> int:
 
 
 TRAIN = ["train", "--outcome", "adjacent_fracture", "--candidates", "xgboost", "--search-trials", "2",
-         "--bootstrap", "20", "--cv-folds", "2", "--n-jobs", "1"]
+         "--bootstrap", "50", "--cv-folds", "2", "--n-jobs", "1"]
 
 
 def _train_until(store: Path, env: dict, sql: str, timeout: float = 400) -> bool:
@@ -164,8 +164,9 @@ def test_training_killed_mid_run_leaves_the_registry_intact_and_the_next_train_w
     before = _snapshot(own)
     assert {("refracture-" + o, "champion") for o in OUTCOMES} <= set(before["aliases"])
 
-    # During the search: the first nested (trial or candidate) run appears.
-    assert _train_until(own, env, "select count(*) from runs"), "training ended before the kill"
+    # During the search: the candidate's nested run (searched and fitted inside it) appears.
+    assert _train_until(own, env, "select count(*) from tags where key = 'mlflow.parentRunId'"), \
+        "training ended before the kill"
     _assert_registry_intact(own, before)
 
     # During registration: the new model version appears.

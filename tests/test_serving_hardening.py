@@ -236,3 +236,26 @@ def test_request_timeout_keeps_no_timer_alive_after_the_answer():
         return [h for h in gc.get_objects() if isinstance(h, asyncio.TimerHandle) and not h.cancelled()]
 
     assert asyncio.run(serve(200)) == []
+
+
+# ------------------------------------------------------------- documented addresses
+
+
+def test_every_address_the_readme_and_demo_give_answers(client):
+    """The service addresses README.md, scripts/demo.sh and the guides name (the API docs
+    were once documented at /docs, which answered 401)."""
+    import re
+
+    from serving_support import ROOT
+
+    paths = set()
+    for name in ("README.md", "scripts/demo.sh", "docs/serving.md", "docs/clinician-page.md"):
+        text = (ROOT / name).read_text()
+        paths |= set(re.findall(r"http://127\.0\.0\.1:(?:3000|\$PORT)(/[^\s`)'\",;]*)", text))
+        paths |= set(re.findall(r"(?:OpenAPI|API docs|Swagger UI)[^`\n]{0,40}?[`: ](/[\w./-]*)", text))
+    paths = {p for p in paths if not p.startswith("//")}  # the host of a full URL, caught by the second pattern
+    paths -= {"/predict", "/explain"}  # POST, with a key: covered by the other tests
+    assert {"/", "/docs.json", "/ui/"} <= paths, paths
+    for path in sorted(paths):
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.status_code)
