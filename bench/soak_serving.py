@@ -165,8 +165,14 @@ def main() -> None:
             timer = None
             if args.mode == "kill-worker" and minute == 2:
                 def kill() -> None:
-                    victim = _workers(proc.pid)[0]
-                    killed.update(pid=victim.pid, at=time.strftime("%H:%M:%S"))
+                    # The worker holding the most client connections: the kernel may have
+                    # handed all of wrk's connections to one worker, and killing the other
+                    # would test nothing.
+                    def held(p) -> int:
+                        return sum(1 for c in p.net_connections("tcp") if c.status == "ESTABLISHED" and c.laddr.port == port)
+
+                    victim = max(_workers(proc.pid), key=held)
+                    killed.update(pid=victim.pid, connections=held(victim), at=time.strftime("%H:%M:%S"))
                     os.kill(victim.pid, signal.SIGKILL)
 
                 timer = threading.Timer(20, kill)
