@@ -45,7 +45,8 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def test_sigterm_to_refracture_serve_stops_every_process_and_frees_the_port(store, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_refracture_serve_stops_every_process_and_frees_the_port(store, tmp_path, signum):
     """A process manager signals only the process it started: `refracture serve` itself."""
     env = store_env(store, REFRACTURE_API_KEY=API_KEY)
     srv = Server(env, log=tmp_path / "server.log")
@@ -54,9 +55,9 @@ def test_sigterm_to_refracture_serve_stops_every_process_and_frees_the_port(stor
         family = [main, *main.children(recursive=True)]
         assert len(family) >= 2, "the server runs in worker processes"
         assert httpx.get(f"{srv.url}/readyz", timeout=10).status_code == 200
-        os.kill(srv.proc.pid, signal.SIGTERM)  # the process only, not its group
+        os.kill(srv.proc.pid, signum)  # the process only, not its group
         gone, alive = psutil.wait_procs(family, timeout=30)
-        assert alive == [], f"still running after SIGTERM: {[p.pid for p in alive]}"
+        assert alive == [], f"still running after {signum.name}: {[p.pid for p in alive]}"
         assert _port_is_free(srv.port)
 
 
