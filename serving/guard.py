@@ -206,7 +206,8 @@ class GuardMiddleware:
 
     @staticmethod
     async def _audit_failed(send: Callable, exc: Exception, request_id: str) -> None:
-        logger.error("AUDIT FAILURE: answered 503 instead of an unaudited answer (%s: %s)", type(exc).__name__, exc)
+        # The type only, as for scoring errors: a message could quote what was being logged.
+        logger.error("AUDIT FAILURE: answered 503 instead of an unaudited answer (%s)", type(exc).__name__)
         await _send_json(send, 503, {"error": "the audit log cannot be written; nothing was answered (retry later)",
                                      "errors": [], "n_errors": 0},
                          [(b"x-request-id", request_id.encode()), (b"retry-after", b"30")])
