@@ -14,16 +14,20 @@ and per outcome ``<outcome>_probability``, ``<outcome>_risk_band`` and
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
+from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import LoadedModel
+from serving.scoring import LoadedModel, ServedModels
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -83,20 +87,13 @@ def read_records(path: Path) -> pd.DataFrame:
     return flat.reindex(columns=FLAT_NAMES).reset_index(drop=True)
 
 
-def _band(p: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
-    low, high = thresholds
-    return np.where(p < low, "low", np.where(p < high, "intermediate", "high"))
-
-
 def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = False,
                 risk_bands: dict[str, tuple[float, float]] | None = None,
                 typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Score checked flat records: one vectorised call per outcome (features computed once
     per feature set, by the model artifact). Returns the output columns described above."""
-    from serving.scoring import Scorer
-
     bands = risk_bands or DEFAULT_RISK_BANDS
-    scorer = Scorer(models, risk_bands=bands)
+    scorer = ServedModels(models, risk_bands=bands)
     flat = flat.reset_index(drop=True)
     feats = scorer.features(flat, typed)
     out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
@@ -109,7 +106,7 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
         else:
             p = m.model.proba_from_features(X)
         out[f"{m.outcome}_probability"] = p
-        out[f"{m.outcome}_risk_band"] = _band(p, bands[m.outcome])
+        out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
             out[f"{m.outcome}_base_value"] = expl.base_value
@@ -121,8 +118,6 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
 def _use_all_cores(models: list[LoadedModel]) -> None:
     """Boosted trees predict on every core for a file (the service keeps one thread per
     call: its batches are small and it shares the cores with the HTTP work)."""
-    import os
-
     for m in models:
         if m.model.model_type == "xgboost":
             m.model.scorer.model_.get_booster().set_param({"nthread": os.cpu_count() or 1})
@@ -131,10 +126,6 @@ def _use_all_cores(models: list[LoadedModel]) -> None:
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
                chunk_size: int = 50_000, console=None) -> str:
     """Read, check and score ``input_path``; write ``output_path`` atomically. Returns a summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from refracture.io import write_frame_atomic
-
     start = time.perf_counter()
     _use_all_cores(models)
     flat = read_records(Path(input_path))

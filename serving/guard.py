@@ -29,7 +29,7 @@ import uuid
 from typing import Any, Callable
 
 from serving import audit, docs_page
-from serving.config import ServingSettings
+from serving.config import ServingSettings, get_settings
 from serving.headers import secure_start
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,6 @@ class GuardMiddleware:
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
     def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None):
-        from serving.config import get_settings
-
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider

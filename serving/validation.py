@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from features.contract import allowed_text
 from features.records import RECORD_FIELDS, check_records, flatten_record
 from serving.request_json import BodyRefused, loads_strict
 from serving.schemas import ProcedureRecord
@@ -75,12 +76,7 @@ def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
 
 def _allowed(path: str) -> str:
     f = _FIELDS_BY_PATH.get(path)
-    if f is None:
-        return ""
-    if f.spec.kind == "date":
-        return "a date YYYY-MM-DD"
-    unit = f" {f.spec.unit}" if f.spec.unit and f.spec.kind in ("int", "float") else ""
-    return (f.spec.range_text + unit).strip()
+    return "" if f is None else allowed_text(f.spec)
 
 
 def _pydantic_errors(i: int, exc: ValidationError) -> list[dict[str, Any]]:

@@ -69,7 +69,7 @@ def flat(store):
 def champions(service_env):
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking()
     client = MlflowClient()
@@ -84,7 +84,8 @@ def post(client, path, payload, headers=AUTH):
 
 
 def test_predict_one_record_names_versions_horizon_and_band(client, champions):
-    from serving.config import DEFAULT_RISK_BANDS, risk_band
+    from modelstore.risk_bands import risk_band
+    from serving.config import DEFAULT_RISK_BANDS
     from serving.examples import example_record
 
     r = post(client, "/predict", example_record())

@@ -17,7 +17,7 @@ from features.records import tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 from refracture.cli import _register, app
-from refracture.io import write_frame_atomic, write_raw
+from features.io import write_frame_atomic, write_raw
 
 runner = CliRunner()
 if not app.registered_commands:
@@ -54,7 +54,7 @@ def _train(cohort, store, *extra):
 
 
 def _client(store):
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking(store)
     return MlflowClient()
@@ -96,7 +96,7 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     model = mlflow.pyfunc.load_model(f"models:/refracture-{OUTCOME}@champion").unwrap_python_model()
     assert model.outcome == OUTCOME and model.horizon_months == 24.0 and model.feature_set == "postop"
     assert {"auroc", "auroc_ci_low", "auroc_ci_high", "brier", "calibration_slope", "log_loss"} <= set(model.metrics)
-    records = tables_to_records(validate_raw(__import__("refracture.io", fromlist=["read_raw"]).read_raw(cohort))).head(5)
+    records = tables_to_records(validate_raw(__import__("features.io", fromlist=["read_raw"]).read_raw(cohort))).head(5)
     p = model.predict_proba(records)
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
     assert not list(store.rglob("*.py"))

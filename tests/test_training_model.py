@@ -163,7 +163,7 @@ def test_pyfunc_round_trip_through_mlflow(fitted, tmp_path, monkeypatch):
     import mlflow
 
     from training.pipeline import pip_requirements
-    from training.tracking import configure_tracking, get_or_create_experiment
+    from modelstore.tracking import configure_tracking, get_or_create_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     model, records = fitted

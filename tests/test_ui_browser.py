@@ -131,7 +131,7 @@ def test_bad_value_shows_a_field_error_next_to_the_field(page):
     page.fill("#api-key", API_KEY)
     page.select_option("#example-select", index=0)
     page.click("#load-example")
-    page.fill("#f-vertebral_height_mm_preop", "1.9")  # cm where mm is expected
+    page.fill("#f-vertebral_height_mm_preop", "0.5")  # below the 1 mm of a vertebra plana: cm where mm is expected
     page.select_option("#f-level", "L5")
     page.fill("#f-age_years", "abc")
     page.click("#submit")

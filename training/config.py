@@ -7,11 +7,8 @@ from pathlib import Path
 
 from features.catalog import FEATURE_SETS
 from features.labels import OUTCOMES
+from modelstore.errors import ConfigError
 from training.candidates import MODEL_TYPES
-
-
-class ConfigError(ValueError):
-    """An invalid training option; the message names the option."""
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ class Prepared:
 def data_fingerprint(raw_dir: Path) -> str:
     """SHA-256 over the raw table files (name and bytes, in contract order)."""
     from features.schema import TABLES
-    from refracture.io import find_table_file
+    from features.io import find_table_file
 
     h = hashlib.sha256()
     for name in TABLES:
@@ -158,7 +158,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     from features.assemble import build_training_set
     from features.records import tables_to_records
     from features.validate import validate_raw
-    from refracture.io import read_raw
+    from features.io import read_raw
 
     tables = validate_raw(read_raw(cfg.raw_dir))
     ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months)
@@ -450,7 +450,7 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
     from training.model import example_records
     from training.report import markdown_table, model_card, table_one
     from training.split import cv_folds
-    from training.tracking import get_or_create_experiment
+    from modelstore.tracking import get_or_create_experiment
 
     progress = progress or _NullProgress()
     t_start = time.perf_counter()
@@ -636,7 +636,7 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
 def run(cfg: TrainConfig, progress=None) -> list[OutcomeResult]:
     """Train every outcome of ``cfg``. Too-few-event outcomes are refused (``refused`` set)
     and the others still trained; data and tracking problems raise."""
-    from training.tracking import check_tracking, configure_tracking
+    from modelstore.tracking import check_tracking, configure_tracking
 
     uri = configure_tracking(cfg.store_dir)
     check_tracking(uri)

@@ -6,9 +6,13 @@ the SHAP plots, which shap draws with pyplot and which are closed after use).
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import shap
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
 
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # label -> (y, p)
 
@@ -21,8 +25,6 @@ def _figure(width: float = 6.0, height: float = 5.0) -> tuple[Figure, object]:
 
 def roc_figure(curves: Curves, title: str) -> Figure:
     """ROC curves of several predictions on the same outcome, AUROC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     fig, ax = _figure()
     for label, (y, p) in curves.items():
         fpr, tpr, _ = roc_curve(y, p)
@@ -72,20 +74,13 @@ def decision_curve_figure(curves: Curves, title: str, thresholds: np.ndarray | N
 
 
 def _shap_explanation(expl, max_rows: int | None = None):
-    import shap
-
     return shap.Explanation(values=expl.values, base_values=np.full(len(expl.values), expl.base_value),
                             data=expl.feature_values.to_numpy(dtype="float64"), feature_names=expl.display_names)
 
 
 def shap_beeswarm_figure(expl, title: str, max_display: int = 15):
     """SHAP beeswarm (log-odds contributions, colour = feature value; grey = missing)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import shap
-
     plt.figure(figsize=(8, 6))
     shap.plots.beeswarm(_shap_explanation(expl), max_display=max_display, show=False)
     fig = plt.gcf()
@@ -108,6 +103,4 @@ def shap_bar_figure(expl, title: str, max_display: int = 15):
 
 def close(fig) -> None:
     """Release a figure (pyplot-managed ones too)."""
-    import matplotlib.pyplot as plt
-
     plt.close(fig)

@@ -13,26 +13,30 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+import mlflow
+import mlflow.pyfunc
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode, RESOURCE_DOES_NOT_EXIST
+from mlflow.tracking import MlflowClient
+
+from modelstore.naming import ALIASES, CHALLENGER, CHAMPION, model_name
+from modelstore.tracking import already_exists
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ALIASES = (CHAMPION, CHALLENGER)
+__all__ = ["ALIASES", "CHALLENGER", "CHAMPION", "model_name", "current_version", "load_version", "register",
+           "set_alias", "delete_version", "list_models", "beats"]
 #: Metrics shown by ``refracture models`` (read from model-version tags).
 KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "ece")
 
 
-def model_name(outcome: str) -> str:
-    """Registered-model name of an outcome."""
-    return f"refracture-{outcome}"
-
-
-def _client():
-    from mlflow.tracking import MlflowClient
-
+def _client() -> MlflowClient:
     return MlflowClient()
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
 def _who() -> str:
@@ -43,34 +47,46 @@ def _who() -> str:
 
 
 def current_version(outcome: str, alias: str = CHAMPION):
-    """The model version holding ``alias``, or None."""
-    from mlflow.exceptions import MlflowException
+    """The model version holding ``alias``, or None when there is none (no registered
+    model yet, or no version holds the alias).
 
+    Any other registry error (a server that does not answer, a broken store) is raised:
+    read as "no champion", it would hand the champion alias to the new model.
+    """
+    client = _client()
+    name = model_name(outcome)
     try:
-        return _client().get_model_version_by_alias(model_name(outcome), alias)
-    except MlflowException:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+    version = (registered.aliases or {}).get(alias)
+    if version is None:
         return None
+    return client.get_model_version(name, str(version))
 
 
 def load_version(outcome: str, version: str):
     """Load a registered version's RefractureModel (unwrapped python model)."""
-    import mlflow.pyfunc
-
     return mlflow.pyfunc.load_model(f"models:/{model_name(outcome)}/{version}").unwrap_python_model()
 
 
 def register(model_uri: str, outcome: str, tags: dict[str, Any], description: str = ""):
     """Create a new version of ``refracture-<outcome>`` from ``model_uri`` with ``tags``.
     Returns the ModelVersion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     client = _client()
     name = model_name(outcome)
     try:
         client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        try:
+            client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        except MlflowException as exc:
+            if not already_exists(exc):  # another process on a shared server created it just now
+                raise
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     if description:
         client.update_model_version(name, mv.version, description=description)

@@ -11,6 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from modelstore.errors import ConfigError
+from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
+from serving.batch import BatchInputError, score_file
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_IMPORT = "serving.service:RefractureRisk"
@@ -28,10 +34,6 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
 ) -> None:
     """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
-    from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ConfigError, ServingSettings
-    from serving.loading import ModelsUnavailable, resolve_pins
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
@@ -71,10 +73,6 @@ def predict(
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call.", min=1)] = 50_000,
 ) -> None:
     """Score a file of procedure records with the champion models, without HTTP (vectorised, in chunks)."""
-    from serving.batch import BatchInputError, score_file
-    from serving.loading import ModelsUnavailable, load_from_registry
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     if output.suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
     if not input.exists():
@@ -97,9 +95,6 @@ def bento(
     build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
 ) -> None:
     """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
-    from serving.loading import ModelsUnavailable, export_to_bentoml, resolve_pins
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     try:
         check_tracking(configure_tracking())
         pins = resolve_pins()

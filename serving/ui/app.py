@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving.examples import example_patients
 from serving.headers import PAGE_HEADERS
 from serving.ui.form import form_schema
 
@@ -27,9 +28,7 @@ SECURITY_HEADERS = PAGE_HEADERS
 
 @lru_cache(maxsize=1)
 def _examples() -> list[dict]:
-    from serving.ui.examples import example_records
-
-    return example_records()
+    return example_patients()
 
 
 async def index(request):
