@@ -229,7 +229,8 @@ class ErrorResponse(BaseModel):
     """The request was refused; nothing was scored."""
 
     error: str
-    errors: list[FieldError] = Field(default_factory=list)
+    errors: list[FieldError] = Field(default_factory=list, description="The first 100 errors, in record order.")
+    n_errors: int | None = Field(default=None, description="How many errors there are in all (more than listed when over 100).")
 
 
 class ModelRef(BaseModel):

@@ -8,7 +8,7 @@ At start the service reads its settings (``serving.config``: no API key and no
 
 Routes: POST ``/predict``, POST ``/explain`` (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI), all open.
+``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
 
 A request body is parsed here, per request (JSON, shape, value types:
 ``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
@@ -39,8 +39,10 @@ from serving.batcher import MicroBatcher
 from serving.config import get_settings
 from serving.examples import example_record
 from serving.guard import GuardMiddleware
+from serving.http_server import install
 from serving.loading import load_served_models, read_manifest
 from serving.openapi import patch_spec
+from serving.request_json import error_body
 from serving.schemas import ExplainResponse, PredictResponse, ProcedureRecord
 from serving.scoring import ServedModels
 from serving.ui.app import build_ui_app
@@ -176,7 +178,7 @@ class RefractureRisk:
         if not parsed.ok:
             info["n_errors"] = len(parsed.errors)
             ctx.response.status_code = parsed.status  # BentoML copies this onto the response
-            return _json(parsed.status, {"error": parsed.message or parsed.errors[0]["error"], "errors": parsed.errors})
+            return _json(parsed.status, error_body(parsed.message or parsed.errors[0]["error"], parsed.errors))
         batcher = self._explain_batcher if explain else self._predict_batcher
         status, payload, n_errors = await batcher.submit(parsed.rows, parsed.procedure_ids, parsed.errors)
         info["n_records"] = len(parsed.rows)
@@ -223,7 +225,7 @@ class RefractureRisk:
                 if final.ok:
                     out.append((200, results[k], 0))
                 else:
-                    body = {"error": final.message, "errors": final.errors}
+                    body = error_body(final.message, final.errors)
                     out.append((422, json.dumps(body, separators=(",", ":")).encode("utf-8"), len(final.errors)))
             return out
         except Exception as exc:
@@ -280,6 +282,7 @@ def _spec() -> dict[str, Any]:
 
 def _add_guard() -> None:
     RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
+    install()  # request-head limits and bounded metric labels (serving.http_server)
 
 
 _add_guard()

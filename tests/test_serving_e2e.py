@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from serving_support import (API_KEY, OUTCOMES, ROOT, Server, ensure_trained_store, refracture, store_env,
+from serving_support import (API_KEY, OUTCOMES, ROOT, Server, ensure_trained_store, free_port, refracture, store_env,
                              to_json_records, valid_flat_records)
 
 pytestmark = pytest.mark.slow
@@ -250,7 +250,9 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
 
     no_registry = tmp_path / "no-registry"
     run_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    run_env.update(REFRACTURE_MLFLOW_DIR=str(no_registry), REFRACTURE_API_KEY=API_KEY)
+    # The tracking server is down (nothing listens there): the Bento does not need it.
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    run_env.update(REFRACTURE_MLFLOW_DIR=str(no_registry), REFRACTURE_API_KEY=API_KEY, MLFLOW_TRACKING_URI=unreachable)
     with Server(run_env, bento="refracture-risk:latest", cwd=tmp_path, log=tmp_path / "bento.log") as bento:
         info = httpx.get(f"{bento.url}/model", timeout=30).json()
         answer = httpx.post(f"{bento.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
