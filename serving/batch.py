@@ -5,15 +5,18 @@ checked with ``features.records.inspect_records`` and scored chunk by chunk (one
 vectorised call per outcome per chunk), with a progress bar on large files. As in the
 API, any field error refuses the whole file, listing the errors; nothing is written.
 
-Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``,
-and per outcome ``<outcome>_probability``, ``<outcome>_risk_band`` and
-``<outcome>_model_version``; with ``--explain`` also ``<outcome>_base_value`` and one
-``<outcome>__<feature>`` column per feature contribution (log-odds).
+Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``
+(the headline horizon), and per outcome ``<outcome>_probability`` (risk by the headline
+horizon), one ``<outcome>_p_<m>m`` column per horizon of the risk curve (cumulative
+incidence, death competing), ``<outcome>_risk_band`` and ``<outcome>_model_version``; with
+``--explain`` also ``<outcome>_base_value`` and one ``<outcome>__<feature>`` column per
+feature contribution (log-odds at the headline horizon).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -103,12 +106,15 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     out["horizon_months"] = float(models[0].model.horizon_months)
     for m in models:
         X = feats[m.outcome]
+        curve = m.model.curve_from_features(X)
         if explain:
             expl = m.model.explain_features(X)
             p = expl.probability()
         else:
             p = m.model.proba_from_features(X)
         out[f"{m.outcome}_probability"] = p
+        for col in curve.columns:
+            out[f"{m.outcome}_{col}"] = curve[col].to_numpy()
         out[f"{m.outcome}_risk_band"] = _band(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
@@ -121,11 +127,9 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
 def _use_all_cores(models: list[LoadedModel]) -> None:
     """Boosted trees predict on every core for a file (the service keeps one thread per
     call: its batches are small and it shares the cores with the HTTP work)."""
-    import os
-
     for m in models:
         if m.model.model_type == "xgboost":
-            m.model.scorer.model_.get_booster().set_param({"nthread": os.cpu_count() or 1})
+            m.model.scorer.booster_.set_param({"nthread": os.cpu_count() or 1})
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,

@@ -1,5 +1,9 @@
 """The model registry: one registered model per outcome, ``refracture-<outcome>``.
 
+Every version carries tags ``estimand`` (``training.estimand.ESTIMAND``),
+``horizons_months`` ("3,6,12,24") and ``horizon_months`` (the headline), which serving
+checks against its configuration before it serves the version.
+
 Aliases: ``champion`` (what serving loads) and ``challenger`` (a newer version that did
 not beat the champion). Every alias move, automatic or by hand, is recorded as
 model-version tags (``alias.<alias>.set_by`` / ``.set_at`` / ``.reason``), as a
@@ -13,7 +17,12 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from training.artifact import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +30,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 #: Metrics shown by ``refracture models`` (read from model-version tags).
-KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "ece")
+KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "observed_expected")
 
 
 def model_name(outcome: str) -> str:
@@ -30,8 +39,6 @@ def model_name(outcome: str) -> str:
 
 
 def _client():
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient()
 
 
@@ -44,8 +51,6 @@ def _who() -> str:
 
 def current_version(outcome: str, alias: str = CHAMPION):
     """The model version holding ``alias``, or None."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return _client().get_model_version_by_alias(model_name(outcome), alias)
     except MlflowException:
@@ -53,18 +58,13 @@ def current_version(outcome: str, alias: str = CHAMPION):
 
 
 def load_version(outcome: str, version: str):
-    """Load a registered version's RefractureModel (unwrapped python model)."""
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(f"models:/{model_name(outcome)}/{version}").unwrap_python_model()
+    """Load a registered version's RefractureModel (old-format versions refused with a message)."""
+    return load_model(f"models:/{model_name(outcome)}/{version}")
 
 
 def register(model_uri: str, outcome: str, tags: dict[str, Any], description: str = ""):
     """Create a new version of ``refracture-<outcome>`` from ``model_uri`` with ``tags``.
     Returns the ModelVersion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     client = _client()
     name = model_name(outcome)
     try:
