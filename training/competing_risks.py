@@ -18,7 +18,7 @@ Inputs everywhere are per-row follow-up ``time`` (any unit, e.g. days) and compe
   administrative censoring at a data cut and random loss; it is stated in the model card.
 
 Ties follow the usual convention: at a common time, events and deaths happen before
-censoring.
+censoring (and leave the censoring risk set first).
 """
 
 from __future__ import annotations
@@ -82,8 +82,12 @@ def censoring_survival(time, status):
     t, s = t[order], s[order]
     uniq, first = np.unique(t, return_index=True)
     c = np.add.reduceat((s == CENSORED).astype("float64"), first)
-    n = (len(t) - first).astype("float64")  # rows still followed at each time (sorted)
-    surv = np.cumprod(1.0 - c / n)
+    others = np.add.reduceat((s != CENSORED).astype("float64"), first)
+    # Events and deaths at a time come before censoring at that time, so they leave the
+    # censoring risk set first: the IPCW mean of the crude label then equals the
+    # Aalen-Johansen incidence exactly, tied times included (training.time_metrics).
+    n = (len(t) - first) - others
+    surv = np.cumprod(np.where(n > 0, 1.0 - c / np.where(n > 0, n, 1.0), 1.0))
 
     def G(at, before: bool = False) -> np.ndarray:
         at_arr = np.asarray(at, dtype="float64")
