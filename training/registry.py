@@ -30,7 +30,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 #: Metrics shown by ``refracture models`` (read from model-version tags).
-KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "observed_expected")
+KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope")
 
 
 def model_name(outcome: str) -> str:
