@@ -263,3 +263,18 @@ def test_stored_parts_load_back_identically_for_every_candidate(tmp_path):
     (tmp_path / "xgboost" / "model.json").write_text('{"format_version": 1}')
     with pytest.raises(ModelFormatError, match="format 1"):
         RefractureModel.load(tmp_path / "xgboost")
+
+
+def test_scorers_are_scikit_learn_estimators():
+    """get_params / clone work (scikit-learn's estimator contract); fitted state ends in '_'."""
+    from sklearn.base import clone
+
+    from training.candidates import MODEL_TYPES
+
+    for model_type in MODEL_TYPES:
+        scorer = make_scorer(model_type, {}, OUTCOME, seed=3, n_jobs=1)
+        params = scorer.get_params()
+        assert params["random_state"] == 3
+        twin = clone(scorer)
+        assert twin.get_params() == params and twin is not scorer
+        assert not [k for k in vars(twin) if k.endswith("_")], "unfitted clone carries fitted state"

@@ -264,9 +264,6 @@ class LinearScorer(BaseEstimator):
         """Training median imputed for each feature."""
         return imputation_medians(self.encoding_, self.feature_names_)
 
-    def params(self) -> dict[str, Any]:
-        return {"C": self.C, "l1_ratio": self.l1_ratio}
-
 
 # ----------------------------------------------------------------------------------------
 # Trees
@@ -300,10 +297,6 @@ class ForestScorer(BaseEstimator):
 
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         return logit(self.proba(X))
-
-    def params(self) -> dict[str, Any]:
-        return {"n_estimators": self.n_estimators, "min_samples_leaf": self.min_samples_leaf,
-                "max_features": self.max_features, "max_samples": self.max_samples}
 
 
 class BoostScorer(BaseEstimator):
@@ -373,10 +366,6 @@ class BoostScorer(BaseEstimator):
         index = leaves.astype(np.int64)
         index += np.arange(leaves.shape[1], dtype=np.int64) * table.shape[1]
         return self.base_margin_ + table.ravel().take(index).sum(axis=1)
-
-    def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("n_estimators", "learning_rate", "max_depth", "min_child_weight",
-                                              "subsample", "colsample_bytree", "reg_lambda")}
 
 
 def make_scorer(model_type: str, params: dict[str, Any], outcome: str, seed: int, n_jobs: int = 2):
