@@ -47,6 +47,7 @@ from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
 from training.pipeline import _NullProgress
+from training.report import markdown_table
 from training.selection import select
 from training.time_metrics import td_auroc
 
@@ -156,7 +157,7 @@ def main() -> None:
             report["profiles"][name] = {"rows": rows, "ended_before_24m": ended,
                                         "candidate_seconds": {o: m["candidate_seconds"] for o, m in models.items()}}
             print(f"\n### {name}: trained on {args.n_train:,}, evaluated on a fresh {args.n_eval:,}\n")
-            print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+            print(markdown_table(pd.DataFrame(rows), ".4f"), flush=True)
         if not args.skip_heavy:
             profile = heavy_profile("xiong2021-pvp", args.heavy_lost, args.heavy_mortality)
             models = train_profile(profile, args.n_train, 3, cfg_kwargs, Path(tmp) / "heavy")
@@ -170,9 +171,9 @@ def main() -> None:
                               "old_rel_diff": old / true - 1})
             report["heavy"] = heavy
             print(f"\n### censoring-heavy xiong2021-pvp (lost {args.heavy_lost:.0%}, mortality x{args.heavy_mortality})\n")
-            print(pd.DataFrame(heavy)[["outcome", "ended_before_24m", "mean_predicted", "mean_true", "mean_rel_diff",
-                                       "old_complete_case_rate", "old_rel_diff", "train_seconds"]]
-                  .to_markdown(index=False, floatfmt=".4f"))
+            print(markdown_table(pd.DataFrame(heavy)[["outcome", "ended_before_24m", "mean_predicted", "mean_true",
+                                                      "mean_rel_diff", "old_complete_case_rate", "old_rel_diff",
+                                                      "train_seconds"]], ".4f"), flush=True)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "bench_risk_over_time.json").write_text(json.dumps(report, indent=1, default=float))
