@@ -249,3 +249,30 @@ IMAGING_BY_TIMEPOINT: dict[str, tuple[str, ...]] = {
         "kyphotic_angle_deg", "wedge_angle_deg", "bone_marrow_edema",
     ),
 }
+
+#: Optional columns (appended for issue 12): site and measurement metadata a data
+#: scientist needs to judge transport. An export may omit them; when present they follow
+#: the same type/range rules as the columns above. Not yet used by the feature pipelines.
+DXA_SITES = ("lumbar_spine", "total_hip", "femoral_neck")
+FRACTURE_CRITERIA = ("cri15_edema_mri", "symptomatic_imaging_confirmed", "radiographic_semiquantitative")
+OPTIONAL_COLUMNS: dict[str, tuple[ColumnSpec, ...]] = {
+    "patients": (
+        ColumnSpec("dxa_site", "category", "DXA site of dxa_bmd_g_cm2 and dxa_t_score (the T-score uses that site's reference).",
+                   allowed=DXA_SITES, nullable=True),
+    ),
+    "procedures": (),
+    "imaging": (
+        ColumnSpec("ct_tube_voltage_kvp", "float", "CT tube voltage of the examination the HU were read on (HU of bone fall as kV rises).",
+                   unit="kV", min=70, max=150, nullable=True, timing="key"),
+        _binary("ct_contrast", "CT with intravenous contrast (raises trabecular HU).", timing="key", nullable=True),
+        ColumnSpec("leakage_intradiscal_side", "category", "Disc the intradiscal cement leaked into: above, below or both.",
+                   allowed=("none", "upper", "lower", "both"), nullable=True, timing="postop"),
+    ),
+    "events": (
+        ColumnSpec("fracture_criterion", "category",
+                   "Criterion that defined this new fracture: cri15_edema_mri = compression-rate increase ≥ 15 % and bone marrow "
+                   "edema on MRI (Xiong 2021); symptomatic_imaging_confirmed = new pain confirmed on radiograph/MRI; "
+                   "radiographic_semiquantitative = Genant grade on scheduled radiographs.",
+                   allowed=FRACTURE_CRITERIA, nullable=True, timing="followup"),
+    ),
+}

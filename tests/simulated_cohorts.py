@@ -23,6 +23,7 @@ from features.validate import validate_raw
 #: simulation error is then far below the published CIs) and still ~15 s to build.
 XIONG_N, XIONG_SEED = 120_000, 2021
 PKP_N, PKP_SEED = 60_000, 2025
+SITE_C_N, SITE_C_SEED = 60_000, 13
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ def xiong_cohort() -> PipelineCohort:
 def pkp_cohort() -> PipelineCohort:
     """The yassavoly2025-pkp cohort used by the incidence and structure tests."""
     return pipeline_cohort("yassavoly2025-pkp", PKP_N, PKP_SEED)
+
+
+def site_c_cohort() -> PipelineCohort:
+    """The made-up older, frailer site-c-older-frail-pkp cohort (issue 13: transport)."""
+    return pipeline_cohort("site-c-older-frail-pkp", SITE_C_N, SITE_C_SEED)
 
 
 def case_control_sample(data: pd.DataFrame, outcome: str = "cemented_refracture", seed: int = 0) -> pd.DataFrame:

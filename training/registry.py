@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from training.artifact import load_model
+from training.tracking import already_exists
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,11 @@ def register(model_uri: str, outcome: str, tags: dict[str, Any], description: st
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        try:
+            client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
+        except MlflowException as exc:
+            if not already_exists(exc):  # another process on a shared server created it just now
+                raise
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     if description:
         client.update_model_version(name, mv.version, description=description)

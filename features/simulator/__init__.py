@@ -5,19 +5,21 @@ Public API::
     profile = load_profile("xiong2021-pvp")          # or a path to a YAML file
     tables, truth = simulate(profile, n_procedures=10_000, seed=1)
 
-``tables`` passes ``features.validate.validate_raw``; ``truth`` holds each treated level's
-true probability of each outcome within the profile's horizon. Pure: the only file read is
-the profile YAML, and randomness comes only from ``numpy.random.default_rng(seed)``.
+``tables`` passes ``features.validate.validate_raw`` (the contract's columns plus its
+optional metadata columns); ``truth`` holds, per treated level, the true absolute (crude)
+risk of each outcome by 3, 6, 12 and 24 months with death as a competing risk
+(``p_<outcome>_<m>m``), the probability of death by 24 months (``p_death_24m``) and the
+deprecated alias ``p_<outcome>`` (= ``p_<outcome>_24m``). Pure: the only file read is the
+profile YAML, and randomness comes only from ``numpy.random.default_rng(seed)`` (and
+``effects_seed`` when effects are drawn from their published CIs).
 
-Censoring, and what it does to labels. Every patient could be followed past the horizon
-before the profile's data cut; follow-up ends earlier only by loss (6-8 % of patients)
-or death (Gompertz, age- and sex-dependent). About 85 % (xiong2021-pvp) and 90 %
-(yassavoly2025-pkp) of treated levels therefore carry a 24-month label. The labels of
-``features.labels`` drop levels censored before 24 months without an event; because
-events are front-loaded, those dropped are mostly non-events, so the labelled incidence
-runs ~5-10 % (relative) above the true mean probability (e.g. 4.2 % vs 3.8 % for
-cemented refracture in xiong2021-pvp). ``tests/test_evidence_incidence.py`` bounds this
-at 15 %.
+Censoring. Follow-up ends before the data cut only by loss (6-15 % of patients) or
+death (Gompertz, age- and sex-dependent); neither depends on the fractures, so the
+Aalen-Johansen estimate from the labels equals the mean truth
+(``tests/test_evidence_truth.py``). Binary labels at 24 months that drop early-censored
+event-free patients are biased upwards; use the censoring-aware estimators of
+``training.competing_risks``. The effects, their sources and every assumption are listed
+in ``docs/simulator.md``.
 """
 
 from features.simulator.pipeline import calibrate_intercepts, simulate

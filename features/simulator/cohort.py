@@ -145,7 +145,6 @@ def draw_patients(profile: Profile, n_patients: int, rng: np.random.Generator) -
         "chronic_kidney_disease": bernoulli(rng, h.chronic_kidney_disease, n_patients),
         "anti_osteoporosis_therapy": categorical(rng, h.therapy, n_patients),
         "brace_prescribed": bernoulli(rng, h.brace, n_patients),
-        "dxa_missing": bernoulli(rng, b.dxa_missing, n_patients).astype(bool),
         "bmd_measurement_error": rng.normal(0.0, 0.015, n_patients),
         "surgery_day": surgery_day,  # days after the enrolment start
     }

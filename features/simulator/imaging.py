@@ -86,7 +86,10 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
     per_pct = im.wedge_angle_per_pct_collapse.value
     wedge_pre = np.clip(per_pct * (100 - cr_pre_true) + normal(rng, im.wedge_angle_noise_deg, n), -15, 60)
     kyphosis_pre = np.clip(wedge_pre + REGIONAL_KYPHOSIS_DEG[level] + normal(rng, im.kyphosis_noise_deg, n), -40, 90)
-    reduction_angle = normal(rng, im.reduction_angle_deg, n)
+    # Restoring height also corrects kyphosis: the reduction angle follows the reduction rate
+    # (profile slope; the 495-patient PKP study ties risk to this Cobb correction).
+    reduction_angle = np.clip(normal(rng, im.reduction_angle_deg, n) + im.reduction_angle_per_pct_reduction.value * rr_true,
+                              im.reduction_angle_deg.min, im.reduction_angle_deg.max)
     kyphosis_post = np.clip(kyphosis_pre - reduction_angle, -40, 90)
     wedge_post = np.clip(wedge_pre - per_pct * (cr_post_true - cr_pre_true) + rng.normal(0, 1.0, n), -15, 60)
 
@@ -97,16 +100,19 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
     hu_lo_pre = np.where(has_lower, np.round(np.clip(hu_sys + rng.normal(0, 10, n), 5, 500)), np.nan)
     hu_up_post = np.round(np.clip(hu_up_pre + rng.normal(0, 4, n), 5, 500))
     hu_lo_post = np.round(np.clip(hu_lo_pre + rng.normal(0, 4, n), 5, 500))
-    body_volume = np.round(np.clip(procedures["body_volume_ml"], 5, 120), 1)
+    # The fractured body is smaller than a normal one (read on the pre-op CT). Assumption:
+    # half the volume follows the height lost at the point of maximum compression.
+    body_volume = np.round(np.clip(procedures["body_volume_ml"] * (0.5 + 0.5 * cr_pre_true / 100), 5, 120), 1)
     cement = procedures["cement_volume_ml"]
     fill_pct = 100 * cement / body_volume
     hu_post = np.round(np.clip(im.cemented_hu_base.value + im.cemented_hu_per_fill_pct.value * fill_pct
                                + rng.normal(0, 60, n), 200, 2450))
 
-    approach = procedures["approach"]
-    larger_share = np.where(approach == "bilateral", rng.uniform(0.5, 0.6, n), rng.uniform(0.6, 0.8, n))
+    # The larger side's share of the cement does not depend on the approach: a unipedicular
+    # needle usually crosses the midline, and neither even vs hemivertebral filling nor the
+    # approach changes the risk (Xiong 2021 p = 0.605; Gaughen 2002; Jacobson 2017).
+    larger_share = np.clip(normal(rng, im.larger_side_share_of_cement, n), 0.5, 1.0)
     larger_side_ml = np.round(cement * larger_share, 1)
-    larger_side_fill_pct = 100 * larger_side_ml / (body_volume / 2)
 
     pattern = np.where(ivc == 1, categorical(rng, im.npec_pattern_ivc, n), categorical(rng, im.npec_pattern_no_ivc, n))
     touches_upper = np.isin(pattern, ["none", "lower_only"]).astype(np.int8)
@@ -118,6 +124,9 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
     intradiscal = rng.random(n) < odds / (1 + odds)
     spike = rng.random(n) < im.leakage_intradiscal_spike_share.value
     leakage_intradiscal = np.where(intradiscal, np.where(spike, "spike", "round"), "none").astype(object)
+    upper_disc = rng.random(n) < im.leakage_intradiscal_upper_share.value
+    # A leak towards a missing neighbour (T1 above, L5 below: the L5-S1 disc) still happens.
+    leak_side = np.where(intradiscal, np.where(upper_disc, "upper", "lower"), "none").astype(object)
 
     min_adjacent_hu = np.fmin(hu_up_pre, hu_lo_pre)  # pre-op CT, as features.bone_density defines it
     return {
@@ -137,17 +146,18 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
         "body_volume_ml": body_volume,
         "fill_pct": fill_pct,
         "larger_side_ml": larger_side_ml,
-        "larger_side_fill_pct": larger_side_fill_pct,
-        # Capped at 15 points from the optimum: the published U-shape is not known beyond that.
-        "larger_side_fill_u": np.clip((larger_side_fill_pct - im.larger_side_fill_optimum_pct.value) / 10, -1.5, 1.5) ** 2,
+        # Larger-side cement over the WHOLE body volume (LSBCV/VBV %, Zhou 2023), the ratio
+        # whose 13.82 % threshold the Zeng review quotes.
+        "larger_side_fill_whole_pct": 100 * larger_side_ml / body_volume,
+        "reduction_angle_deg": np.round(kyphosis_pre, 1) - np.round(kyphosis_post, 1),  # as measured
         "touches_upper": touches_upper,
         "touches_lower": touches_lower,
         "npec_count": (2 - touches_upper - touches_lower).astype(np.int8),
         "leakage_intradiscal": leakage_intradiscal,
+        "leakage_intradiscal_side": leak_side,
         "leakage_paravertebral": bernoulli(rng, im.leakage_paravertebral, n),
         "leakage_venous": bernoulli(rng, im.leakage_venous, n),
         "leakage_epidural": bernoulli(rng, im.leakage_epidural, n),
-        "ct_missing": bernoulli(rng, profile.bone.ct_missing, len(sessions.n_levels)).astype(bool)[pat],
     }
 
 

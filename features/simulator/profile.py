@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from features.levels import LEVELS
-from features.schema import THERAPIES
+from features.schema import DXA_SITES, FRACTURE_CRITERIA, THERAPIES
 
 OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
 
@@ -31,7 +31,7 @@ PATIENT_COVARIATES: dict[str, str] = {
     "age_per_10y": "(age - 80 years) / 10",
     "female": "1 if female",
     "bmd_per_0.1_lower": "(0.70 - true areal BMD g/cm²) / 0.1",
-    "systemic_hu_per_10_lower": "(80 - patient's trabecular HU) / 10",
+    "systemic_hu_per_10_lower": "(80 - patient's trabecular HU) / 10, HU capped to 40-160",
     "prior_fracture_any": "1 if at least one earlier osteoporotic vertebral fracture",
     "prior_fractures_n": "number of earlier osteoporotic vertebral fractures",
     "glucocorticoids_long_term": "1 if long-term oral glucocorticoids",
@@ -42,21 +42,23 @@ PATIENT_COVARIATES: dict[str, str] = {
     "no_brace": "1 if no brace after surgery",
     "sarcopenia": "1 if psoas muscle index below the profile's sex-specific cut-off",
     "paraspinal_fat_per_10pct": "(paraspinal fat fraction - 30 %) / 10",
-    "multilevel": "1 if two or more levels treated in the session",
 }
 PROCEDURE_COVARIATES: dict[str, str] = {
     "ivc": "1 if intravertebral cleft on pre-op MRI",
     "endplate_disruption": "1 if endplate cortical disruption on pre-op MRI",
-    "reduction_rate_per_10pct": "measured reduction rate (post-op CR - pre-op CR) / 10 points",
+    "reduction_rate_per_10pct": "measured reduction rate (post-op CR - pre-op CR) / 10 points, capped to 0-30 points",
+    "reduction_angle_per_5deg": "measured reduction angle (pre-op - post-op kyphotic angle) / 5°, capped to 0-20°",
     "npec_count": "endplates the cement does not touch (0, 1, 2)",
-    "kyphotic_angle_per_10deg": "(pre-op kyphotic angle - 10°) / 10",
+    "kyphotic_angle_per_10deg": "(pre-op kyphotic angle - 10°) / 10, angle capped to 0-35°",
     "thoracolumbar": "1 if the level is T10-L2",
-    "adjacent_hu_per_10_lower": "(80 - lower of the adjacent vertebrae's HU) / 10",
-    "stiffness_gradient_high": "1 if HU ratio > 15.18 and adjacent HU < 66.9 (Matsumoto 2024)",
-    "leakage_spike": "1 if spike-type intradiscal leakage",
-    "leakage_round": "1 if round-type intradiscal leakage",
+    "adjacent_hu_per_10_lower": "(80 - that neighbour's own pre-op HU) / 10, HU capped to 40-160 (adjacent risk is per neighbour)",
+    "stiffness_gradient_high": "1 if post-op HU ratio to that neighbour > 15.18 and its HU < 66.9 (Matsumoto 2024)",
+    "leakage_spike": "1 if spike-type intradiscal leakage into the disc towards that neighbour",
+    "leakage_round": "1 if round-type intradiscal leakage into the disc towards that neighbour",
     "leakage_other": "1 if paravertebral, venous or epidural leakage",
-    "larger_side_fill_u": "((larger-side fill ratio % - optimum) / 10)², capped at 15 points: U-shaped cement effect",
+    "larger_side_fill_above_per_5pct": "(larger-side cement / whole body volume % - threshold) / 5 above the threshold (13.82 %, Zhou 2023), capped at 2",
+    "larger_side_fill_below_per_5pct": "(low cut-off - larger-side cement / whole body volume %) / 5 below the cut-off, capped at 1: too little cement",
+    "fill_below_per_5pct": "(low cut-off - total cement / body volume %) / 5 below the cut-off, capped at 2: too little cement (re-collapse)",
     "surgery_after_4_weeks": "1 if surgery more than 28 days after pain onset",
 }
 COVARIATES: dict[str, str] = {**PATIENT_COVARIATES, **PROCEDURE_COVARIATES}
@@ -108,17 +110,57 @@ class Categorical(_Sourced):
 
 
 class Term(_Sourced):
-    """Effect of one covariate on the log-odds of an outcome, as an odds ratio per unit."""
+    """Effect of one covariate on the log-odds of an outcome, as an odds ratio per unit.
+
+    ``ci``: the published 95 % confidence interval of the odds ratio, when there is one;
+    ``refracture synth --draw-effects`` draws the log odds ratio from the normal
+    distribution it implies (SE = (log high - log low) / 3.92). Terms without a CI
+    (assumed sizes) stay fixed in that mode.
+    """
 
     odds_ratio: float = Field(gt=0)
+    ci: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ci_brackets_the_estimate(self) -> Term:
+        if self.ci is not None and not 0 < self.ci[0] <= self.odds_ratio <= self.ci[1]:
+            raise ValueError(f"ci {self.ci} must bracket odds_ratio {self.odds_ratio}")
+        return self
+
+
+class EventTiming(_Sourced):
+    """When events happen: the share of the horizon's cumulative hazard reached by each month.
+
+    A common baseline for every process of the outcome (proportional hazards), linear
+    between the knots; for a rare outcome the share is the share of the horizon's events
+    that have happened by then. ``cumulative_share`` must rise to 1.0 at the horizon.
+    ``after_horizon_per_year`` continues the hazard past the horizon (share of the
+    horizon's cumulative hazard added per year), for events seen after 24 months.
+    """
+
+    cumulative_share: dict[float, float]
+    after_horizon_per_year: float = Field(ge=0)
+
+    @field_validator("cumulative_share")
+    @classmethod
+    def _rising_to_one(cls, v: dict[float, float]) -> dict[float, float]:
+        months, shares = list(v), list(v.values())
+        if months != sorted(months) or any(m <= 0 for m in months):
+            raise ValueError("cumulative_share months must be positive and increasing")
+        if any(b < a for a, b in zip(shares, shares[1:])) or shares[0] < 0 or abs(shares[-1] - 1) > 1e-9:
+            raise ValueError("cumulative_share must rise (non-decreasing) to 1.0 at the horizon")
+        return v
 
 
 class OutcomeModel(_Frozen):
-    """Logistic model of the true probability of an outcome within the horizon."""
+    """Logistic model of the true (net) probability of an outcome within the horizon."""
 
     intercept_log_odds: Value
-    target_incidence: Share  # per-patient incidence within the horizon (outcomes.patient_truth) the intercept is tuned to
-    weibull_shape: Value  # < 1: events front-loaded
+    target_incidence: Share  # per-patient crude incidence within the horizon (outcomes.patient_truth) the intercept is tuned to
+    timing: EventTiming
+    # Net horizon probability of one process that no combination of factors exceeds:
+    # log-odds bend smoothly towards logit(ceiling) (outcomes.soft_ceiling).
+    ceiling: Share
     terms: dict[str, Term] = Field(default_factory=dict)
 
 
@@ -151,8 +193,6 @@ class Bone(_Frozen):
     hu_bmd_correlation: Value
     t_score_reference_mean_g_cm2: SexValue  # young-adult reference mean for the T-score
     t_score_reference_sd_g_cm2: SexValue
-    dxa_missing: Share
-    ct_missing: Share
 
 
 class Muscle(_Frozen):
@@ -236,18 +276,23 @@ class Imaging(_Frozen):
     wedge_angle_per_pct_collapse: Value  # degrees of wedge per point of (100 - CR)
     wedge_angle_noise_deg: Normal
     kyphosis_noise_deg: Normal
-    reduction_angle_deg: Normal
+    reduction_angle_deg: Normal  # the part not explained by height restoration
+    reduction_angle_per_pct_reduction: Value  # degrees of kyphosis corrected per point of reduction rate
     npec_pattern_no_ivc: Categorical  # none / upper_only / lower_only / both
     npec_pattern_ivc: Categorical
     leakage_intradiscal: Share
     leakage_intradiscal_endplate_disruption_or: Value
     leakage_intradiscal_spike_share: Share
+    leakage_intradiscal_upper_share: Share  # share of intradiscal leaks into the disc above (the rest: below)
     leakage_paravertebral: Share
     leakage_venous: Share
     leakage_epidural: Share
     cemented_hu_base: Value  # post-op HU of the augmented body = base + per_fill_pct * fill %
     cemented_hu_per_fill_pct: Value
-    larger_side_fill_optimum_pct: Value
+    larger_side_share_of_cement: Normal  # larger side's share of the cement, whatever the approach
+    larger_side_fill_threshold_pct: Value  # larger-side cement / whole body volume above which AVF risk rises
+    larger_side_fill_low_pct: Value  # ... below which it rises too (U-shape)
+    fill_low_pct: Value  # total cement / body volume below which re-collapse risk rises
     refracture_cri_pct: Normal  # compression-rate increase at a cemented refracture
     gradual_height_loss_share: Share  # non-refractured levels with 7-14 points of slow loss
     edema_without_refracture: Share
@@ -258,6 +303,71 @@ class Imaging(_Frozen):
         if set(v.probabilities) != {"none", "upper_only", "lower_only", "both"}:
             raise ValueError("NPEC patterns must be exactly: none, upper_only, lower_only, both")
         return v
+
+
+class Missingness(_Frozen):
+    """Which examinations a site's export lacks, per patient, and who misses them.
+
+    Each share is the probability at the cohort's mean frailty; the odds of missing an
+    examination rise by ``frailty_odds_ratio_per_sd`` per SD of a frailty score (age,
+    sarcopenia, prior fractures, chronic kidney disease): frailer patients are imaged
+    less (missing not at random).
+    """
+
+    preop_mri: Share  # no pre-op MRI: no IVC or endplate reading
+    preop_ct: Share  # no pre-op CT: no HU, body volume, psoas or fat
+    postop_ct: Share  # no post-op CT: no larger-side volume, post-op HU or HU ratio
+    dxa: Share  # no DXA
+    frailty_odds_ratio_per_sd: Value
+
+
+class Measurement(_Frozen):
+    """How a site measures: DXA site, CT protocol, and what counts as a new fracture.
+
+    The true risk uses the patient's true bone quality; the recorded HU shift with tube
+    voltage and contrast, and the recorded BMD/T-score depend on the DXA site.
+    """
+
+    dxa_site: Categorical  # lumbar_spine / total_hip / femoral_neck
+    ct_kvp: Categorical  # "80" / "100" / "120" / "140"
+    ct_contrast: Share
+    contrast_hu_shift: Value  # HU added to trabecular bone by contrast
+    kvp_hu_factor_per_10kv: Value  # relative change of bone HU per +10 kV from 120 kV
+    new_fracture_criterion: str  # one of features.schema.FRACTURE_CRITERIA
+    criterion_source: str = Field(min_length=3)
+
+    @field_validator("dxa_site")
+    @classmethod
+    def _sites(cls, v: Categorical) -> Categorical:
+        if set(v.probabilities) - set(DXA_SITES):
+            raise ValueError(f"dxa_site categories must be among {DXA_SITES}")
+        return v
+
+    @field_validator("new_fracture_criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        if v not in FRACTURE_CRITERIA:
+            raise ValueError(f"new_fracture_criterion must be one of {FRACTURE_CRITERIA}")
+        return v
+
+    @field_validator("ct_kvp")
+    @classmethod
+    def _kvp(cls, v: Categorical) -> Categorical:
+        if not all(k.isdigit() and 70 <= int(k) <= 150 for k in v.probabilities):
+            raise ValueError("ct_kvp keys must be tube voltages 70-150 (kV)")
+        return v
+
+
+class ExportQuirks(_Frozen):
+    """Messy-but-valid values real exports carry. Off unless ``enabled``: the contract
+    that accepts them lands separately (issue 12)."""
+
+    enabled: bool = False
+    vertebra_plana_neighbour_share: float = Field(0.01, ge=0, le=1)  # old flattened neighbour, 4-7.9 mm
+    near_complete_collapse_share: float = Field(0.05, ge=0, le=1)  # of refractured levels: follow-up height 1.5-2.9 mm
+    sacral_event_share: float = Field(0.005, ge=0, le=1)  # patients with an S1 insufficiency fracture in events
+    same_session_neighbour_hu: bool = True  # post-op HU of a neighbour cemented in the same session (~1,000 HU)
+    source: str = "assumption: values seen in real exports (issue 12)"
 
 
 class Mortality(_Frozen):
@@ -295,6 +405,9 @@ class Profile(_Frozen):
     procedure: Procedure
     imaging: Imaging
     followup: FollowUp
+    missingness: Missingness
+    measurement: Measurement
+    export_quirks: ExportQuirks = ExportQuirks()
     outcomes: dict[Literal["cemented_refracture", "adjacent_fracture", "remote_fracture"], OutcomeModel]
 
     @model_validator(mode="after")
@@ -318,6 +431,8 @@ class Profile(_Frozen):
             if unknown:
                 raise ValueError(f"{outcome}: unknown or non-patient-level covariates {sorted(unknown)}; "
                                  f"allowed: {sorted(allowed)}")
+            if abs(max(model.timing.cumulative_share) - self.horizon_months) > 1e-9:
+                raise ValueError(f"{outcome}: timing.cumulative_share must end at horizon_months ({self.horizon_months})")
         return self
 
 

@@ -87,12 +87,13 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export and truth.parquet to.")],
     n: Annotated[int, typer.Option("--n", help="Number of procedures (treated levels).", min=10, max=5_000_000)] = 5000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
-    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, or a YAML path.")] = "xiong2021-pvp",
+    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, or a YAML path.")] = "xiong2021-pvp",
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
 ) -> None:
     """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
     from refracture.commands.synth import run_synth
 
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("choose csv or parquet", param_hint="--format")
-    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt)
+    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects)

@@ -56,11 +56,32 @@ def serve(
     console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
+    raise typer.Exit(code=_run_forwarding_signals(cmd, env))
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the BentoML server and pass SIGTERM/SIGHUP on to it: a supervisor (systemd,
+    scripts/tracking-stack.sh, a test) that stops `refracture serve` must not leave the
+    server and its workers running. Ctrl-C reaches both through the terminal."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, _frame):
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    interrupted = False
     try:
-        code = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code=code)
+        while True:
+            try:
+                code = proc.wait()
+                return 0 if interrupted else code
+            except KeyboardInterrupt:
+                interrupted = True  # the server got the same Ctrl-C: wait for it to shut down
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def predict(

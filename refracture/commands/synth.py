@@ -1,23 +1,59 @@
 """``refracture synth``: simulate a cohort and write it as a raw export plus its truth.
 
 The export is validated against the raw contract *before* anything is written, so a
-simulator bug can never leave an invalid export on disk. The truth (each treated level's
-true probability of each outcome within the profile's horizon) goes to ``truth.parquet``
-beside the tables.
+simulator bug can never leave an invalid export on disk. Beside the tables go:
+
+- ``truth.parquet``: per procedure, the true crude (absolute) risk of each outcome by 3,
+  6, 12 and 24 months with death as a competing risk (``p_<outcome>_<m>m``), the true
+  probability of death by 24 months (``p_death_24m``), and ``p_<outcome>`` (deprecated
+  alias of ``p_<outcome>_24m``);
+- ``simulation.json``: the provenance training reads (``training.pipeline.read_profile``):
+  profile name, seed, n, whether effects were drawn (and with which seed), horizons.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
-def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv") -> None:
+def simulation_metadata(profile_name: str, seed: int, n: int, draw_effects: bool, effects_seed: int | None,
+                        horizons_months: list[int]) -> dict:
+    """The provenance record written to ``simulation.json``."""
+    return {
+        "profile": profile_name,
+        "seed": seed,
+        "n": n,
+        "draw_effects": draw_effects,
+        "effects_seed": effects_seed,
+        "truth_horizons_months": horizons_months,
+        "estimand": "crude cumulative incidence, death as a competing risk",
+    }
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw_effects: bool = False) -> None:
     """Simulate ``n`` treated levels from ``profile`` (a shipped name or a YAML path) with
-    ``seed``, validate, and write ``<table>.<fmt>`` files and ``truth.parquet`` to ``out``.
+    ``seed``, validate, and write ``<table>.<fmt>``, ``truth.parquet`` and
+    ``simulation.json`` to ``out``. ``draw_effects``: draw every odds ratio with a
+    published CI from that CI first (seeded by ``seed``: the same seed gives the same world).
 
     Raises ``features.validate.RawDataError`` (and writes nothing) if the simulated export
     breaks the contract. Prints a one-line summary.
@@ -25,6 +61,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv") -> N
     from rich.console import Console
 
     from features.simulator import load_profile, simulate
+    from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
     from features.validate import validate_raw
     from refracture.io import write_frame_atomic, write_raw
 
@@ -32,17 +69,21 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv") -> N
         raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")
     started = time.perf_counter()
     spec = load_profile(profile)
-    tables, truth = simulate(spec, n_procedures=n, seed=seed)
+    effects_seed = seed if draw_effects else None
+    tables, truth = simulate(spec, n_procedures=n, seed=seed, effects_seed=effects_seed)
     validate_raw(tables)  # raises RawDataError listing every violation; nothing written yet
     out = Path(out)
     write_raw(tables, out, fmt)
     write_frame_atomic(truth, out / "truth.parquet")
+    _write_json_atomic(simulation_metadata(spec.name, seed, n, draw_effects, effects_seed, list(TRUTH_HORIZONS_MONTHS)),
+                       out / "simulation.json")
     elapsed = time.perf_counter() - started
-    logger.info("synth: profile=%s n=%d seed=%d out=%s", spec.name, n, seed, out)
+    logger.info("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)
+    risk = ", ".join(f"{o.split('_')[0]} {truth[f'p_{o}_24m'].mean():.1%}"
+                     for o in ("cemented_refracture", "adjacent_fracture", "remote_fracture"))
     Console(soft_wrap=True).print(
-        f"[green]synth[/green] {spec.name}: {len(tables['patients']):,} patients, "
-        f"{len(tables['procedures']):,} levels, {len(tables['events']):,} new fractures "
-        f"(true {spec.horizon_months}-month risk: cemented {truth['p_cemented_refracture'].mean():.1%}, "
-        f"adjacent {truth['p_adjacent_fracture'].mean():.1%}, remote {truth['p_remote_fracture'].mean():.1%}) "
-        f"-> {out} [{fmt}, seed {seed}, {elapsed:.1f} s]"
+        f"[green]synth[/green] {spec.name}{' (effects drawn)' if draw_effects else ''}: "
+        f"{len(tables['patients']):,} patients, {len(tables['procedures']):,} levels, {len(tables['events']):,} new fractures "
+        f"(true 24-month absolute risk: {risk}; death {truth['p_death_24m'].mean():.1%}) "
+        f"-> {out} \\[{fmt}, seed {seed}, {elapsed:.1f} s]"
     )

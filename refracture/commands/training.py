@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,34 @@ def _outcomes(value: str) -> tuple[str, ...]:
     if value not in OUTCOMES:
         raise typer.BadParameter(f"choose one of {', '.join(OUTCOMES)} or all", param_hint="--outcome")
     return (value,)
+
+
+#: What a user should know after the tracking store went away mid-training (the pipeline
+#: touches the registry only in its last step, after every run has been logged).
+_TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or FAILED. The registry is changed only "
+                         "in the last step of training (register, then move the alias), so unless it got that far the "
+                         "earlier versions and aliases are as they were: check with `refracture models` once the store "
+                         "is back, then train again.")
+
+
+@contextmanager
+def _exit_if_tracking_lost(doing: str, consequence: str = ""):
+    """Turn a tracking store that stops answering mid-command into one clear message naming
+    its URI (exit 1) instead of a traceback; any other error propagates."""
+    from training.tracking import TrackingUnavailable, connection_lost
+
+    try:
+        yield
+    except TrackingUnavailable:
+        raise  # the start-up check's own message ("unreachable"), reported by the caller
+    except Exception as exc:
+        import mlflow
+
+        lost = connection_lost(exc, mlflow.get_tracking_uri(), doing, consequence)
+        if lost is None:
+            raise
+        console.print(f"[red]error[/red]: {lost}")
+        raise typer.Exit(code=1) from None
 
 
 def _tracking_or_exit(store: Path | None) -> str:
@@ -73,7 +102,7 @@ def train(
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True)
     try:
-        with progress:
+        with progress, _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
             results = run(cfg, progress)
     except RawDataError as exc:
         _report_violations(exc)
@@ -115,7 +144,8 @@ def models(
     from training import registry
 
     _tracking_or_exit(store)
-    rows = registry.list_models()
+    with _exit_if_tracking_lost("listing the registered models"):
+        rows = registry.list_models()
     if not rows:
         console.print("no registered models yet: run `refracture train`")
         return
@@ -145,6 +175,7 @@ def promote(
     from mlflow.exceptions import MlflowException
 
     from training import registry
+    from training.tracking import lost_connection_reason
 
     (name,) = _outcomes(outcome) if outcome != "all" else (None,)
     if name is None:
@@ -152,14 +183,17 @@ def promote(
     if alias not in registry.ALIASES:
         raise typer.BadParameter(f"choose one of {', '.join(registry.ALIASES)}", param_hint="--alias")
     _tracking_or_exit(store)
-    try:
-        from mlflow.tracking import MlflowClient
+    with _exit_if_tracking_lost(f"moving {alias} of {registry.model_name(name)}"):
+        try:
+            from mlflow.tracking import MlflowClient
 
-        MlflowClient().get_model_version(registry.model_name(name), str(version))
-    except MlflowException:
-        console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
-        raise typer.Exit(code=1) from None
-    registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
+            MlflowClient().get_model_version(registry.model_name(name), str(version))
+        except MlflowException as exc:
+            if lost_connection_reason(exc) is not None:
+                raise
+            console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
+            raise typer.Exit(code=1) from None
+        registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
     console.print(f"[green]moved[/green] {alias} of {registry.model_name(name)} to v{version}")
 
 
