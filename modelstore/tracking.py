@@ -1,8 +1,10 @@
 """Where runs and models are recorded: the MLflow tracking store.
 
 By default an embedded store inside the project: SQLite ``mlflow/mlflow.db`` with
-artifacts under ``mlflow/artifacts`` (MLflow 3 would otherwise write ``./mlflow.db``
-and ``./mlruns``). ``MLFLOW_TRACKING_URI`` points everything at a tracking server
+artifacts beside it in ``mlflow-artifacts/`` (MLflow 3 would otherwise write
+``./mlflow.db`` and ``./mlruns``). The artifacts live outside ``mlflow/`` because every
+model version carries its models-from-code file (``modelstore/pyfunc_entry.py``), and
+``mlflow/`` must hold no Python file: it would shadow the real ``mlflow`` package. ``MLFLOW_TRACKING_URI`` points everything at a tracking server
 instead. Nothing here runs on import.
 """
 
@@ -54,8 +56,15 @@ def local_store(store_dir: Path | None = None) -> tuple[str, str, Path]:
     """
     folder = Path(store_dir or os.environ.get(STORE_DIR_ENV) or "mlflow").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "artifacts").mkdir(exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder
+    artifacts = artifacts_folder(folder)
+    artifacts.mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}", artifacts.as_uri(), folder
+
+
+def artifacts_folder(store_folder: Path) -> Path:
+    """Artifacts of an embedded store: the sibling folder ``<store>-artifacts`` (module
+    docstring: the store folder itself holds no Python file)."""
+    return store_folder.parent / f"{store_folder.name}-artifacts"
 
 
 def _user_uri() -> str | None:
@@ -65,11 +74,12 @@ def _user_uri() -> str | None:
 
 
 def artifact_root(tracking_uri: str) -> str | None:
-    """Artifact location for new experiments of ``tracking_uri``: ``artifacts/`` beside a
-    SQLite database file; None (the server's own default) for a tracking server."""
+    """Artifact location for new experiments of ``tracking_uri``: ``<store>-artifacts/``
+    beside the folder of a SQLite database file; None (the server's own default) for a
+    tracking server."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
-        folder = db.parent / "artifacts"
+        folder = artifacts_folder(db.parent)
         folder.mkdir(parents=True, exist_ok=True)
         return folder.as_uri()
     return None

@@ -9,10 +9,12 @@ nothing is written. An empty file gives an empty output with every column. (A ra
 ``refracture predict --raw``, is different: ``features.raw_records`` leaves out the broken
 records and the rest are scored.)
 
-Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``,
-and per outcome ``<outcome>_probability``, ``<outcome>_risk_band`` and
-``<outcome>_model_version``; with ``--explain`` also ``<outcome>_base_value`` and one
-``<outcome>__<feature>`` column per feature contribution (log-odds).
+Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``
+(the headline horizon), and per outcome ``<outcome>_probability`` (risk by the headline
+horizon), one ``<outcome>_p_<m>m`` column per horizon of the risk curve (cumulative
+incidence, death competing), ``<outcome>_risk_band`` and ``<outcome>_model_version``; with
+``--explain`` also ``<outcome>_base_value`` and one ``<outcome>__<feature>`` column per
+feature contribution (log-odds at the headline horizon).
 """
 
 from __future__ import annotations
@@ -106,12 +108,15 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     out["horizon_months"] = float(models[0].model.horizon_months)
     for m in models:
         X = feats[m.outcome]
+        curve = m.model.curve_from_features(X)
         if explain:
             expl = m.model.explain_features(X)
             p = expl.probability()
         else:
             p = m.model.proba_from_features(X)
         out[f"{m.outcome}_probability"] = p
+        for col in curve.columns:
+            out[f"{m.outcome}_{col}"] = curve[col].to_numpy()
         out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
@@ -149,7 +154,7 @@ def use_threads(models: list[LoadedModel], n_threads: int) -> None:
     """Threads each boosted-tree model predicts with."""
     for m in models:
         if m.model.model_type == "xgboost":
-            m.model.scorer.model_.get_booster().set_param({"nthread": n_threads})
+            m.model.scorer.booster_.set_param({"nthread": n_threads})
 
 
 def _use_all_cores(models: list[LoadedModel]) -> None:

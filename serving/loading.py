@@ -31,10 +31,18 @@ from features.labels import OUTCOMES
 from modelstore.naming import CHAMPION, model_name
 from modelstore.tracking import configure_tracking
 from serving.scoring import LoadedModel
+from modelstore.artifact import load_model
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, ESTIMAND, HEADLINE_HORIZON_MONTHS, horizons_text
+from modelstore.model import ModelFormatError
 
 logger = logging.getLogger(__name__)
 
 ENV_MODEL_SOURCE = "REFRACTURE_MODEL_SOURCE"
+#: What the service serves: every model must predict this estimand at these horizons
+#: (its headline among them), or the start is refused (the page and API show curves).
+SERVED_ESTIMAND = ESTIMAND
+SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
+SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
 BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
 
 
@@ -86,7 +94,9 @@ def load_pins(pins: list[Pin]) -> list[LoadedModel]:
     for pin in pins:
         uri = f"models:/{pin.name}/{pin.version}"
         try:
-            model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+            model = load_model(uri)
+        except ModelFormatError as exc:
+            raise ModelsUnavailable(f"cannot serve {uri}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - any load failure stops the start, with the URI named
             raise ModelsUnavailable(f"cannot load {uri}: {exc}") from exc
         _check_outcome(model, pin.outcome, uri)
@@ -96,8 +106,20 @@ def load_pins(pins: list[Pin]) -> list[LoadedModel]:
 
 
 def _check_outcome(model, outcome: str, where: str) -> None:
+    """Refuse a model for another outcome, estimand or set of horizons than served."""
     if getattr(model, "outcome", outcome) != outcome:
         raise ModelsUnavailable(f"{where} predicts {model.outcome!r}, not {outcome!r}")
+    estimand = getattr(model, "estimand", None)
+    if estimand != SERVED_ESTIMAND:
+        raise ModelsUnavailable(f"{where} predicts {estimand!r}; this service serves {SERVED_ESTIMAND!r}. "
+                                "Retrain with `refracture train` and promote the new version.")
+    horizons = tuple(getattr(model, "horizons_months", ()))
+    headline = getattr(model, "horizon_months", None)
+    if horizons != SERVED_HORIZONS_MONTHS or headline != SERVED_HEADLINE_MONTHS:
+        raise ModelsUnavailable(
+            f"{where} predicts at {horizons_text(horizons) or 'no'} months (headline {headline}); this service serves "
+            f"{horizons_text(SERVED_HORIZONS_MONTHS)} months (headline {SERVED_HEADLINE_MONTHS:g}). Retrain with the "
+            "default horizons, or change the service's configuration.")
 
 
 def load_from_registry(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:
@@ -157,7 +179,10 @@ def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
     for outcome in OUTCOMES:
         entry = manifest[outcome]
         path = Path(bentoml.models.get(entry["tag"]).path) / "mlflow_model"
-        model = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
+        try:
+            model = load_model(str(path))
+        except ModelFormatError as exc:
+            raise ModelsUnavailable(f"cannot serve {entry['tag']}: {exc}") from exc
         _check_outcome(model, outcome, entry["tag"])
         loaded.append(LoadedModel(outcome, entry["name"], str(entry["version"]), model, entry.get("run_id"),
                                   source=f"bento:{entry['tag']}"))

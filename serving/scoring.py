@@ -32,7 +32,7 @@ class LoadedModel:
     outcome: str
     name: str
     version: str
-    model: Any  # training.model.RefractureModel
+    model: Any  # modelstore.model.RefractureModel
     run_id: str | None = None
     source: str = "registry"
 

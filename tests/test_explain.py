@@ -1,5 +1,5 @@
-"""SHAP explanations: local accuracy (additivity in calibrated log-odds) for every
-candidate type, on simulated data with missing values, and the clinical labels."""
+"""SHAP explanations: local accuracy (additivity in calibrated log-odds at every horizon) for
+every candidate type, on simulated data with missing values, and the clinical labels."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from features.catalog import display_name, feature_names
 from features.records import tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from training.calibration import Platt
-from training.candidates import MODEL_TYPES, expit, make_scorer
-from training.explain import Explanation, explain
-from training.model import RefractureModel
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import MODEL_TYPES, expit, make_scorer
+from modelstore.explain import Explanation, explain
+from modelstore.model import RefractureModel
 
 OUTCOME = "cemented_refracture"
 SMALL_PARAMS = {
@@ -44,10 +44,9 @@ def test_local_accuracy_in_calibrated_log_odds(cohort, model_type):
     X, y, _ = cohort
     assert X.isna().any().any(), "the check must cover missing values"
     scorer = make_scorer(model_type, SMALL_PARAMS[model_type], OUTCOME, seed=3, n_jobs=1).fit(X, y)
-    platt = Platt(slope=0.83, intercept=-0.41)  # a non-trivial recalibration
     rows = X.iloc[:150]
-    expl = explain(scorer, rows, slope=platt.slope, intercept=platt.intercept)
-    model_logit = platt(scorer.raw_logit(rows))
+    expl = explain(scorer, rows, slope=0.83, intercept=-0.41)  # a non-trivial recalibration
+    model_logit = 0.83 * scorer.raw_logit(rows) - 0.41
     assert expl.values.shape == (150, X.shape[1])
     np.testing.assert_allclose(expl.base_value + expl.values.sum(axis=1), model_logit, rtol=0, atol=1e-6)
     np.testing.assert_allclose(expl.logit(), model_logit, rtol=0, atol=1e-6)
@@ -55,16 +54,24 @@ def test_local_accuracy_in_calibrated_log_odds(cohort, model_type):
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_model_explain_from_records_matches_predict_proba(cohort, model_type):
+def test_model_explain_from_records_is_additive_at_every_horizon(cohort, model_type):
+    """base + contributions = the calibrated log-odds of that horizon's risk (within 1e-5),
+    contributions are the same up to the common slope, and the default horizon is 24 months."""
     X, y, records = cohort
     scorer = make_scorer(model_type, SMALL_PARAMS[model_type], OUTCOME, seed=3, n_jobs=1).fit(X, y)
-    model = RefractureModel(scorer, Platt(1.1, 0.2), OUTCOME, "postop", 24, list(X.columns))
+    calibration = HorizonCalibration((3.0, 6.0, 12.0, 24.0), (-1.7, -1.1, -0.4, 0.2), 1.1)
+    model = RefractureModel(scorer, calibration, OUTCOME, "postop", 24, list(X.columns))
     some = records.iloc[:20]
-    expl = model.explain(some)
-    assert isinstance(expl, Explanation)
-    p = model.predict_proba(some)
-    np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), rtol=0, atol=1e-6)
-    assert list(expl.feature_values.index) == list(some.index)
+    curve = model.predict_curve(some)
+    for h in (3, 6, 12, 24):
+        expl = model.explain(some, horizon_months=h)
+        assert isinstance(expl, Explanation)
+        p = curve[f"p_{h}m"].to_numpy()
+        np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(expl.probability(), model.predict_proba(some, horizon_months=h), rtol=0, atol=1e-7)
+        assert list(expl.feature_values.index) == list(some.index)
+    np.testing.assert_allclose(model.explain(some, 3).values, model.explain(some, 24).values, atol=1e-12)
+    np.testing.assert_allclose(model.explain(some).logit(), model.explain(some, 24).logit(), atol=0)
 
 
 def test_display_names_and_units_come_from_the_catalogue(cohort):

@@ -114,13 +114,16 @@ def test_no_training_serving_skew(client, champions, flat):
     served = r.json()["predictions"]
     assert [p["procedure_id"] for p in served] == list(flat["procedure_id"])
     as_sent = flat.copy()
-    for col in ("surgery_date", "pain_onset_date"):  # the model's signature takes ISO date strings
+    for col in ("surgery_date", "pain_onset_date"):  # dates as a client sends them: ISO strings
         as_sent[col] = as_sent[col].dt.strftime("%Y-%m-%d").astype(object).where(as_sent[col].notna(), None)
     for outcome in OUTCOMES:
         mv = champions[outcome]
-        reference = mlflow.pyfunc.load_model(f"models:/refracture-{outcome}/{mv.version}").predict(as_sent)["probability"]
+        pyfunc = mlflow.pyfunc.load_model(f"models:/refracture-{outcome}/{mv.version}")
+        reference = pyfunc.predict(as_sent)["p_24m"]  # the served number is the 24-month headline
         got = np.array([p["outcomes"][outcome]["probability"] for p in served])
         np.testing.assert_allclose(got, reference.to_numpy(), rtol=0, atol=1e-12)
+        # The project's typed records (datetime dates) give the same curve as ISO text.
+        np.testing.assert_allclose(pyfunc.predict(flat).to_numpy(), pyfunc.predict(as_sent).to_numpy(), rtol=0, atol=1e-12)
 
 
 def test_list_order_is_kept_and_each_record_scores_as_alone(client, flat):

@@ -18,6 +18,7 @@ from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 from refracture.cli import _register, app
 from features.io import write_frame_atomic, write_raw
+from modelstore.artifact import load_model
 
 runner = CliRunner()
 if not app.registered_commands:
@@ -67,7 +68,7 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     assert "champion" in result.output and "oracle" in result.output
     client = _client(store)
     exp = client.get_experiment_by_name(f"refracture-{OUTCOME}")
-    assert exp.artifact_location.startswith((store / "artifacts").resolve().as_uri())
+    assert exp.artifact_location.startswith((store.parent / f"{store.name}-artifacts").resolve().as_uri())
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("run_kind") == "parent"]
     children = [r for r in runs if "candidate" in r.data.tags]
@@ -77,11 +78,14 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     tags = parent.data.tags
     assert tags["simulator_profile"] == "yassavoly2025-pkp" and tags["feature_set"] == "postop"
     assert len(tags["data_fingerprint"]) == 64 and tags["schema_version"]
-    assert {"oracle_auroc", "selected_test_auroc", "selected_test_calibration_slope_ci_low"} <= set(parent.data.metrics)
+    assert {"oracle_auroc", "selected_test_auroc", "selected_test_calibration_slope_ci_low", "selected_test_auroc_3m",
+            "selected_test_mean_abs_diff_truth_24m", "selected_test_net_benefit_10_ci_low"} <= set(parent.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"model_card.md", "table1.md", "subgroups.csv", "candidates.csv"} <= artifacts
+    assert {"model_card.md", "table1.md", "subgroups.csv", "candidates.csv", "horizon_metrics.csv",
+            "calibration_by_decile.csv", "decision_curve.csv"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/roc_all.png", "plots/calibration_all.png", "plots/decision_curve_all.png"} <= plots
+    assert {"plots/roc_all.png", "plots/calibration_all.png", "plots/decision_curve_all.png",
+            "plots/risk_over_time.png"} <= plots
     child = children[0]
     assert {"shap/beeswarm.png", "shap/mean_abs_shap.png"} <= {a.path for a in client.list_artifacts(child.info.run_id, "shap")}
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -93,13 +97,21 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     mv = client.get_model_version_by_alias(f"refracture-{OUTCOME}", "champion")
     assert str(mv.version) == "1" and mv.tags["alias.champion.set_by"] and mv.tags["model_type"] in (
         "logistic", "elastic_net", "random_forest", "xgboost")
-    model = mlflow.pyfunc.load_model(f"models:/refracture-{OUTCOME}@champion").unwrap_python_model()
+    model = load_model(f"models:/refracture-{OUTCOME}@champion")
     assert model.outcome == OUTCOME and model.horizon_months == 24.0 and model.feature_set == "postop"
     assert {"auroc", "auroc_ci_low", "auroc_ci_high", "brier", "calibration_slope", "log_loss"} <= set(model.metrics)
     records = tables_to_records(validate_raw(__import__("features.io", fromlist=["read_raw"]).read_raw(cohort))).head(5)
     p = model.predict_proba(records)
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
+    # The store folder holds no Python file (it would shadow mlflow); the artifacts beside it
+    # hold the models-from-code files, one per logged model, and no pickle.
+    artifacts = store.parent / f"{store.name}-artifacts"
     assert not list(store.rglob("*.py"))
+    assert {p.name for p in artifacts.rglob("*.py")} == {"pyfunc_entry.py"}
+    assert not list(artifacts.rglob("*.pkl")) and not list(artifacts.rglob("python_model.*"))
+    curve = model.predict_curve(records)
+    assert list(curve.columns) == ["p_3m", "p_6m", "p_12m", "p_24m"] and (curve.diff(axis=1).iloc[:, 1:] >= 0).all().all()
+    assert mv.tags["estimand"] == "crude cumulative incidence, death competing" and mv.tags["horizons_months"] == "3,6,12,24"
 
 
 @pytest.mark.slow

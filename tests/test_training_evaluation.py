@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-from training.calibration import Platt, fit_logistic_1d
-from training.candidates import expit, logit, monotone_constraints
+from modelstore.calibration import HorizonCalibration, fit_logistic_1d
+from modelstore.candidates import expit, logit, monotone_constraints
 from training.evaluation import evaluate, paired_difference, replicates, subgroup_metrics
 from training.split import cv_folds, train_test_split_grouped
 
@@ -61,10 +61,33 @@ def test_platt_recovers_a_known_map():
     rng = np.random.default_rng(2)
     raw = rng.normal(-2, 1.5, 20000)
     y = (rng.random(20000) < expit(0.6 * raw - 0.3)).astype(float)
-    platt = Platt.fit(raw, y)
-    assert platt.slope == pytest.approx(0.6, abs=0.05) and platt.intercept == pytest.approx(-0.3, abs=0.1)
-    _, b = fit_logistic_1d(np.zeros(20000), y, offset=0.6 * raw - 0.3, slope=False)
-    assert b == pytest.approx(0.0, abs=0.05)
+    slope, intercept = fit_logistic_1d(raw, y)
+    assert slope == pytest.approx(0.6, abs=0.05) and intercept == pytest.approx(-0.3, abs=0.1)
+    # Weights count as repeated rows: doubling a random half equals duplicating it.
+    w = np.where(rng.random(20000) < 0.5, 2.0, 1.0)
+    dup = np.repeat(np.arange(20000), w.astype(int))
+    np.testing.assert_allclose(fit_logistic_1d(raw, y, w), fit_logistic_1d(raw[dup], y[dup]), rtol=1e-5)
+
+
+def test_horizon_calibration_recovers_a_known_map_and_keeps_curves_rising():
+    """Stacked IPCW-weighted fit: recovers a common slope and ordered intercepts; when the
+    data would want a falling intercept, the fit holds it level instead (curves never fall)."""
+    rng = np.random.default_rng(3)
+    n = 30000
+    eta = rng.normal(0, 1, n)
+    a = np.array([-4.0, -3.0, -2.4, -2.0])
+    p = expit(a[None, :] + 0.7 * eta[:, None])
+    u = rng.random(n)
+    labels = (u[:, None] < p).astype(float)
+    weights = rng.uniform(1.0, 1.5, (n, 4))
+    labels[rng.random(n) < 0.1, 3] = np.nan  # unknown at 24 months
+    cal = HorizonCalibration.fit(eta, labels, np.where(np.isnan(labels), 0, weights), (3, 6, 12, 24))
+    assert cal.slope == pytest.approx(0.7, abs=0.05)
+    np.testing.assert_allclose(cal.intercepts, a, atol=0.1)
+    crossed = labels[:, [0, 1, 3, 2]]  # the 24-month column is now rarer than the 12-month one
+    held = HorizonCalibration.fit(eta, crossed, np.where(np.isnan(crossed), 0, weights), (3, 6, 12, 24))
+    assert np.all(np.diff(held.intercepts) >= 0) and held.slope > 0
+    assert held.intercepts[2] == pytest.approx(held.intercepts[3], abs=1e-6)
 
 
 def test_subgroups_report_counts_and_skip_tiny_groups(preds):
@@ -99,3 +122,6 @@ def test_monotone_constraints_follow_the_evidence():
     assert monotone_constraints("cemented_refracture", names) == (1, -1, 0, 0, 0)
     assert monotone_constraints("adjacent_fracture", names) == (0, -1, 0, 1, 0)
     assert monotone_constraints("remote_fracture", names) == (0, -1, 0, 0, -1)
+    # Yassavoly 2025 (issue 12): multiple treated levels do not raise adjacent or remote risk.
+    for outcome in ("cemented_refracture", "adjacent_fracture", "remote_fracture"):
+        assert monotone_constraints(outcome, ["n_levels_treated"]) == (0,)

@@ -1,7 +1,11 @@
-"""The model artifact contract serving relies on: pyfunc round trip through MLflow,
-flat records with missing optional fields and ISO dates, missing-input reporting."""
+"""The model artifact contract serving relies on: pyfunc round trip through MLflow without
+pickles (models-from-code), flat records with missing optional fields and ISO dates or the
+project's typed records, one column per horizon, missing-input reporting, refusal of the
+old pickled format."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,10 +16,11 @@ from features.catalog import FEATURE_SETS, feature_names
 from features.records import RECORD_FIELDS, RECORD_FIELDS_BY_FLAT, tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from training.calibration import Platt
-from training.candidates import make_scorer
-from training.inputs import FEATURE_INPUTS
-from training.model import RefractureModel, example_records, record_signature
+from modelstore.artifact import load_model, log_model
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import make_scorer
+from modelstore.inputs import FEATURE_INPUTS
+from modelstore.model import ModelFormatError, RefractureModel, example_records, record_signature
 
 OUTCOME = "adjacent_fracture"
 
@@ -40,7 +45,8 @@ def fitted():
     names = feature_names("postop")
     scorer = make_scorer("xgboost", {"n_estimators": 30, "max_depth": 2}, OUTCOME, seed=0, n_jobs=1)
     scorer.fit(lab[names], lab[OUTCOME].astype(int).to_numpy())
-    model = RefractureModel(scorer, Platt(0.9, -0.1), OUTCOME, "postop", 24.0, names,
+    calibration = HorizonCalibration((3.0, 6.0, 12.0, 24.0), (-1.9, -1.2, -0.6, -0.1), 0.9)
+    model = RefractureModel(scorer, calibration, OUTCOME, "postop", 24.0, names,
                             metrics={"auroc": 0.7, "auroc_ci_low": 0.6, "auroc_ci_high": 0.8})
     records = tables_to_records(typed)
     return model, records
@@ -78,13 +84,17 @@ def test_feature_inputs_match_the_pipelines(raw):
         assert features_from_records(others, "postop").iloc[0][feature] == pytest.approx(base[feature]), feature
 
 
-def test_predict_returns_probability_column_with_index(fitted):
+def test_predict_returns_one_column_per_horizon_with_index(fitted):
     model, records = fitted
     batch = _iso_records(records.iloc[:5]).set_index(pd.Index([10, 11, 12, 13, 14]))
     out = model.predict(None, batch)
-    assert list(out.columns) == ["probability"] and list(out.index) == [10, 11, 12, 13, 14]
-    assert ((out["probability"] > 0) & (out["probability"] < 1)).all()
-    np.testing.assert_allclose(out["probability"].to_numpy(), model.predict_proba(batch))
+    assert list(out.columns) == ["p_3m", "p_6m", "p_12m", "p_24m"] and list(out.index) == [10, 11, 12, 13, 14]
+    assert ((out > 0) & (out < 1)).all().all()
+    assert (np.diff(out.to_numpy(), axis=1) > 0).all()  # the curve rises (intercepts strictly increase here)
+    np.testing.assert_allclose(out["p_24m"].to_numpy(), model.predict_proba(batch))
+    np.testing.assert_allclose(out["p_6m"].to_numpy(), model.predict_proba(batch, horizon_months=6))
+    with pytest.raises(ValueError, match="no calibration for 9 months"):
+        model.predict_proba(batch, horizon_months=9)
 
 
 def test_missing_inputs_name_fields_and_handling(fitted):
@@ -101,13 +111,12 @@ def test_missing_inputs_name_fields_and_handling(fitted):
 
 def _reference_missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model: RefractureModel) -> list[list[dict]]:
     """The documented rule, record by record and cell by cell (slow, obviously right)."""
-    from training.inputs import handling_text
+    from modelstore.inputs import handling_text
 
     def gone(v) -> bool:
         return v is None or (isinstance(v, str) and not v.strip()) or (not isinstance(v, str) and pd.isna(v))
 
-    medians = dict(zip(model.scorer.prep_.feature_names_, model.scorer.prep_.medians_)) \
-        if model.model_type in ("logistic", "elastic_net") else {}
+    medians = model.scorer.medians() if model.model_type in ("logistic", "elastic_net") else {}
     out = []
     for i in range(len(records)):
         row = records.iloc[i]
@@ -149,43 +158,123 @@ def test_missing_inputs_equal_the_cell_by_cell_rule(fitted):
 
 
 def test_signature_requires_only_fields_the_features_use():
-    sig = record_signature(feature_names("preop"))
+    sig = record_signature(feature_names("preop"), (3, 6, 12, 24))
+    assert [c.name for c in sig.outputs.inputs] == ["p_3m", "p_6m", "p_12m", "p_24m"]
     required = {c.name for c in sig.inputs.inputs if c.required}
     assert "age_years" in required and "sex" in required
     assert "cement_volume_ml" not in required  # known only after surgery
     assert "hu_index_preop" not in required  # imaging is optional
-    sig_post = record_signature(feature_names("postop"))
+    sig_post = record_signature(feature_names("postop"), (3, 6, 12, 24))
     assert "cement_volume_ml" in {c.name for c in sig_post.inputs.inputs if c.required}
 
 
 @pytest.mark.slow
-def test_pyfunc_round_trip_through_mlflow(fitted, tmp_path, monkeypatch):
+def test_pyfunc_round_trip_from_the_registry_without_pickles(fitted, tmp_path, monkeypatch):
     import mlflow
+    from mlflow.tracking import MlflowClient
 
-    from training.pipeline import pip_requirements
     from modelstore.tracking import configure_tracking, get_or_create_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
     model, records = fitted
     configure_tracking(tmp_path / "store")
-    assert (tmp_path / "store" / "artifacts").is_dir()
+    assert (tmp_path / "store-artifacts").is_dir()
     exp = get_or_create_experiment("contract-test")
-    example = example_records(records)
     with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=record_signature(model.feature_names),
-                                       input_example=example, pip_requirements=pip_requirements())
-    loaded = mlflow.pyfunc.load_model(info.model_uri)
+        uri = log_model(model, example_records(records))
+    mv = mlflow.register_model(uri, "refracture-contract")
+    loaded = mlflow.pyfunc.load_model(f"models:/refracture-contract/{mv.version}")
+    assert [c.name for c in loaded.metadata.signature.outputs.inputs] == ["p_3m", "p_6m", "p_12m", "p_24m"]
     batch = _iso_records(records.iloc[:4])
     batch.loc[1, "hu_index_preop"] = np.nan  # optional field missing
     batch.loc[2, "pain_onset_date"] = None
     out = loaded.predict(batch)
-    np.testing.assert_allclose(out["probability"].to_numpy(), model.predict_proba(batch), rtol=1e-12)
-    unwrapped = loaded.unwrap_python_model()
+    np.testing.assert_allclose(out.to_numpy(), model.predict_curve(batch).to_numpy(), rtol=1e-12)
+    # The project's own typed records (datetime dates, numeric flags) go in unchanged.
+    typed = records.iloc[:4].reset_index(drop=True)
+    assert str(typed["surgery_date"].dtype).startswith("datetime64")
+    typed_out = loaded.predict(typed)
+    np.testing.assert_allclose(typed_out.to_numpy(), model.predict_curve(typed).to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(typed_out.to_numpy(), model.predict_curve(_iso_records(typed)).to_numpy(), rtol=1e-12)
+    unwrapped = load_model(f"models:/refracture-contract/{mv.version}")
     assert unwrapped.outcome == OUTCOME and unwrapped.feature_set == "postop" and unwrapped.horizon_months == 24.0
+    assert unwrapped.horizons_months == (3.0, 6.0, 12.0, 24.0)
+    assert unwrapped.estimand == "crude cumulative incidence, death competing"
     assert unwrapped.model_type == "xgboost" and unwrapped.metrics["auroc"] == 0.7
     assert unwrapped.feature_names == feature_names("postop")
-    expl = unwrapped.explain(batch)
-    p = unwrapped.predict_proba(batch)
-    np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), atol=1e-6)
+    for h in (6, 24):
+        expl = unwrapped.explain(batch, horizon_months=h)
+        p = unwrapped.predict_proba(batch, horizon_months=h)
+        np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), atol=1e-6)
     assert len(unwrapped.missing_inputs(batch)) == 4
-    assert not list(tmp_path.glob("store/**/*.py")), "no Python files in the store"
+    # Stored parts in their own formats; the only Python file is the models-from-code stub.
+    local = mlflow.artifacts.download_artifacts(f"models:/refracture-contract/{mv.version}", dst_path=str(tmp_path / "dl"))
+    names = {p.name for p in Path(local).rglob("*") if p.is_file()}
+    assert {"booster.json", "background.npy", "model.json", "pyfunc_entry.py"} <= names
+    assert not {n for n in names if n.endswith((".pkl", ".pickle", ".cloudpickle"))}, names
+    assert [p.name for p in tmp_path.glob("store/**/*.py")] == ["pyfunc_entry.py"]
+    assert MlflowClient().get_model_version("refracture-contract", mv.version)
+
+
+@pytest.mark.slow
+def test_a_version_in_the_old_pickled_format_is_refused(fitted, tmp_path, monkeypatch):
+    """A version logged as a cloudpickled PythonModel (the format before risk curves) is
+    refused with a message that says to retrain."""
+    import mlflow
+
+    from modelstore.tracking import configure_tracking, get_or_create_experiment
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model, _ = fitted
+    configure_tracking(tmp_path / "store")
+
+    class OldModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return pd.DataFrame({"probability": np.full(len(model_input), 0.1)})
+
+    with mlflow.start_run(experiment_id=get_or_create_experiment("old-format")):
+        info = mlflow.pyfunc.log_model(name="model", python_model=OldModel())
+    mv = mlflow.register_model(info.model_uri, "refracture-old")
+    with pytest.raises(ModelFormatError, match="old format.*Retrain"):
+        load_model(f"models:/refracture-old/{mv.version}")
+
+
+def test_stored_parts_load_back_identically_for_every_candidate(tmp_path):
+    """save/load without pickles gives the same curve and explanation, for every model type."""
+    from modelstore.candidates import MODEL_TYPES
+
+    tables, _ = simulate(load_profile("yassavoly2025-pkp"), n_procedures=600, seed=8)
+    typed = validate_raw(tables)
+    ts = build_training_set(typed, "postop")
+    lab = ts[ts[OUTCOME].notna()]
+    names = feature_names("postop")
+    records = tables_to_records(typed).set_index("procedure_id", drop=False).loc[lab.index[:30]]
+    calibration = HorizonCalibration((3.0, 6.0, 12.0, 24.0), (-2.0, -1.5, -1.5, -0.5), 1.1)
+    small = {"random_forest": {"n_estimators": 20}, "xgboost": {"n_estimators": 20}}
+    for model_type in MODEL_TYPES:
+        scorer = make_scorer(model_type, small.get(model_type, {}), OUTCOME, seed=0, n_jobs=1)
+        scorer.fit(lab[names], lab[OUTCOME].astype(int).to_numpy())
+        model = RefractureModel(scorer, calibration, OUTCOME, "postop", 24.0, names)
+        again = RefractureModel.load(model.save(tmp_path / model_type))
+        np.testing.assert_array_equal(again.predict_curve(records).to_numpy(), model.predict_curve(records).to_numpy())
+        np.testing.assert_allclose(again.explain(records, 12).values, model.explain(records, 12).values, atol=1e-12)
+        assert again.missing_inputs(records) == model.missing_inputs(records)
+    (tmp_path / "xgboost" / "model.json").write_text('{"format_version": 1}')
+    with pytest.raises(ModelFormatError, match="format 1"):
+        RefractureModel.load(tmp_path / "xgboost")
+
+
+def test_scorers_are_scikit_learn_estimators():
+    """get_params / clone work (scikit-learn's estimator contract); fitted state ends in '_'."""
+    from sklearn.base import clone
+
+    from modelstore.candidates import MODEL_TYPES
+
+    for model_type in MODEL_TYPES:
+        scorer = make_scorer(model_type, {}, OUTCOME, seed=3, n_jobs=1)
+        params = scorer.get_params()
+        assert params["random_state"] == 3
+        twin = clone(scorer)
+        assert twin.get_params() == params and twin is not scorer
+        assert not [k for k in vars(twin) if k.endswith("_")], "unfitted clone carries fitted state"

@@ -8,7 +8,8 @@ from pathlib import Path
 from features.catalog import FEATURE_SETS
 from features.labels import OUTCOMES
 from modelstore.errors import ConfigError
-from training.candidates import MODEL_TYPES
+from modelstore.candidates import MODEL_TYPES
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class TrainConfig:
     ``search_trials``: optuna trials per searched candidate (elastic net, random forest,
     XGBoost; the logistic baseline has no search). ``cv_folds``: folds of the grouped,
     stratified cross-validation on the training part (search, calibration, selection).
+    ``horizon_months``: the headline horizon (labels for the score model, selection, the
+    single number served); ``horizons_months``: every horizon of the risk curve (ascending,
+    the headline among them).
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
     outcome with fewer events is refused.
     """
@@ -25,7 +29,8 @@ class TrainConfig:
     raw_dir: Path
     outcomes: tuple[str, ...] = OUTCOMES
     feature_set: str = "postop"
-    horizon_months: float = 24.0
+    horizon_months: float = HEADLINE_HORIZON_MONTHS
+    horizons_months: tuple[float, ...] = DEFAULT_HORIZONS_MONTHS
     seed: int = 0
     search_trials: int = 20
     test_size: float = 0.2
@@ -52,6 +57,12 @@ class TrainConfig:
             raise ConfigError(f"--candidates: unknown {unknown or 'none given'}; choose from {', '.join(MODEL_TYPES)}")
         if not 1 <= self.horizon_months <= 120:
             raise ConfigError(f"--horizon-months must be within 1-120, got {self.horizon_months:g}")
+        horizons = tuple(sorted({float(h) for h in (*self.horizons_months, self.horizon_months)}))
+        if any(not 0.5 <= h <= 120 for h in horizons):
+            raise ConfigError(f"--horizons must be within 0.5-120 months, got {', '.join(f'{h:g}' for h in horizons)}")
+        # The headline horizon is always part of the curve; frozen dataclass, so set it once here.
+        object.__setattr__(self, "horizons_months", horizons)
+        object.__setattr__(self, "horizon_months", float(self.horizon_months))
         if not 0.05 <= self.test_size <= 0.5:
             raise ConfigError(f"--test-size must be within 0.05-0.5, got {self.test_size:g}")
         if not 2 <= self.cv_folds <= 10:

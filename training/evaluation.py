@@ -27,6 +27,22 @@ N_BINS = 10
 _EPS = 1e-15
 
 
+def log_loss_terms(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row negative log-likelihood of 0/1 labels ``y`` under probabilities ``p``
+    (clipped to [1e-15, 1 - 1e-15]): the one log-loss rule every mean below uses."""
+    pc = np.clip(np.asarray(p, dtype="float64"), _EPS, 1 - _EPS)
+    y = np.asarray(y, dtype="float64")
+    return -(y * np.log(pc) + (1 - y) * np.log1p(-pc))
+
+
+def weighted_log_loss(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Mean log loss weighted by ``weight`` (e.g. IPCW weights: rows weighing 0, whose label
+    is unknown, do not count)."""
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype="float64")
+    keep = w > 0
+    return float(w[keep] @ log_loss_terms(np.asarray(y, dtype="float64")[keep], np.asarray(p)[keep]) / w[keep].sum())
+
+
 def _groups(sorted_values: np.ndarray) -> np.ndarray:
     """Start positions of runs of equal values in a sorted array."""
     return np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
@@ -50,7 +66,7 @@ def _weighted_metrics(y: np.ndarray, p: np.ndarray, W: np.ndarray, bins: np.ndar
         out["prevalence"] = pos / n_w
         out["brier"] = (W @ (p - y) ** 2) / n_w
         pc = np.clip(p, _EPS, 1 - _EPS)
-        out["log_loss"] = (W @ -(y * np.log(pc) + (1 - y) * np.log1p(-pc))) / n_w
+        out["log_loss"] = (W @ log_loss_terms(y, p)) / n_w
 
         # AUROC (Mann-Whitney with ties counted half) and average precision, from sums
         # of weights over runs of tied scores.
@@ -149,28 +165,33 @@ def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype("float64")
 
 
-def replicates(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, chunk: int = 250) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def replicates(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, chunk: int = 250,
+               weight: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point estimates and bootstrap replicate arrays of every metric.
 
-    The same ``seed`` and ``n`` give the same resamples, so replicates of two models on
-    the same rows are paired (used for differences, e.g. model vs oracle).
+    ``weight``: case weights (e.g. inverse-probability-of-censoring weights of crude labels
+    at a horizon, which makes the AUROC the IPCW time-dependent AUROC with the censoring
+    distribution held fixed); each resample multiplies them by its counts. The same
+    ``seed`` and ``n`` give the same resamples, so replicates of two models on the same
+    rows are paired (used for differences, e.g. model vs oracle).
     """
     y = np.asarray(y, dtype="float64")
     p = np.asarray(p, dtype="float64")
+    base = np.ones(len(y)) if weight is None else np.asarray(weight, dtype="float64")
     bins = _bins(p)
-    point = {k: float(v[0]) for k, v in _weighted_metrics(y, p, np.ones((1, len(y))), bins).items()}
+    point = {k: float(v[0]) for k, v in _weighted_metrics(y, p, base[None, :], bins).items()}
     start = None
     if all(np.isfinite([point["calibration_slope"], point["calibration_intercept"]])):
         pc = np.clip(p, _EPS, 1 - _EPS)
         lp = np.log(pc) - np.log1p(-pc)
-        start = (point["calibration_slope"], float(_weighted_logistic(lp, y, np.ones((1, len(y))), slope=True)[1][0]),
+        start = (point["calibration_slope"], float(_weighted_logistic(lp, y, base[None, :], slope=True)[1][0]),
                  point["calibration_intercept"])
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {}
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
-        W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=size).astype("float64")
+        W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=size).astype("float64") * base
         for k, v in _weighted_metrics(y, p, W, bins, start).items():
             parts.setdefault(k, []).append(v)
         done += size
@@ -215,7 +236,7 @@ def paired_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, metrics: 
 
 #: Subgroups reported for fairness (TRIPOD+AI 14/23a): column of the subgroup frame.
 SUBGROUPS = ("sex", "age_band", "region", "technique")
-SUBGROUP_METRICS = ("auroc", "brier", "log_loss", "calibration_intercept", "calibration_slope", "ece")
+SUBGROUP_METRICS = ("auroc", "brier", "log_loss", "calibration_intercept", "calibration_slope")
 #: Subgroups with fewer events (or non-events) than this get counts only.
 MIN_SUBGROUP_EVENTS = 5
 
@@ -225,23 +246,26 @@ def age_band(age_years: pd.Series) -> pd.Series:
     return pd.cut(age_years, [-np.inf, 70, 80, np.inf], right=False, labels=["<70", "70-79", "≥80"]).astype(object)
 
 
-def subgroup_metrics(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame, n_boot: int = 300, seed: int = 0) -> pd.DataFrame:
+def subgroup_metrics(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame, n_boot: int = 300, seed: int = 0,
+                     weight: np.ndarray | None = None) -> pd.DataFrame:
     """Metrics with CIs per level of each subgroup column of ``groups`` (row-aligned with y, p).
 
+    ``weight``: case weights (IPCW weights of crude labels; rows weighing 0 are left out).
     Returns one row per (subgroup, level) with n, events, and ``SUBGROUP_METRICS`` (+ CIs);
     metrics are NaN when the level has fewer than ``MIN_SUBGROUP_EVENTS`` events or non-events.
     """
     rows = []
     y = np.asarray(y, dtype="float64")
     p = np.asarray(p, dtype="float64")
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype="float64")
     for col in groups.columns:
         values = groups[col].to_numpy()
         for level in pd.unique(values[pd.notna(values)]):
-            mask = values == level
+            mask = (values == level) & (w > 0)
             yy, pp = y[mask], p[mask]
             row: dict[str, object] = {"subgroup": col, "level": str(level), "n": int(mask.sum()), "events": int(yy.sum())}
             if yy.sum() >= MIN_SUBGROUP_EVENTS and (1 - yy).sum() >= MIN_SUBGROUP_EVENTS:
-                point, reps = replicates(yy, pp, n_boot, seed)
+                point, reps = replicates(yy, pp, n_boot, seed, weight=w[mask])
                 flat = with_ci({k: point[k] for k in SUBGROUP_METRICS}, reps)
                 row.update(flat)
             rows.append(row)

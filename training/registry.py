@@ -1,5 +1,9 @@
 """The model registry: one registered model per outcome, ``refracture-<outcome>``.
 
+Every version carries tags ``estimand`` (``modelstore.estimand.ESTIMAND``),
+``horizons_months`` ("3,6,12,24") and ``horizon_months`` (the headline), which serving
+checks against its configuration before it serves the version.
+
 Aliases: ``champion`` (what serving loads) and ``challenger`` (a newer version that did
 not beat the champion). Every alias move, automatic or by hand, is recorded as
 model-version tags (``alias.<alias>.set_by`` / ``.set_at`` / ``.reason``), as a
@@ -14,7 +18,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode, RESOURCE_DOES_NOT_EXIST
@@ -22,13 +25,14 @@ from mlflow.tracking import MlflowClient
 
 from modelstore.naming import ALIASES, CHALLENGER, CHAMPION, model_name
 from modelstore.tracking import already_exists
+from modelstore.artifact import load_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ALIASES", "CHALLENGER", "CHAMPION", "model_name", "current_version", "load_version", "register",
            "set_alias", "delete_version", "list_models", "beats"]
 #: Metrics shown by ``refracture models`` (read from model-version tags).
-KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope", "ece")
+KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope")
 
 
 def _client() -> MlflowClient:
@@ -68,8 +72,8 @@ def current_version(outcome: str, alias: str = CHAMPION):
 
 
 def load_version(outcome: str, version: str):
-    """Load a registered version's RefractureModel (unwrapped python model)."""
-    return mlflow.pyfunc.load_model(f"models:/{model_name(outcome)}/{version}").unwrap_python_model()
+    """Load a registered version's RefractureModel (old-format versions refused with a message)."""
+    return load_model(f"models:/{model_name(outcome)}/{version}")
 
 
 def register(model_uri: str, outcome: str, tags: dict[str, Any], description: str = ""):

@@ -1,10 +1,16 @@
 """Hyperparameter search inside cross-validation on the training part (optuna, seeded).
 
-The objective is the cross-validated log loss *after* Platt calibration of the pooled
-out-of-fold log-odds: the models are calibrated afterwards anyway, so the search should
-reward discrimination and sharpness, not raw calibration. The out-of-fold log-odds of the
-best trial are returned and reused to fit the final calibration (``training.calibration``)
-and for model selection, so no extra cross-validation is needed.
+Labels are the crude binary labels at the headline horizon and every fit and every loss
+is weighted by the inverse-probability-of-censoring weights (``training.competing_risks``;
+rows censored before the horizon weigh 0 and are left out of the fits, but still get an
+out-of-fold score: shorter horizons use them).
+
+The objective is the IPCW-weighted cross-validated log loss at the headline horizon
+*after* Platt calibration of the pooled out-of-fold scores: the models are calibrated
+afterwards anyway, so the search should reward discrimination and sharpness, not raw
+calibration. The out-of-fold scores of the best trial are returned and reused to fit the
+horizon calibration (``modelstore.calibration``) and for model selection, so no extra
+cross-validation is needed.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import optuna
 import pandas as pd
+from joblib import Parallel, delayed
 
-from training.calibration import Platt
-from training.candidates import expit, make_scorer
+from modelstore.calibration import fit_logistic_1d
+from modelstore.candidates import expit, make_scorer
+from training.evaluation import weighted_log_loss
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,16 @@ FOREST_TREES = 150
 #: The forest costs several times more per trial than the other candidates and has three
 #: influential hyperparameters: it gets half the trial budget (at least 1).
 FOREST_TRIAL_SHARE = 0.5
+
+
+def trial_budget(model_type: str, search_trials: int) -> int:
+    """Trials ``model_type`` runs for a budget of ``search_trials`` (0: none, defaults used).
+    The one place the baseline's fixed parameters and the forest's share are applied."""
+    if model_type == "logistic" or search_trials <= 0:
+        return 0
+    if model_type == "random_forest":
+        return max(1, int(round(search_trials * FOREST_TRIAL_SHARE)))
+    return search_trials
 #: Candidates whose cross-validation folds are fitted in parallel (one thread per fit).
 FOLD_PARALLEL = ("logistic", "elastic_net", "xgboost")
 
@@ -67,9 +86,10 @@ def default_params(model_type: str) -> dict[str, Any]:
             "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0}
 
 
-def oof_raw_logit(model_type: str, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray,
+def oof_raw_logit(model_type: str, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, weight: np.ndarray,
                   folds: list[tuple[np.ndarray, np.ndarray]], outcome: str, seed: int, n_jobs: int) -> np.ndarray:
-    """Out-of-fold raw log-odds: each row scored by the model fitted without its fold.
+    """Out-of-fold raw log-odds: each row scored by the model fitted without its fold
+    (fitted on the fold's rows with positive ``weight``, weighted by it).
 
     Linear models and XGBoost run their folds on ``n_jobs`` threads, each fit single-threaded
     (XGBoost's OpenMP threads busy-wait and slow down many-fold when the cores are shared
@@ -78,13 +98,13 @@ def oof_raw_logit(model_type: str, params: dict[str, Any], X: pd.DataFrame, y: n
     """
     def one(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inner = 1 if model_type in FOLD_PARALLEL else n_jobs
-        scorer = make_scorer(model_type, params, outcome, seed, inner).fit(X.iloc[train], y[train])
+        fit_rows = train[weight[train] > 0]
+        scorer = make_scorer(model_type, params, outcome, seed, inner).fit(X.iloc[fit_rows], y[fit_rows],
+                                                                            sample_weight=weight[fit_rows])
         return val, scorer.raw_logit(X.iloc[val])
 
     out = np.full(len(y), np.nan)
     if model_type in FOLD_PARALLEL and n_jobs > 1:
-        from joblib import Parallel, delayed
-
         parts = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(one)(tr, va) for tr, va in folds)
     else:
         parts = [one(tr, va) for tr, va in folds]
@@ -93,10 +113,10 @@ def oof_raw_logit(model_type: str, params: dict[str, Any], X: pd.DataFrame, y: n
     return out
 
 
-def calibrated_log_loss(raw: np.ndarray, y: np.ndarray) -> float:
-    """Log loss of ``raw`` log-odds after Platt scaling fitted on them."""
-    p = np.clip(expit(Platt.fit(raw, y)(raw)), 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+def calibrated_log_loss(raw: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """Weighted log loss of ``raw`` log-odds after weighted Platt scaling fitted on them."""
+    slope, intercept = fit_logistic_1d(raw, y, weight)
+    return weighted_log_loss(y, expit(slope * raw + intercept), weight)
 
 
 @dataclass
@@ -110,35 +130,33 @@ class SearchResult:
     n_trials: int
 
 
-def search(model_type: str, X: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-           outcome: str, seed: int, n_trials: int, n_jobs: int = 2,
+def search(model_type: str, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray,
+           folds: list[tuple[np.ndarray, np.ndarray]], outcome: str, seed: int, search_trials: int, n_jobs: int = 2,
            on_trial: Callable[[int, float], None] | None = None) -> SearchResult:
-    """Search ``model_type`` hyperparameters with ``n_trials`` TPE trials (seeded).
+    """Search ``model_type`` hyperparameters with ``trial_budget`` TPE trials (seeded).
 
-    ``logistic`` and ``n_trials == 0`` use ``default_params`` (cross-validated once for
-    the OOF log-odds). The random forest runs ``FOREST_TRIAL_SHARE`` of the trials.
-    ``on_trial(i, loss)`` is called after each trial (progress bars).
+    ``y``: crude labels at the headline horizon (any value where ``weight`` is 0);
+    ``weight``: their IPCW weights. ``logistic`` and ``search_trials == 0`` use
+    ``default_params`` (cross-validated once for the OOF scores). ``on_trial(i, loss)`` is
+    called after each trial (progress bars).
     """
-    if model_type == "logistic" or n_trials <= 0:
+    n_trials = trial_budget(model_type, search_trials)
+    if n_trials == 0:
         params = default_params(model_type)
-        oof = oof_raw_logit(model_type, params, X, y, folds, outcome, seed, n_jobs)
-        loss = calibrated_log_loss(oof, y)
+        oof = oof_raw_logit(model_type, params, X, y, weight, folds, outcome, seed, n_jobs)
+        loss = calibrated_log_loss(oof, y, weight)
         if on_trial:
             on_trial(1, loss)
         return SearchResult(model_type, params, loss, oof, 0)
 
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if model_type == "random_forest":
-        n_trials = max(1, int(round(n_trials * FOREST_TRIAL_SHARE)))
     oofs: dict[int, np.ndarray] = {}
 
     def objective(trial) -> float:
         params = suggest(model_type, trial)
-        oof = oof_raw_logit(model_type, params, X, y, folds, outcome, seed, n_jobs)
+        oof = oof_raw_logit(model_type, params, X, y, weight, folds, outcome, seed, n_jobs)
         oofs[trial.number] = oof
-        return calibrated_log_loss(oof, y)
+        return calibrated_log_loss(oof, y, weight)
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, n_trials // 2)))
     study = optuna.create_study(direction="minimize", sampler=sampler)

@@ -1,15 +1,20 @@
 """The candidate models and how each one turns features into a raw log-odds score.
 
-Every candidate is a *scorer*: ``fit(X, y)`` on a feature frame (float64, NaN = missing)
-and ``raw_logit(X)`` -> float64 log-odds. Calibration (``training.calibration``) maps the
-raw log-odds to calibrated ones; explanation (``training.explain``) decomposes them.
+Every candidate is a *scorer*, a scikit-learn ``BaseEstimator`` (``get_params``, ``clone``):
+``fit(X, y, sample_weight)`` on a feature frame (float64, NaN = missing) and
+``raw_logit(X)`` -> float64 score ``eta(x)``, the log-odds of the event by the headline
+horizon. The labels are the crude binary labels at that horizon and ``sample_weight`` the
+inverse-probability-of-censoring weights (``training.competing_risks``): rows censored
+before the horizon are not passed (weight 0), the others count 1 / G(t-). Calibration
+(``modelstore.calibration``) maps eta to the risk at every horizon; explanation
+(``modelstore.explain``) decomposes it.
 
 Candidates (``MODEL_TYPES``):
 
-- ``logistic``: the clinical standard. Median imputation + missing indicators +
-  winsorised standardisation (``LinearPrep``), a quadratic term for cement volume
-  (its effect is U-shaped, clinical-evidence §3), and an essentially unpenalised
-  logistic regression.
+- ``logistic``: the clinical standard. A scikit-learn encoding (``linear_encoding``:
+  median imputation, missing indicators, winsorised standardisation, a quadratic term
+  for cement volume, whose effect is U-shaped, clinical-evidence §3) and an essentially
+  unpenalised logistic regression.
 - ``elastic_net``: the same encoding, penalised logistic regression (L1/L2 mix searched).
 - ``random_forest``: scikit-learn forest on the raw features; missing values handled
   natively by the trees (scikit-learn >= 1.4 learns a side for NaN at each split).
@@ -17,18 +22,28 @@ Candidates (``MODEL_TYPES``):
   where the evidence gives a direction; missing values handled natively (a learned
   default direction per split).
 
-No class weighting anywhere: reweighting would distort the probabilities the product
+No class weighting anywhere (the only weights are the censoring weights, which remove
+bias rather than add it): reweighting classes would distort the probabilities the product
 reports. The imbalance is handled by stratified splits and by reporting AUPRC and
 calibration next to AUROC.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
 
 MODEL_TYPES = ("logistic", "elastic_net", "random_forest", "xgboost")
 #: Raw log-odds of a probability estimate (random forest) are taken of p clipped to
@@ -106,13 +121,14 @@ MONOTONE: dict[str, dict[str, int]] = {
         "leakage_any": +1,                # any leakage, new fracture pooled OR 2.05 (JOSR 2022)
         "hu_ratio_augmented_adjacent": +1,  # stiffness gradient (Matsumoto 2024 via Zeng)
         "thoracolumbar_junction": +1,     # listed driver of AVF (clinical-evidence §1)
-        "n_levels_treated": +1,           # multiple levels, new fracture OR 2.03 (Cao 2016)
+        # n_levels_treated not constrained: Yassavoly 2025 found multiple treated levels do
+        # not raise adjacent or remote risk (issue 12), against Cao 2016's pooled OR 2.03.
     },
     "remote_fracture": {
         **_BONE_QUALITY,
         "brace_prescribed": -1,   # 0 % vs 4.1 % RVF (Yassavoly 2025)
         "leakage_any": +1,        # new fracture pooled OR 2.05 (JOSR 2022)
-        "n_levels_treated": +1,   # OR 2.03 (Cao 2016)
+        # n_levels_treated not constrained (Yassavoly 2025; see adjacent_fracture).
     },
 }
 
@@ -123,85 +139,96 @@ def monotone_constraints(outcome: str, feature_names: list[str]) -> tuple[int, .
     return tuple(int(table.get(name, 0)) for name in feature_names)
 
 
-class _Picklable:
-    """Scorers cache their SHAP explainer on first use; the cache is never pickled."""
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_explainer")}
-
-
 #: Rows of training data kept with a tree-boosting model as the SHAP background.
 BACKGROUND_ROWS = 100
+
+
+def _weights(sample_weight, n: int) -> np.ndarray | None:
+    return None if sample_weight is None else np.asarray(sample_weight, dtype="float64").reshape(n)
 
 
 # ----------------------------------------------------------------------------------------
 # Linear models
 # ----------------------------------------------------------------------------------------
-@dataclass
-class LinearPrep:
-    """Encoding for the linear models, learned on training data only.
+class Winsorizer(TransformerMixin, BaseEstimator):
+    """Clip each column to its training ``low``/``high`` percentiles (0.5 / 99.5 by default):
+    a handful of extreme values must not set a linear model's slope."""
 
-    Per feature: impute the training median; add a 0/1 missing indicator if the feature
-    was ever missing in training; winsorise at the training 0.5th/99.5th percentiles;
-    standardise with the training mean and SD. Features in ``QUADRATIC_FEATURES`` also
-    get a squared (standardised) term. ``sources_`` names, for every output column, the
-    feature it comes from, so explanations can be summed back per feature.
-    """
+    def __init__(self, low: float = 0.5, high: float = 99.5):
+        self.low = low
+        self.high = high
 
-    quadratic: tuple[str, ...] = QUADRATIC_FEATURES
-
-    def fit(self, X: pd.DataFrame) -> "LinearPrep":
-        values = X.to_numpy(dtype="float64")
-        self.feature_names_ = list(X.columns)
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(values, axis=0)
-        self.medians_ = np.where(np.isnan(med), 0.0, med)
-        self.indicator_ = np.isnan(values).any(axis=0)
-        filled = np.where(np.isnan(values), self.medians_, values)
-        self.low_ = np.percentile(filled, 0.5, axis=0)
-        self.high_ = np.percentile(filled, 99.5, axis=0)
-        clipped = np.clip(filled, self.low_, self.high_)
-        self.mean_ = clipped.mean(axis=0)
-        sd = clipped.std(axis=0)
-        self.scale_ = np.where(sd > 0, sd, 1.0)
-        self.quad_idx_ = [self.feature_names_.index(q) for q in self.quadratic if q in self.feature_names_]
-        z = (clipped - self.mean_) / self.scale_
-        sq = z[:, self.quad_idx_] ** 2
-        self.sq_mean_ = sq.mean(axis=0) if sq.shape[1] else np.zeros(0)
-        self.sq_scale_ = np.where(sq.std(axis=0) > 0, sq.std(axis=0), 1.0) if sq.shape[1] else np.zeros(0)
-        self.sources_ = (
-            list(self.feature_names_)
-            + [self.feature_names_[i] for i in self.quad_idx_]
-            + [n for n, ind in zip(self.feature_names_, self.indicator_) if ind]
-        )
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype="float64")
+        self.low_ = np.percentile(X, self.low, axis=0)
+        self.high_ = np.percentile(X, self.high, axis=0)
         return self
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        """Encoded matrix (n, len(sources_)) for features in the fitted order."""
-        values = in_order(X, self.feature_names_).to_numpy(dtype="float64")
-        missing = np.isnan(values)
-        filled = np.where(missing, self.medians_, values)
-        z = (np.clip(filled, self.low_, self.high_) - self.mean_) / self.scale_
-        sq = (z[:, self.quad_idx_] ** 2 - self.sq_mean_) / self.sq_scale_
-        ind = missing[:, self.indicator_].astype("float64")
-        return np.hstack([z, sq, ind])
+    def transform(self, X):
+        return np.clip(np.asarray(X, dtype="float64"), self.low_, self.high_)
 
 
-@dataclass
-class LinearScorer(_Picklable):
-    """Logistic regression on the ``LinearPrep`` encoding. ``C`` is the inverse penalty
-    strength; ``l1_ratio`` 0 = ridge, 1 = lasso (elastic net in between)."""
+class SquaredTerms(TransformerMixin, BaseEstimator):
+    """Append the square of the columns at positions ``columns`` (U-shaped effects)."""
 
-    model_type: str = "logistic"
-    C: float = 1e4
-    l1_ratio: float = 0.0
-    random_state: int = 0
+    def __init__(self, columns: tuple[int, ...] = ()):
+        self.columns = columns
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "LinearScorer":
-        from sklearn.linear_model import LogisticRegression
+    def fit(self, X, y=None):
+        return self
 
-        self.prep_ = LinearPrep().fit(X)
-        Z = self.prep_.transform(X)
+    def transform(self, X):
+        X = np.asarray(X, dtype="float64")
+        return np.hstack([X, X[:, list(self.columns)] ** 2])
+
+
+def linear_encoding(feature_names: list[str], quadratic: tuple[str, ...] = QUADRATIC_FEATURES) -> FeatureUnion:
+    """The linear models' encoding, from scikit-learn pieces, learned on training data only.
+
+    Values: training-median imputation, winsorising at the 0.5th/99.5th percentiles,
+    standardisation, the squared standardised value of ``quadratic`` features, then every
+    column standardised again (the squares included). Missingness: a 0/1 indicator for
+    each feature that was missing in training. Output columns: values, squares, indicators.
+    """
+    squares = tuple(feature_names.index(q) for q in quadratic if q in feature_names)
+    values = Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("winsorise", Winsorizer()),
+        ("scale", StandardScaler()),
+        ("square", SquaredTerms(squares)),
+        ("rescale", StandardScaler()),
+    ])
+    return FeatureUnion([("values", values), ("missing", MissingIndicator(features="missing-only", error_on_new=False))])
+
+
+def encoded_sources(encoding: FeatureUnion, feature_names: list[str]) -> list[str]:
+    """The feature each column of a fitted ``linear_encoding`` comes from (for explanations)."""
+    values = encoding.transformer_list[0][1]
+    squares = [feature_names[i] for i in values.named_steps["square"].columns]
+    missing = [feature_names[i] for i in encoding.transformer_list[1][1].features_]
+    return list(feature_names) + squares + missing
+
+
+def imputation_medians(encoding: FeatureUnion, feature_names: list[str]) -> dict[str, float]:
+    """Training median used for each feature of a fitted ``linear_encoding``."""
+    stats = encoding.transformer_list[0][1].named_steps["impute"].statistics_
+    return dict(zip(feature_names, (float(v) for v in stats)))
+
+
+class LinearScorer(BaseEstimator):
+    """Logistic regression on ``linear_encoding``. ``C`` is the inverse penalty strength;
+    ``l1_ratio`` 0 = ridge, 1 = lasso (elastic net in between)."""
+
+    def __init__(self, model_type: str = "logistic", C: float = 1e4, l1_ratio: float = 0.0, random_state: int = 0):
+        self.model_type = model_type
+        self.C = C
+        self.l1_ratio = l1_ratio
+        self.random_state = random_state
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, sample_weight=None) -> "LinearScorer":
+        self.feature_names_ = list(X.columns)
+        self.encoding_ = linear_encoding(self.feature_names_)
+        Z = self.encoding_.fit_transform(X.to_numpy(dtype="float64"))
         if self.model_type == "elastic_net":
             # tol 1e-3 on standardised features: tighter only costs saga time, not risk accuracy.
             clf = LogisticRegression(C=self.C, l1_ratio=self.l1_ratio, solver="saga", max_iter=1000,
@@ -210,51 +237,58 @@ class LinearScorer(_Picklable):
             # "Unpenalised" in practice: a negligible ridge keeps the fit finite when a rare
             # binary feature separates the classes in a small sample.
             clf = LogisticRegression(C=self.C, solver="lbfgs", max_iter=5000, random_state=self.random_state)
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(Z, np.asarray(y, dtype=int))
-        self.clf_ = clf
-        self.coef_ = clf.coef_.ravel().astype("float64")
-        self.intercept_ = float(clf.intercept_[0])
-        # Background for explanations: the training mean of the encoded columns.
-        self.background_mean_ = Z.mean(axis=0)
+            clf.fit(Z, np.asarray(y, dtype=int), sample_weight=_weights(sample_weight, len(Z)))
+        self.classifier_ = clf
+        self.set_fitted(self.encoding_, clf.coef_.ravel(), float(clf.intercept_[0]), Z.mean(axis=0))
         return self
 
-    def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
-        return self.prep_.transform(X) @ self.coef_ + self.intercept_
+    def set_fitted(self, encoding: FeatureUnion, coef: np.ndarray, intercept: float, background_mean: np.ndarray) -> None:
+        """Fitted state (also how a stored model is restored): the encoding, coefficients,
+        intercept and the training mean of the encoded columns (the explanation background)."""
+        self.encoding_ = encoding
+        self.coef_ = np.asarray(coef, dtype="float64")
+        self.intercept_ = float(intercept)
+        self.background_mean_ = np.asarray(background_mean, dtype="float64")
+        self.sources_ = encoded_sources(encoding, self.feature_names_)
 
-    def params(self) -> dict[str, Any]:
-        return {"C": self.C, "l1_ratio": self.l1_ratio}
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        """Encoded matrix (n, len(sources_)) of features in the fitted order."""
+        return self.encoding_.transform(in_order(X, self.feature_names_).to_numpy(dtype="float64"))
+
+    def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
+        return self.encode(X) @ self.coef_ + self.intercept_
+
+    def medians(self) -> dict[str, float]:
+        """Training median imputed for each feature."""
+        return imputation_medians(self.encoding_, self.feature_names_)
 
 
 # ----------------------------------------------------------------------------------------
 # Trees
 # ----------------------------------------------------------------------------------------
-@dataclass
-class ForestScorer(_Picklable):
+class ForestScorer(BaseEstimator):
     """Random forest (scikit-learn) on raw features with native NaN handling.
     Raw log-odds = logit of the forest's probability clipped to [EPS, 1 - EPS]."""
 
-    n_estimators: int = 150
-    min_samples_leaf: int = 20
-    max_features: float = 0.3
-    max_samples: float | None = 0.7
-    random_state: int = 0
-    n_jobs: int = 2
-    model_type: str = field(default="random_forest", init=False)
+    model_type = "random_forest"
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "ForestScorer":
-        from sklearn.ensemble import RandomForestClassifier
+    def __init__(self, n_estimators: int = 150, min_samples_leaf: int = 20, max_features: float = 0.3,
+                 max_samples: float | None = 0.7, random_state: int = 0, n_jobs: int = 2):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.max_samples = max_samples
+        self.random_state = random_state
+        self.n_jobs = n_jobs
 
+    def fit(self, X: pd.DataFrame, y: np.ndarray, sample_weight=None) -> "ForestScorer":
         self.forest_ = RandomForestClassifier(
             n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
             max_features=self.max_features, max_samples=self.max_samples, bootstrap=True,
             random_state=self.random_state, n_jobs=self.n_jobs,
-        ).fit(X.to_numpy(dtype="float64"), np.asarray(y, dtype=int))
+        ).fit(X.to_numpy(dtype="float64"), np.asarray(y, dtype=int), sample_weight=_weights(sample_weight, len(X)))
         self.feature_names_ = list(X.columns)
         return self
 
@@ -264,55 +298,53 @@ class ForestScorer(_Picklable):
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         return logit(self.proba(X))
 
-    def params(self) -> dict[str, Any]:
-        return {"n_estimators": self.n_estimators, "min_samples_leaf": self.min_samples_leaf,
-                "max_features": self.max_features, "max_samples": self.max_samples}
 
-
-@dataclass
-class BoostScorer(_Picklable):
+class BoostScorer(BaseEstimator):
     """XGBoost (binary:logistic) with monotone constraints; native NaN handling.
 
     Raw log-odds are computed in float64: XGBoost routes each row to its leaves
     (``pred_leaf``) and the leaf values are summed in float64 with the base margin.
     XGBoost's own margin is summed in float32 (errors of ~1e-6 over hundreds of
-    trees), which would make exact SHAP additivity untestable.
+    trees), which would make exact SHAP additivity untestable. The fitted model is the
+    ``booster_`` (stored as XGBoost JSON).
     """
 
-    outcome: str = ""
-    n_estimators: int = 300
-    learning_rate: float = 0.05
-    max_depth: int = 3
-    min_child_weight: float = 5.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
-    random_state: int = 0
-    n_jobs: int = 2
-    model_type: str = field(default="xgboost", init=False)
+    model_type = "xgboost"
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "BoostScorer":
-        import xgboost as xgb
+    def __init__(self, outcome: str = "", n_estimators: int = 300, learning_rate: float = 0.05, max_depth: int = 3,
+                 min_child_weight: float = 5.0, subsample: float = 0.8, colsample_bytree: float = 0.8,
+                 reg_lambda: float = 1.0, random_state: int = 0, n_jobs: int = 2):
+        self.outcome = outcome
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.random_state = random_state
+        self.n_jobs = n_jobs
 
+    def fit(self, X: pd.DataFrame, y: np.ndarray, sample_weight=None) -> "BoostScorer":
         self.feature_names_ = list(X.columns)
         self.constraints_ = monotone_constraints(self.outcome, self.feature_names_)
-        self.model_ = xgb.XGBClassifier(
+        model = xgb.XGBClassifier(
             n_estimators=self.n_estimators, learning_rate=self.learning_rate, max_depth=self.max_depth,
             min_child_weight=self.min_child_weight, subsample=self.subsample,
             colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda,
             monotone_constraints=self.constraints_, tree_method="hist", objective="binary:logistic",
             eval_metric="logloss", random_state=self.random_state, n_jobs=self.n_jobs,
-        ).fit(X.to_numpy(dtype="float64"), np.asarray(y, dtype=int))
-        self._index_leaves()
+        ).fit(X.to_numpy(dtype="float64"), np.asarray(y, dtype=int), sample_weight=_weights(sample_weight, len(X)))
         rng = np.random.default_rng(self.random_state)
         take = rng.choice(len(X), size=min(BACKGROUND_ROWS, len(X)), replace=False)
-        self.background_ = X.to_numpy(dtype="float64")[np.sort(take)]
+        self.set_fitted(model.get_booster(), X.to_numpy(dtype="float64")[np.sort(take)])
         return self
 
-    def _index_leaves(self) -> None:
-        import json
-
-        booster = self.model_.get_booster()
+    def set_fitted(self, booster, background: np.ndarray) -> None:
+        """Fitted state (also how a stored model is restored): the booster and the SHAP
+        background rows; indexes the leaf values for float64 log-odds."""
+        self.booster_ = booster
+        self.background_ = np.asarray(background, dtype="float64")
         dump = json.loads(booster.save_raw("json").decode())
         trees = dump["learner"]["gradient_booster"]["model"]["trees"]
         width = max(len(t["split_conditions"]) for t in trees)
@@ -326,20 +358,14 @@ class BoostScorer(_Picklable):
         self.base_margin_ = float(np.log(p0) - np.log1p(-p0))
 
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
-        import xgboost as xgb
-
         data = xgb.DMatrix(in_order(X, self.feature_names_).to_numpy(dtype="float64"), missing=np.nan)
-        leaves = self.model_.get_booster().predict(data, pred_leaf=True).reshape(len(X), -1)
+        leaves = self.booster_.predict(data, pred_leaf=True).reshape(len(X), -1)
         # Leaf node ids -> positions in the flattened (trees x nodes) table: one ``take``
         # (3x faster than 2-D fancy indexing on 50k rows).
         table = np.ascontiguousarray(self.leaf_values_)
         index = leaves.astype(np.int64)
         index += np.arange(leaves.shape[1], dtype=np.int64) * table.shape[1]
         return self.base_margin_ + table.ravel().take(index).sum(axis=1)
-
-    def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("n_estimators", "learning_rate", "max_depth", "min_child_weight",
-                                              "subsample", "colsample_bytree", "reg_lambda")}
 
 
 def make_scorer(model_type: str, params: dict[str, Any], outcome: str, seed: int, n_jobs: int = 2):

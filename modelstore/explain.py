@@ -1,12 +1,13 @@
-"""SHAP explanations in calibrated log-odds: the one explanation module for training
-(plots, model card) and serving (per-patient contributions).
+"""SHAP explanations in calibrated log-odds at one horizon: the one explanation module
+for training (plots, model card) and serving (per-patient contributions).
 
 Every explanation is *additive on the scale the product reports*:
-``base_value + values.sum(axis=1)`` equals the model's calibrated log-odds for each
-record (``Explanation.logit``), to floating-point accuracy, for every candidate type.
-Calibration is an affine map of the log-odds (``logit' = a * logit + b``,
-``training.calibration``), so contributions are multiplied by ``a`` and the base
-becomes ``a * base + b``; additivity is preserved exactly.
+``base_value + values.sum(axis=1)`` equals the model's calibrated log-odds at the
+explained horizon for each record (``Explanation.logit``), to floating-point accuracy, for
+every candidate type. Calibration at horizon t is an affine map of the score
+(``logit F(t) = a_t + b * eta``, ``modelstore.calibration``), so contributions are
+multiplied by ``b`` (the same at every horizon) and the base becomes ``a_t + b * base``;
+additivity is preserved exactly at each horizon.
 
 How the raw (uncalibrated) log-odds are decomposed, per model type:
 
@@ -37,8 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import shap
 
 from features.catalog import FEATURES_BY_NAME, display_name
+from modelstore.candidates import logit
 
 METHODS = {
     "logistic": "linear SHAP (independent features, training-mean background), exact",
@@ -108,14 +111,13 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0)
 
 
 def _linear(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
-    prep = scorer.prep_
-    Z = prep.transform(X)
+    Z = scorer.encode(X)
     per_column = scorer.coef_ * (Z - scorer.background_mean_)
     base = float(scorer.intercept_ + scorer.coef_ @ scorer.background_mean_)
-    names = list(prep.feature_names_)
+    names = list(scorer.feature_names_)
     position = {n: i for i, n in enumerate(names)}
-    group = np.zeros((len(prep.sources_), len(names)))
-    for col, source in enumerate(prep.sources_):
+    group = np.zeros((len(scorer.sources_), len(names)))
+    for col, source in enumerate(scorer.sources_):
         group[col, position[source]] = 1.0
     return base, per_column @ group
 
@@ -125,10 +127,8 @@ def _tree_explainer(scorer):
     cached = scorer.__dict__.get("_explainer_cache")
     if cached is not None:
         return cached
-    import shap
-
     if scorer.model_type == "xgboost":
-        explainer = shap.TreeExplainer(scorer.model_.get_booster(), data=scorer.background_,
+        explainer = shap.TreeExplainer(scorer.booster_, data=scorer.background_,
                                        feature_perturbation="interventional", model_output="raw")
     else:
         explainer = shap.TreeExplainer(scorer.forest_, feature_perturbation="tree_path_dependent")
@@ -139,12 +139,15 @@ def _tree_explainer(scorer):
 def _boosted(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
     explainer = _tree_explainer(scorer)
     values = np.asarray(explainer.shap_values(X.to_numpy(dtype="float64"), check_additivity=False), dtype="float64")
-    return float(np.ravel(explainer.expected_value)[0]), values
+    # Interventional SHAP's base is the mean model output over the background. shap takes
+    # the margin of XGBoost's float32 base_score in float32, ~1e-8 off the float64 margin
+    # ``raw_logit`` uses when the base score is not 0.5 (weighted fits); the same mean
+    # taken from ``raw_logit`` keeps the sum exact.
+    background = pd.DataFrame(scorer.background_, columns=scorer.feature_names_)
+    return float(np.mean(scorer.raw_logit(background))), values
 
 
 def _forest(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]:
-    from training.candidates import logit
-
     explainer = _tree_explainer(scorer)
     raw = np.asarray(explainer.shap_values(X.to_numpy(dtype="float64"), check_additivity=False), dtype="float64")
     phi = raw[..., 1] if raw.ndim == 3 else raw
