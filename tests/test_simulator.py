@@ -107,7 +107,7 @@ def test_synth_writes_the_same_bytes_for_the_same_seed(tmp_path, fmt):
 def test_synth_writes_the_provenance_training_reads(tmp_path, draw):
     import json
 
-    from training.pipeline import read_profile
+    from training.provenance import read_profile
 
     run_synth(n=500, seed=5, profile="yassavoly2025-pkp", out=tmp_path, fmt="csv", draw_effects=draw)
     meta = json.loads((tmp_path / "simulation.json").read_text(encoding="utf-8"))
