@@ -42,7 +42,7 @@ from features.labels import OUTCOMES, horizon_days
 from features.simulator import load_profile, simulate
 from features.simulator.profile import Share
 from features.validate import validate_raw
-from refracture.io import write_frame_atomic, write_raw
+from features.io import write_frame_atomic, write_raw
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate

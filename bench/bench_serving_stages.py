@@ -42,22 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     store = ensure_trained_store(ROOT / "bench" / "out")
     os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "BENTOML", "MLFLOW"))})
 
-    from features.records import inspect_records, missing_fields, nest_record, records_frame
+    from features.records import inspect_records, json_record, missing_fields, records_frame
     from serving.loading import load_served_models
-    from serving.scoring import Scorer
+    from serving.scoring import ServedModels
     from serving.validation import parse_body, rows_frame
     from serving_support import valid_flat_records
 
     models = load_served_models(None)
-    scorer = Scorer(models)
+    scorer = ServedModels(models)
     flat = valid_flat_records(store, 64)
-    def as_json(v):
-        if v is None or v != v:
-            return None
-        return v.date().isoformat() if hasattr(v, "date") else v
-
-    bodies = [json.dumps(nest_record({k: as_json(v) for k, v in row.items()})).encode()
-              for row in flat.to_dict(orient="records")]
+    bodies = [json.dumps(json_record(row)).encode() for row in flat.to_dict(orient="records")]
     scorer.score(records_frame([json.loads(bodies[0])]), ["warm"], explain=True)
 
     def timed(fn, *a, **k):

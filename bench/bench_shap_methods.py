@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from features.catalog import feature_names
     from features.simulator import load_profile, simulate
     from features.validate import validate_raw
-    from training.candidates import make_scorer
+    from modelstore.candidates import make_scorer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1000)

@@ -44,7 +44,7 @@ def simulate_cohort(profile: str, n: int, seed: int, out: Path) -> None:
     """Simulated raw export + truth.parquet + simulation.json in ``out``."""
     sys.path.insert(0, str(ROOT))
     from features.simulator import load_profile, simulate
-    from refracture.io import write_frame_atomic, write_raw
+    from features.io import write_frame_atomic, write_raw
 
     tables, truth = simulate(load_profile(profile), n_procedures=n, seed=seed)
     write_raw(tables, out, "parquet")
@@ -71,7 +71,7 @@ def read_results(store: Path, outcome: str) -> dict[str, float | str]:
     sys.path.insert(0, str(ROOT))
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking(store)
     client = MlflowClient()

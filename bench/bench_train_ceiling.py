@@ -64,7 +64,7 @@ def cohort(profile: str, outcome: str, n: int, seed: int) -> tuple[pd.DataFrame,
 
 
 def fit_score(model_type: str, outcome: str, train: pd.DataFrame, features: list[str], test: pd.DataFrame) -> np.ndarray:
-    from training.candidates import make_scorer
+    from modelstore.candidates import make_scorer
     from training.search import default_params
 
     scorer = make_scorer(model_type, default_params(model_type), outcome, seed=0, n_jobs=2)

@@ -17,6 +17,7 @@ from features.clinical import clinical_features
 from features.imaging_signs import imaging_sign_features
 from features.labels import build_labels
 from features.morphometry import morphometry_features
+from features.records import records_to_wide
 from features.sarcopenia import sarcopenia_features
 from features.wide import procedure_frame
 
@@ -45,8 +46,6 @@ def compute_all_features(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def features_from_records(flat_records: pd.DataFrame, feature_set: str, typed=None) -> pd.DataFrame:
     """Features of ``feature_set`` for flat raw records (``features.records``): the serving path.
     ``typed``: the records' values as ``features.records.inspect_records`` read them."""
-    from features.records import records_to_wide
-
     feats = features_from_wide(records_to_wide(flat_records, typed))
     names = feature_names(feature_set)
     return feats if list(feats.columns) == names else feats[names]

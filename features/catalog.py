@@ -84,7 +84,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     _f("fill_ratio_total_pct", "cement", "postop", "Cement fill ratio", "%",
        definition="100 × cement_volume_ml / vertebral_body_volume_ml"),
     _f("fill_ratio_larger_side_pct", "cement", "postop", "Cement fill ratio, fuller side", "%",
-       definition="100 × cement_larger_side_volume_ml / (vertebral_body_volume_ml / 2)"),
+       definition="100 × cement_larger_side_volume_ml / vertebral_body_volume_ml (Zhou 2023: > 13.82 % raises adjacent-fracture risk)"),
     _f("npec_upper", "cement", "postop", "Cement misses upper endplate", kind="binary"),
     _f("npec_lower", "cement", "postop", "Cement misses lower endplate", kind="binary"),
     _f("npec_count", "cement", "postop", "Endplates without cement contact", "0–2", kind="count",

@@ -13,8 +13,9 @@ def cement_features(wide: pd.DataFrame) -> pd.DataFrame:
     """Cement features from a ``features.wide.procedure_frame``.
 
     Fill ratios in % of the vertebral body volume (pre-op CT); the larger-side ratio is
-    the fuller hemivertebra's cement over half the body volume (Zeng review: > 13.82 %
-    raises adjacent-fracture risk). ``npec_count`` = endplates (0-2) the cement does not
+    the fuller hemivertebra's cement over the *whole* body volume, as Zhou 2023 defines it
+    (Zeng review: > 13.82 % raises adjacent-fracture risk; the threshold only holds with
+    this denominator). ``npec_count`` = endplates (0-2) the cement does not
     touch on the post-op radiograph (Xiong 2021 NPEC). Leakage flags from post-op imaging;
     ``leakage_intradiscal_spike`` marks the spike type (Yassavoly 2025).
     """
@@ -36,7 +37,7 @@ def cement_features(wide: pd.DataFrame) -> pd.DataFrame:
             "approach_bilateral": flag(approach == "bilateral", present(approach)),
             "cement_volume_ml": volume,
             "fill_ratio_total_pct": 100.0 * volume / body,
-            "fill_ratio_larger_side_pct": 100.0 * numbers(wide, "cement_larger_side_volume_ml_postop") / (body / 2.0),
+            "fill_ratio_larger_side_pct": 100.0 * numbers(wide, "cement_larger_side_volume_ml_postop") / body,
             "npec_upper": 1.0 - touches_upper,
             "npec_lower": 1.0 - touches_lower,
             "npec_count": 2.0 - touches_upper - touches_lower,

@@ -16,7 +16,9 @@ Rules, per kind:
 - missing: None, NaN, NA, NaT, or blank text. Missing is not unreadable.
 - ``int`` / ``float`` / ``binary``: numbers, or text that reads as a number (surrounding
   spaces allowed). ``int`` and ``binary`` must be whole numbers within ±2**53 and ±127
-  (anything larger, such as 1e300 or inf, is unreadable). Booleans read as 1/0.
+  (anything larger, such as 1e300 or inf, is unreadable). Booleans read as 1/0, and so
+  does the text ``True``/``False`` (any case) in a ``binary`` column, as pandas and
+  spreadsheets write flags.
 - ``date``: ISO 8601 text or a datetime; time zones are dropped; dates before 1900-01-01 or
   after 2199-12-31 are unreadable (the nanosecond date type cannot hold years past 2262).
 - ``id`` / ``str`` / ``category``: text with surrounding spaces trimmed; other values are
@@ -48,8 +50,16 @@ NUMERIC_KINDS = ("int", "float", "binary")
 TEXT_KINDS = ("id", "str", "category")
 
 
+#: A number written with a decimal comma ("12,5").
+DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
+#: Flag text read as 1/0 in a binary column.
+BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+
+
 def unreadable_text(value: object, kind: str) -> str:
     """Why a cell could not be read as its contract type."""
+    if kind in ("int", "float") and isinstance(value, str) and DECIMAL_COMMA.fullmatch(value):
+        return f"cannot read {value!r} as a number: the decimal separator is a point ({value.strip().replace(',', '.')})"
     if kind == "date":
         return f"cannot read {value!r} as a date from {DATE_MIN.date()} to {DATE_MAX.date()} (YYYY-MM-DD)"
     if kind in ("int", "binary"):
@@ -119,6 +129,9 @@ def _numeric(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         bad = np.zeros(len(raw), dtype=bool)
         for i, v in enumerate(raw):
             if _is_missing(v):
+                continue
+            if kind == "binary" and isinstance(v, str) and v.strip().lower() in BOOLEAN_TEXT:
+                values[i] = BOOLEAN_TEXT[v.strip().lower()]
                 continue
             number = _as_number(v)
             if number is None or math.isnan(number):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from features.catalog import FEATURES, feature_names
-from features.levels import THORACOLUMBAR_DEFINITION
+from features.contract import MAX_TEXT_CHARS, PLAUSIBILITY_RULES
 from features.labels import OUTCOMES
+from features.levels import THORACOLUMBAR_DEFINITION
 from features.sarcopenia import SARCOPENIA_SOURCE
 from features.schema import SCHEMA_VERSION, TABLES
 
@@ -39,6 +40,16 @@ def data_dictionary_markdown() -> str:
             )
         lines.append("")
     lines += [
+        "### Rules between values",
+        "",
+        "Checked by `features.contract` on every procedure, the same for `refracture validate` and the service:",
+        "",
+        *[f"- {' '.join(rule.__doc__.split())}" for rule in PLAUSIBILITY_RULES],
+        "",
+        f"Also: no date after today; text at most {MAX_TEXT_CHARS} characters; CSV flags may be written `True`/`False`; "
+        "a semicolon-separated CSV is read with decimal commas in its number columns; sacral events (S1–S5) are "
+        "accepted and set aside (the outcomes are vertebral).",
+        "",
         "## Derived features",
         "",
         f"Thoracolumbar junction: {THORACOLUMBAR_DEFINITION}. Sarcopenia: {SARCOPENIA_SOURCE}.",

@@ -8,6 +8,10 @@ import pandas as pd
 #: published series (PVP T4-L5, PKP T6-L5; clinical-evidence §2). There is no L6/L7.
 LEVELS: tuple[str, ...] = tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
 
+#: Sacral levels. A sacral insufficiency fracture may appear in a follow-up export; it is
+#: accepted there and left out of the vertebral outcomes (``features.validate``).
+SACRAL_LEVELS: tuple[str, ...] = tuple(f"S{i}" for i in range(1, 6))
+
 #: Ordinal position of each level, T1 = 1 ... L5 = 17. Adjacent levels differ by 1.
 LEVEL_INDEX: dict[str, int] = {lvl: i + 1 for i, lvl in enumerate(LEVELS)}
 

@@ -11,8 +11,10 @@ Two shapes, one set of fields:
 - flat (the MLflow model's input, batch files): one column per field; imaging fields are
   suffixed with their time point, e.g. ``hu_index_preop``.
 
-``records_to_wide`` turns flat records into the same frame ``features.wide.procedure_frame``
-builds from tables, so training and serving run the very same feature functions.
+``records_to_wide`` turns flat records into the wide frame with ``features.wide.wide_frame``,
+the builder tables go through too, so training and serving run the very same feature
+functions on frames built the same way. ``inspect_records`` checks records with the
+contract's rules (``features.contract``), the ones ``refracture validate`` applies to tables.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
-from features.coerce import coerce_array, unreadable_text
+from features.coerce import coerce_array, missing_mask
+from features.contract import allowed_text, column_problems, plausibility_problems, without
+from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
+from features.wide import table_columns, wide_frame
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -95,6 +99,28 @@ def nest_record(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_value(value: Any) -> Any:
+    """One flat value as JSON: dates as YYYY-MM-DD, NumPy scalars as Python, whole floats
+    as integers, missing as None."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d")
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+        if isinstance(value, float) and value != value:
+            return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def json_record(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat record (pandas or NumPy values, e.g. a row of ``tables_to_records``) as the
+    nested JSON-ready record the API takes (missing values left out)."""
+    return nest_record({k: _json_value(v) for k, v in flat.items()})
+
+
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Nested records -> flat DataFrame with one column per record field."""
     return pd.DataFrame([flatten_record(r) for r in records], columns=[f.flat_name for f in RECORD_FIELDS])
@@ -102,10 +128,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def tables_to_records(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Typed tables -> flat records (what a hospital would send at prediction time)."""
-    from features.wide import procedure_frame
-
-    wide = procedure_frame(tables).reset_index()
-    return wide[[f.flat_name for f in RECORD_FIELDS]].copy()
+    columns, _ids = table_columns(tables)
+    return pd.DataFrame({f.flat_name: columns[f.flat_name] for f in RECORD_FIELDS})
 
 
 def _raw_columns(flat: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
@@ -125,10 +149,9 @@ def _raw_columns(flat: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
 
 def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Flat records (any dtypes: JSON values, CSV text, Parquet types) -> the wide frame
-    the feature functions take, typed as ``procedure_frame`` types it (numbers float64,
-    dates datetime64[ns], text object).
+    the feature functions take (``features.wide.wide_frame``).
 
-    Values that cannot be read as their type become missing; range checks are the
+    Values that cannot be read as their type become missing; the contract's checks are the
     caller's job (``check_records``), as they are ``validate_raw``'s for tables.
     ``typed``: the same records already read by ``inspect_records`` (not read again).
     """
@@ -139,10 +162,10 @@ def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = No
     columns = {f.flat_name: typed[f.flat_name] for f in RECORD_FIELDS}
     ids = columns.pop("procedure_id")
     if all(v is not None for v in ids):
-        index = pd.Index([str(v) for v in ids], dtype=object, name="procedure_id")
+        index = [str(v) for v in ids]
     else:
-        index = pd.Index([f"record-{i}" for i in range(len(flat))], dtype=object, name="procedure_id")
-    return pd.DataFrame(columns, index=index)
+        index = [f"record-{i}" for i in range(len(flat))]
+    return wide_frame(columns, index)
 
 
 @dataclass
@@ -168,76 +191,32 @@ def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
-    """Read every field of flat records as its contract type and list every field error."""
+    """Read every field of flat records as its contract type and list every field error
+    (``features.contract``: per field, then between the fields of each record)."""
     errors: list[dict[str, Any]] = []
     flat = flat.reset_index(drop=True)
     typed: dict[str, np.ndarray] = {}
     columns = _raw_columns(flat)
+    acceptable: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
         raw = columns[f.flat_name]
         values, bad = coerce_array(raw, f.spec.kind)
         typed[f.flat_name] = values
-        missing = _absent(values) & ~bad
-        # Vectorised masks; the loops below visit only the offending cells.
-        present = ~missing & ~bad
-        if f.spec.allowed:
-            out_of_range = present & ~np.isin(values, np.array(f.spec.allowed, dtype=object))
-        elif f.spec.kind == "binary":
-            out_of_range = present & (values != 0) & (values != 1)
-        elif f.spec.kind in ("int", "float"):
-            with np.errstate(invalid="ignore"):
-                out_of_range = present & ((values < f.spec.min) | (values > f.spec.max))
-        else:
-            out_of_range = np.zeros(len(values), dtype=bool)
-        for i in np.flatnonzero(bad):
-            errors.append(_err(int(i), f, unreadable_text(_cell(raw, i), f.spec.kind)))
-        if f.required:
-            for i in np.flatnonzero(missing):
-                errors.append(_err(int(i), f, "required field is missing"))
-        for i in np.flatnonzero(out_of_range):
-            v = values[i]
-            if f.spec.allowed:
-                message = f"{v!r} is not allowed"
-            elif f.spec.kind == "binary":
-                message = f"{float(v):g} is not 0 or 1"
-            else:
-                hint = f" ({f.spec.hint_for(float(v))})" if f.spec.hint_for(float(v)) else ""
-                message = f"{float(v):g} {f.spec.unit} is outside the allowed range{hint}".replace("  ", " ")
-            errors.append(_err(int(i), f, message))
-    errors.extend(_cross_field_errors(typed))
+        problems = column_problems(raw, values, bad, f.spec, f.required)
+        errors.extend(_err(i, f, message) for i, message in problems)
+        acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
+    for problem in plausibility_problems(acceptable, len(flat)):
+        field = RECORD_FIELDS_BY_FLAT[problem.field]
+        errors.append({"record": problem.position, "field": field.path, "error": problem.message,
+                       "allowed": problem.allowed})
     errors.sort(key=lambda e: e["record"])
     return InspectedRecords(typed, errors)
 
 
-def _absent(values: np.ndarray) -> np.ndarray:
-    """True where a typed field (``features.coerce.coerce_array`` output) has no value."""
-    if values.dtype.kind == "f":
-        return np.isnan(values)
-    if values.dtype.kind == "M":
-        return np.isnat(values)
-    return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-
-
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per field, which records have no value (from ``InspectedRecords.typed``)."""
-    return {name: _absent(values) for name, values in typed.items()}
-
-
-def _cell(raw: np.ndarray | pd.Series, i: int) -> Any:
-    return raw.iat[i] if isinstance(raw, pd.Series) else raw[i]
-
-
-def _cross_field_errors(typed: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Rules between fields of one record (as ``validate_raw``'s cross-table checks)."""
-    surgery, onset = typed["surgery_date"], typed["pain_onset_date"]
-    field = RECORD_FIELDS_BY_FLAT["pain_onset_date"]
-    late = ~np.isnat(onset) & ~np.isnat(surgery) & (onset > surgery)
-    return [{"record": int(i), "field": field.path,
-             "error": f"pain onset {pd.Timestamp(onset[i]):%Y-%m-%d} is after the surgery ({pd.Timestamp(surgery[i]):%Y-%m-%d})",
-             "allowed": "on or before procedure.surgery_date"}
-            for i in np.flatnonzero(late)]
+    return {name: missing_mask(values) for name, values in typed.items()}
 
 
 def _err(i: int, f: RecordField, message: str) -> dict[str, Any]:
-    allowed = f.spec.range_text + (f" {f.spec.unit}" if f.spec.unit and not f.spec.allowed and f.spec.kind != "binary" else "")
-    return {"record": i, "field": f.path, "error": message, "allowed": allowed.strip()}
+    return {"record": i, "field": f.path, "error": message, "allowed": allowed_text(f.spec)}

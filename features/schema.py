@@ -1,7 +1,7 @@
 """The raw data contract: the tables a hospital exports, column by column.
 
 Every column has a type, a unit, an allowed range and a one-line clinical definition.
-Validation (``features.validate``) builds pandera schemas from these specs, and
+Validation (``features.validate``, with the rules of ``features.contract``) reads these specs, and
 ``docs/data-dictionary.md`` is generated from them (``refracture dictionary``), so the
 definitions live in exactly one place.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from features.levels import LEVELS
+from features.levels import LEVELS, SACRAL_LEVELS
 
 SCHEMA_VERSION = "1.0"
 
@@ -109,6 +109,10 @@ def _binary(name: str, definition: str, timing: Timing = "preop", nullable: bool
 
 
 HEIGHT_HINT = "vertebral heights are in mm; values this small look like cm (multiply by 10)"
+#: Lowest vertebral height accepted, in mm: a vertebra plana or a near-complete collapse at
+#: follow-up measures 1-3 mm. Heights written in cm are caught by the contract's rule on a
+#: whole examination (``features.contract.CM_LIKE_HEIGHT_MM``), not by this bound.
+MIN_HEIGHT_MM = 1.0
 
 PATIENTS = TableSpec(
     name="patients",
@@ -173,11 +177,11 @@ IMAGING = TableSpec(
         ColumnSpec("timepoint", "category", "When the images were taken relative to surgery.", allowed=TIMEPOINTS, timing="key"),
         ColumnSpec("exam_date", "date", "Date of the examination.", timing="key"),
         ColumnSpec("vertebral_height_mm", "float", "Height of the fractured (treated) vertebra at its point of maximum compression.",
-                   unit="mm", min=3, max=60, unit_hint=HEIGHT_HINT),
+                   unit="mm", min=MIN_HEIGHT_MM, max=60, unit_hint=HEIGHT_HINT),
         ColumnSpec("upper_adjacent_height_mm", "float", "Height of the vertebra above, at the same site.",
-                   unit="mm", min=8, max=60, nullable=True, unit_hint=HEIGHT_HINT),
+                   unit="mm", min=MIN_HEIGHT_MM, max=60, nullable=True, unit_hint=HEIGHT_HINT),
         ColumnSpec("lower_adjacent_height_mm", "float", "Height of the vertebra below, at the same site (empty at L5).",
-                   unit="mm", min=8, max=60, nullable=True, unit_hint=HEIGHT_HINT),
+                   unit="mm", min=MIN_HEIGHT_MM, max=60, nullable=True, unit_hint=HEIGHT_HINT),
         ColumnSpec("kyphotic_angle_deg", "float",
                    "Cobb angle from the upper endplate of the vertebra above to the lower endplate of the vertebra below (L5: L4 upper to S1 upper).",
                    unit="°", min=-40, max=90, nullable=True),
@@ -186,10 +190,12 @@ IMAGING = TableSpec(
         ColumnSpec("hu_index", "float",
                    "Mean CT attenuation of trabecular bone in the treated vertebra (pre-op: native bone; post-op: augmented, ~1,000 HU).",
                    unit="HU", min=-150, max=2500, nullable=True),
-        ColumnSpec("hu_upper_adjacent", "float", "Mean trabecular CT attenuation of the vertebra above.",
-                   unit="HU", min=-150, max=600, nullable=True),
-        ColumnSpec("hu_lower_adjacent", "float", "Mean trabecular CT attenuation of the vertebra below.",
-                   unit="HU", min=-150, max=600, nullable=True),
+        ColumnSpec("hu_upper_adjacent", "float",
+                   "Mean trabecular CT attenuation of the vertebra above (above 600 HU only if it holds cement: treated in the same session or earlier).",
+                   unit="HU", min=-150, max=2500, nullable=True),
+        ColumnSpec("hu_lower_adjacent", "float",
+                   "Mean trabecular CT attenuation of the vertebra below (above 600 HU only if it holds cement: treated in the same session or earlier).",
+                   unit="HU", min=-150, max=2500, nullable=True),
         ColumnSpec("vertebral_body_volume_ml", "float", "Volume of the treated vertebral body on CT.",
                    unit="mL", min=5, max=120, nullable=True),
         ColumnSpec("psoas_area_cm2", "float", "Cross-sectional area of both psoas muscles at L3 on CT.",
@@ -224,7 +230,9 @@ EVENTS = TableSpec(
         ColumnSpec("event_id", "id", "Key of this event.", timing="key"),
         ColumnSpec("patient_id", "id", "Patient (patients.patient_id).", timing="key"),
         ColumnSpec("event_date", "date", "Date the fracture was diagnosed.", timing="followup"),
-        ColumnSpec("fracture_level", "category", "Level of the new fracture.", allowed=LEVELS, timing="followup"),
+        ColumnSpec("fracture_level", "category",
+                   "Level of the new fracture. Sacral fractures (S1-S5) are accepted and set aside: the outcomes are vertebral (T1-L5).",
+                   allowed=LEVELS + SACRAL_LEVELS, timing="followup"),
     ),
 )
 

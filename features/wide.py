@@ -1,46 +1,70 @@
 """One row per procedure: patient, procedure and imaging values side by side.
 
 Imaging columns are suffixed with their time point (``vertebral_height_mm_preop``,
-``hu_index_postop``, ...). Only columns measured at a time point
-(``schema.IMAGING_BY_TIMEPOINT``) are taken from it. A missing imaging row or value
-becomes NaN; nothing is imputed here.
+``hu_index_postop``, ...); these flat names are the record fields of ``features.records``.
+Only columns measured at a time point (``schema.IMAGING_BY_TIMEPOINT``) are taken from it.
+A missing imaging row or value is missing; nothing is imputed here.
+
+``wide_frame`` is the one builder of the frame the feature functions take. Tables reach it
+through ``table_columns`` (``procedure_frame``), records through
+``features.records.records_to_wide``, so training and serving compute features from frames
+built, and typed, the same way.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import pandas as pd
 
-from features.schema import IMAGING_BY_TIMEPOINT, IMAGING, PATIENTS, PROCEDURES
+from features.coerce import coerce_array
+from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES, ColumnSpec
 
-_PATIENT_COLS = [c.name for c in PATIENTS.columns if c.timing != "followup"]
+_PATIENT_COLS = [c.name for c in PATIENTS.columns if c.timing != "followup" and c.name != "patient_id"]
+_PROCEDURE_COLS = [c.name for c in PROCEDURES.columns if c.name != "patient_id"]
 
 
-def _numeric(df: pd.DataFrame) -> pd.DataFrame:
-    """Nullable integer columns to float64 (NaN for missing) so arithmetic is uniform."""
-    out = df.copy()
-    for name in out.columns:
-        if pd.api.types.is_integer_dtype(out[name].dtype) or pd.api.types.is_bool_dtype(out[name].dtype):
-            out[name] = out[name].astype("float64")
+def flat_specs(timepoints: tuple[str, ...] = tuple(IMAGING_BY_TIMEPOINT)) -> dict[str, ColumnSpec]:
+    """Flat name -> contract column of every per-procedure value: patient (baseline),
+    procedure, and imaging at each of ``timepoints``."""
+    out = {name: PATIENTS.column(name) for name in _PATIENT_COLS}
+    out.update({name: PROCEDURES.column(name) for name in _PROCEDURE_COLS})
+    for tp in timepoints:
+        out.update({f"{name}_{tp}": IMAGING.column(name) for name in IMAGING_BY_TIMEPOINT[tp]})
     return out
 
 
-def procedure_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Join patients, procedures and imaging (pivoted by time point) into one row per procedure.
+def wide_frame(columns: Mapping[str, np.ndarray], procedure_ids: list[str]) -> pd.DataFrame:
+    """The wide frame from typed columns (``features.coerce.coerce_array`` output: numbers
+    float64, dates datetime64[ns], text object with None), indexed by ``procedure_id``."""
+    index = pd.Index(procedure_ids, dtype=object, name="procedure_id")
+    return pd.DataFrame(dict(columns), index=index)
 
-    Takes typed tables (``features.validate.validate_raw`` output, or
-    ``features.records.records_to_tables``); ``events`` is not used. Returns a DataFrame
-    indexed by ``procedure_id``, in the order of the procedures table.
-    """
-    procedures = tables["procedures"][[c.name for c in PROCEDURES.columns]]
-    patients = tables["patients"][[c for c in _PATIENT_COLS if c in tables["patients"].columns]]
-    wide = procedures.merge(patients, on="patient_id", how="left", validate="many_to_one")
+
+def table_columns(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Typed tables (``features.validate.validate_raw`` output) -> (typed columns by flat
+    name, procedure ids), one row per procedure in the order of the procedures table.
+    Every time point of ``IMAGING_BY_TIMEPOINT`` is included (follow-up too)."""
+    procedures = tables["procedures"]
+    patients = tables["patients"]
+    joined = procedures[["procedure_id", "patient_id", *_PROCEDURE_COLS[1:]]].merge(
+        patients[["patient_id", *_PATIENT_COLS]], on="patient_id", how="left", validate="many_to_one")
     imaging = tables.get("imaging")
     for timepoint, columns in IMAGING_BY_TIMEPOINT.items():
-        cols = [c for c in columns if c in IMAGING.column_names]
         if imaging is not None and len(imaging):
-            part = imaging.loc[imaging["timepoint"] == timepoint, ["procedure_id", "exam_date", *cols]]
+            part = imaging.loc[imaging["timepoint"] == timepoint, ["procedure_id", *columns]]
         else:
-            part = pd.DataFrame(columns=["procedure_id", "exam_date", *cols])
-        part = part.rename(columns={c: f"{c}_{timepoint}" for c in ["exam_date", *cols]})
-        wide = wide.merge(part, on="procedure_id", how="left", validate="one_to_one")
-    return _numeric(wide.set_index("procedure_id"))
+            part = pd.DataFrame(columns=["procedure_id", *columns])
+        part = part.rename(columns={c: f"{c}_{timepoint}" for c in columns})
+        joined = joined.merge(part, on="procedure_id", how="left", validate="one_to_one")
+    typed = {name: coerce_array(joined[name], spec.kind)[0] for name, spec in flat_specs().items()}
+    return typed, [str(v) for v in joined["procedure_id"]]
+
+
+def procedure_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The wide frame of typed tables (``features.validate.validate_raw`` output); ``events``
+    is not used. Indexed by ``procedure_id``, in the order of the procedures table."""
+    columns, ids = table_columns(tables)
+    columns.pop("procedure_id")
+    return wide_frame(columns, ids)

@@ -33,6 +33,6 @@ if [ -z "${REFRACTURE_AUDIT_SALT:-}" ]; then
   [ -s "$saltfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$saltfile")
   REFRACTURE_AUDIT_SALT=$(cat "$saltfile"); export REFRACTURE_AUDIT_SALT
 fi
-echo "demo: serving on http://127.0.0.1:$PORT  (clinician page: http://127.0.0.1:$PORT/ui/, API docs: /docs)"
+echo "demo: serving on http://127.0.0.1:$PORT  (clinician page: http://127.0.0.1:$PORT/ui/, API docs: http://127.0.0.1:$PORT/, OpenAPI: /docs.json)"
 echo "demo: MLflow UI in another shell: .venv/bin/refracture ui"
 exec $R serve --port "$PORT"

@@ -25,7 +25,9 @@ logger = logging.getLogger(AUDIT_LOGGER)
 
 def key_hash(salt: bytes, procedure_id: str) -> str:
     """Salted hash of a procedure key: HMAC-SHA256(salt, id), first 16 hex digits (64 bits)."""
-    return hmac.new(salt, procedure_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    # surrogatepass: any Python string has a hash, even one the request parser should
+    # have refused; the audit line must never be the thing that fails.
+    return hmac.new(salt, procedure_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
 
 
 def configure_audit_log(path: Path | None = None) -> logging.Logger:
@@ -43,9 +45,9 @@ def configure_audit_log(path: Path | None = None) -> logging.Logger:
         logger.removeHandler(h)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+        handler: logging.Handler = _AuditFileHandler(path, encoding="utf-8")
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _AuditStreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._refracture_target = target  # type: ignore[attr-defined]
     logger.addHandler(handler)
@@ -66,6 +68,7 @@ def audit_line(
     n_errors: int | None = None,
     auth: str = "ok",
     request_id: str | None = None,
+    client: str | None = None,
 ) -> str:
     """One audit record as a JSON string (keys in a fixed order)."""
     record: dict[str, Any] = {
@@ -83,9 +86,35 @@ def audit_line(
         "n_errors": n_errors,
         "procedure_key_hashes": [key_hash(salt, pid) for pid in procedure_ids],
     }
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    if client is not None:  # e.g. "disconnected": the client left before the end of its body
+        record["client"] = client
+    # ASCII only: the line can be written to any stream whatever the request held.
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+
+
+class AuditWriteError(OSError):
+    """An audit line could not be written; the request must not be answered as if it were."""
+
+
+class _RaisingHandlerMixin:
+    """Logging handlers report their own write errors on stderr and carry on; an audit
+    line that was not written must instead fail the call that wrote it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        raise AuditWriteError("audit line not written")
+
+
+class _AuditFileHandler(_RaisingHandlerMixin, logging.FileHandler):
+    pass
+
+
+class _AuditStreamHandler(_RaisingHandlerMixin, logging.StreamHandler):
+    pass
 
 
 def write(line: str) -> None:
-    """Emit one audit line."""
+    """Emit one audit line. Raises ``AuditWriteError`` when it was not written (disk full,
+    file gone read-only, no handler configured): the caller must not stay silent."""
+    if not logger.handlers:
+        raise AuditWriteError("audit log not configured")
     logger.info(line)

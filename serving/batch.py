@@ -2,8 +2,12 @@
 
 Same models, same checks, same scorer as the service: a file is read as flat records,
 checked with ``features.records.inspect_records`` and scored chunk by chunk (one
-vectorised call per outcome per chunk), with a progress bar on large files. As in the
-API, any field error refuses the whole file, listing the errors; nothing is written.
+vectorised call per outcome per chunk, ``check_and_score``: the Spark engine,
+``serving.batch_spark``, runs the same function on its Arrow batches), with a progress bar
+on large files. As in the API, any field error refuses the whole file, listing the errors;
+nothing is written. An empty file gives an empty output with every column. (A raw export,
+``refracture predict --raw``, is different: ``features.raw_records`` leaves out the broken
+records and the rest are scored.)
 
 Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``
 (the headline horizon), and per outcome ``<outcome>_probability`` (risk by the headline
@@ -23,10 +27,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
+from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import LoadedModel
+from serving.scoring import LoadedModel, ServedModels
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -59,7 +66,9 @@ def read_records(path: Path) -> pd.DataFrame:
     """
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
+        if path.is_dir():  # a partitioned Parquet folder (read as one dataset, files in path order)
+            flat = pd.read_parquet(path)
+        elif suffix == ".csv":
             flat = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         elif suffix == ".parquet":
             flat = pd.read_parquet(path)
@@ -81,14 +90,9 @@ def read_records(path: Path) -> pd.DataFrame:
     unknown = [c for c in flat.columns if c not in FLAT_NAMES]
     if unknown:
         raise BatchInputError([{"record": None, "field": c, "error": "unknown column (not a record field)", "allowed": ""} for c in unknown])
-    if len(flat) == 0:
-        raise BatchInputError([{"record": None, "field": "", "error": "no records", "allowed": ""}])
+    # An empty file gives an empty output (``output_template``), as on Spark: a monthly
+    # job whose export happens to be empty should not fail.
     return flat.reindex(columns=FLAT_NAMES).reset_index(drop=True)
-
-
-def _band(p: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
-    low, high = thresholds
-    return np.where(p < low, "low", np.where(p < high, "intermediate", "high"))
 
 
 def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = False,
@@ -96,10 +100,8 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
                 typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Score checked flat records: one vectorised call per outcome (features computed once
     per feature set, by the model artifact). Returns the output columns described above."""
-    from serving.scoring import Scorer
-
     bands = risk_bands or DEFAULT_RISK_BANDS
-    scorer = Scorer(models, risk_bands=bands)
+    scorer = ServedModels(models, risk_bands=bands)
     flat = flat.reset_index(drop=True)
     feats = scorer.features(flat, typed)
     out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
@@ -115,7 +117,7 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
         out[f"{m.outcome}_probability"] = p
         for col in curve.columns:
             out[f"{m.outcome}_{col}"] = curve[col].to_numpy()
-        out[f"{m.outcome}_risk_band"] = _band(p, bands[m.outcome])
+        out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
         if explain:
             out[f"{m.outcome}_base_value"] = expl.base_value
@@ -124,24 +126,50 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     return out
 
 
+def check_and_score(models: list[LoadedModel], chunk: pd.DataFrame, explain: bool = False
+                    ) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
+    """The step both engines run on every chunk (``--engine pandas``) or Arrow batch
+    (``--engine spark``): check flat records against the contract and, if all pass, score
+    them. Returns (output frame, []) or (None, errors with 0-based positions in ``chunk``)."""
+    chunk = chunk.reset_index(drop=True)
+    inspected = inspect_records(chunk)
+    if inspected.errors:
+        return None, inspected.errors
+    return score_frame(models, chunk, explain=explain, typed=inspected.typed), []
+
+
+def output_template(models: list[LoadedModel], explain: bool = False) -> pd.DataFrame:
+    """The output's columns and dtypes as a zero-row frame: what ``check_and_score``
+    returns for the documented example record, so it follows the scorer's columns
+    whatever they become (empty inputs, the Spark schema)."""
+    from serving.examples import example_record
+
+    scored, errors = check_and_score(models, records_frame([example_record()]), explain=explain)
+    if errors:  # the example is valid by construction; a failure here is a bug, not bad input
+        raise RuntimeError(f"the example record fails the contract: {errors}")
+    return scored.iloc[0:0]
+
+
+def use_threads(models: list[LoadedModel], n_threads: int) -> None:
+    """Threads each boosted-tree model predicts with."""
+    for m in models:
+        if m.model.model_type == "xgboost":
+            m.model.scorer.booster_.set_param({"nthread": n_threads})
+
+
 def _use_all_cores(models: list[LoadedModel]) -> None:
     """Boosted trees predict on every core for a file (the service keeps one thread per
     call: its batches are small and it shares the cores with the HTTP work)."""
-    for m in models:
-        if m.model.model_type == "xgboost":
-            m.model.scorer.booster_.set_param({"nthread": os.cpu_count() or 1})
+    use_threads(models, os.cpu_count() or 1)
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
-               chunk_size: int = 50_000, console=None) -> str:
-    """Read, check and score ``input_path``; write ``output_path`` atomically. Returns a summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from refracture.io import write_frame_atomic
-
+               chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None) -> str:
+    """Read, check and score ``input_path`` (or the flat ``records`` given instead, e.g.
+    from a raw export); write ``output_path`` atomically. Returns a summary."""
     start = time.perf_counter()
     _use_all_cores(models)
-    flat = read_records(Path(input_path))
+    flat = read_records(Path(input_path)) if records is None else records.reset_index(drop=True)
     n = len(flat)
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
     errors: list[dict[str, Any]] = []
@@ -151,16 +179,15 @@ def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, e
                   console=console, disable=not show, transient=True) as progress:
         task = progress.add_task("checking and scoring records", total=n)
         for a, b in chunks:
-            chunk = flat.iloc[a:b].reset_index(drop=True)
-            inspected = inspect_records(chunk)
-            errors.extend({**e, "record": e["record"] + a} for e in inspected.errors)
+            scored, chunk_errors = check_and_score(models, flat.iloc[a:b], explain=explain)
+            errors.extend({**e, "record": e["record"] + a} for e in chunk_errors)
             if not errors:
-                parts.append(score_frame(models, chunk, explain=explain, typed=inspected.typed))
+                parts.append(scored)
             progress.advance(task, b - a)
     if errors:
         raise BatchInputError(errors, n)
-    result = pd.concat(parts, ignore_index=True)
+    result = pd.concat(parts, ignore_index=True) if parts else output_template(models, explain)
     write_frame_atomic(result, output_path)
     seconds = time.perf_counter() - start
     versions = ", ".join(f"{m.outcome} v{m.version}" for m in models)
-    return f"{n} records in {seconds:.1f} s ({n / seconds:,.0f} records/s); models {versions}"
+    return f"{n} records in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} records/s); models {versions}"

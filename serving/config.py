@@ -16,24 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-#: Outcomes served, in response order. Mirrors ``features.labels.OUTCOMES``; imported
-#: lazily there to keep this module free of the pandas import.
-REGISTERED_MODEL_PREFIX = "refracture-"
-CHAMPION_ALIAS = "champion"
+from modelstore.errors import ConfigError
+from modelstore.risk_bands import RISK_BANDS
 
-#: Risk bands on the calibrated probability at the model's horizon (24 months by default):
-#: [0, low_upper) = "low", [low_upper, high_lower) = "intermediate", [high_lower, 1] = "high".
-#: Rule: "low" is under about half the published average risk of the outcome after
-#: PVP/PKP, "high" is about twice the average or more (docs/serving.md, "Risk bands").
-#: Averages (the simulator profile cites the same sources): cemented-vertebra refracture
-#: 3.7 % (Xiong 2021, 48/1,303 single-level PVP); adjacent fracture ~9 % (7.2 % Yassavoly
-#: 2025 to 8.6-15.5 % in other series); remote fracture ~5 % (3.6 % Yassavoly 2025, higher
-#: in older PVP cohorts). Not clinically validated cut-offs: decision support only.
-DEFAULT_RISK_BANDS: dict[str, tuple[float, float]] = {
-    "cemented_refracture": (0.02, 0.075),
-    "adjacent_fracture": (0.045, 0.18),
-    "remote_fracture": (0.025, 0.10),
-}
+
+#: The served risk bands (``modelstore.risk_bands``, shared with the model card).
+DEFAULT_RISK_BANDS: dict[str, tuple[float, float]] = RISK_BANDS
 
 ENV_API_KEY = "REFRACTURE_API_KEY"
 ENV_API_KEY_FILE = "REFRACTURE_API_KEY_FILE"
@@ -43,10 +31,6 @@ ENV_AUDIT_LOG = "REFRACTURE_AUDIT_LOG"
 ENV_MAX_RECORDS = "REFRACTURE_MAX_RECORDS"
 ENV_MAX_BODY_BYTES = "REFRACTURE_MAX_BODY_BYTES"
 ENV_MODEL_VERSIONS = "REFRACTURE_MODEL_VERSIONS"
-
-
-class ConfigError(ValueError):
-    """The serving configuration is unusable (e.g. no API key and no --insecure-dev)."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -163,13 +147,3 @@ def reset_settings() -> None:
     """Forget the cached settings (tests that change the environment)."""
     global _SETTINGS
     _SETTINGS = None
-
-
-def risk_band(probability: float, thresholds: tuple[float, float]) -> str:
-    """'low', 'intermediate' or 'high' for a probability, given (low_upper, high_lower)."""
-    low_upper, high_lower = thresholds
-    if probability < low_upper:
-        return "low"
-    if probability < high_lower:
-        return "intermediate"
-    return "high"

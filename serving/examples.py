@@ -1,4 +1,6 @@
-"""A made-up procedure record for documentation, ``GET /model`` and tests.
+"""Example records, never real patients: the documented one and the page's three.
+
+``example_record``: a made-up procedure record for documentation, ``GET /model`` and tests.
 
 No real patient: a 78-year-old woman with an L1 fracture treated by unilateral
 vertebroplasty, with pre-op CT and MRI and a post-op radiograph and CT. Every field of
@@ -10,6 +12,10 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+from features.records import json_record, tables_to_records
+from features.simulator import load_profile, simulate
+from features.validate import validate_raw
 
 _EXAMPLE: dict[str, Any] = {
     "patient": {
@@ -76,3 +82,27 @@ _EXAMPLE: dict[str, Any] = {
 def example_record() -> dict[str, Any]:
     """A fresh copy of the example record (nested, as POST /predict takes it)."""
     return copy.deepcopy(_EXAMPLE)
+
+
+EXAMPLE_SEED = 20261121
+
+
+def example_patients(profile: str = "xiong2021-pvp", outcome: str = "cemented_refracture", n_cohort: int = 400) -> list[dict[str, Any]]:
+    """Three simulated example patients for the review page (``serving.ui``), each a nested
+    record with a label: the procedures with the lowest, middle and highest true risk of
+    ``outcome`` among those with complete imaging, drawn with a fixed seed so the same three
+    appear on every start."""
+    tables, truth = simulate(load_profile(profile), n_procedures=n_cohort, seed=EXAMPLE_SEED)
+    flat = tables_to_records(validate_raw(tables))
+    flat = flat.merge(truth[["procedure_id", f"p_{outcome}"]], on="procedure_id")
+    complete = flat.dropna(subset=["hu_index_preop", "psoas_area_cm2_preop", "ivc_preop", "cement_touches_upper_endplate_postop"])
+    if len(complete) >= 3:
+        flat = complete
+    ranked = flat.sort_values(f"p_{outcome}", kind="stable").reset_index(drop=True)
+    picks = [("Example A: lower simulated risk", 0), ("Example B: typical simulated risk", len(ranked) // 2),
+             ("Example C: higher simulated risk", len(ranked) - 1)]
+    out = []
+    for label, i in picks:
+        row = ranked.drop(columns=[f"p_{outcome}"]).iloc[i].to_dict()
+        out.append({"label": label, "record": json_record(row)})
+    return out

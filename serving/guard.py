@@ -10,7 +10,12 @@
   handed on, so the endpoint never sees a partial one.
 - **Audit.** One JSON line per request to a protected path (``serving.audit``). The
   endpoint adds what only it knows (procedure ids, model versions) to
-  ``scope["state"]["audit"]``; the ids are hashed here, never logged raw.
+  ``scope["state"]["audit"]``; the ids are hashed here, never logged raw. The line is
+  written before the answer leaves; if it cannot be, the answer is a 503 and the
+  failure is logged. A client gone before the end of its body is audited as 499.
+- **Headers and docs.** Every answer gets ``serving.headers.secure_start`` (nosniff, the
+  page CSP on HTML, relative redirects); ``/`` and ``/docs`` are the service's own docs
+  page (``serving.docs_page``), not BentoML's.
 - **OpenAPI.** ``GET /docs.json`` is answered here with the service's spec plus what
   BentoML cannot know: the bearer scheme, the 401/413/415/422 answers and their body.
 """
@@ -18,16 +23,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, Callable
 
-from serving import audit
-from serving.config import ServingSettings
+from serving import audit, docs_page
+from serving.config import ServingSettings, get_settings
+from serving.headers import secure_start
+
+logger = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics", "/model", "/docs.json", "/schema.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui")  # /ui: the clinician page (holds no key)
+#: Audit status of a request whose client left before the end of its body (nginx's 499):
+#: not a server error, and no answer was sent.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before sending its whole body."""
 
 
 def is_open(path: str) -> bool:
@@ -65,8 +81,6 @@ class GuardMiddleware:
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
     def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None):
-        from serving.config import get_settings
-
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider
@@ -77,14 +91,22 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
         path = scope.get("path", "")
+
+        async def secured(message: dict) -> None:
+            await send(secure_start(message, path) if message["type"] == "http.response.start" else message)
+
         if path == "/docs.json" and scope.get("method") == "GET" and self.spec_provider is not None:
-            await self._send_spec(send)
+            await self._send_spec(secured)
+            return
+        if docs_page.handles(path):
+            await docs_page.docs_app()(scope, receive, secured)
             return
         if is_open(path):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, secured)
             return
-        await self._guarded(scope, receive, send)
+        await self._guarded(scope, receive, secured)
 
     async def _send_spec(self, send: Callable) -> None:
         if self._spec is None:
@@ -94,21 +116,55 @@ class GuardMiddleware:
         await send({"type": "http.response.body", "body": self._spec})
 
     async def _guarded(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        """Auth, body limit and the audit line. The audit line is written *before* the
+        answer leaves (the response start is held until its last body part): if it cannot
+        be written, the client gets 503 instead of an unaudited answer."""
         start = time.perf_counter()
         state = scope.setdefault("state", {})
         info: dict[str, Any] = {}
         state["audit"] = info
         request_id = uuid.uuid4().hex[:16]
         status_box = {"status": 500}
+        held: dict | None = None
+        audited = False
+        auth = "ok"
+
+        def audit_now(status: int, client: str | None = None) -> None:
+            nonlocal audited
+            audited = True
+            audit.write(audit.audit_line(
+                endpoint=scope.get("path", ""),
+                method=scope.get("method", ""),
+                status=status,
+                latency_ms=(time.perf_counter() - start) * 1000,
+                salt=self.settings.audit_salt,
+                procedure_ids=info.get("procedure_ids", ()),
+                outcomes=info.get("outcomes", ()),
+                model_versions=info.get("model_versions"),
+                n_records=info.get("n_records"),
+                n_errors=info.get("n_errors"),
+                auth=auth,
+                request_id=request_id,
+                client=client,
+            ))
 
         async def send_wrapper(message: dict) -> None:
+            nonlocal held
             if message["type"] == "http.response.start":
                 status_box["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                held = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                return
+            if message["type"] == "http.response.body" and held is not None:
+                start_message, held = held, None
+                if not message.get("more_body", False):
+                    try:
+                        audit_now(status_box["status"])
+                    except Exception as exc:
+                        await self._audit_failed(send, exc, request_id)
+                        return
+                await send(start_message)
             await send(message)
 
-        auth = "ok"
         try:
             token = bearer_token(scope)
             if self.settings.api_key is None:  # only possible with insecure_dev (ServingSettings.from_env)
@@ -131,24 +187,32 @@ class GuardMiddleware:
                 return await receive()  # after the body: disconnects
 
             await self.app(scope, replay, send_wrapper)
+        except ClientDisconnected:
+            if not audited:
+                self._audit_or_log(audit_now, CLIENT_CLOSED_REQUEST, "disconnected")
         finally:
-            audit.write(audit.audit_line(
-                endpoint=scope.get("path", ""),
-                method=scope.get("method", ""),
-                status=status_box["status"],
-                latency_ms=(time.perf_counter() - start) * 1000,
-                salt=self.settings.audit_salt,
-                procedure_ids=info.get("procedure_ids", ()),
-                outcomes=info.get("outcomes", ()),
-                model_versions=info.get("model_versions"),
-                n_records=info.get("n_records"),
-                n_errors=info.get("n_errors"),
-                auth=auth,
-                request_id=request_id,
-            ))
+            if not audited:  # an exception, or the app never answered
+                self._audit_or_log(audit_now, status_box["status"])
+
+    @staticmethod
+    def _audit_or_log(audit_now: Callable, status: int, client: str | None = None) -> None:
+        try:
+            audit_now(status, client)
+        except Exception as exc:
+            # Nobody is waiting for an answer any more; the operator must still know.
+            logger.error("AUDIT FAILURE: a request was not audited (%s)", type(exc).__name__)
+
+    @staticmethod
+    async def _audit_failed(send: Callable, exc: Exception, request_id: str) -> None:
+        # The type only, as for scoring errors: a message could quote what was being logged.
+        logger.error("AUDIT FAILURE: answered 503 instead of an unaudited answer (%s)", type(exc).__name__)
+        await _send_json(send, 503, {"error": "the audit log cannot be written; nothing was answered (retry later)",
+                                     "errors": [], "n_errors": 0},
+                         [(b"x-request-id", request_id.encode()), (b"retry-after", b"30")])
 
     async def _read_body(self, scope: Scope, receive: Callable, send: Callable) -> bytes | None:
-        """The whole body, or None after answering 413 (too large)."""
+        """The whole body, or None after answering 413 (too large). Raises
+        ``ClientDisconnected`` when the client goes away before the end of the body."""
         limit = self.settings.max_body_bytes
         too_large = {"error": f"request body larger than {limit} bytes; send fewer records per request",
                      "errors": [{"record": None, "field": "", "error": "body too large", "allowed": f"at most {limit} bytes"}]}
@@ -161,7 +225,7 @@ class GuardMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                raise ClientDisconnected()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -20,12 +20,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import bentoml
+import mlflow.artifacts
+import mlflow.pyfunc
+from bentoml.exceptions import NotFound
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from serving.config import CHAMPION_ALIAS, REGISTERED_MODEL_PREFIX
+from features.labels import OUTCOMES
+from modelstore.naming import CHAMPION, model_name
+from modelstore.tracking import configure_tracking
 from serving.scoring import LoadedModel
-from training.artifact import load_model
-from training.estimand import DEFAULT_HORIZONS_MONTHS, ESTIMAND, HEADLINE_HORIZON_MONTHS, horizons_text
-from training.model import ModelFormatError
+from modelstore.artifact import load_model
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, ESTIMAND, HEADLINE_HORIZON_MONTHS, horizons_text
+from modelstore.model import ModelFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +60,15 @@ class Pin:
     run_id: str | None = None
 
 
-def outcomes() -> tuple[str, ...]:
-    from features.labels import OUTCOMES
-
-    return tuple(OUTCOMES)
-
-
-def registered_name(outcome: str) -> str:
-    return f"{REGISTERED_MODEL_PREFIX}{outcome}"
-
-
-def resolve_pins(pinned_versions: dict[str, str] | None = None, alias: str = CHAMPION_ALIAS) -> list[Pin]:
+def resolve_pins(pinned_versions: dict[str, str] | None = None, alias: str = CHAMPION) -> list[Pin]:
     """Resolve each outcome's alias (or the explicitly pinned version) to a concrete version.
 
     Raises ModelsUnavailable listing every outcome that has no such model.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     pins, problems = [], []
-    for outcome in outcomes():
-        name = registered_name(outcome)
+    for outcome in OUTCOMES:
+        name = model_name(outcome)
         try:
             if pinned_versions and outcome in pinned_versions:
                 mv = client.get_model_version(name, pinned_versions[outcome])
@@ -129,8 +124,6 @@ def _check_outcome(model, outcome: str, where: str) -> None:
 
 def load_from_registry(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:
     """Resolve and load every outcome's model from the configured MLflow registry."""
-    from training.tracking import configure_tracking
-
     configure_tracking()
     return load_pins(resolve_pins(pinned_versions))
 
@@ -155,10 +148,6 @@ def read_manifest(path: Path = BUNDLE_MANIFEST) -> dict[str, dict]:
 def export_to_bentoml(pins: list[Pin], manifest_path: Path = BUNDLE_MANIFEST) -> dict[str, dict]:
     """Copy each pinned MLflow model into the BentoML model store and write the manifest
     that the service (and ``bentoml build``) read. Returns the manifest."""
-    import bentoml
-    import mlflow.artifacts
-    from bentoml.exceptions import NotFound
-
     manifest: dict[str, dict] = {}
     for pin in pins:
         tag = bento_tag(pin)
@@ -183,13 +172,11 @@ def export_to_bentoml(pins: list[Pin], manifest_path: Path = BUNDLE_MANIFEST) ->
 
 def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
     """Load the models a Bento carries (no registry involved)."""
-    import bentoml
-
-    missing = [o for o in outcomes() if o not in manifest]
+    missing = [o for o in OUTCOMES if o not in manifest]
     if missing:
         raise ModelsUnavailable(f"{BUNDLE_MANIFEST.name} has no model for {', '.join(missing)}: rebuild with `refracture bento`")
     loaded = []
-    for outcome in outcomes():
+    for outcome in OUTCOMES:
         entry = manifest[outcome]
         path = Path(bentoml.models.get(entry["tag"]).path) / "mlflow_model"
         try:

@@ -3,8 +3,9 @@
 BentoML documents each API's request and 200 response from the pydantic models. This
 adds the bearer-key scheme on the protected routes and the answers the service really
 gives on bad input (400 malformed JSON, 401 key, 413 body size, 415 media type, 422
-field errors), each with the ``ErrorResponse`` body, and drops BentoML's generic 400/404
-error bodies, which this service never sends.
+field errors) and the 503 when the audit log cannot be written, each with the
+``ErrorResponse`` body, and drops BentoML's generic 400/404 error bodies, which this
+service never sends.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from serving.schemas import ErrorResponse
 
 PROTECTED_ROUTES = ("/predict", "/explain")
 _ERRORS = {
-    "400": "Malformed JSON or an empty body. Nothing was scored.",
+    "400": "Malformed JSON, an empty body, invalid Unicode (a lone surrogate) or a key given twice. Nothing was scored.",
     "401": "Missing or wrong API key (send 'Authorization: Bearer <key>').",
     "413": "Request body larger than the service's limit (REFRACTURE_MAX_BODY_BYTES).",
     "415": "Content-Type is not application/json.",
-    "422": "One or more field errors, or too many / no records. Every error of every record is listed; nothing was scored.",
+    "422": "One or more field errors, or too many / no records. The first 100 errors are listed (n_errors gives the total); nothing was scored.",
+    "503": "The audit line could not be written, so no answer was given (retry later).",
 }
 _DESCRIPTION = (
     "Calibrated risk of cemented-vertebra refracture, adjacent and remote vertebral fracture after "

@@ -8,11 +8,13 @@ Two layers check a record, and they never disagree on the same question:
 
 1. These pydantic models check the JSON *shape*: known sections and fields only
    (``extra='forbid'``), numbers are JSON numbers, text is text, dates are ``YYYY-MM-DD``,
-   and no value is absurd enough to break the parsers (non-finite, beyond ±1e12, dates
-   outside 1900–2100). They do not check contract ranges, allowed values or required
-   fields: their JSON schema *documents* those, but
-2. ``features.records.check_records`` enforces them, so the service refuses exactly what
-   ``refracture validate`` refuses.
+   and no value is absurd enough to break the parsers (non-finite, beyond ±1e12, text
+   longer than the contract's ``MAX_TEXT_CHARS``). They decide nothing about values:
+   ranges, allowed values, the date window, required fields and the rules between fields
+   are documented in their JSON schema from the same constants, and
+2. ``features.records.check_records`` enforces them with ``features.contract``, the
+   checker ``refracture validate`` runs on tables, so the service refuses exactly what
+   ``refracture validate`` refuses (``tests/test_contract.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
 
+from features.coerce import DATE_MAX, DATE_MIN
+from features.contract import MAX_TEXT_CHARS, allowed_text
+from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, RECORD_TIMEPOINTS, RecordField
 
+#: Numbers beyond this are refused for their JSON shape (every contract range is far
+#: inside it), before they reach the parsers.
 ABSURD = 1e12
-MAX_TEXT = 200
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _year_pattern(first: int, last: int) -> str:
+    """A regular expression for the years ``first``..``last`` when they span whole
+    centuries (1900-2199 -> ``(19|20|21)\\d\\d``), else any four digits."""
+    if first % 100 == 0 and last % 100 == 99:
+        return "(" + "|".join(str(c) for c in range(first // 100, last // 100 + 1)) + r")\d\d"
+    return r"\d{4}"
+
+
+#: The JSON schema's pattern for a date, from the contract's readable window.
+DATE_PATTERN = rf"^{_year_pattern(DATE_MIN.year, DATE_MAX.year)}-\d\d-\d\d$"
 
 
 # ----------------------------------------------------------------------- value types
@@ -66,8 +84,8 @@ def _binary(value: Any) -> float:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a JSON string")
-    if len(value) > MAX_TEXT:
-        raise ValueError(f"text longer than {MAX_TEXT} characters")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"text longer than {MAX_TEXT_CHARS} characters")
     return value
 
 
@@ -75,11 +93,10 @@ def _date(value: Any) -> str:
     if not isinstance(value, str) or not _DATE.match(value.strip()):
         raise ValueError("expected a date as a string YYYY-MM-DD")
     try:
-        parsed = dt.date.fromisoformat(value.strip())
+        dt.date.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not a calendar date") from None
-    if not 1900 <= parsed.year <= 2100:
-        raise ValueError(f"{value!r} is outside 1900-01-01 – 2100-12-31")
+    # The window (DATE_MIN .. today) is the contract's: check_records applies it.
     return value.strip()
 
 
@@ -94,7 +111,7 @@ def _value_schema(f: RecordField) -> dict[str, Any]:
     if spec.unit and spec.kind in ("int", "float"):
         doc += f" Unit: {spec.unit}."
     if spec.range_text:
-        doc += f" Allowed: {spec.range_text}{' ' + spec.unit if spec.kind in ('int', 'float') and spec.unit else ''}."
+        doc += f" Allowed: {allowed_text(spec)}."
     schema: dict[str, Any]
     if spec.kind == "float":
         schema = {"type": "number", "minimum": spec.min, "maximum": spec.max}
@@ -105,10 +122,10 @@ def _value_schema(f: RecordField) -> dict[str, Any]:
     elif spec.kind == "category":
         schema = {"type": "string", "enum": list(spec.allowed)}
     elif spec.kind == "date":
-        schema = {"type": "string", "format": "date", "pattern": r"^(19\d\d|20\d\d|2100)-\d\d-\d\d$"}
-        doc += " ISO date YYYY-MM-DD, 1900-01-01 to 2100-12-31."
+        schema = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+        doc += f" ISO date YYYY-MM-DD, {DATE_MIN.date()} to today."
     else:  # id
-        schema = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}
+        schema = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
     if spec.unit and spec.kind in ("int", "float"):
         schema["x-unit"] = spec.unit
     schema["description"] = doc
@@ -195,7 +212,7 @@ class ProcedureRecord(BaseModel):
 
 # --------------------------------------------------------------------------- responses
 
-OutcomeName = Literal["cemented_refracture", "adjacent_fracture", "remote_fracture"]
+OutcomeName = Literal[OUTCOMES]  # features.labels.OUTCOMES, in response order
 RiskBand = Literal["low", "intermediate", "high"]
 
 
@@ -212,7 +229,8 @@ class ErrorResponse(BaseModel):
     """The request was refused; nothing was scored."""
 
     error: str
-    errors: list[FieldError] = Field(default_factory=list)
+    errors: list[FieldError] = Field(default_factory=list, description="The first 100 errors, in record order.")
+    n_errors: int | None = Field(default=None, description="How many errors there are in all (more than listed when over 100).")
 
 
 class ModelRef(BaseModel):

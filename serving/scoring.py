@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.config import DEFAULT_RISK_BANDS, risk_band
+from features.catalog import FEATURES_BY_NAME
+from features.records import missing_fields
+from modelstore.risk_bands import risk_band
+from serving.config import DEFAULT_RISK_BANDS
 
 TOP_FACTORS = 3
 
@@ -29,7 +32,7 @@ class LoadedModel:
     outcome: str
     name: str
     version: str
-    model: Any  # training.model.RefractureModel
+    model: Any  # modelstore.model.RefractureModel
     run_id: str | None = None
     source: str = "registry"
 
@@ -39,8 +42,9 @@ class LoadedModel:
 
 
 @dataclass
-class Scorer:
-    """Scores flat record frames with one model per outcome (in ``models`` order)."""
+class ServedModels:
+    """The served models, one per outcome (in ``models`` order): features, probabilities,
+    risk bands and explanations for frames of flat records."""
 
     models: list[LoadedModel]
     risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
@@ -69,8 +73,6 @@ class Scorer:
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
         ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
-        from features.records import missing_fields
-
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
@@ -149,8 +151,6 @@ def factor_text(label: str, value_text: str, contribution: float) -> str:
 
 def explanation_item(expl: Any, i: int) -> dict[str, Any]:
     """Base value, every feature's contribution and the top factors of record ``i``."""
-    from features.catalog import FEATURES_BY_NAME
-
     values = expl.values[i]
     row = expl.feature_values.iloc[i]
     contributions = []

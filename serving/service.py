@@ -8,7 +8,7 @@ At start the service reads its settings (``serving.config``: no API key and no
 
 Routes: POST ``/predict``, POST ``/explain`` (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI), all open.
+``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
 
 A request body is parsed here, per request (JSON, shape, value types:
 ``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
@@ -32,8 +32,21 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import Response
 
+from features.catalog import FEATURES_BY_NAME
+from features.records import RECORD_FIELDS, inspect_records, records_frame
+from features.schema import SCHEMA_VERSION
+from serving.batcher import MicroBatcher
+from serving.config import get_settings
+from serving.examples import example_record
+from serving.guard import GuardMiddleware
+from serving.http_server import install
+from serving.loading import load_served_models, read_manifest
+from serving.openapi import patch_spec
+from serving.request_json import error_body
 from serving.schemas import ExplainResponse, PredictResponse, ProcedureRecord
-from serving.validation import ParsedRequest
+from serving.scoring import ServedModels
+from serving.ui.app import build_ui_app
+from serving.validation import ParsedRequest, _body_error, finish, parse_body, rows_frame
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +73,6 @@ class RecordsInput(IORootModel[RecordsBody]):  # type: ignore[valid-type]
 
     @classmethod
     async def from_http_request(cls, request, serde) -> "RecordsInput":
-        from serving.config import get_settings
-        from serving.validation import _body_error, parse_body
-
         media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         body = await request.body()
         if media not in ("application/json", "") and not media.endswith("+json"):
@@ -87,8 +97,6 @@ def _declare_bundled_models(cls: type) -> type:
     """Declare the models pinned by ``refracture bento`` (serving/bento_models.json) as
     BentoML models of the service, so ``bentoml build`` packs them into the Bento.
     Without that file (development) nothing is declared and the registry is used."""
-    from serving.loading import read_manifest
-
     for outcome, entry in read_manifest().items():
         setattr(cls, f"bundled_{outcome}", bentoml.models.BentoModel(entry["tag"]))
     return cls
@@ -98,8 +106,6 @@ model_app = FastAPI(title="refracture-risk model info", docs_url=None, redoc_url
 
 
 def _ui_app():
-    from serving.ui.app import build_ui_app
-
     return build_ui_app()
 
 
@@ -118,18 +124,13 @@ class RefractureRisk:
     """Risk of refracture after vertebral augmentation (PVP/PKP): calibrated probabilities per outcome."""
 
     def __init__(self) -> None:
-        from serving.batcher import MicroBatcher
-        from serving.config import get_settings
-        from serving.loading import load_served_models
-        from serving.scoring import Scorer
-
         self.settings = get_settings()
         if self.settings.insecure_dev:
             logger.warning("INSECURE DEV MODE: no API key; anyone who can reach this port can score records")
         if self.settings.audit_salt_is_random:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
         self.models = load_served_models(self.settings.model_versions or None)
-        self.scorer = Scorer(self.models, risk_bands=self.settings.risk_bands)
+        self.scorer = ServedModels(self.models, risk_bands=self.settings.risk_bands)
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
         self._explain_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=True), max_records=1000)
         self._info = _model_info(self.models, self.settings)
@@ -145,9 +146,6 @@ class RefractureRisk:
         """Score and explain the example record once: the first real request is then not
         the one paying for lazy initialisation (SHAP explainers, XGBoost), and a broken
         model stops the start instead of failing requests."""
-        from features.records import records_frame
-        from serving.examples import example_record
-
         flat = records_frame([example_record()])
         self.scorer.score(flat, ["warm-up"], explain=True)
 
@@ -180,7 +178,7 @@ class RefractureRisk:
         if not parsed.ok:
             info["n_errors"] = len(parsed.errors)
             ctx.response.status_code = parsed.status  # BentoML copies this onto the response
-            return _json(parsed.status, {"error": parsed.message or parsed.errors[0]["error"], "errors": parsed.errors})
+            return _json(parsed.status, error_body(parsed.message or parsed.errors[0]["error"], parsed.errors))
         batcher = self._explain_batcher if explain else self._predict_batcher
         status, payload, n_errors = await batcher.submit(parsed.rows, parsed.procedure_ids, parsed.errors)
         info["n_records"] = len(parsed.rows)
@@ -193,9 +191,6 @@ class RefractureRisk:
         """Check and score a batch of requests (runs in the batcher's thread): one frame,
         one ``inspect_records`` pass (field errors and typed values) and one scoring call
         for all of them."""
-        from features.records import inspect_records
-        from serving.validation import finish, rows_frame
-
         try:
             merged = rows_frame([row for j in jobs for row in j.rows])
             inspected = inspect_records(merged)
@@ -230,7 +225,7 @@ class RefractureRisk:
                 if final.ok:
                     out.append((200, results[k], 0))
                 else:
-                    body = {"error": final.message, "errors": final.errors}
+                    body = error_body(final.message, final.errors)
                     out.append((422, json.dumps(body, separators=(",", ":")).encode("utf-8"), len(final.errors)))
             return out
         except Exception as exc:
@@ -246,11 +241,6 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 def _model_info(models: list, settings) -> dict[str, Any]:
     """The body of GET /model (computed once at start)."""
-    from features.catalog import FEATURES_BY_NAME
-    from features.records import RECORD_FIELDS
-    from features.schema import SCHEMA_VERSION
-    from serving.examples import example_record
-
     outcomes = {}
     for m in models:
         low, high = settings.risk_bands[m.outcome]
@@ -287,15 +277,12 @@ def _model_info(models: list, settings) -> dict[str, Any]:
 
 
 def _spec() -> dict[str, Any]:
-    from serving.openapi import patch_spec
-
     return patch_spec(RefractureRisk.openapi_spec.asdict())
 
 
 def _add_guard() -> None:
-    from serving.guard import GuardMiddleware
-
     RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
+    install()  # request-head limits and bounded metric labels (serving.http_server)
 
 
 _add_guard()

@@ -3,7 +3,8 @@
 Policy (docs/serving.md, "Validation"):
 
 - The body is one record (a JSON object) or a list of 1..``max_records`` records.
-- Malformed JSON (including ``NaN``/``Infinity``, which are not JSON) is a 400.
+- Malformed JSON (including ``NaN``/``Infinity``, which are not JSON), invalid Unicode
+  and duplicate keys are a 400 (``serving.request_json``).
 - Any field error in any record refuses the **whole request** with 422 and lists every
   error of every record (record index, field path, what is wrong, what is allowed).
   Nothing is scored: a partial answer to a batch is easy to misfile against the wrong
@@ -14,7 +15,6 @@ Policy (docs/serving.md, "Validation"):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from features.contract import allowed_text
 from features.records import RECORD_FIELDS, check_records, flatten_record
+from serving.request_json import BodyRefused, loads_strict
 from serving.schemas import ProcedureRecord
 
 _FIELDS_BY_PATH = {f.path: f for f in RECORD_FIELDS}
@@ -67,10 +69,6 @@ def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False, dtype=object)  # no text inference: values as sent
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (send null for a missing value)")
-
-
 def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
     return ParsedRequest(status, errors=[{"record": None, "field": "", "error": message, "allowed": allowed}],
                          message=message)
@@ -78,12 +76,7 @@ def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
 
 def _allowed(path: str) -> str:
     f = _FIELDS_BY_PATH.get(path)
-    if f is None:
-        return ""
-    if f.spec.kind == "date":
-        return "a date YYYY-MM-DD"
-    unit = f" {f.spec.unit}" if f.spec.unit and f.spec.kind in ("int", "float") else ""
-    return (f.spec.range_text + unit).strip()
+    return "" if f is None else allowed_text(f.spec)
 
 
 def _pydantic_errors(i: int, exc: ValidationError) -> list[dict[str, Any]]:
@@ -118,7 +111,9 @@ def parse_body(body: bytes, max_records: int) -> ParsedRequest:
     if not body or not body.strip():
         return _body_error(400, "empty body: send one procedure record (JSON object) or a list of them")
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = loads_strict(body)
+    except BodyRefused as exc:
+        return ParsedRequest(400, errors=exc.errors, message=exc.message)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return _body_error(400, f"malformed JSON: {exc}"[:300])
 

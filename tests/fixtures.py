@@ -1,6 +1,6 @@
 """A tiny hand-written raw export (three patients, four treated levels) with values chosen
 so that derived measures can be worked out on paper. Returned as CSV-like text tables,
-the way ``refracture.io.read_raw`` hands a CSV export to validation."""
+the way ``features.io.read_raw`` hands a CSV export to validation."""
 
 from __future__ import annotations
 

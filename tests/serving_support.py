@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from features.labels import OUTCOMES
+from features.records import json_record
+
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-0123456789abcdef"
-OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
 
 
 def refracture(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -42,7 +44,7 @@ def ensure_trained_store(base: Path) -> Path:
     if marker.exists():
         return store
     from features.simulator import load_profile, simulate
-    from refracture.io import write_raw
+    from features.io import write_raw
     from training.config import TrainConfig
     from training.pipeline import run
 
@@ -72,24 +74,14 @@ def valid_flat_records(store: Path, n: int = 20) -> pd.DataFrame:
     """The first ``n`` flat records of the store's raw export (valid by construction)."""
     from features.records import tables_to_records
     from features.validate import validate_raw
-    from refracture.io import read_raw
+    from features.io import read_raw
 
     return tables_to_records(validate_raw(read_raw(store / "raw"))).head(n).reset_index(drop=True)
 
 
 def to_json_records(flat: pd.DataFrame) -> list[dict]:
     """Flat records -> nested JSON-ready records (dates as YYYY-MM-DD, missing values left out)."""
-    from features.records import nest_record
-
-    out = []
-    for row in flat.to_dict("records"):
-        clean = {}
-        for k, v in row.items():
-            if v is None or (not isinstance(v, str) and pd.isna(v)):
-                continue
-            clean[k] = v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v
-        out.append(nest_record(clean))
-    return out
+    return [json_record(row) for row in flat.to_dict("records")]
 
 
 def free_port() -> int:

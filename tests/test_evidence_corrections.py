@@ -120,10 +120,10 @@ def test_adjacent_risk_is_u_shaped_with_zhous_threshold(worlds, name):
 
 def test_export_shows_more_adjacent_fractures_above_the_threshold():
     """Observed in the export: levels above Zhou's 13.82 % + 5 points have a higher true
-    adjacent risk than levels between 9 % and 13.82 % (the feature pipeline's
-    fill_ratio_larger_side_pct divides by HALF the body volume, so halve it)."""
+    adjacent risk than levels between 9 % and 13.82 % (fill_ratio_larger_side_pct divides
+    by the whole body volume, as Zhou does)."""
     data = xiong_cohort().data
-    whole = data["fill_ratio_larger_side_pct"] / 2
+    whole = data["fill_ratio_larger_side_pct"]
     high = data.loc[whole > 18.82, "p_adjacent_fracture_24m"].mean()
     mid = data.loc[(whole > 9) & (whole <= 13.82), "p_adjacent_fracture_24m"].mean()
     assert high > 1.2 * mid, (high, mid)

@@ -12,10 +12,10 @@ from features.catalog import display_name, feature_names
 from features.records import tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from training.calibration import HorizonCalibration
-from training.candidates import MODEL_TYPES, expit, make_scorer
-from training.explain import Explanation, explain
-from training.model import RefractureModel
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import MODEL_TYPES, expit, make_scorer
+from modelstore.explain import Explanation, explain
+from modelstore.model import RefractureModel
 
 OUTCOME = "cemented_refracture"
 SMALL_PARAMS = {

@@ -6,6 +6,7 @@ import pytest
 
 from features.assemble import build_feature_table
 from features.catalog import FEATURES, FEATURES_BY_NAME, feature_names
+from features.contract import NATIVE_BONE_MAX_HU
 from features.schema import IMAGING_BY_TIMEPOINT, TABLES
 from features.validate import validate_raw
 
@@ -45,8 +46,13 @@ def _scramble_after_surgery(raw: dict[str, pd.DataFrame], rng: np.random.Generat
     for col in TABLES["imaging"].columns:
         if col.timing == "key":
             continue
-        if col.kind == "float":
-            img.loc[post_rows, col.name] = [f"{rng.uniform(col.min, col.max):.2f}" for _ in range(post_rows.sum())]
+        if col.name == "cement_larger_side_volume_ml":  # at most what was injected (a contract rule)
+            injected = img.loc[post_rows, "procedure_id"].map(proc.set_index("procedure_id")["cement_volume_ml"].astype(float))
+            img.loc[post_rows, col.name] = [f"{rng.uniform(0, v):.2f}" for v in injected]
+        elif col.kind == "float":
+            # Neighbours' HU as native bone: above it they would need a cemented neighbour.
+            hi = min(col.max, NATIVE_BONE_MAX_HU) if col.name.startswith("hu_") and "adjacent" in col.name else col.max
+            img.loc[post_rows, col.name] = [f"{rng.uniform(col.min, hi):.2f}" for _ in range(post_rows.sum())]
         elif col.kind == "binary":
             img.loc[post_rows, col.name] = [str(rng.integers(0, 2)) for _ in range(post_rows.sum())]
         elif col.allowed:

@@ -39,7 +39,7 @@ def test_hu_ratio_psoas_index_fill_ratio_npec_by_hand(feats):
     assert a["psoas_muscle_index_cm2_m2"] == pytest.approx(9.6 / 1.6**2)  # 3.75
     assert a["sarcopenia"] == 1.0                                          # woman, 3.75 < 3.92
     assert a["fill_ratio_total_pct"] == pytest.approx(10.0)                # 3.0 / 30
-    assert a["fill_ratio_larger_side_pct"] == pytest.approx(16.0)          # 2.4 / 15
+    assert a["fill_ratio_larger_side_pct"] == pytest.approx(8.0)           # 2.4 / 30 (Zhou: whole body)
     assert a["npec_count"] == 1 and a["npec_lower"] == 1 and a["npec_upper"] == 0
     assert a["leakage_intradiscal_spike"] == 1 and a["leakage_any"] == 1
     assert feats.loc["B2-1", "npec_count"] == 0

@@ -13,15 +13,15 @@ import pytest
 
 from features.labels import horizon_days
 from features.simulator import load_profile, simulate
-from refracture.io import write_raw
+from features.io import write_raw
 from serving.loading import ModelsUnavailable, _check_outcome
-from training.calibration import HorizonCalibration
-from training.candidates import MODEL_TYPES, expit, make_scorer
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import MODEL_TYPES, expit, make_scorer
 from training.competing_risks import censoring_survival
 from training.config import ConfigError, TrainConfig
 from training.data import horizon_targets, outcome_data, prepare
 from training.fitting import fit_candidate
-from training.model import RefractureModel
+from modelstore.model import RefractureModel
 from training.pipeline import _NullProgress
 from training.search import oof_raw_logit
 from training.split import cv_folds

@@ -69,7 +69,7 @@ def flat(store):
 def champions(service_env):
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking()
     client = MlflowClient()
@@ -84,7 +84,8 @@ def post(client, path, payload, headers=AUTH):
 
 
 def test_predict_one_record_names_versions_horizon_and_band(client, champions):
-    from serving.config import DEFAULT_RISK_BANDS, risk_band
+    from modelstore.risk_bands import risk_band
+    from serving.config import DEFAULT_RISK_BANDS
     from serving.examples import example_record
 
     r = post(client, "/predict", example_record())
@@ -288,3 +289,125 @@ def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_en
     allowed = {"time", "event", "request_id", "endpoint", "method", "status", "latency_ms", "auth", "outcomes",
                "model_versions", "n_records", "n_errors", "procedure_key_hashes"}
     assert all(set(e) == allowed for e in entries)
+
+
+# ------------------------------------------------------- hardening (issue 9), in-process
+# Invalid Unicode, duplicate keys, bounded error lists, security headers, relative
+# redirects, the docs page and the documented addresses. The guard-only and server-level
+# regression tests are in test_serving_hardening.py and test_serving_faults.py.
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _example_text(procedure_id_json: str) -> bytes:
+    """The example record as JSON text with ``procedure_id`` replaced by raw JSON text."""
+    from serving.examples import example_record
+
+    text = json.dumps(example_record())
+    return text.replace('"example-0001"', procedure_id_json).encode("utf-8")
+
+
+def _audit_lines(service_env, before: int) -> list[dict]:
+    return [json.loads(line) for line in service_env["audit_log"].read_text().splitlines()[before:]]
+
+
+def _n_lines(service_env) -> int:
+    log = service_env["audit_log"]
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.parametrize("body", [
+    _example_text('"\\ud800"'),                                            # escaped lone surrogate
+    _example_text('"x"').replace(b'"x"', b'"\xed\xa0\x80"'),               # the raw bytes ED A0 80
+    _example_text('"x"').replace(b'"x"', b'"\xff\xfe"'),                   # bytes that are not UTF-8
+], ids=["escaped-surrogate", "raw-surrogate-bytes", "invalid-utf8"])
+def test_invalid_unicode_is_a_400_naming_the_field_and_is_audited(client, service_env, body):
+    before = _n_lines(service_env)
+    r = client.post("/predict", content=body, headers={**AUTH, **JSON})
+    assert r.status_code == 400, r.text
+    assert [(e["record"], e["field"]) for e in r.json()["errors"]] == [(0, "procedure.procedure_id")]
+    lines = _audit_lines(service_env, before)
+    assert [(e["endpoint"], e["status"]) for e in lines] == [("/predict", 400)]
+
+def test_invalid_unicode_in_a_key_or_a_later_record_is_located(client):
+    from serving.examples import example_record
+
+    good = json.dumps(example_record())
+    bad_key = good.replace('"level"', '"lev\\udc00el"')
+    r = client.post("/predict", content=f"[{good},{bad_key}]".encode(), headers={**AUTH, **JSON})
+    assert r.status_code == 400
+    (error,) = r.json()["errors"]
+    assert error["record"] == 1 and error["field"].startswith("procedure.lev") and "Unicode" in error["error"]
+
+def test_duplicate_keys_are_refused_naming_the_field(client):
+    from serving.examples import example_record
+
+    text = json.dumps(example_record()).replace('"age_years": 78.0', '"age_years": 78.0, "age_years": 40.0')
+    r = client.post("/predict", content=text.encode(), headers={**AUTH, **JSON})
+    assert r.status_code == 400, r.text
+    assert [(e["record"], e["field"]) for e in r.json()["errors"]] == [(0, "procedure.age_years")]
+    assert "duplicate" in r.json()["errors"][0]["error"]
+
+def test_error_list_is_capped_and_states_the_total(client):
+    from serving.examples import example_record
+
+    record = example_record()
+    record["patient"].update({f"unknown_{i}": 1 for i in range(5000)})
+    body = json.dumps(record).encode()
+    r = client.post("/predict", content=body, headers={**AUTH, **JSON})
+    assert r.status_code == 422
+    answer = r.json()
+    assert len(answer["errors"]) == 100 and answer["n_errors"] == 5000
+    assert len(r.content) < len(body)  # no longer an amplifier
+
+def test_every_page_and_static_file_has_the_security_headers(client):
+    for path in ("/ui/", "/ui/static/index.html", "/"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        csp = r.headers.get("content-security-policy", "")
+        assert "frame-ancestors" in csp and "default-src 'self'" in csp, path
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+    for path in ("/ui/static/app.js", "/ui/static/style.css", "/docs-static/swagger-ui-bundle.js", "/model", "/healthz"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+
+def test_redirects_are_relative_whatever_the_host_header(client):
+    from urllib.parse import urljoin
+
+    for path, target in (("/ui", "/ui/"), ("/docs", "/")):
+        r = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert r.status_code in (301, 302, 307, 308), path
+        location = r.headers["location"]
+        assert "evil" not in location and "//" not in location
+        assert urljoin(f"http://service{path}", location) == f"http://service{target}"
+        # Behind a proxy serving the service under /refracture, the same answer stays inside it.
+        assert urljoin(f"https://hospital/refracture{path}", location) == f"https://hospital/refracture{target}"
+
+def test_docs_page_loads_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "googletagmanager" not in page.text and "http" not in page.text.replace("http-equiv", "")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    init = client.get("/docs-static/init.js")
+    assert init.status_code == 200 and "validatorUrl: null" in init.text
+    assert client.get("/docs").headers["content-type"].startswith("text/html")  # followed to /
+
+def test_every_address_the_readme_and_demo_give_answers(client):
+    """The service addresses README.md, scripts/demo.sh and the guides name (the API docs
+    were once documented at /docs, which answered 401)."""
+    import re
+
+    from serving_support import ROOT
+
+    paths = set()
+    for name in ("README.md", "scripts/demo.sh", "docs/serving.md", "docs/clinician-page.md"):
+        text = (ROOT / name).read_text()
+        paths |= set(re.findall(r"http://127\.0\.0\.1:(?:3000|\$PORT)(/[^\s`)'\",;]*)", text))
+        paths |= set(re.findall(r"(?:OpenAPI|API docs|Swagger UI)[^`\n]{0,40}?[`: ](/[\w./-]*)", text))
+    paths = {p for p in paths if not p.startswith("//")}  # the host of a full URL, caught by the second pattern
+    paths -= {"/predict", "/explain"}  # POST, with a key: covered by the other tests
+    assert {"/", "/docs.json", "/ui/"} <= paths, paths
+    for path in sorted(paths):
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.status_code)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from features.records import RECORD_FIELDS, check_records, records_frame
 from serving import audit
-from serving.config import DEFAULT_RISK_BANDS, ConfigError, ServingSettings, parse_model_versions, risk_band
+from modelstore.risk_bands import risk_band
+from serving.config import DEFAULT_RISK_BANDS, ConfigError, ServingSettings, parse_model_versions
 from serving.examples import example_record
 from serving.schemas import ProcedureRecord
 from serving.validation import parse_records
@@ -83,7 +84,7 @@ def test_every_field_error_is_listed_with_path_problem_and_allowed_range():
     assert errs["patient.height_cm"]["allowed"] == "120 – 210 cm"
     assert "metres" in errs["patient.height_cm"]["error"]
     assert "L5" in errs["procedure.level"]["allowed"]
-    assert errs["procedure.age_years"]["error"] == "required field is missing"
+    assert errs["procedure.age_years"]["error"] == "value missing (required)"
     assert errs["imaging.preop.hu_index"]["allowed"] == "-150 – 2500 HU"
     assert errs["imaging.postop.leakage_venous"]["allowed"] == "0, 1"
 

@@ -135,7 +135,7 @@ def test_synth_writes_nothing_when_the_simulated_export_is_invalid(tmp_path, mon
 
 
 def test_synth_export_reads_back_and_validates(tmp_path):
-    from refracture.io import read_raw
+    from features.io import read_raw
 
     run_synth(n=800, seed=1, profile="xiong2021-pvp", out=tmp_path, fmt="csv")
     typed = validate_raw(read_raw(tmp_path))

@@ -12,7 +12,7 @@ from features.records import tables_to_records
 from features.schema import OPTIONAL_COLUMNS, TABLES
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from training.inputs import missing_inputs
+from modelstore.inputs import missing_inputs
 
 
 @pytest.fixture(scope="module")

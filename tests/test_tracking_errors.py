@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from serving_support import free_port
 
 from training import registry
-from training.tracking import (HTTP_CLIENT_DEFAULTS, TrackingUnavailable, already_exists, check_tracking,
+from modelstore.tracking import (HTTP_CLIENT_DEFAULTS, TrackingUnavailable, already_exists, check_tracking,
                                configure_tracking, connection_lost, get_or_create_experiment, lost_connection_reason)
 
 

@@ -17,8 +17,8 @@ from features.records import tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 from refracture.cli import _register, app
-from refracture.io import write_frame_atomic, write_raw
-from training.artifact import load_model
+from features.io import write_frame_atomic, write_raw
+from modelstore.artifact import load_model
 
 runner = CliRunner()
 if not app.registered_commands:
@@ -55,7 +55,7 @@ def _train(cohort, store, *extra):
 
 
 def _client(store):
-    from training.tracking import configure_tracking
+    from modelstore.tracking import configure_tracking
 
     configure_tracking(store)
     return MlflowClient()
@@ -68,7 +68,7 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     assert "champion" in result.output and "oracle" in result.output
     client = _client(store)
     exp = client.get_experiment_by_name(f"refracture-{OUTCOME}")
-    assert exp.artifact_location.startswith((store / "artifacts").resolve().as_uri())
+    assert exp.artifact_location.startswith((store.parent / f"{store.name}-artifacts").resolve().as_uri())
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("run_kind") == "parent"]
     children = [r for r in runs if "candidate" in r.data.tags]
@@ -100,12 +100,15 @@ def test_train_logs_runs_and_registers_a_champion(cohort, store):
     model = load_model(f"models:/refracture-{OUTCOME}@champion")
     assert model.outcome == OUTCOME and model.horizon_months == 24.0 and model.feature_set == "postop"
     assert {"auroc", "auroc_ci_low", "auroc_ci_high", "brier", "calibration_slope", "log_loss"} <= set(model.metrics)
-    records = tables_to_records(validate_raw(__import__("refracture.io", fromlist=["read_raw"]).read_raw(cohort))).head(5)
+    records = tables_to_records(validate_raw(__import__("features.io", fromlist=["read_raw"]).read_raw(cohort))).head(5)
     p = model.predict_proba(records)
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
-    # The only Python files in the store are the models-from-code stubs (one per logged model).
-    assert {p.name for p in store.rglob("*.py")} == {"pyfunc_entry.py"}
-    assert not list(store.rglob("*.pkl")) and not list(store.rglob("python_model.*"))
+    # The store folder holds no Python file (it would shadow mlflow); the artifacts beside it
+    # hold the models-from-code files, one per logged model, and no pickle.
+    artifacts = store.parent / f"{store.name}-artifacts"
+    assert not list(store.rglob("*.py"))
+    assert {p.name for p in artifacts.rglob("*.py")} == {"pyfunc_entry.py"}
+    assert not list(artifacts.rglob("*.pkl")) and not list(artifacts.rglob("python_model.*"))
     curve = model.predict_curve(records)
     assert list(curve.columns) == ["p_3m", "p_6m", "p_12m", "p_24m"] and (curve.diff(axis=1).iloc[:, 1:] >= 0).all().all()
     assert mv.tags["estimand"] == "crude cumulative incidence, death competing" and mv.tags["horizons_months"] == "3,6,12,24"

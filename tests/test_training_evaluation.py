@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-from training.calibration import HorizonCalibration, fit_logistic_1d
-from training.candidates import expit, logit, monotone_constraints
+from modelstore.calibration import HorizonCalibration, fit_logistic_1d
+from modelstore.candidates import expit, logit, monotone_constraints
 from training.evaluation import evaluate, paired_difference, replicates, subgroup_metrics
 from training.split import cv_folds, train_test_split_grouped
 

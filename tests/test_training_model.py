@@ -16,11 +16,11 @@ from features.catalog import FEATURE_SETS, feature_names
 from features.records import RECORD_FIELDS, RECORD_FIELDS_BY_FLAT, tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from training.artifact import load_model, log_model
-from training.calibration import HorizonCalibration
-from training.candidates import make_scorer
-from training.inputs import FEATURE_INPUTS
-from training.model import ModelFormatError, RefractureModel, example_records, record_signature
+from modelstore.artifact import load_model, log_model
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import make_scorer
+from modelstore.inputs import FEATURE_INPUTS
+from modelstore.model import ModelFormatError, RefractureModel, example_records, record_signature
 
 OUTCOME = "adjacent_fracture"
 
@@ -111,7 +111,7 @@ def test_missing_inputs_name_fields_and_handling(fitted):
 
 def _reference_missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model: RefractureModel) -> list[list[dict]]:
     """The documented rule, record by record and cell by cell (slow, obviously right)."""
-    from training.inputs import handling_text
+    from modelstore.inputs import handling_text
 
     def gone(v) -> bool:
         return v is None or (isinstance(v, str) and not v.strip()) or (not isinstance(v, str) and pd.isna(v))
@@ -173,13 +173,13 @@ def test_pyfunc_round_trip_from_the_registry_without_pickles(fitted, tmp_path, m
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure_tracking, get_or_create_experiment
+    from modelstore.tracking import configure_tracking, get_or_create_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
     model, records = fitted
     configure_tracking(tmp_path / "store")
-    assert (tmp_path / "store" / "artifacts").is_dir()
+    assert (tmp_path / "store-artifacts").is_dir()
     exp = get_or_create_experiment("contract-test")
     with mlflow.start_run(experiment_id=exp):
         uri = log_model(model, example_records(records))
@@ -223,7 +223,7 @@ def test_a_version_in_the_old_pickled_format_is_refused(fitted, tmp_path, monkey
     refused with a message that says to retrain."""
     import mlflow
 
-    from training.tracking import configure_tracking, get_or_create_experiment
+    from modelstore.tracking import configure_tracking, get_or_create_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     model, _ = fitted
@@ -242,7 +242,7 @@ def test_a_version_in_the_old_pickled_format_is_refused(fitted, tmp_path, monkey
 
 def test_stored_parts_load_back_identically_for_every_candidate(tmp_path):
     """save/load without pickles gives the same curve and explanation, for every model type."""
-    from training.candidates import MODEL_TYPES
+    from modelstore.candidates import MODEL_TYPES
 
     tables, _ = simulate(load_profile("yassavoly2025-pkp"), n_procedures=600, seed=8)
     typed = validate_raw(tables)
@@ -269,7 +269,7 @@ def test_scorers_are_scikit_learn_estimators():
     """get_params / clone work (scikit-learn's estimator contract); fitted state ends in '_'."""
     from sklearn.base import clone
 
-    from training.candidates import MODEL_TYPES
+    from modelstore.candidates import MODEL_TYPES
 
     for model_type in MODEL_TYPES:
         scorer = make_scorer(model_type, {}, OUTCOME, seed=3, n_jobs=1)

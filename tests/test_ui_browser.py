@@ -131,7 +131,7 @@ def test_bad_value_shows_a_field_error_next_to_the_field(page):
     page.fill("#api-key", API_KEY)
     page.select_option("#example-select", index=0)
     page.click("#load-example")
-    page.fill("#f-vertebral_height_mm_preop", "1.9")  # cm where mm is expected
+    page.fill("#f-vertebral_height_mm_preop", "0.5")  # below the 1 mm of a vertebra plana: cm where mm is expected
     page.select_option("#f-level", "L5")
     page.fill("#f-age_years", "abc")
     page.click("#submit")
@@ -167,3 +167,23 @@ def test_without_key_the_page_asks_for_it(page):
     page.click("#submit")
     page.wait_for_selector("#form-status:has-text('API key')")
     assert page.locator(".card").count() == 0
+
+
+def test_api_docs_page_renders_and_requests_nothing_from_elsewhere(browser, server):
+    """The docs page at / as a browser loads it: Swagger UI renders the service's own
+    OpenAPI document, every request (scripts, styles, images, fonts, the document) goes to
+    127.0.0.1, and the page's CSP refuses nothing it needs."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    requests: list[str] = []
+    violations: list[str] = []
+    pg.on("request", lambda r: requests.append(r.url))
+    pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.goto(f"{server.url}/")
+    pg.wait_for_selector("text=/predict")
+    pg.wait_for_selector("text=/explain")
+    pg.wait_for_load_state("networkidle")
+    context.close()
+    assert requests and all(u.startswith(("http://127.0.0.1:", "data:")) for u in requests), requests
+    assert any(u.endswith("/docs.json") for u in requests)
+    assert violations == [], violations

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from features.validate import RawDataError, validate_raw
 from refracture.cli import _register, app
-from refracture.io import read_raw
+from features.io import read_raw
 
 runner = CliRunner()
 _register()
@@ -41,9 +41,13 @@ def test_missing_table(raw):
     _assert_one(_violations(raw), "events", "-", "-", "table missing")
 
 
+HEIGHTS = ["vertebral_height_mm", "upper_adjacent_height_mm", "lower_adjacent_height_mm"]
+
+
 def test_height_in_cm_is_named_as_a_unit_mixup(raw):
+    """Every height of an examination in cm (a lone small height may be a vertebra plana)."""
     img = raw["imaging"]
-    img.loc[(img["procedure_id"] == "A1-1") & (img["timepoint"] == "preop"), "vertebral_height_mm"] = "1.8"
+    img.loc[(img["procedure_id"] == "A1-1") & (img["timepoint"] == "preop"), HEIGHTS] = ["1.8", "2.4", "2.6"]
     _assert_one(_violations(raw), "imaging", "A1-1/preop", "vertebral_height_mm", "look like cm")
 
 
@@ -116,7 +120,7 @@ def test_level_count_must_match_session_rows(raw):
 def test_all_violations_in_one_pass(raw):
     raw["procedures"].loc[raw["procedures"]["procedure_id"] == "B2-1", "level"] = "L7"
     raw["patients"].loc[raw["patients"]["patient_id"] == "B2", "dxa_bmd_g_cm2"] = "-2.1"
-    raw["imaging"].loc[0, "vertebral_height_mm"] = "1.8"
+    raw["imaging"].loc[0, HEIGHTS] = ["1.8", "2.4", "2.6"]
     assert len(_violations(raw)) >= 3
 
 
@@ -168,7 +172,7 @@ def test_cli_reports_and_writes_nothing(raw_dir, tmp_path, breakage):
         expect = ["patients", "empty file"]
     else:
         name, key, col, value, expect = {
-            "unit_mixup": ("imaging", 0, "upper_adjacent_height_mm", "2.4", ["imaging", "A1-1/preop", "upper_adjacent_height_mm", "cm"]),
+            "unit_mixup": ("imaging", 0, HEIGHTS, ["1.8", "2.4", "2.6"], ["imaging", "A1-1/preop", "vertebral_height_mm", "cm"]),
             "impossible_level": ("procedures", 1, "level", "L7", ["procedures", "B2-1", "level"]),
             "duplicate_id": ("procedures", 1, "procedure_id", "A1-1", ["procedures", "A1-1", "duplicate"]),
             "date_before_surgery": ("events", 0, "event_date", "2019-01-01", ["events", "E1", "event_date"]),

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import display_name
-from training.candidates import monotone_constraints
+from modelstore.candidates import monotone_constraints
 from training.config import TrainConfig
 from training.data import OutcomeData, Prepared
-from training.estimand import ESTIMAND, ESTIMAND_SENTENCE
-from training.explain import METHODS
+from modelstore.estimand import ESTIMAND, ESTIMAND_SENTENCE
+from modelstore.explain import METHODS
 from training.fitting import CandidateResult
 from training.report import horizon_performance_table, markdown_table, net_benefit_table
 from training.search import trial_budget
@@ -60,7 +60,7 @@ def constraints_description(outcome: str, feature_names: list[str]) -> str:
             + ".\n\nUnconstrained on purpose: cement volume and fill ratios (U-shaped, clinical-evidence §3), level, "
             "angles, technique, approach, and the number of levels treated for adjacent and remote fractures "
             "(Yassavoly 2025: multiple treated levels did not raise them). Sources per constraint: "
-            "`training/candidates.py` (`MONOTONE`). The horizon calibration multiplies the score by b > 0, so the "
+            "`modelstore/candidates.py` (`MONOTONE`). The horizon calibration multiplies the score by b > 0, so the "
             "directions hold at every horizon. The random forest and linear models are unconstrained.")
 
 

@@ -7,12 +7,9 @@ from pathlib import Path
 
 from features.catalog import FEATURE_SETS
 from features.labels import OUTCOMES
-from training.candidates import MODEL_TYPES
-from training.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
-
-
-class ConfigError(ValueError):
-    """An invalid training option; the message names the option."""
+from modelstore.errors import ConfigError
+from modelstore.candidates import MODEL_TYPES
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from features.labels import EVENT, horizon_days
 from features.levels import is_thoracolumbar
 from features.records import tables_to_records
 from features.validate import validate_raw
-from refracture.io import read_raw
+from features.io import read_raw
 from training.competing_risks import censoring_survival, crude_label, ipcw_weights
 from training.config import TrainConfig
-from training.estimand import horizon_column
+from modelstore.estimand import horizon_column
 from training.evaluation import age_band
 from training.provenance import data_fingerprint, git_commit, read_profile
 from training.split import cv_folds, train_test_split_grouped

@@ -5,7 +5,7 @@ No MLflow here (``training.run_log`` records the result). The steps, for the tra
 1. hyperparameter search in grouped cross-validation on the crude label at the headline
    horizon with IPCW weights (``training.search``), which also gives each row's
    out-of-fold score eta;
-2. the horizon calibration (``training.calibration``) fitted on those out-of-fold scores,
+2. the horizon calibration (``modelstore.calibration``) fitted on those out-of-fold scores,
    stacked over every horizon;
 3. the score model refitted on the whole training part (rows with a known label at the
    headline, IPCW-weighted);
@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.calibration import HorizonCalibration
-from training.candidates import expit, make_scorer
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import expit, make_scorer
 from training.config import TrainConfig
 from training.data import OutcomeData
 from training.evaluation import replicates, weighted_log_loss, with_ci
 from training.horizon_metrics import evaluate_curve, flat_metrics
-from training.model import RefractureModel
+from modelstore.model import RefractureModel
 from training.search import search, trial_budget
 from training.split import fold_ids
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.labels import horizon_days
-from training.estimand import horizon_column
+from modelstore.estimand import horizon_column
 from training.evaluation import THRESHOLDS
 from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit
 

@@ -32,15 +32,15 @@ from training import registry
 from training.card import CardInputs, candidate_table, model_card
 from training.config import TrainConfig
 from training.data import OutcomeData, Prepared, TrainingRefused, outcome_data, prepare, truth_curves
-from training.estimand import ESTIMAND, horizons_text
+from modelstore.estimand import ESTIMAND, horizons_text
 from training.evaluation import subgroup_metrics, weighted_log_loss
 from training.fitting import CandidateResult, fit_candidate
 from training.horizon_metrics import calibration_tables, decision_curve, flat_metrics, net_benefit_metrics
-from training.model import example_records
+from modelstore.model import example_records
 from training.report import markdown_table, table_one
 from training.run_log import clean, log_candidate, log_comparison, log_setup, log_text
 from training.selection import SELECTION_RULE, decide_alias, select
-from training.tracking import check_tracking, configure_tracking, get_or_create_experiment
+from modelstore.tracking import check_tracking, configure_tracking, get_or_create_experiment
 
 __all__ = ["TrainingRefused", "run", "train_outcome", "OutcomeResult"]
 

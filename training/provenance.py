@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from features.schema import TABLES
-from refracture.io import find_table_file
+from features.io import find_table_file
 
 
 def data_fingerprint(raw_dir: Path) -> str:

@@ -1,6 +1,6 @@
 """The model registry: one registered model per outcome, ``refracture-<outcome>``.
 
-Every version carries tags ``estimand`` (``training.estimand.ESTIMAND``),
+Every version carries tags ``estimand`` (``modelstore.estimand.ESTIMAND``),
 ``horizons_months`` ("3,6,12,24") and ``horizon_months`` (the headline), which serving
 checks against its configuration before it serves the version.
 
@@ -20,27 +20,27 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode, RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
-from training.artifact import load_model
-from training.tracking import already_exists
+from modelstore.naming import ALIASES, CHALLENGER, CHAMPION, model_name
+from modelstore.tracking import already_exists
+from modelstore.artifact import load_model
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ALIASES = (CHAMPION, CHALLENGER)
+__all__ = ["ALIASES", "CHALLENGER", "CHAMPION", "model_name", "current_version", "load_version", "register",
+           "set_alias", "delete_version", "list_models", "beats"]
 #: Metrics shown by ``refracture models`` (read from model-version tags).
 KEY_METRICS = ("auroc", "log_loss", "brier", "calibration_slope")
 
 
-def model_name(outcome: str) -> str:
-    """Registered-model name of an outcome."""
-    return f"refracture-{outcome}"
-
-
-def _client():
+def _client() -> MlflowClient:
     return MlflowClient()
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
 def _who() -> str:
@@ -51,11 +51,24 @@ def _who() -> str:
 
 
 def current_version(outcome: str, alias: str = CHAMPION):
-    """The model version holding ``alias``, or None."""
+    """The model version holding ``alias``, or None when there is none (no registered
+    model yet, or no version holds the alias).
+
+    Any other registry error (a server that does not answer, a broken store) is raised:
+    read as "no champion", it would hand the champion alias to the new model.
+    """
+    client = _client()
+    name = model_name(outcome)
     try:
-        return _client().get_model_version_by_alias(model_name(outcome), alias)
-    except MlflowException:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+    version = (registered.aliases or {}).get(alias)
+    if version is None:
         return None
+    return client.get_model_version(name, str(version))
 
 
 def load_version(outcome: str, version: str):
@@ -70,7 +83,9 @@ def register(model_uri: str, outcome: str, tags: dict[str, Any], description: st
     name = model_name(outcome)
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
         try:
             client.create_registered_model(name, description=f"Calibrated risk of {outcome.replace('_', ' ')} after PVP/PKP.")
         except MlflowException as exc:

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from training import plots
-from training.artifact import log_model
-from training.candidates import monotone_constraints
+from modelstore.artifact import log_model
+from modelstore.candidates import monotone_constraints
 from training.config import TrainConfig
 from training.data import OutcomeData
 from training.fitting import CandidateResult
@@ -56,7 +56,7 @@ def _headline_curves(label: str, data: OutcomeData, p: np.ndarray) -> dict[str, 
 def log_candidate(res: CandidateResult, cfg: TrainConfig, data: OutcomeData, example: pd.DataFrame,
                   tags: dict[str, str], truth: dict[float, np.ndarray] | None) -> None:
     """Child run: hyperparameters, calibration, metrics, per-horizon table, plots, SHAP and
-    the model (no pickles: ``training.artifact.log_model``)."""
+    the model (no pickles: ``modelstore.artifact.log_model``)."""
     model = res.model
     mlflow.set_tags({**tags, "candidate": res.model_type})
     mlflow.log_params({f"hp_{k}": v for k, v in res.params.items()})

@@ -9,7 +9,7 @@ The objective is the IPCW-weighted cross-validated log loss at the headline hori
 *after* Platt calibration of the pooled out-of-fold scores: the models are calibrated
 afterwards anyway, so the search should reward discrimination and sharpness, not raw
 calibration. The out-of-fold scores of the best trial are returned and reused to fit the
-horizon calibration (``training.calibration``) and for model selection, so no extra
+horizon calibration (``modelstore.calibration``) and for model selection, so no extra
 cross-validation is needed.
 """
 
@@ -24,8 +24,8 @@ import optuna
 import pandas as pd
 from joblib import Parallel, delayed
 
-from training.calibration import fit_logistic_1d
-from training.candidates import expit, make_scorer
+from modelstore.calibration import fit_logistic_1d
+from modelstore.candidates import expit, make_scorer
 from training.evaluation import weighted_log_loss
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from training import registry
-from training.artifact import load_model
+from modelstore.artifact import load_model
 from training.data import OutcomeData
 from training.evaluation import weighted_log_loss
 from training.fitting import CandidateResult

@@ -4,11 +4,10 @@ patient (all levels of one patient fall on the same side), seeded."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 
 def _group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedGroupKFold
-
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
 

@@ -9,6 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.assemble import build_training_set
+from features.catalog import FEATURE_SETS
+from features.dictionary import data_dictionary_markdown
+from features.io import read_raw, write_frame_atomic
+from features.validate import RawDataError, validate_raw
+from refracture.commands.synth import run_synth
+
 console = Console(stderr=True)
 
 
@@ -23,9 +30,6 @@ def _report_violations(exc) -> None:
 
 def _load_valid(raw: Path):
     """Read and validate a raw export, or print every violation and exit 1."""
-    from features.validate import RawDataError, validate_raw
-    from refracture.io import read_raw
-
     try:
         return validate_raw(read_raw(raw))
     except RawDataError as exc:
@@ -49,10 +53,6 @@ def features(
     horizon_months: Annotated[float, typer.Option("--horizon-months", help="Label horizon in months.", min=1, max=120)] = 24.0,
 ) -> None:
     """Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."""
-    from features.assemble import build_training_set
-    from features.catalog import FEATURE_SETS
-    from refracture.io import write_frame_atomic
-
     if feature_set not in FEATURE_SETS:
         raise typer.BadParameter(f"choose one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
     if out.suffix != ".parquet":
@@ -69,8 +69,6 @@ def dictionary(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file differs from the schema instead of writing it.")] = False,
 ) -> None:
     """Generate the data dictionary from the schema (never edit it by hand)."""
-    from features.dictionary import data_dictionary_markdown
-
     text = data_dictionary_markdown()
     if check:
         if not out.exists() or out.read_text(encoding="utf-8") != text:
@@ -92,8 +90,6 @@ def synth(
     draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
 ) -> None:
     """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
-    from refracture.commands.synth import run_synth
-
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("choose csv or parquet", param_hint="--format")
     run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects)

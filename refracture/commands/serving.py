@@ -11,6 +11,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from features.io import read_raw
+from features.raw_records import scorable_records
+from features.validate import RawDataError
+from modelstore.errors import ConfigError
+from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
+from serving.batch import BatchInputError, score_file
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_IMPORT = "serving.service:RefractureRisk"
@@ -28,10 +37,6 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
 ) -> None:
     """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
-    from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ConfigError, ServingSettings
-    from serving.loading import ModelsUnavailable, resolve_pins
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
@@ -56,70 +61,91 @@ def serve(
     console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
-    raise typer.Exit(code=_run_forwarding_signals(cmd, env))
-
-
-def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the BentoML server and pass SIGTERM/SIGHUP on to it: a supervisor (systemd,
-    scripts/tracking-stack.sh, a test) that stops `refracture serve` must not leave the
-    server and its workers running. Ctrl-C reaches both through the terminal."""
-    import signal
-
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum, _frame):
-        proc.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    interrupted = False
-    try:
-        while True:
-            try:
-                code = proc.wait()
-                return 0 if interrupted else code
-            except KeyboardInterrupt:
-                interrupted = True  # the server got the same Ctrl-C: wait for it to shut down
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # Become the server (exec) rather than start it as a child: a process manager or a
+    # container runtime signals only the process it started, and SIGTERM/SIGINT must reach
+    # the server itself, which drains, stops its workers and frees the port.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 def predict(
-    input: Annotated[Path, typer.Option("--input", help="Flat records (.csv, .parquet: one column per record field) or nested records (.json list).")],
-    output: Annotated[Path, typer.Option("--output", help="Output file (.csv or .parquet).")],
+    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
+    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call.", min=1)] = 50_000,
+    engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
 ) -> None:
-    """Score a file of procedure records with the champion models, without HTTP (vectorised, in chunks)."""
-    from serving.batch import BatchInputError, score_file
-    from serving.loading import ModelsUnavailable, load_from_registry
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
-    if output.suffix not in (".csv", ".parquet"):
+    """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
+    if engine not in ("pandas", "spark"):
+        raise typer.BadParameter("use pandas or spark", param_hint="--engine")
+    if (input is None) == (raw is None):
+        raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
+    source = raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
+    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
+        raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
+    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
-    if not input.exists():
-        raise typer.BadParameter(f"{input} does not exist", param_hint="--input")
+    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
+        raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
+    records = _raw_records(raw) if raw is not None else None
     try:
         check_tracking(configure_tracking())
         models = load_from_registry()
     except (TrackingUnavailable, ModelsUnavailable) as exc:
         _fail(str(exc))
     try:
-        summary = score_file(models, input, output, explain=explain, chunk_size=chunk_size, console=console)
+        if engine == "spark":
+            summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
+                                        chunk_size, master)
+        else:
+            summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size, console=console,
+                                 records=records)
     except BatchInputError as exc:
         for line in exc.lines():
-            console.print(line)
-        _fail(f"{input}: nothing was written")
+            console.print(line, markup=False, highlight=False)
+        _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+
+
+def _raw_records(raw: Path):
+    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
+    try:
+        scorable = scorable_records(read_raw(raw))
+    except RawDataError as exc:
+        console.print(str(exc), markup=False, highlight=False)
+        _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
+    if scorable.violations:
+        console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
+        for line in scorable.report_lines():
+            console.print(line, markup=False, highlight=False)
+    return scorable.records
+
+
+def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
+                      master: str | None) -> str:
+    from pyspark.sql import SparkSession
+
+    from serving.batch_spark import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
+
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
+    # A session this command did not start (spark-submit's, a notebook's) is left running.
+    ours = SparkSession.getActiveSession() is None and not under_submit
+    spark = spark_session(master or (None if under_submit else "local[*]"))
+    try:
+        frame, n = read_parquet_records(spark, input) if records is None else records_frame_on_spark(spark, records)
+        return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size)
+    finally:
+        if ours:
+            spark.stop()
 
 
 def bento(
     build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
 ) -> None:
     """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
-    from serving.loading import ModelsUnavailable, export_to_bentoml, resolve_pins
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     try:
         check_tracking(configure_tracking())
         pins = resolve_pins()

@@ -63,7 +63,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
     from features.simulator import load_profile, simulate
     from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
     from features.validate import validate_raw
-    from refracture.io import write_frame_atomic, write_raw
+    from features.io import write_frame_atomic, write_raw
 
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")

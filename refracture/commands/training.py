@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import mlflow
 import typer
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from features.labels import OUTCOMES
+from features.validate import RawDataError
+from modelstore.errors import ConfigError
+from modelstore.tracking import (
+    TrackingUnavailable,
+    check_tracking,
+    configure_tracking,
+    connection_lost,
+    local_store,
+    lost_connection_reason,
+)
+from refracture.commands.data import _report_violations
+from training import registry
+from training.config import TrainConfig
+from training.pipeline import TrainingRefused, run
 
 console = Console(stderr=True)
 logger = logging.getLogger(__name__)
@@ -18,8 +41,6 @@ _STORE_HELP = "Local MLflow store folder (default ./mlflow or $REFRACTURE_MLFLOW
 
 
 def _outcomes(value: str) -> tuple[str, ...]:
-    from features.labels import OUTCOMES
-
     if value == "all":
         return OUTCOMES
     if value not in OUTCOMES:
@@ -39,15 +60,11 @@ _TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or
 def _exit_if_tracking_lost(doing: str, consequence: str = ""):
     """Turn a tracking store that stops answering mid-command into one clear message naming
     its URI (exit 1) instead of a traceback; any other error propagates."""
-    from training.tracking import TrackingUnavailable, connection_lost
-
     try:
         yield
     except TrackingUnavailable:
         raise  # the start-up check's own message ("unreachable"), reported by the caller
     except Exception as exc:
-        import mlflow
-
         lost = connection_lost(exc, mlflow.get_tracking_uri(), doing, consequence)
         if lost is None:
             raise
@@ -56,8 +73,6 @@ def _exit_if_tracking_lost(doing: str, consequence: str = ""):
 
 
 def _tracking_or_exit(store: Path | None) -> str:
-    from training.tracking import TrackingUnavailable, check_tracking, configure_tracking
-
     uri = configure_tracking(store)
     try:
         check_tracking(uri)
@@ -84,14 +99,6 @@ def train(
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from features.validate import RawDataError
-    from refracture.commands.data import _report_violations
-    from training.config import ConfigError, TrainConfig
-    from training.pipeline import TrainingRefused, run
-    from training.tracking import TrackingUnavailable
-
     try:
         cfg = TrainConfig(raw_dir=raw, outcomes=_outcomes(outcome), feature_set=feature_set, horizon_months=horizon_months,
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
@@ -141,8 +148,6 @@ def models(
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """List registered models: versions, aliases and key test metrics."""
-    from training import registry
-
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("listing the registered models"):
         rows = registry.list_models()
@@ -172,11 +177,6 @@ def promote(
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Move an alias (champion/challenger) to a version by hand; the move is recorded."""
-    from mlflow.exceptions import MlflowException
-
-    from training import registry
-    from training.tracking import lost_connection_reason
-
     (name,) = _outcomes(outcome) if outcome != "all" else (None,)
     if name is None:
         raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
@@ -185,8 +185,6 @@ def promote(
     _tracking_or_exit(store)
     with _exit_if_tracking_lost(f"moving {alias} of {registry.model_name(name)}"):
         try:
-            from mlflow.tracking import MlflowClient
-
             MlflowClient().get_model_version(registry.model_name(name), str(version))
         except MlflowException as exc:
             if lost_connection_reason(exc) is not None:
@@ -204,12 +202,6 @@ def ui(
     workers: Annotated[int, typer.Option("--workers", help="UI server processes (1 is plenty on a 2-core machine).", min=1, max=4)] = 1,
 ) -> None:
     """Open the MLflow UI on the local store (runs, plots, model cards, registry)."""
-    import os
-    import subprocess
-    import sys
-
-    from training.tracking import local_store
-
     if os.environ.get("MLFLOW_TRACKING_URI"):
         console.print(f"MLFLOW_TRACKING_URI is set: open {os.environ['MLFLOW_TRACKING_URI']} in a browser instead.")
         raise typer.Exit(code=0)

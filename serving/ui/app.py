@@ -16,23 +16,19 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving.examples import example_patients
+from serving.headers import PAGE_HEADERS
 from serving.ui.form import form_schema
 
 STATIC = Path(__file__).parent / "static"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                               "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+# One policy for every page of the service (serving.headers); static files get nosniff
+# from the guard, which applies it to every answer.
+SECURITY_HEADERS = PAGE_HEADERS
 
 
 @lru_cache(maxsize=1)
 def _examples() -> list[dict]:
-    from serving.ui.examples import example_records
-
-    return example_records()
+    return example_patients()
 
 
 async def index(request):

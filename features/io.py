@@ -2,20 +2,32 @@
 
 A raw export is a folder with one file per table of the contract (``features.schema``):
 ``patients``, ``procedures``, ``imaging``, ``events``, each as ``.csv`` or ``.parquet``.
+
+It lives beside the contract it reads (``features`` is the bottom layer): the command
+line, training and batch scoring all read and write through it.
+
+CSV files may be comma-, semicolon- or tab-separated (the separator is read from the
+header line). A semicolon-separated file is the European spreadsheet export, whose
+numbers carry a decimal comma (``12,5``): in its number columns the comma is read as the
+decimal point.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from features.coerce import DECIMAL_COMMA
 from features.schema import TABLES
 from features.validate import RawDataError, Violation
 
 SUFFIXES = (".parquet", ".csv")
+#: CSV separators recognised in a header line, by name (for the error messages).
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 def find_table_file(raw_dir: Path, table: str) -> Path | None:
@@ -36,12 +48,55 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            df = _read_csv(path, table)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise RawDataError([Violation(table, "-", "-", f"cannot read {path.name}: {exc}")]) from exc
     if len(df) == 0 and not TABLES[table].may_be_empty:
         raise RawDataError([Violation(table, "-", "-", f"{path.name} has a header but no rows")])
     return df
+
+
+def csv_separator(path: Path) -> str:
+    """The separator of a CSV file: the most frequent of comma, semicolon and tab in its
+    header line (comma if none)."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        header = fh.readline()
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+def _read_csv(path: Path, table: str) -> pd.DataFrame:
+    """A CSV table as text cells (validation, not the parser, decides what a value means)."""
+    sep = csv_separator(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=sep, encoding="utf-8-sig")
+    except pd.errors.ParserError as exc:
+        raise RawDataError([Violation(table, "-", "-",
+                                      f"cannot read {path.name} as a {SEPARATORS[sep]}-separated file (the separator of "
+                                      f"its header line): {exc}. Use one separator throughout, and quote values that "
+                                      "contain it")]) from exc
+    _check_field_counts(path, table, sep, len(df.columns))
+    if sep == ";":
+        kinds = {c.name: c.kind for c in TABLES[table].columns}
+        for name in df.columns:
+            if kinds.get(name) in ("int", "float"):
+                comma = df[name].str.fullmatch(DECIMAL_COMMA.pattern, na=False)
+                df.loc[comma, name] = df.loc[comma, name].str.replace(",", ".", regex=False)
+    return df
+
+
+def _check_field_counts(path: Path, table: str, sep: str, n_columns: int) -> None:
+    """Refuse a file whose lines do not all split into the header's fields (the parser
+    would pad short lines silently), naming the separator and the first bad line."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        for line_no, row in enumerate(csv.reader(fh, delimiter=sep), start=1):
+            if row and len(row) != n_columns:
+                raise RawDataError([Violation(
+                    table, f"line {line_no}", "-",
+                    f"{path.name}: the header line is {SEPARATORS[sep]}-separated ({n_columns} columns) but line "
+                    f"{line_no} splits into {len(row)} field(s); use one separator throughout, and quote values that "
+                    "contain it")])
 
 
 def read_raw(raw_dir: str | Path) -> dict[str, pd.DataFrame]:

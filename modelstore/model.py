@@ -1,21 +1,21 @@
 """The model artifact: what is logged to MLflow and what serving loads.
 
-``RefractureModel`` holds one fitted candidate (a scorer from ``training.candidates``,
-giving a score ``eta(x)``), its horizon calibration (``training.calibration``) and the
+``RefractureModel`` holds one fitted candidate (a scorer from ``modelstore.candidates``,
+giving a score ``eta(x)``), its horizon calibration (``modelstore.calibration``) and the
 feature pipeline. It takes *flat raw records* (``features.records``: what a hospital
 sends, or the project's own typed records from ``tables_to_records``), computes the
 features with ``features.assemble.features_from_records`` (the very functions training
 used) and returns the cumulative incidence of the outcome, death competing, at each
-horizon (``p_3m`` ... ``p_24m``; ``training.estimand``).
+horizon (``p_3m`` ... ``p_24m``; ``modelstore.estimand``).
 
 Stored without pickles (``save`` / ``load``), each part in its own format:
 ``model.json`` (format, estimand, horizons, calibration, feature list, metrics),
 ``booster.json`` (XGBoost's JSON) with ``background.npy``, or ``*.skops`` (scikit-learn
 parts, loaded with an explicit list of trusted types) with ``linear.npz``. MLflow loads it
-through models-from-code (``training/pyfunc_entry.py``, logged as the model's code), so a
+through models-from-code (``modelstore/pyfunc_entry.py``, logged as the model's code), so a
 version survives a refactor of this class as long as ``load`` reads its format.
 
-Serving loads it with ``training.model.load_registered`` (or
+Serving loads it with ``modelstore.model.load_registered`` (or
 ``mlflow.pyfunc.load_model(uri).unwrap_python_model()``) and calls ``proba_from_features``
 (headline horizon), ``curve_from_features``, ``explain_features`` and ``missing_inputs``.
 """
@@ -36,18 +36,18 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from features.assemble import features_from_records
 from features.records import RECORD_FIELDS
-from training.calibration import HorizonCalibration
-from training.candidates import BoostScorer, ForestScorer, LinearScorer, expit, in_order, monotone_constraints
-from training.estimand import ESTIMAND, HEADLINE_HORIZON_MONTHS, horizon_column
-from training.explain import explain as explain_scorer
-from training.inputs import FEATURE_INPUTS, missing_inputs
+from modelstore.calibration import HorizonCalibration
+from modelstore.candidates import BoostScorer, ForestScorer, LinearScorer, expit, in_order, monotone_constraints
+from modelstore.estimand import ESTIMAND, HEADLINE_HORIZON_MONTHS, horizon_column
+from modelstore.explain import explain as explain_scorer
+from modelstore.inputs import FEATURE_INPUTS, missing_inputs
 
 #: Version of the stored layout; ``load`` refuses others with a message.
 FORMAT_VERSION = 2
 #: Name of the MLflow artifact (a folder) holding the stored parts.
 ARTIFACT_KEY = "refracture_model"
 #: Modules whose types a stored scikit-learn part may contain (checked before loading).
-TRUSTED_MODULES = ("sklearn.", "numpy.", "training.candidates.", "builtins.")
+TRUSTED_MODULES = ("sklearn.", "numpy.", "modelstore.candidates.", "builtins.")
 
 
 class ModelFormatError(RuntimeError):
@@ -142,7 +142,7 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
     # -- explanation ----------------------------------------------------------------
     def explain(self, records: pd.DataFrame, horizon_months: float = HEADLINE_HORIZON_MONTHS):
         """SHAP contributions in calibrated log-odds at ``horizon_months``
-        (``training.explain.Explanation``; additive: base + sum = that horizon's log-odds)."""
+        (``modelstore.explain.Explanation``; additive: base + sum = that horizon's log-odds)."""
         return self.explain_features(self.features(records), horizon_months)
 
     def explain_features(self, X: pd.DataFrame, horizon_months: float | None = None):

@@ -1,7 +1,7 @@
 """Logging a model version to MLflow and loading one back, without pickles.
 
 ``log_model`` stores the model's parts (``RefractureModel.save``) as an MLflow artifact
-folder and logs ``training/pyfunc_entry.py`` as the model's code (MLflow
+folder and logs ``modelstore/pyfunc_entry.py`` as the model's code (MLflow
 models-from-code). ``load_model`` refuses, with a message that says what to do, a version
 logged before this format (a cloudpickled class) or by other code.
 """
@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.models import Model
 from mlflow.models.model import MODEL_CODE_PATH
 
-from training.model import ARTIFACT_KEY, FORMAT_VERSION, ModelFormatError, RefractureModel, record_signature
+from modelstore.model import ARTIFACT_KEY, FORMAT_VERSION, ModelFormatError, RefractureModel, record_signature
 
 #: The models-from-code file MLflow stores with every version.
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")

@@ -1,8 +1,10 @@
 """Where runs and models are recorded: the MLflow tracking store.
 
 By default an embedded store inside the project: SQLite ``mlflow/mlflow.db`` with
-artifacts under ``mlflow/artifacts`` (MLflow 3 would otherwise write ``./mlflow.db``
-and ``./mlruns``). ``MLFLOW_TRACKING_URI`` points everything at a tracking server
+artifacts beside it in ``mlflow-artifacts/`` (MLflow 3 would otherwise write
+``./mlflow.db`` and ``./mlruns``). The artifacts live outside ``mlflow/`` because every
+model version carries its models-from-code file (``modelstore/pyfunc_entry.py``), and
+``mlflow/`` must hold no Python file: it would shadow the real ``mlflow`` package. ``MLFLOW_TRACKING_URI`` points everything at a tracking server
 instead. Nothing here runs on import.
 """
 
@@ -11,6 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+
+import mlflow
+import requests
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +56,15 @@ def local_store(store_dir: Path | None = None) -> tuple[str, str, Path]:
     """
     folder = Path(store_dir or os.environ.get(STORE_DIR_ENV) or "mlflow").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "artifacts").mkdir(exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder
+    artifacts = artifacts_folder(folder)
+    artifacts.mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}", artifacts.as_uri(), folder
+
+
+def artifacts_folder(store_folder: Path) -> Path:
+    """Artifacts of an embedded store: the sibling folder ``<store>-artifacts`` (module
+    docstring: the store folder itself holds no Python file)."""
+    return store_folder.parent / f"{store_folder.name}-artifacts"
 
 
 def _user_uri() -> str | None:
@@ -59,11 +74,12 @@ def _user_uri() -> str | None:
 
 
 def artifact_root(tracking_uri: str) -> str | None:
-    """Artifact location for new experiments of ``tracking_uri``: ``artifacts/`` beside a
-    SQLite database file; None (the server's own default) for a tracking server."""
+    """Artifact location for new experiments of ``tracking_uri``: ``<store>-artifacts/``
+    beside the folder of a SQLite database file; None (the server's own default) for a
+    tracking server."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
-        folder = db.parent / "artifacts"
+        folder = artifacts_folder(db.parent)
         folder.mkdir(parents=True, exist_ok=True)
         return folder.as_uri()
     return None
@@ -78,8 +94,6 @@ def configure_tracking(store_dir: Path | None = None) -> str:
     them, so an unreachable server fails in seconds (``check_tracking``) rather than
     minutes, and one dropped request does not end a training.
     """
-    import mlflow
-
     uri = _user_uri()
     if uri:
         if uri.startswith(("http://", "https://")):
@@ -99,8 +113,6 @@ def check_tracking(uri: str) -> None:
 
     Raises TrackingUnavailable naming the URI and the underlying error.
     """
-    from mlflow.tracking import MlflowClient
-
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # see DEFAULT_HTTP_RETRIES
     try:
@@ -122,8 +134,6 @@ def check_tracking(uri: str) -> None:
 def already_exists(exc: BaseException) -> bool:
     """True when ``exc`` is MLflow's RESOURCE_ALREADY_EXISTS: on a shared server another
     process created the same experiment or registered model between our look-up and create."""
-    from mlflow.exceptions import MlflowException
-
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_ALREADY_EXISTS"
 
 
@@ -131,9 +141,6 @@ def get_or_create_experiment(name: str) -> str:
     """Experiment id for ``name`` in the configured store, creating it with an explicit
     artifact location (``artifacts/<name>`` beside a SQLite store) when it does not exist.
     Safe when several processes create the same experiment at once (a shared server)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -149,9 +156,6 @@ def get_or_create_experiment(name: str) -> str:
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the tracking store stopped answering" (not a bad request)."""
-    import requests
-    import sqlalchemy.exc
-
     return (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
             requests.exceptions.RetryError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 

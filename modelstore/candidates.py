@@ -6,8 +6,8 @@ Every candidate is a *scorer*, a scikit-learn ``BaseEstimator`` (``get_params``,
 horizon. The labels are the crude binary labels at that horizon and ``sample_weight`` the
 inverse-probability-of-censoring weights (``training.competing_risks``): rows censored
 before the horizon are not passed (weight 0), the others count 1 / G(t-). Calibration
-(``training.calibration``) maps eta to the risk at every horizon; explanation
-(``training.explain``) decomposes it.
+(``modelstore.calibration``) maps eta to the risk at every horizon; explanation
+(``modelstore.explain``) decomposes it.
 
 Candidates (``MODEL_TYPES``):
 

@@ -5,7 +5,7 @@ Every explanation is *additive on the scale the product reports*:
 ``base_value + values.sum(axis=1)`` equals the model's calibrated log-odds at the
 explained horizon for each record (``Explanation.logit``), to floating-point accuracy, for
 every candidate type. Calibration at horizon t is an affine map of the score
-(``logit F(t) = a_t + b * eta``, ``training.calibration``), so contributions are
+(``logit F(t) = a_t + b * eta``, ``modelstore.calibration``), so contributions are
 multiplied by ``b`` (the same at every horizon) and the base becomes ``a_t + b * base``;
 additivity is preserved exactly at each horizon.
 
@@ -41,7 +41,7 @@ import pandas as pd
 import shap
 
 from features.catalog import FEATURES_BY_NAME, display_name
-from training.candidates import logit
+from modelstore.candidates import logit
 
 METHODS = {
     "logistic": "linear SHAP (independent features, training-mean background), exact",

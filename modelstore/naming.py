@@ -1,0 +1,23 @@
+"""The registry's naming rule: one registered model per outcome, and its aliases.
+
+Training registers ``refracture-<outcome>`` and moves the aliases; serving loads the
+``champion`` of each. Both take the names from here, so the rule is written once.
+"""
+
+from __future__ import annotations
+
+from features.labels import OUTCOMES
+
+REGISTERED_MODEL_PREFIX = "refracture-"
+#: The version serving loads.
+CHAMPION = "champion"
+#: A newer version that did not beat the champion.
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+
+
+def model_name(outcome: str) -> str:
+    """Registered-model name of ``outcome`` (one of ``features.labels.OUTCOMES``)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; choose from {', '.join(OUTCOMES)}")
+    return f"{REGISTERED_MODEL_PREFIX}{outcome}"
