@@ -249,7 +249,7 @@ function curveChart(curve, outcomeName) {
   el("line", { x1: left, x2: left, y1: top, y2: Y(0), class: "cv-axis" });
   for (const v of [0, yMax / 2, yMax]) {
     el("line", { x1: left - 3, x2: W - right, y1: Y(v), y2: Y(v), class: v ? "cv-grid" : "cv-axis" });
-    el("text", { x: left - 6, y: Y(v) + 4, "text-anchor": "end", class: "cv-tick" }, pct(v));
+    el("text", { x: left - 6, y: Y(v) + 4, "text-anchor": "end", class: "cv-tick" }, v ? pct(v) : "0 %");
   }
   el("text", { x: X(0), y: H - 18, "text-anchor": "middle", class: "cv-tick" }, "0");
   for (const [m] of pts) el("text", { x: X(m), y: H - 18, "text-anchor": "middle", class: "cv-tick" }, String(m));
