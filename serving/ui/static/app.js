@@ -211,6 +211,26 @@ function metricText(m) {
   return parts.join(" · ");
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// An accessible inline SVG of W x H (role img, labelled) and el(tag, attrs, text), which
+// appends a child element to it. Drawn here: the CSP allows no outside library.
+function svgCanvas(W, H, cls, label) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", cls);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.appendChild(e);
+    return e;
+  };
+  return { svg, el };
+}
+
 // The curve in words: "0.4 % by 3 months, 0.9 % by 6 months, ...", in horizon order.
 function curveWords(curve) {
   return curvePoints(curve).map(([m, p]) => `${pct(p)} by ${m} months`).join(", ");
@@ -224,7 +244,6 @@ function curvePoints(curve) {
 // A small chart of the risk curve (inline SVG drawn here: no library, nothing fetched).
 function curveChart(curve, outcomeName) {
   const pts = curvePoints(curve);
-  const ns = "http://www.w3.org/2000/svg";
   const W = 340, H = 170, left = 46, right = 16, top = 14, bottom = 34;
   const maxMonths = Math.max(...pts.map((q) => q[0]));
   const maxP = Math.max(...pts.map((q) => q[1]));
@@ -233,18 +252,7 @@ function curveChart(curve, outcomeName) {
   const yMax = steps.find((v) => v >= maxP * 1.1) || 1;
   const X = (m) => left + (m / maxMonths) * (W - left - right);
   const Y = (p) => top + (1 - p / yMax) * (H - top - bottom);
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("class", "curve");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `${outcomeName}: risk over time, ${curveWords(curve)}`);
-  const el = (tag, attrs, text) => {
-    const e = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    svg.appendChild(e);
-    return e;
-  };
+  const { svg, el } = svgCanvas(W, H, "curve", `${outcomeName}: risk over time, ${curveWords(curve)}`);
   el("line", { x1: left, x2: W - right, y1: Y(0), y2: Y(0), class: "cv-axis" });
   el("line", { x1: left, x2: left, y1: top, y2: Y(0), class: "cv-axis" });
   for (const v of [0, yMax / 2, yMax]) {
@@ -261,7 +269,7 @@ function curveChart(curve, outcomeName) {
     const dot = el("circle", { cx: X(m), cy: Y(p), r: 3.5, class: "cv-point" });
     dot.dataset.months = String(m);
     dot.dataset.probability = String(p);
-    const t = document.createElementNS(ns, "title");
+    const t = document.createElementNS(SVG_NS, "title");
     t.textContent = `${pct(p)} by ${m} months`;
     dot.appendChild(t);
   }
@@ -357,19 +365,8 @@ function waterfall(expl) {
   const W = 820, labelW = 420, rowH = 22, top0 = 26, plotW = W - labelW - 70;
   const H = top0 + (steps.length + 2) * rowH + 30;
   const X = (v) => labelW + ((v - lo) / (hi - lo)) * plotW;
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("class", "waterfall");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `Factors from the base risk ${pct(expit(base))} to this patient's ${pct(probability)} by ${months} months`);
-  const el = (tag, attrs, text) => {
-    const e = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    svg.appendChild(e);
-    return e;
-  };
+  const { svg, el } = svgCanvas(W, H, "waterfall",
+    `Factors from the base risk ${pct(expit(base))} to this patient's ${pct(probability)} by ${months} months`);
   el("text", { x: 4, y: 16, class: "wf-title" }, `Base risk by ${months} months (average patient) ` + pct(expit(base)));
   steps.forEach((s, i) => {
     const y = top0 + i * rowH;
