@@ -6,7 +6,9 @@ At start the service reads its settings (``serving.config``: no API key and no
 ``refracture-<outcome>`` to a concrete registry version and loads those versions once
 (``serving.loading``). Every answer names the versions that produced it.
 
-Routes: POST ``/predict``, POST ``/explain`` (bearer key); GET ``/model`` (versions,
+Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
+24-month headline), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
+default 24) (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
 ``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
 
