@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-chromium.sh
 bash scripts/ensure-postgres.sh
+bash scripts/ensure-promtool.sh
 mkdir -p test-artifacts
 exec .venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile "$@"
