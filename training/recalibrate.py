@@ -21,8 +21,8 @@ estimate a slope): (i) needs ``MIN_EVENTS_INTERCEPT`` (20), (ii) ``MIN_EVENTS_SL
 (100); with fewer the option is not considered. The stacked likelihood counts each
 procedure once per horizon (K correlated labels); the log-likelihood ratio is divided by
 K, which is conservative (as if the K labels of a procedure carried one label's
-information), and the IPCW weights are normalised to sum to the number of procedures
-with a known label per horizon.
+information). The IPCW weights sum to about the number of procedures at each horizon
+(they stand for the censored ones too), as in training.
 
 (iii) needs the training export (the version's recorded ``raw_dir``) and at least
 ``MIN_EVENTS_REFIT`` local events; this command reports whether it would be eligible and
@@ -81,14 +81,10 @@ def _shift(cal: HorizonCalibration, delta: float) -> HorizonCalibration:
 
 
 def local_targets(time_days: np.ndarray, status: np.ndarray, horizons_months) -> tuple[np.ndarray, np.ndarray]:
-    """Crude labels (n, K; NaN unknown) and IPCW weights under the local censoring,
-    normalised per horizon to sum to the number of known labels."""
+    """Crude labels (n, K; NaN unknown) and IPCW weights (0 where unknown) under the
+    Kaplan-Meier of the local censoring, exactly as training builds them."""
     G = censoring_survival(time_days, status)
-    labels, weights = horizon_targets(time_days, status, horizons_months, G)
-    known = np.isfinite(labels)
-    weights = np.where(known, weights, 0.0)
-    weights *= known.sum(axis=0) / np.maximum(weights.sum(axis=0), 1e-12)
-    return labels, weights
+    return horizon_targets(time_days, status, horizons_months, G)
 
 
 def decide(cal: HorizonCalibration, eta: np.ndarray, time_days: np.ndarray, status: np.ndarray,

@@ -1,0 +1,180 @@
+"""Issue 13: a new site. Closed-testing recalibration (fast, on a simulated score), the
+contract's errors through ``site-report``/``recalibrate``, and (slow: trains) the whole
+path: site-report with the stored drift reference, recalibrate with lineage tags, the
+challenger's report."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.labels import horizon_days
+from modelstore.calibration import HorizonCalibration
+from refracture.cli import _register, app
+from training.data import horizon_targets
+from training.competing_risks import censoring_survival
+from training.recalibrate import MIN_EVENTS_INTERCEPT, decide
+from training.time_metrics import calibration_slope_intercept, observed_expected
+
+runner = CliRunner()
+_register()
+
+HORIZONS = (3.0, 6.0, 12.0, 24.0)
+
+
+def _cohort(rng: np.random.Generator, n: int, base_per_year: float, effect: float):
+    """A score eta ~ N(0, 1); event hazard base * exp(effect * eta), death 0.15/year
+    competing, administrative censoring uniform over 0-30 months. Returns (eta, time, status)."""
+    eta = rng.normal(size=n)
+    t_event = rng.exponential(365.25 / (base_per_year * np.exp(effect * eta)))
+    t_death = rng.exponential(365.25 / 0.15, n)
+    t_cens = rng.uniform(0, horizon_days(30), n)
+    t = np.minimum.reduce([t_event, t_death, t_cens])
+    status = np.select([t == t_event, t == t_death], [1, 2], 0)
+    return eta, t, status
+
+
+def _fit(eta, t, s) -> HorizonCalibration:
+    labels, weights = horizon_targets(t, s, HORIZONS, censoring_survival(t, s))
+    return HorizonCalibration.fit(eta, labels, weights, HORIZONS)
+
+
+def _headline(cal: HorizonCalibration, eta) -> np.ndarray:
+    return 1 / (1 + np.exp(-cal.logit(eta)[:, -1]))
+
+
+def test_recalibration_fixes_calibration_on_held_out_data_of_the_site():
+    rng = np.random.default_rng(13)
+    parent = _fit(*_cohort(rng, 20_000, 0.05, 1.0))        # training site
+    local = _cohort(rng, 3_000, 0.10, 0.5)                 # new site: twice the rate, half the effect
+    held_eta, held_t, held_s = _cohort(rng, 20_000, 0.10, 0.5)
+    h = horizon_days(24)
+    oe0 = observed_expected(held_t, held_s, _headline(parent, held_eta), h)
+    slope0, _ = calibration_slope_intercept(held_t, held_s, _headline(parent, held_eta), h)
+    assert oe0 > 1.3 and slope0 < 0.7  # the site is miscalibrated before anything is done
+
+    d = decide(parent, *local, headline_months=24)
+    assert d.choice == "intercept_slope" and d.stats["p_ii_vs_i"] < 0.05
+    p = _headline(d.calibration, held_eta)
+    oe = observed_expected(held_t, held_s, p, h)
+    slope, _ = calibration_slope_intercept(held_t, held_s, p, h)
+    # ~3,000 local procedures give ~400 events by 24 months: SE of log O/E ~ 1/sqrt(400) = 0.05
+    # and of the slope ~0.07; 0.15 is about 2-3 SE of the local fit (the 20k held-out rows add little).
+    assert abs(oe - 1) < 0.15, oe
+    assert abs(slope - 1) < 0.2, slope
+    # Curves never fall and the slope stays positive (monotone constraints keep their direction).
+    assert np.all(np.diff(d.calibration.intercepts) >= 0) and d.calibration.slope > 0
+
+
+def test_intercept_only_keeps_the_order_and_few_events_change_nothing():
+    rng = np.random.default_rng(7)
+    parent = _fit(*_cohort(rng, 20_000, 0.05, 1.0))
+    small = _cohort(rng, 120, 0.05, 1.0)
+    d = decide(parent, *small, headline_months=24)
+    assert d.events < MIN_EVENTS_INTERCEPT and d.choice == "none" and d.calibration == parent
+    # A pure shift in rate with the same effect and too few events to estimate a slope: intercept only.
+    shifted = _cohort(rng, 700, 0.12, 1.0)
+    d = decide(parent, *shifted, headline_months=24)
+    assert d.choice == "intercept", d.note
+    diffs = np.array(d.calibration.intercepts) - np.array(parent.intercepts)
+    assert np.allclose(diffs, diffs[0]) and diffs[0] > 0 and d.calibration.slope == parent.slope
+    tags = d.tags()
+    assert {"recalibration_decision", "local_n_procedures", "local_n_events", "recalibration_p_i_vs_none"} <= set(tags)
+
+
+@pytest.mark.parametrize("command", [["site-report", "--out", "REPORT"], ["recalibrate", "--site", "x"]])
+def test_a_failing_export_gets_exactly_the_errors_of_validate(raw_dir, tmp_path, command):
+    procedures = pd.read_csv(raw_dir / "procedures.csv")
+    procedures.loc[0, "technique"] = "glue"
+    procedures.to_csv(raw_dir / "procedures.csv", index=False)
+    expected = runner.invoke(app, ["validate", "--raw", str(raw_dir)])
+    assert expected.exit_code == 1 and "technique" in expected.output
+    args = [str(tmp_path / "report") if a == "REPORT" else a for a in command]
+    got = runner.invoke(app, [args[0], "--raw", str(raw_dir), *args[1:], "--store", str(tmp_path / "mlflow")])
+    assert got.exit_code == 1
+    assert got.output == expected.output
+    assert not (tmp_path / "report").exists()
+
+
+# ---------------------------------------------------------------- the whole path (trains)
+
+@pytest.fixture(scope="module")
+def site_store(tmp_path_factory):
+    """A champion per outcome trained on xiong2021-pvp (tiny budget) and two site-c exports."""
+    from features.io import write_raw
+    from features.simulator import load_profile, simulate
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    base = tmp_path_factory.mktemp("site")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tables, _ = simulate(load_profile("xiong2021-pvp"), 3000, 3)
+        write_raw(tables, base / "train")
+        for name, seed in (("site", 4), ("fresh", 5)):
+            tables, _ = simulate(load_profile("site-c-older-frail-pkp"), 3000, seed)
+            write_raw(tables, base / name)
+        cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=30,
+                          cv_folds=2, n_jobs=1, shap_rows=30, feature_set="preop", store_dir=base / "mlflow")
+        results = run(cfg)
+        assert all(r.alias == "champion" for r in results)
+        yield base
+
+
+@pytest.mark.slow
+def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = ["--store", str(site_store / "mlflow")]
+    out = site_store / "report"
+    r = runner.invoke(app, ["site-report", "--raw", str(site_store / "site"), "--out", str(out), "--site", "site-c",
+                            "--bootstrap", "30", *store])
+    assert r.exit_code == 0, r.output
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "site-c" in html and "training site" in html and "Subgroups" in html
+    drift = pd.read_csv(out / "drift.csv").set_index("input")
+    # site-c is older, with lower HU and more kyphoplasty; sex is not part of its shift.
+    assert drift.loc["technique", "psi"] >= 0.25 and drift.loc["hu_index_preop", "psi"] >= 0.10
+    assert drift.loc["sex", "psi"] < 0.10
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["outcome"]) == {"cemented_refracture", "adjacent_fracture", "remote_fracture"}
+    assert metrics["cohort"].str.startswith("training").any()
+    assert {"td_auroc_ci_low", "observed_expected_ci_high"} <= set(metrics.columns)
+    subgroups = pd.read_csv(out / "subgroups.csv")
+    assert set(subgroups["subgroup"]) == {"sex", "age_band", "region", "technique"}
+    runs = mlflow.search_runs(experiment_names=["refracture-site-reports"])
+    assert len(runs) == 1 and runs["tags.site"].iloc[0] == "site-c"
+
+    r = runner.invoke(app, ["recalibrate", "--raw", str(site_store / "site"), "--site", "site-c", *store])
+    assert r.exit_code == 0, r.output
+    client = mlflow.MlflowClient()
+    new = [mv for rm in client.search_registered_models() for mv in client.search_model_versions(f"name='{rm.name}'")
+           if (mv.tags or {}).get("site") == "site-c"]
+    assert new, r.output  # at least one outcome needed an update at this site
+    for mv in new:
+        tags = mv.tags
+        assert tags["parent_version"] == "1" and int(tags["local_n_procedures"]) == 3000
+        assert int(tags["local_n_events"]) > 0 and tags["recalibration_decision"] in ("intercept", "intercept_slope")
+        assert "recalibration_p_ii_vs_none" in tags and tags["drift_reference"].startswith("runs:/")
+        assert client.get_registered_model(mv.name).aliases["challenger"] == mv.version
+        assert client.get_registered_model(mv.name).aliases["champion"] == "1"  # promotion stays by hand
+        model = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}").unwrap_python_model()
+        from features.io import read_raw
+        from features.records import tables_to_records
+        from features.validate import validate_raw
+        recs = tables_to_records(validate_raw(read_raw(site_store / "fresh"))).head(50)
+        curve = model.predict_curve(recs).to_numpy()
+        assert np.all(np.diff(curve, axis=1) >= -1e-12)
+        expl = model.explain(recs.head(5), 24)
+        assert np.allclose(expl.logit(),
+                           model.logit_from_features(model.features(recs.head(5)), 24), atol=1e-6)
+
+    r = runner.invoke(app, ["site-report", "--raw", str(site_store / "fresh"), "--out", str(site_store / "report2"),
+                            "--alias", "challenger", "--bootstrap", "30", *store])
+    assert r.exit_code == 0, r.output
+    assert json.dumps(sorted(set(pd.read_csv(site_store / "report2" / "metrics.csv")["outcome"]))) == \
+        json.dumps(sorted(mv.name.removeprefix("refracture-") for mv in new))
