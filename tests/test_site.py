@@ -6,6 +6,7 @@ challenger's report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -119,7 +120,7 @@ def site_store(tmp_path_factory):
         for name, seed in (("site", 4), ("fresh", 5)):
             tables, _ = simulate(load_profile("site-c-older-frail-pkp"), 3000, seed)
             write_raw(tables, base / name)
-        cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=30,
+        cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=50,
                           cv_folds=2, n_jobs=1, shap_rows=30, feature_set="preop", store_dir=base / "mlflow")
         results = run(cfg)
         assert all(r.alias == "champion" for r in results)
@@ -178,3 +179,89 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
     assert r.exit_code == 0, r.output
     assert json.dumps(sorted(set(pd.read_csv(site_store / "report2" / "metrics.csv")["outcome"]))) == \
         json.dumps(sorted(mv.name.removeprefix("refracture-") for mv in new))
+
+
+# ---------------------------------------------------------------- /metrics
+
+def _reference():
+    from features.drift import build_reference
+    from features.io import read_raw  # noqa: F401 - the simulator's tables as serving sees them
+    from features.records import tables_to_records
+    from features.simulator import load_profile, simulate
+    from features.validate import validate_raw
+
+    tables, _ = simulate(load_profile("xiong2021-pvp"), 600, 11)
+    records = tables_to_records(validate_raw(tables))
+    return build_reference(records), records
+
+
+def test_metrics_expose_input_histograms_without_identifiers():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from features.records import inspect_records
+    from serving.drift_metrics import DriftMetrics
+
+    reference, records = _reference()
+    registry = CollectorRegistry()
+    drift = DriftMetrics(reference, ["cemented_refracture"], registry=registry)
+    batch = records.head(40).copy()
+    batch.loc[batch.index[:7], "dxa_bmd_g_cm2"] = None
+    batch.loc[batch.index[0], "technique"] = "PKP"
+    typed = inspect_records(batch).typed
+    scored = [{"record": i, "procedure_id": pid, "outcomes": {"cemented_refracture": {
+        "probability": 0.07, "horizon_months": 24.0, "curve": {"p_12m": 0.04, "p_24m": 0.07}}}}
+        for i, pid in enumerate(batch["procedure_id"])]
+    drift.observe(typed, scored)
+    text = generate_latest(registry).decode()
+    n_hu = float((~np.isnan(typed["hu_index_preop"])).sum())
+    assert f'refracture_input_value_count{{input="hu_index_preop"}} {n_hu}' in text
+    assert 'refracture_input_value_bucket{input="age_years",le="+Inf"}' in text
+    assert 'refracture_input_missing_total{input="dxa_bmd_g_cm2"}' in text
+    assert 'refracture_records_scored_total 40.0' in text
+    assert 'refracture_predicted_risk_count{horizon_months="12",outcome="cemented_refracture"} 40.0' in text
+    assert 'refracture_input_reference_share{input="hu_index_preop",le="+Inf"} 1.0' in text
+    assert 'refracture_input_level_total{input="technique",level="(other)"} 1.0' in text \
+        or 'level="PKP"' in text
+    # No identifier, date or record value in any label.
+    labels = [line.split("{", 1)[1].split("}", 1)[0] for line in text.splitlines() if "{" in line and not line.startswith("#")]
+    for pid in batch["procedure_id"].astype(str):
+        assert pid not in text
+    # Dates are counted as missing or not, never binned.
+    assert "refracture_input_value_count{input=\"surgery_date\"}" not in text
+    allowed_le = {str(b) for b in sum(([repr(float(x)) for x in v] for v in
+                                       __import__("features.drift", fromlist=["x"]).histogram_buckets(reference).values()), [])}
+    for lab in labels:
+        for part in lab.split(","):
+            key, value = part.split("=", 1)
+            value = value.strip('"')
+            assert key in {"input", "le", "level", "outcome", "horizon_months"}
+            if key == "le":
+                assert value in allowed_le | {"+Inf"}, value
+
+
+def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_path):
+    """Under BentoML the histograms live in Prometheus' multiprocess files: every input's
+    own buckets come out under the one name ``refracture_input_value``."""
+    import subprocess
+    import sys
+    import os
+
+    code = (
+        "import numpy as np\n"
+        "from tests.test_site import _reference\n"
+        "from features.records import inspect_records\n"
+        "from serving.drift_metrics import DriftMetrics\n"
+        "ref, rec = _reference()\n"
+        "d = DriftMetrics(ref, ['adjacent_fracture'])\n"
+        "d.observe(inspect_records(rec.head(20)).typed, [{'outcomes': {'adjacent_fracture': {'probability': 0.1, 'horizon_months': 24.0}}}] * 20)\n"
+        "from prometheus_client import CollectorRegistry, generate_latest\n"
+        "from prometheus_client.multiprocess import MultiProcessCollector\n"
+        "r = CollectorRegistry(); MultiProcessCollector(r); print(generate_latest(r).decode())\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert 'refracture_input_value_bucket{input="hu_index_preop",le="+Inf"} 20.0' in text
+    assert 'refracture_input_value_bucket{input="age_years",le="+Inf"} 20.0' in text
+    assert 'refracture_predicted_risk_count{horizon_months="24",outcome="adjacent_fracture"} 20.0' in text

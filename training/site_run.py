@@ -24,7 +24,7 @@ import pandas as pd
 from features.drift import drift_table
 from features.labels import OUTCOMES
 from modelstore.artifact import log_model
-from modelstore.drift_reference import REFERENCE_TAG, load_reference
+from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
 from modelstore.model import RefractureModel, example_records
 from modelstore.tracking import get_or_create_experiment
 from training import registry
@@ -195,6 +195,9 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str) -> tuple[Deci
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
                 "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
                 "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", "")}
+        # The same training population: the parent's reference, stored in this run too so
+        # serving finds it beside the model.
+        tags[REFERENCE_TAG] = log_reference(load_reference(c.tags, f"{c.outcome} v{c.version}"), run.info.run_id)
         mlflow.set_tags(tags)
         mlflow.log_dict({"parent": c.model.calibration.to_dict(), "recalibrated": d.calibration.to_dict()},
                         "calibration.json")
