@@ -158,11 +158,11 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
     assert new, r.output  # at least one outcome needed an update at this site
     for mv in new:
         tags = mv.tags
-        assert tags["parent_version"] == "1" and int(tags["local_n_procedures"]) == 3000
+        assert str(tags["parent_version"]) == "1" and int(tags["local_n_procedures"]) == 3000
         assert int(tags["local_n_events"]) > 0 and tags["recalibration_decision"] in ("intercept", "intercept_slope")
         assert "recalibration_p_ii_vs_none" in tags and tags["drift_reference"].startswith("runs:/")
-        assert client.get_registered_model(mv.name).aliases["challenger"] == mv.version
-        assert client.get_registered_model(mv.name).aliases["champion"] == "1"  # promotion stays by hand
+        assert str(client.get_registered_model(mv.name).aliases["challenger"]) == str(mv.version)
+        assert str(client.get_registered_model(mv.name).aliases["champion"]) == "1"  # promotion stays by hand
         model = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}").unwrap_python_model()
         from features.io import read_raw
         from features.records import tables_to_records
