@@ -18,8 +18,12 @@ from modelstore.estimand import horizon_column
 from training.data import subgroup_frame
 from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit
 
-#: Thresholds of the decision curves (predicted risk by the headline horizon).
-DECISION_THRESHOLDS = tuple(np.round(np.arange(0.02, 0.41, 0.02), 2))
+#: Thresholds of the decision curves (predicted risk by the headline horizon): the range
+#: where follow-up or treatment decisions on a refracture risk sit.
+DECISION_THRESHOLDS = tuple(np.round(np.arange(0.02, 0.31, 0.02), 2))
+#: Resamples behind the decision curve's and the calibration deciles' CIs (each refits
+#: Aalen-Johansen per threshold or bin: the costly part of a 20k-procedure report).
+N_BOOT_CURVES = 40
 #: Fewest events by the headline horizon for a subgroup level's metrics (else left blank).
 MIN_SUBGROUP_EVENTS = 10
 
@@ -54,7 +58,7 @@ def site_data(tables: dict[str, pd.DataFrame]) -> SiteData:
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,
                      headline_months: float, groups: pd.DataFrame, *, cohort: str, outcome: str,
-                     n_boot: int = 200, n_boot_subgroups: int = 100, seed: int = 0) -> dict[str, pd.DataFrame]:
+                     n_boot: int = 200, n_boot_subgroups: int = 50, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Every censoring-aware figure of one outcome's predicted ``curve`` (columns
     ``p_<m>m``, rows aligned with ``time_days``/``status``/``groups``).
 
@@ -67,14 +71,14 @@ def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndar
     """
     risks = {horizon_days(h): curve[horizon_column(h)].to_numpy(dtype="float64") for h in horizons_months}
     metrics = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed)
-    calibration = pd.concat([calibration_table(time_days, status, r, h, n_boot=min(n_boot, 200), seed=seed)
+    calibration = pd.concat([calibration_table(time_days, status, r, h, n_boot=min(n_boot, 100), seed=seed)
                              .assign(horizon=h) for h, r in risks.items()], ignore_index=True)
     hd = horizon_days(headline_months)
     p = risks[hd]
     decision = net_benefit(time_days, status, p, hd, DECISION_THRESHOLDS).assign(horizon=hd)
     rng = np.random.default_rng(seed)
     reps = []
-    for _ in range(min(n_boot, 50)):  # each resample refits Aalen-Johansen per threshold
+    for _ in range(min(n_boot, N_BOOT_CURVES)):
         i = rng.integers(0, len(p), len(p))
         reps.append(net_benefit(time_days[i], status[i], p[i], hd, DECISION_THRESHOLDS)["net_benefit"].to_numpy())
     if reps:

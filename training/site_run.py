@@ -87,6 +87,7 @@ class SiteResult:
     html: str = ""
     figures: dict = field(default_factory=dict)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
 
 
@@ -94,17 +95,22 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
                       seed: int = 0) -> SiteResult:
     """Score the site with every chosen version and build the report (nothing written)."""
     t0 = time.perf_counter()
+    stages = {"score": 0.0, "evaluate": 0.0}
     parts: dict[str, list[pd.DataFrame]] = {"metrics": [], "calibration": [], "decision": [], "subgroups": []}
     label = site_name
     for c in chosen:
         ok, t, s = site.follow_up(c.outcome)
         records = site.records[ok]
+        t1 = time.perf_counter()
         curve = c.model.predict_curve(records)
+        stages["score"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
         cohort = f"{label} (v{c.version})"
         res = evaluate_outcome(curve, t, s, c.model.horizons_months, c.model.horizon_months, site.subgroups[ok],
                                cohort=cohort, outcome=c.outcome, n_boot=n_boot, seed=seed)
         for k, v in res.items():
             parts[k].append(v)
+        stages["evaluate"] += time.perf_counter() - t1
         train = _training_table(c)
         if train is not None:
             parts["metrics"].append(training_site_metrics(
@@ -114,9 +120,12 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
     # Put the site's rows first: the report's summary describes the first cohort.
     frames["metrics"] = frames["metrics"].sort_values("cohort", key=lambda s: s.str.startswith("training"),
                                                       kind="stable")
+    t1 = time.perf_counter()
     reference = load_reference(chosen[0].tags, f"{chosen[0].outcome} v{chosen[0].version}")
     drift = drift_table(reference, site.records)
     frames["drift"] = drift
+    stages["drift"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     models = ", ".join(f"{registry.model_name(c.outcome)} v{c.version}" for c in chosen)
     report = render_site_report(drift, reference, site.records, site=site_name,
                                 training_site=chosen[0].tags.get("simulator_profile") or "the training data",
@@ -124,7 +133,8 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
                                 decision=frames.get("decision"), subgroups=frames.get("subgroups"), model=models,
                                 generated_on=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                 decision_horizon_months=chosen[0].model.horizon_months)
-    return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0)
+    stages["render"] = time.perf_counter() - t1
+    return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0, stages)
 
 
 def write_report(result: SiteResult, out_dir: Path) -> None:
@@ -162,6 +172,7 @@ def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: Site
                         mlflow.log_metric(f"{c.outcome}_{k}", float(r[k]))
         mlflow.log_metric("n_inputs_major_shift", int((result.frames["drift"]["status"] == "major shift").sum()))
         mlflow.log_metric("seconds", result.seconds)
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in result.stages.items()})
         mlflow.log_artifacts(str(out_dir))
         return run.info.run_id
 

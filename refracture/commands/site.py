@@ -50,7 +50,8 @@ def site_report(
             raise typer.Exit(code=1) from None
         write_report(result, out)
         run_id = log_report(out, chosen, name, result)
-    console.print(f"[green]wrote[/green] {out / 'report.html'} ({result.seconds:.1f} s); MLflow run {run_id} in "
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.stages.items())
+    console.print(f"[green]wrote[/green] {out / 'report.html'} ({result.seconds:.1f} s: {stages}); MLflow run {run_id} in "
                   "experiment refracture-site-reports (`refracture ui`)")
 
 
