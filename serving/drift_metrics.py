@@ -88,6 +88,12 @@ class DriftMetrics:
         the scored records) and ``scored`` (the per-record results, ``outcomes`` ->
         ``probability`` at ``horizon_months`` and, when present, ``curve`` as
         ``{"p_<m>m": risk}`` or a list of ``{"horizon_months", "probability"}``)."""
+        try:
+            self._observe(typed, scored)
+        except Exception as exc:  # noqa: BLE001 - monitoring never fails an answer; log the type only
+            logger.error("drift metrics not updated: %s", type(exc).__name__)
+
+    def _observe(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> None:
         n = len(scored)
         if n == 0:
             return
@@ -100,9 +106,7 @@ class DriftMetrics:
             if (~present).any():
                 self.missing.labels(input=name).inc(int((~present).sum()))
             if name in self.inputs:
-                h = self.inputs[name].labels(input=name)
-                for v in np.asarray(values[present], dtype="float64"):
-                    h.observe(v)
+                _observe_many(self.inputs[name].labels(input=name), np.asarray(values[present], dtype="float64"))
             elif name in self.levels:
                 allowed = set(self.levels[name])
                 seen = _as_levels(values[present], kind)
@@ -126,6 +130,22 @@ class DriftMetrics:
                 else:
                     families[fam.name] = fam
         return list(families.values())
+
+
+def _observe_many(hist, x: np.ndarray) -> None:
+    """``hist.observe`` for every value of ``x`` in one pass: a batch of 1,000 records
+    times ~40 inputs would otherwise be 40,000 Python calls on the scoring path. Same
+    bucket rule as prometheus_client (a value equal to a bound counts in that bucket)."""
+    bounds = getattr(hist, "_upper_bounds", None)
+    if bounds is None or not hasattr(hist, "_buckets") or not hasattr(hist, "_sum"):
+        for v in x:
+            hist.observe(v)
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds, dtype="float64"), x, side="left"), minlength=len(bounds))
+    for i, c in enumerate(counts):
+        if c:
+            hist._buckets[i].inc(int(c))
+    hist._sum.inc(float(x.sum()))
 
 
 def _present(values: np.ndarray) -> np.ndarray:

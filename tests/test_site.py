@@ -265,3 +265,23 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
     assert 'refracture_input_value_bucket{input="hu_index_preop",le="+Inf"} 20.0' in text
     assert 'refracture_input_value_bucket{input="age_years",le="+Inf"} 20.0' in text
     assert 'refracture_predicted_risk_count{horizon_months="24",outcome="adjacent_fracture"} 20.0' in text
+
+
+def test_bulk_histogram_update_matches_observe_one_by_one():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from serving.drift_metrics import _observe_many
+
+    x = np.array([0.5, 1.0, 1.0, 2.0, 3.5, 10.0, -4.0, 7.0])
+    texts = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        h = Histogram("v", "x", ["input"], buckets=[1.0, 2.0, 7.0], registry=registry).labels(input="a")
+        if bulk:
+            _observe_many(h, x)
+        else:
+            for v in x:
+                h.observe(v)
+        texts.append("\n".join(line for line in generate_latest(registry).decode().splitlines()
+                               if "_created" not in line))  # creation time differs
+    assert texts[0] == texts[1] and 'v_bucket{input="a",le="7.0"} 7.0' in texts[0]
