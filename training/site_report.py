@@ -80,6 +80,7 @@ def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     # No metadata: the same inputs give the same bytes.
     fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.png_bytes = buf.getvalue()  # the caller writes the same bytes to a file without drawing again
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

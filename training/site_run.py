@@ -146,7 +146,11 @@ def write_report(result: SiteResult, out_dir: Path) -> None:
         (tmp / "report.html").write_text(result.html, encoding="utf-8")
         (tmp / "figures").mkdir()
         for name, fig in result.figures.items():
-            fig.savefig(tmp / "figures" / name, metadata={"Software": None})
+            png = getattr(fig, "png_bytes", None)
+            if png is not None:
+                (tmp / "figures" / name).write_bytes(png)
+            else:
+                fig.savefig(tmp / "figures" / name, metadata={"Software": None})
         for name, frame in result.frames.items():
             frame.to_csv(tmp / f"{name}.csv", index=False)
         if out_dir.exists():
