@@ -177,6 +177,8 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
     r = runner.invoke(app, ["site-report", "--raw", str(site_store / "fresh"), "--out", str(site_store / "report2"),
                             "--alias", "challenger", "--bootstrap", "30", *store])
     assert r.exit_code == 0, r.output
+    cohorts = set(pd.read_csv(site_store / "report2" / "metrics.csv")["cohort"])
+    assert any("parent v1" in c for c in cohorts), cohorts  # what the recalibration changed, on the same rows
     assert json.dumps(sorted(set(pd.read_csv(site_store / "report2" / "metrics.csv")["outcome"]))) == \
         json.dumps(sorted(mv.name.removeprefix("refracture-") for mv in new))
 

@@ -111,6 +111,14 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
         for k, v in res.items():
             parts[k].append(v)
         stages["evaluate"] += time.perf_counter() - t1
+        parent = c.tags.get("parent_version")
+        if parent:  # a recalibrated version: its parent on the same rows shows what changed
+            before = registry.load_version(c.outcome, parent).predict_curve(records)
+            res = evaluate_outcome(before, t, s, c.model.horizons_months, c.model.horizon_months,
+                                   site.subgroups[ok].iloc[:, :0], cohort=f"{label} (parent v{parent})",
+                                   outcome=c.outcome, n_boot=n_boot, seed=seed)
+            for k in ("metrics", "calibration", "decision"):
+                parts[k].append(res[k])
         train = _training_table(c)
         if train is not None:
             parts["metrics"].append(training_site_metrics(
