@@ -40,6 +40,7 @@ from features.schema import SCHEMA_VERSION
 from modelstore.estimand import ESTIMAND_SENTENCE
 from serving.batcher import MicroBatcher
 from serving.config import get_settings
+from serving.drift_metrics import DriftMetrics, served_reference
 from serving.examples import example_record, example_records
 from serving.guard import GuardMiddleware
 from serving.http_server import install
@@ -158,6 +159,7 @@ class RefractureRisk:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
         self.models = load_served_models(self.settings.model_versions or None)
         self.scorer = ServedModels(self.models, risk_bands=self.settings.risk_bands)
+        self.drift = DriftMetrics(served_reference(self.models), [m.outcome for m in self.models])
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
         # One explanation queue per horizon: a batch is explained at one horizon.
         self._explain_batchers = {
@@ -246,6 +248,7 @@ class RefractureRisk:
                     flat_ok, typed = merged.iloc[positions], inspected.subset(positions)
                 ids = [pid for k in ok for pid in jobs[k].procedure_ids]
                 scored = self.scorer.score(flat_ok, ids, explain=explain, typed=typed, horizon_months=horizon_months)
+                self.drift.observe(typed, scored)
                 pos = 0
                 for k in ok:
                     n = len(jobs[k].rows)
