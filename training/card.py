@@ -18,6 +18,7 @@ from training.config import TrainConfig
 from training.data import OutcomeData, Prepared
 from modelstore.estimand import ESTIMAND, ESTIMAND_SENTENCE
 from modelstore.explain import METHODS
+from modelstore.risk_bands import describe_bands
 from training.fitting import CandidateResult
 from training.report import horizon_performance_table, markdown_table, net_benefit_table
 from training.search import trial_budget
@@ -205,8 +206,9 @@ def model_card(c: CardInputs) -> str:
         "## Output, thresholds and risk bands (15)",
         f"The output is a calibrated risk curve: \"X % risk of {o.replace('_', ' ')} by 3, 6, 12 and 24 months\" "
         f"(columns `p_3m` ... `p_24m`), the {h:g}-month value being the headline, with the per-feature contributions. "
-        "The model sets no treatment threshold. Decision-curve net benefit is reported for thresholds 5–30 %; risk "
-        "bands are those the service shows (`serving.config`), to be agreed locally.",
+        "The model sets no treatment threshold. Decision-curve net benefit is reported for thresholds 5–30 %. The "
+        f"service's risk bands at the headline horizon are {describe_bands(o)} (`modelstore/risk_bands.py`, the "
+        "one table the service, batch scoring and this card read), to be agreed locally.",
         "",
         "## Missing or poor-quality inputs in use (27a)",
         missing_description(best.model_type, data.X.iloc[data.train]),
