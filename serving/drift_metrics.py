@@ -31,10 +31,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+import mlflow.artifacts
 import numpy as np
 
 from features.drift import OTHER, PREDICTED_RISK_BUCKETS, _as_levels, category_levels, histogram_buckets, \
     reference_cumulative_shares
+from modelstore.drift_reference import REFERENCE_ARTIFACT
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +170,6 @@ def _risks(res: dict[str, Any]) -> list[tuple[float, float]]:
 
 def served_reference(models) -> dict[str, Any] | None:
     """The drift reference of the first served model whose version stores one (None if none)."""
-    from modelstore.drift_reference import REFERENCE_ARTIFACT
-    import mlflow.artifacts
 
     for m in models:
         if not getattr(m, "run_id", None):

@@ -12,6 +12,8 @@ from features.labels import OUTCOMES
 from modelstore.drift_reference import ReferenceMissing
 from modelstore.naming import ALIASES, CHAMPION
 from refracture.commands.data import _load_valid
+from training.site_eval import site_data
+from training.site_run import build_site_report, choose_versions, log_report, recalibrate_outcome, write_report
 from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _outcomes, _tracking_or_exit
 
 console = Console(stderr=True)
@@ -29,8 +31,6 @@ def site_report(
 ) -> None:
     """Validate a site's export, score it with the registered versions and write the local
     validation and drift report (HTML, figures, CSVs), also logged to MLflow."""
-    from training.site_eval import site_data
-    from training.site_run import build_site_report, choose_versions, log_report, write_report
 
     if alias not in ALIASES:
         raise typer.BadParameter(f"choose one of {', '.join(ALIASES)}", param_hint="--alias")
@@ -64,8 +64,6 @@ def recalibrate(
     """Update every champion for a site by the closed-testing rule (no update, intercept,
     intercept and slope) and register the result as `challenger`; promote it with
     `refracture promote`."""
-    from training.site_eval import site_data
-    from training.site_run import choose_versions, recalibrate_outcome
 
     tables = _load_valid(raw)
     _tracking_or_exit(store)

@@ -20,6 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from features.io import write_frame_atomic, write_raw
+from features.simulator import load_profile, simulate
+from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
+from features.validate import validate_raw
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,12 +65,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
     Raises ``features.validate.RawDataError`` (and writes nothing) if the simulated export
     breaks the contract. Prints a one-line summary.
     """
-    from rich.console import Console
 
-    from features.simulator import load_profile, simulate
-    from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
-    from features.validate import validate_raw
-    from features.io import write_frame_atomic, write_raw
 
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")
