@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
+from modelstore.estimand import horizon_column
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
 from serving.scoring import LoadedModel, ServedModels
@@ -109,17 +110,16 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     for m in models:
         X = feats[m.outcome]
         curve = m.model.curve_from_features(X)
-        if explain:
-            expl = m.model.explain_features(X)
-            p = expl.probability()
-        else:
-            p = m.model.proba_from_features(X)
+        # The headline column of the curve (exact float64): with ``--explain`` the
+        # contributions add up to its log-odds within 1e-5 (``modelstore.explain``).
+        p = curve[horizon_column(m.model.horizon_months)].to_numpy()
+        expl = m.model.explain_features(X) if explain else None
         out[f"{m.outcome}_probability"] = p
         for col in curve.columns:
             out[f"{m.outcome}_{col}"] = curve[col].to_numpy()
         out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
-        if explain:
+        if expl is not None:
             out[f"{m.outcome}_base_value"] = expl.base_value
             contrib = pd.DataFrame(expl.values, columns=[f"{m.outcome}__{n}" for n in expl.feature_names])
             out = pd.concat([out, contrib], axis=1)
