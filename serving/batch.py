@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -157,29 +158,43 @@ def use_threads(models: list[LoadedModel], n_threads: int) -> None:
             m.model.scorer.booster_.set_param({"nthread": n_threads})
 
 
-def _use_all_cores(models: list[LoadedModel]) -> None:
-    """Boosted trees predict on every core for a file (the service keeps one thread per
-    call: its batches are small and it shares the cores with the HTTP work)."""
-    use_threads(models, os.cpu_count() or 1)
+def batch_workers(explain: bool) -> int:
+    """Chunks scored at once by ``score_file``. With ``--explain`` the work is XGBoost's
+    TreeSHAP, whose threads release the GIL but scale poorly within one call on a busy
+    machine, while the feature work between calls is single-threaded Python: one chunk per
+    core, each on one XGBoost thread, keeps both cores busy (bench/README.md, explanations).
+    Without it a chunk is mostly pandas/NumPy holding the GIL: one chunk at a time, XGBoost
+    on every core."""
+    return max(1, os.cpu_count() or 1) if explain else 1
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
-               chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None) -> str:
+               chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None,
+               workers: int | None = None) -> str:
     """Read, check and score ``input_path`` (or the flat ``records`` given instead, e.g.
-    from a raw export); write ``output_path`` atomically. Returns a summary."""
+    from a raw export); write ``output_path`` atomically. ``workers``: chunks scored
+    concurrently (threads; default ``batch_workers``), each with ``cores // workers``
+    XGBoost threads. Returns a summary."""
     start = time.perf_counter()
-    _use_all_cores(models)
+    workers = batch_workers(explain) if workers is None else max(1, int(workers))
+    use_threads(models, max(1, (os.cpu_count() or 1) // workers))
     flat = read_records(Path(input_path)) if records is None else records.reset_index(drop=True)
     n = len(flat)
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    if workers > 1 and chunks:
+        # Enough chunks to share between the workers (a file of one chunk is split too).
+        step = max(1, min(chunk_size, -(-n // (workers * 2))))
+        chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
     errors: list[dict[str, Any]] = []
     parts: list[pd.DataFrame] = []
     show = console is not None and n > chunk_size
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not show, transient=True) as progress:
+                  console=console, disable=not show, transient=True) as progress, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
         task = progress.add_task("checking and scoring records", total=n)
-        for a, b in chunks:
-            scored, chunk_errors = check_and_score(models, flat.iloc[a:b], explain=explain)
+        # ``map`` submits every chunk (views of ``flat``) and yields results in input order.
+        results = pool.map(lambda ab: check_and_score(models, flat.iloc[ab[0]:ab[1]], explain=explain), chunks)
+        for (a, b), (scored, chunk_errors) in zip(chunks, results):
             errors.extend({**e, "record": e["record"] + a} for e in chunk_errors)
             if not errors:
                 parts.append(scored)
