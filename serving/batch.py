@@ -158,14 +158,14 @@ def use_threads(models: list[LoadedModel], n_threads: int) -> None:
             m.model.scorer.booster_.set_param({"nthread": n_threads})
 
 
-def batch_workers(explain: bool) -> int:
-    """Chunks scored at once by ``score_file``. With ``--explain`` the work is XGBoost's
-    TreeSHAP, whose threads release the GIL but scale poorly within one call on a busy
-    machine, while the feature work between calls is single-threaded Python: one chunk per
-    core, each on one XGBoost thread, keeps both cores busy (bench/README.md, explanations).
-    Without it a chunk is mostly pandas/NumPy holding the GIL: one chunk at a time, XGBoost
-    on every core."""
-    return max(1, os.cpu_count() or 1) if explain else 1
+def batch_workers() -> int:
+    """Chunks ``score_file`` scores at once: one per core, each on one XGBoost thread.
+    XGBoost (TreeSHAP, leaf lookup) releases the GIL, and the feature work between its
+    calls is single-threaded Python, so two chunks in flight keep both cores busy where one
+    chunk with two XGBoost threads leaves one idle between calls. Measured in
+    ``bench/bench_explain_batch.py`` (bench/README.md, issue 14 part 3): 2 x 1 was at least as
+    fast as 1 x 2 with and without ``--explain``."""
+    return max(1, os.cpu_count() or 1)
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
@@ -176,7 +176,7 @@ def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, e
     concurrently (threads; default ``batch_workers``), each with ``cores // workers``
     XGBoost threads. Returns a summary."""
     start = time.perf_counter()
-    workers = batch_workers(explain) if workers is None else max(1, int(workers))
+    workers = batch_workers() if workers is None else max(1, int(workers))
     use_threads(models, max(1, (os.cpu_count() or 1) // workers))
     flat = read_records(Path(input_path)) if records is None else records.reset_index(drop=True)
     n = len(flat)
