@@ -3,8 +3,9 @@ for training (plots, model card) and serving (per-patient contributions).
 
 Every explanation is *additive on the scale the product reports*:
 ``base_value + values.sum(axis=1)`` equals the model's calibrated log-odds at the
-explained horizon for each record (``Explanation.logit``), to floating-point accuracy, for
-every candidate type. Calibration at horizon t is an affine map of the score
+explained horizon for each record (``Explanation.logit``), for every candidate type: to
+floating-point accuracy, or within ``ADDITIVITY_TOLERANCE`` (1e-5, checked on every call)
+for XGBoost's float32 path-dependent TreeSHAP. Calibration at horizon t is an affine map of the score
 (``logit F(t) = a_t + b * eta``, ``modelstore.calibration``), so contributions are
 multiplied by ``b`` (the same at every horizon) and the base becomes ``a_t + b * base``;
 additivity is preserved exactly at each horizon.
