@@ -102,14 +102,18 @@ class Explanation:
     units: list[str]
     feature_values: pd.DataFrame
     method: str = ""
+    model_logit: np.ndarray | None = None
 
     def logit(self) -> np.ndarray:
         """Calibrated log-odds per record: base_value + sum of contributions."""
         return self.base_value + self.values.sum(axis=1)
 
     def probability(self) -> np.ndarray:
-        """Calibrated probability per record (the logistic of ``logit()``)."""
-        return 1.0 / (1.0 + np.exp(-self.logit()))
+        """Calibrated probability per record: the logistic of the model's own float64
+        log-odds (``model_logit``) when the explainer computed them (float32 TreeSHAP), so
+        the probability is the one ``/predict`` gives; else of ``logit()`` (exact)."""
+        z = self.logit() if self.model_logit is None else self.model_logit
+        return 1.0 / (1.0 + np.exp(-z))
 
     def frame(self) -> pd.DataFrame:
         """Contributions as a DataFrame (records x feature names)."""
@@ -117,28 +121,30 @@ class Explanation:
 
 
 def raw_contributions(scorer, X: pd.DataFrame, xgb_method: str = DEFAULT_XGB_METHOD,
-                      tolerance: float = ADDITIVITY_TOLERANCE) -> tuple[float, np.ndarray, str]:
-    """(base, values, method text) decomposing ``scorer.raw_logit(X)`` (uncalibrated
-    log-odds). ``tolerance``: largest additivity error accepted from the float32
-    path-dependent method, in raw log-odds (else interventional is used)."""
+                      tolerance: float = ADDITIVITY_TOLERANCE) -> tuple[float, np.ndarray, str, np.ndarray | None]:
+    """(base, values, method text, raw log-odds or None) decomposing ``scorer.raw_logit(X)``
+    (uncalibrated log-odds; returned when the method had to compute them to check its sum).
+    ``tolerance``: largest additivity error accepted from the float32 path-dependent
+    method, in raw log-odds (else interventional is used)."""
     kind = scorer.model_type
     if kind in ("logistic", "elastic_net"):
-        return (*_linear(scorer, X), METHODS[kind])
+        return (*_linear(scorer, X), METHODS[kind], None)
     if kind == "xgboost":
         if xgb_method not in XGB_METHODS:
             raise ValueError(f"unknown XGBoost explanation method {xgb_method!r}: choose one of {', '.join(XGB_METHODS)}")
         if xgb_method == "path_dependent":
             base, values = _boosted_path_dependent(scorer, X)
-            error = np.abs(base + values.sum(axis=1) - scorer.raw_logit(X))
+            raw = scorer.raw_logit(X)
+            error = np.abs(base + values.sum(axis=1) - raw)
             if not len(error) or float(error.max()) <= tolerance:
-                return base, values, XGB_METHOD_TEXT["path_dependent"]
+                return base, values, XGB_METHOD_TEXT["path_dependent"], raw
             # float32 sums of a large ensemble can drift past the tolerance: fall back to
             # the exact float64 method rather than report a sum that is off.
             return (*_boosted(scorer, X), XGB_METHOD_TEXT["interventional"]
-                    + f" (path-dependent sum off by {float(error.max()):.1e}, above {tolerance:.0e})")
-        return (*_boosted(scorer, X), XGB_METHOD_TEXT["interventional"])
+                    + f" (path-dependent sum off by {float(error.max()):.1e}, above {tolerance:.0e})", None)
+        return (*_boosted(scorer, X), XGB_METHOD_TEXT["interventional"], None)
     if kind == "random_forest":
-        return (*_forest(scorer, X), METHODS[kind])
+        return (*_forest(scorer, X), METHODS[kind], None)
     raise ValueError(f"no explainer for model type {kind!r}")
 
 
@@ -149,7 +155,7 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0,
     the additivity tolerance applies in calibrated log-odds."""
     X = X[list(scorer.feature_names_)] if hasattr(scorer, "feature_names_") else X
     tolerance = ADDITIVITY_TOLERANCE / max(abs(slope), 1e-12)
-    base, values, method = raw_contributions(scorer, X, xgb_method, tolerance)
+    base, values, method, raw = raw_contributions(scorer, X, xgb_method, tolerance)
     names = list(X.columns)
     return Explanation(
         base_value=float(slope * base + intercept),
@@ -159,6 +165,7 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0,
         units=[FEATURES_BY_NAME[n].unit if n in FEATURES_BY_NAME else "" for n in names],
         feature_values=X.copy(),
         method=method,
+        model_logit=None if raw is None else slope * raw + intercept,
     )
 
 

@@ -160,7 +160,8 @@ def test_explain_is_additive_and_in_plain_words(client, flat):
             p = e["probability"]
             assert p == pytest.approx(plain["outcomes"][outcome]["probability"], abs=1e-9)
             total = e["base_value"] + sum(c["contribution"] for c in e["contributions"])
-            assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-6)
+            # Issue 14: XGBoost's float32 TreeSHAP is held to 1e-5 in log-odds (modelstore.explain).
+            assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-5)
             assert len(e["contributions"]) >= 10
             assert all(c["display_name"] and c["value_text"] for c in e["contributions"])
             ups = [f["contribution"] for f in e["raising"]]
