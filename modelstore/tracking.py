@@ -39,9 +39,10 @@ HTTP_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": DEFAULT_HTTP_RETRIES,
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": DEFAULT_HTTP_BACKOFF_FACTOR,
 }
-#: MLflow's ``set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; remember what *we*
-#: set so a later call (another store, e.g. in tests) is not mistaken for the user's choice.
-_configured: dict[str, str] = {}
+#: Every embedded-store URI ``configure_tracking`` chose in this process. MLflow copies the
+#: tracking URI into ``MLFLOW_TRACKING_URI``, so the variable may hold one of ours (or, once
+#: something restored the environment, an earlier one of ours) rather than the user's.
+_configured: set[str] = set()
 
 
 class TrackingUnavailable(RuntimeError):
@@ -70,7 +71,7 @@ def artifacts_folder(store_folder: Path) -> Path:
 def _user_uri() -> str | None:
     """``MLFLOW_TRACKING_URI`` as set by the user (not by an earlier ``configure_tracking``)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return None if not uri or uri == _configured.get("uri") else uri
+    return None if not uri or uri in _configured else uri
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -101,7 +102,7 @@ def configure_tracking(store_dir: Path | None = None) -> str:
                 os.environ.setdefault(name, value)
     else:
         uri = local_store(store_dir)[0]
-        _configured["uri"] = uri
+        _configured.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     logger.debug("tracking store: %s", uri)

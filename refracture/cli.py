@@ -31,6 +31,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.training", "train", "train"),
     ("refracture.commands.training", "models", "models"),
     ("refracture.commands.training", "promote", "promote"),
+    ("refracture.commands.site", "site_report", "site-report"),
+    ("refracture.commands.site", "recalibrate", "recalibrate"),
     ("refracture.commands.training", "ui", "ui"),
 ]
 

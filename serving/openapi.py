@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.schemas import ErrorResponse
+from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS
+from serving.schemas import RESPONSE_SCHEMA_VERSION, ErrorResponse
+from serving.validation import HORIZON_FIELD
 
 PROTECTED_ROUTES = ("/predict", "/explain")
 _ERRORS = {
-    "400": "Malformed JSON, an empty body, invalid Unicode (a lone surrogate) or a key given twice. Nothing was scored.",
+    "400": "Malformed JSON, an empty body, invalid Unicode (a lone surrogate), a key given twice, or a horizon_months "
+           "that is not a served horizon (the error names the field). Nothing was scored.",
     "401": "Missing or wrong API key (send 'Authorization: Bearer <key>').",
     "413": "Request body larger than the service's limit (REFRACTURE_MAX_BODY_BYTES).",
     "415": "Content-Type is not application/json.",
@@ -26,7 +29,9 @@ _ERRORS = {
 }
 _DESCRIPTION = (
     "Calibrated risk of cemented-vertebra refracture, adjacent and remote vertebral fracture after "
-    "vertebroplasty (PVP) or kyphoplasty (PKP), within the stated horizon, with optional SHAP explanations. "
+    "vertebroplasty (PVP) or kyphoplasty (PKP): per outcome the risk curve at 3, 6, 12 and 24 months (the chance "
+    "that the fracture happens by then, counting patients who die first as not having it) and the 24-month headline "
+    "with its risk band, with optional SHAP explanations at a chosen horizon (/explain?horizon_months=6). "
     "POST /predict and /explain take one procedure record or a list and need 'Authorization: Bearer <key>'. "
     "GET /model (open) lists the served model versions, their held-out metrics, the risk-band thresholds, the "
     "record schema and an example request. Decision support only: not a substitute for clinical judgement."
@@ -63,4 +68,15 @@ def patch_spec(spec: dict[str, Any]) -> dict[str, Any]:
             responses.pop(code, None)
         for code, text in _ERRORS.items():
             responses[code] = {"description": text, **copy.deepcopy(ref)}
+        if path == "/explain":
+            operation["parameters"] = [_HORIZON_PARAMETER]
+    info["version"] = f"response schema {RESPONSE_SCHEMA_VERSION}"
     return spec
+
+
+_HORIZON_PARAMETER = {
+    "name": HORIZON_FIELD, "in": "query", "required": False,
+    "description": "The horizon whose risk is explained, in months after surgery: one of the served horizons "
+                   f"(default {SERVED_HEADLINE_MONTHS:g}). Anything else is a 400 naming this field.",
+    "schema": {"type": "number", "enum": [float(h) for h in SERVED_HORIZONS_MONTHS], "default": SERVED_HEADLINE_MONTHS},
+}

@@ -248,12 +248,32 @@ class MissingInput(BaseModel):
     handling: str
 
 
-class OutcomePrediction(BaseModel):
-    """Calibrated risk of one outcome within the horizon."""
+#: Version of the /predict and /explain answer shape (sent as ``schema_version``). 2: risk
+#: curves per outcome, explanations at a chosen horizon, optional record context
+#: (docs/serving.md, "Changes in schema version 2"). Version 1 had no such field.
+RESPONSE_SCHEMA_VERSION = 2
 
-    probability: float = Field(ge=0, le=1, description="Calibrated probability that the event happens within horizon_months of surgery.")
-    horizon_months: float = Field(description="Horizon of the probability, months after surgery.")
-    risk_band: RiskBand = Field(description="low / intermediate / high; thresholds in GET /model and docs/serving.md.")
+#: The curve's keys: horizons in months as text ("3", "6", "12", "24"; JSON keys are text).
+CURVE_EXAMPLE = {"3": 0.004, "6": 0.009, "12": 0.018, "24": 0.031}
+
+
+def curve_key(months: float) -> str:
+    """The JSON key of a horizon in a curve: '6' for 6 months, '1.5' for 1.5."""
+    return f"{float(months):g}"
+
+
+class OutcomePrediction(BaseModel):
+    """Calibrated risk of one outcome: the curve over the horizons and the headline horizon."""
+
+    probability: float = Field(ge=0, le=1, description="Calibrated probability that the event happens within horizon_months "
+                               "of surgery (the headline horizon, 24 months), death competing: the curve's value there.")
+    horizon_months: float = Field(description="The headline horizon, months after surgery (24).")
+    risk_band: RiskBand = Field(description="low / intermediate / high at the headline horizon; thresholds in GET /model "
+                                "and docs/serving.md.")
+    curve: dict[str, float] = Field(
+        description="The risk curve: horizon in months (as text) -> calibrated probability that the event happens by then, "
+                    "death competing (crude cumulative incidence). Every served horizon (3, 6, 12, 24); never decreasing.",
+        json_schema_extra={"example": CURVE_EXAMPLE, "propertyNames": {"pattern": r"^\d+(\.\d+)?$"}})
     model: ModelRef
     missing_inputs: list[MissingInput]
 
@@ -277,13 +297,40 @@ class Factor(BaseModel):
     contribution: float
 
 
-class OutcomeExplanation(OutcomePrediction):
-    """A prediction with its SHAP explanation."""
+class Explanation(BaseModel):
+    """The SHAP explanation of the risk at one horizon: additive on the log-odds scale,
+    base_value + sum of contributions = logit(probability)."""
 
-    base_value: float = Field(description="Log-odds of the model before any feature is known (the explainer's expected value).")
+    horizon_months: float = Field(description="The explained horizon (the request's horizon_months, 24 by default).")
+    probability: float = Field(ge=0, le=1, description="The risk at that horizon (the curve's value there).")
+    base_value: float = Field(description="Log-odds at that horizon of the model before any feature is known (the "
+                              "explainer's expected value).")
     contributions: list[Contribution]
     raising: list[Factor] = Field(description="Top factors raising the risk, largest first.")
     lowering: list[Factor] = Field(description="Top factors lowering the risk, largest first.")
+
+
+class OutcomeExplanation(OutcomePrediction):
+    """A prediction with the SHAP explanation of one horizon's risk."""
+
+    explanation: Explanation
+
+
+class ContextRisk(BaseModel):
+    """A risk shown beside the outcomes for context, not predicted for decision."""
+
+    probability: float = Field(ge=0, le=1, description="Calibrated probability by horizon_months.")
+    horizon_months: float
+    model: ModelRef
+
+
+class RecordContext(BaseModel):
+    """Context for reading the outcome risks. Not served yet: no death model exists, so the
+    service leaves ``context`` out; a client shows it when present."""
+
+    death: ContextRisk | None = Field(default=None, description="Probability of death (any cause) by 24 months. "
+                                      "A patient who dies first cannot have the fracture, which is why the risks are "
+                                      "'death competing'.")
 
 
 def _outcomes_model(name: str, item: type[BaseModel]) -> type[BaseModel]:
@@ -295,25 +342,35 @@ OutcomePredictions = _outcomes_model("OutcomePredictions", OutcomePrediction)
 OutcomeExplanations = _outcomes_model("OutcomeExplanations", OutcomeExplanation)
 
 
+_CONTEXT = Field(default=None, description="Optional context (the probability of death by 24 months). Left out "
+                 "until a death model is served (not yet).")
+
+
 class RecordPrediction(BaseModel):
     record: int = Field(description="Index of the record in the request.")
     procedure_id: str
     outcomes: OutcomePredictions  # type: ignore[valid-type]
+    context: RecordContext | None = _CONTEXT
 
 
 class RecordExplanation(BaseModel):
     record: int
     procedure_id: str
     outcomes: OutcomeExplanations  # type: ignore[valid-type]
+    context: RecordContext | None = _CONTEXT
 
 
 class PredictResponse(BaseModel):
     """One entry per record, in request order (also for a single record)."""
 
+    schema_version: Literal[RESPONSE_SCHEMA_VERSION] = Field(  # type: ignore[valid-type]
+        RESPONSE_SCHEMA_VERSION, description="Version of this answer's shape (docs/serving.md, 'Changes in schema version').")
     predictions: list[RecordPrediction]
 
 
 class ExplainResponse(BaseModel):
-    """One entry per record, in request order, with explanations."""
+    """One entry per record, in request order, with the explanation of the requested horizon."""
 
+    schema_version: Literal[RESPONSE_SCHEMA_VERSION] = Field(  # type: ignore[valid-type]
+        RESPONSE_SCHEMA_VERSION, description="Version of this answer's shape (docs/serving.md, 'Changes in schema version').")
     predictions: list[RecordExplanation]

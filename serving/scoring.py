@@ -1,4 +1,4 @@
-"""Scoring flat records with the loaded models: probabilities, risk bands, explanations.
+"""Scoring flat records with the loaded models: risk curves, risk bands, explanations.
 
 Shared by the HTTP service and ``refracture predict``, so a file scored in batch and the
 same records sent over HTTP get the same numbers. Features come only from the model
@@ -21,6 +21,7 @@ from features.catalog import FEATURES_BY_NAME
 from features.records import missing_fields
 from modelstore.risk_bands import risk_band
 from serving.config import DEFAULT_RISK_BANDS
+from serving.schemas import curve_key
 
 TOP_FACTORS = 3
 
@@ -70,37 +71,45 @@ class ServedModels:
         return out
 
     def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
-              first_index: int = 0, typed: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+              first_index: int = 0, typed: dict[str, np.ndarray] | None = None,
+              horizon_months: float | None = None) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
-        ``RecordExplanation``). ``flat`` holds valid flat records (``check_records`` clean)."""
+        ``RecordExplanation``): per outcome the risk curve, the headline probability and
+        band, and with ``explain`` the SHAP explanation at ``horizon_months`` (default: the
+        headline, 24 months). ``flat`` holds valid flat records (``check_records`` clean)."""
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
         per_outcome: dict[str, list[dict[str, Any]]] = {}
         for m in self.models:
             X = feats[m.outcome]
+            curve = m.model.curve_from_features(X)
+            keys = [curve_key(h) for h in m.model.horizons_months]
+            values = curve.to_numpy()
+            headline = float(m.model.horizon_months)
+            proba = values[:, list(m.model.horizons_months).index(headline)]
+            expl, explained = None, None
             if explain:
-                expl = m.model.explain_features(X)
-                proba = expl.probability()
-            else:
-                expl = None
-                proba = m.model.proba_from_features(X)
+                explained = headline if horizon_months is None else float(horizon_months)
+                expl = m.model.explain_features(X, explained)
+                explained_p = values[:, list(m.model.horizons_months).index(explained)]
             missing = m.model.missing_inputs_from_features(flat, X, absent)
             bands = self.risk_bands.get(m.outcome, DEFAULT_RISK_BANDS[m.outcome])
-            horizon = float(m.model.horizon_months)
             ref = m.ref
             items = []
             for i in range(len(flat)):
                 p = float(proba[i])
                 item: dict[str, Any] = {
                     "probability": p,
-                    "horizon_months": horizon,
+                    "horizon_months": headline,
                     "risk_band": risk_band(p, bands),
+                    "curve": dict(zip(keys, values[i].tolist())),
                     "model": ref,
                     "missing_inputs": [{"field": d.get("field", ""), "handling": d.get("handling", "")} for d in missing[i]],
                 }
                 if expl is not None:
-                    item.update(explanation_item(expl, i))
+                    item["explanation"] = {"horizon_months": explained, "probability": float(explained_p[i]),
+                                           **explanation_item(expl, i)}
                 items.append(item)
             per_outcome[m.outcome] = items
         return [

@@ -6,7 +6,9 @@ At start the service reads its settings (``serving.config``: no API key and no
 ``refracture-<outcome>`` to a concrete registry version and loads those versions once
 (``serving.loading``). Every answer names the versions that produced it.
 
-Routes: POST ``/predict``, POST ``/explain`` (bearer key); GET ``/model`` (versions,
+Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
+24-month headline), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
+default 24) (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
 ``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
 
@@ -35,18 +37,20 @@ from starlette.responses import Response
 from features.catalog import FEATURES_BY_NAME
 from features.records import RECORD_FIELDS, inspect_records, records_frame
 from features.schema import SCHEMA_VERSION
+from modelstore.estimand import ESTIMAND_SENTENCE
 from serving.batcher import MicroBatcher
 from serving.config import get_settings
-from serving.examples import example_record
+from serving.drift_metrics import DriftMetrics, served_reference
+from serving.examples import example_record, example_records
 from serving.guard import GuardMiddleware
 from serving.http_server import install
-from serving.loading import load_served_models, read_manifest
+from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
 from serving.openapi import patch_spec
 from serving.request_json import error_body
-from serving.schemas import ExplainResponse, PredictResponse, ProcedureRecord
+from serving.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
 from serving.scoring import ServedModels
 from serving.ui.app import build_ui_app
-from serving.validation import ParsedRequest, _body_error, finish, parse_body, rows_frame
+from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, finish, parse_body, parse_horizon, rows_frame
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +79,14 @@ class RecordsInput(IORootModel[RecordsBody]):  # type: ignore[valid-type]
     async def from_http_request(cls, request, serde) -> "RecordsInput":
         media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         body = await request.body()
-        if media not in ("application/json", "") and not media.endswith("+json"):
+        horizon = _requested_horizon(request)
+        if isinstance(horizon, ParsedRequest):
+            parsed = horizon
+        elif media not in ("application/json", "") and not media.endswith("+json"):
             parsed = _body_error(415, f"send the records as JSON (Content-Type: application/json), not {media!r}")
         else:
             parsed = parse_body(body, get_settings().max_records)
+            parsed.horizon_months = horizon
         return cls.model_construct(root=parsed)
 
     @classmethod
@@ -92,6 +100,26 @@ class RecordsInput(IORootModel[RecordsBody]):  # type: ignore[valid-type]
 
 
 RecordsInput.__root_input__ = True  # the body is the record (or list) itself, not {"records": ...}
+
+
+def _requested_horizon(request) -> float | None | ParsedRequest:
+    """``/explain``'s horizon (query ``?horizon_months=6``; the headline when absent), None
+    for ``/predict`` (which returns every horizon and refuses the parameter), or the 400."""
+    given = request.query_params.getlist(HORIZON_FIELD)
+    if request.url.path.rstrip("/").endswith("/predict"):
+        if not given:
+            return None
+        return _field_error(HORIZON_FIELD, "only /explain takes a horizon: /predict returns the risk at every horizon",
+                            "leave it out")
+    if len(given) > 1:
+        return _field_error(HORIZON_FIELD, "given more than once", "one horizon")
+    return parse_horizon(given[0] if given else None, SERVED_HORIZONS_MONTHS, SERVED_HEADLINE_MONTHS)
+
+
+def _field_error(name: str, message: str, allowed: str) -> ParsedRequest:
+    return ParsedRequest(400, errors=[{"record": None, "field": name, "error": message, "allowed": allowed}],
+                         message=f"{name}: {message}")
+
 
 def _declare_bundled_models(cls: type) -> type:
     """Declare the models pinned by ``refracture bento`` (serving/bento_models.json) as
@@ -131,10 +159,15 @@ class RefractureRisk:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
         self.models = load_served_models(self.settings.model_versions or None)
         self.scorer = ServedModels(self.models, risk_bands=self.settings.risk_bands)
+        self.drift = DriftMetrics(served_reference(self.models), [m.outcome for m in self.models])
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
-        self._explain_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=True), max_records=1000)
-        self._info = _model_info(self.models, self.settings)
+        # One explanation queue per horizon: a batch is explained at one horizon.
+        self._explain_batchers = {
+            float(h): MicroBatcher(lambda jobs, h=float(h): self._process(jobs, explain=True, horizon_months=h),
+                                   max_records=1000)
+            for h in SERVED_HORIZONS_MONTHS}
         self._warm_up()
+        self._info = _model_info(self.models, self.settings, self.scorer)
         # Everything alive now (libraries, models, explainers) lives as long as the process.
         # Freezing it keeps each full garbage collection from walking it again: on the
         # bench machine a full pass took 50-150 ms and was the bulk of the p99 latency.
@@ -154,14 +187,16 @@ class RefractureRisk:
 
     @bentoml.api(route="/predict", input_spec=RecordsInput, output_spec=PredictResponse)
     async def predict(self, body: ParsedRequest, ctx: bentoml.Context) -> Response:
-        """Calibrated probability, horizon, risk band, model version and missing-input handling,
-        per outcome, for one record or a list. Any field error refuses the whole request (422)."""
+        """Per outcome: the risk curve (horizon in months -> calibrated probability, death competing, at
+        3, 6, 12 and 24 months), the headline 24-month probability and its risk band, the model version
+        and missing-input handling; for one record or a list. Any field error refuses the whole request (422)."""
         return await self._answer(body, ctx, explain=False)
 
     @bentoml.api(route="/explain", input_spec=RecordsInput, output_spec=ExplainResponse)
     async def explain(self, body: ParsedRequest, ctx: bentoml.Context) -> Response:
-        """As /predict, plus per outcome the SHAP base value (log-odds), every feature's value with
-        unit and contribution (log-odds), and the top factors raising and lowering the risk."""
+        """As /predict, plus per outcome the explanation of the risk at one horizon (query parameter
+        horizon_months: 3, 6, 12 or 24; default 24): the SHAP base value (log-odds at that horizon), every
+        feature's value with unit and contribution (log-odds), and the top factors raising and lowering the risk."""
         return await self._answer(body, ctx, explain=True)
 
     @model_app.get("/model")
@@ -179,7 +214,8 @@ class RefractureRisk:
             info["n_errors"] = len(parsed.errors)
             ctx.response.status_code = parsed.status  # BentoML copies this onto the response
             return _json(parsed.status, error_body(parsed.message or parsed.errors[0]["error"], parsed.errors))
-        batcher = self._explain_batcher if explain else self._predict_batcher
+        horizon = parsed.horizon_months if parsed.horizon_months is not None else SERVED_HEADLINE_MONTHS
+        batcher = self._explain_batchers[float(horizon)] if explain else self._predict_batcher
         status, payload, n_errors = await batcher.submit(parsed.rows, parsed.procedure_ids, parsed.errors)
         info["n_records"] = len(parsed.rows)
         info["procedure_ids"] = [p for p in parsed.procedure_ids if p]
@@ -187,10 +223,10 @@ class RefractureRisk:
         ctx.response.status_code = status
         return Response(payload, status_code=status, media_type="application/json")
 
-    def _process(self, jobs: list, explain: bool) -> list[tuple[int, bytes, int]]:
+    def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread): one frame,
         one ``inspect_records`` pass (field errors and typed values) and one scoring call
-        for all of them."""
+        for all of them (explained at ``horizon_months``)."""
         try:
             merged = rows_frame([row for j in jobs for row in j.rows])
             inspected = inspect_records(merged)
@@ -211,14 +247,16 @@ class RefractureRisk:
                     positions = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in ok])
                     flat_ok, typed = merged.iloc[positions], inspected.subset(positions)
                 ids = [pid for k in ok for pid in jobs[k].procedure_ids]
-                scored = self.scorer.score(flat_ok, ids, explain=explain, typed=typed)
+                scored = self.scorer.score(flat_ok, ids, explain=explain, typed=typed, horizon_months=horizon_months)
+                self.drift.observe(typed, scored)
                 pos = 0
                 for k in ok:
                     n = len(jobs[k].rows)
                     part = scored[pos:pos + n]
                     for i, item in enumerate(part):
                         item["record"] = i
-                    results[k] = json.dumps({"predictions": part}, separators=(",", ":")).encode("utf-8")
+                    results[k] = json.dumps({"schema_version": RESPONSE_SCHEMA_VERSION, "predictions": part},
+                                            separators=(",", ":")).encode("utf-8")
                     pos += n
             out = []
             for k, final in enumerate(finals):
@@ -239,8 +277,9 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
                     media_type="application/json")
 
 
-def _model_info(models: list, settings) -> dict[str, Any]:
-    """The body of GET /model (computed once at start)."""
+def _model_info(models: list, settings, scorer: ServedModels) -> dict[str, Any]:
+    """The body of GET /model (computed once at start; the example answers are the served
+    models' own, for the example records)."""
     outcomes = {}
     for m in models:
         low, high = settings.risk_bands[m.outcome]
@@ -250,6 +289,8 @@ def _model_info(models: list, settings) -> dict[str, Any]:
             "model_type": m.model.model_type,
             "feature_set": m.model.feature_set,
             "horizon_months": float(m.model.horizon_months),
+            "horizons_months": [float(h) for h in m.model.horizons_months],
+            "estimand": m.model.estimand,
             "metrics": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in dict(m.model.metrics).items()},
             "risk_bands": {"low": f"probability < {low:g}", "intermediate": f"{low:g} <= probability < {high:g}",
                            "high": f"probability >= {high:g}", "thresholds": [low, high]},
@@ -260,9 +301,15 @@ def _model_info(models: list, settings) -> dict[str, Any]:
             ],
         }
     horizons = sorted({o["horizon_months"] for o in outcomes.values()})
+    examples = example_records()
+    answers = scorer.score(records_frame([e["record"] for e in examples]), [e["record"]["procedure"]["procedure_id"]
+                                                                            for e in examples])
     return {
         "service": "refracture-risk",
+        "response_schema_version": RESPONSE_SCHEMA_VERSION,
+        "estimand": ESTIMAND_SENTENCE,
         "horizon_months": horizons[0] if len(horizons) == 1 else horizons,
+        "horizons_months": [float(h) for h in SERVED_HORIZONS_MONTHS],
         "outcomes": outcomes,
         "limits": {"max_records_per_request": settings.max_records, "max_body_bytes": settings.max_body_bytes},
         "record_schema_version": SCHEMA_VERSION,
@@ -273,6 +320,10 @@ def _model_info(models: list, settings) -> dict[str, Any]:
             for f in RECORD_FIELDS
         ],
         "example_request": example_record(),
+        "example_response": {"schema_version": RESPONSE_SCHEMA_VERSION, "predictions": answers[:1]},
+        "examples": [{"name": e["name"], "label": e["label"], "why": e["why"], "request": e["record"],
+                      "response": {"schema_version": RESPONSE_SCHEMA_VERSION, "predictions": [dict(a, record=0)]}}
+                     for e, a in zip(examples, answers)],
     }
 
 

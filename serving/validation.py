@@ -44,6 +44,8 @@ class ParsedRequest:
     procedure_ids: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    #: The horizon to explain (months; ``/explain``'s ``horizon_months``), None = headline.
+    horizon_months: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,28 @@ def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
     return ParsedRequest(status, errors=[{"record": None, "field": "", "error": message, "allowed": allowed}],
                          message=message)
+
+
+HORIZON_FIELD = "horizon_months"
+
+
+def parse_horizon(raw: str | None, horizons_months, default: float) -> float | ParsedRequest:
+    """The horizon to explain from the query parameter ``horizon_months`` (text, months):
+    ``default`` when absent, else one of ``horizons_months``; anything else is a 400
+    (``ParsedRequest``) naming the field and the allowed values."""
+    allowed = ", ".join(f"{float(h):g}" for h in horizons_months) + " (months)"
+    if raw is None:
+        return float(default)
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = float("nan")
+    if value not in [float(h) for h in horizons_months]:
+        shown = raw if len(raw) <= 20 else raw[:20] + "..."
+        message = f"{shown!r} is not a horizon of the served models"
+        return ParsedRequest(400, errors=[{"record": None, "field": HORIZON_FIELD, "error": message, "allowed": allowed}],
+                             message=f"{HORIZON_FIELD}: {message}")
+    return value
 
 
 def _allowed(path: str) -> str:

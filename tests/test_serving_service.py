@@ -90,12 +90,18 @@ def test_predict_one_record_names_versions_horizon_and_band(client, champions):
 
     r = post(client, "/predict", example_record())
     assert r.status_code == 200, r.text
+    assert r.json()["schema_version"] == 2
     (item,) = r.json()["predictions"]
     assert item["record"] == 0 and item["procedure_id"] == "example-0001"
+    assert "context" not in item  # no death model yet: the optional context is left out
     assert set(item["outcomes"]) == set(OUTCOMES)
     for outcome, answer in item["outcomes"].items():
         assert 0 < answer["probability"] < 1
         assert answer["horizon_months"] == 24.0
+        curve = answer["curve"]
+        assert list(curve) == ["3", "6", "12", "24"]
+        assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))  # never decreasing
+        assert curve["24"] == answer["probability"]  # the headline is the curve at 24 months
         assert answer["risk_band"] == risk_band(answer["probability"], DEFAULT_RISK_BANDS[outcome])
         assert answer["model"] == {"name": f"refracture-{outcome}", "version": str(champions[outcome].version),
                                    "run_id": champions[outcome].run_id}
@@ -119,9 +125,13 @@ def test_no_training_serving_skew(client, champions, flat):
     for outcome in OUTCOMES:
         mv = champions[outcome]
         pyfunc = mlflow.pyfunc.load_model(f"models:/refracture-{outcome}/{mv.version}")
-        reference = pyfunc.predict(as_sent)["p_24m"]  # the served number is the 24-month headline
+        reference = pyfunc.predict(as_sent)
+        assert list(reference.columns) == ["p_3m", "p_6m", "p_12m", "p_24m"]
         got = np.array([p["outcomes"][outcome]["probability"] for p in served])
-        np.testing.assert_allclose(got, reference.to_numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got, reference["p_24m"].to_numpy(), rtol=0, atol=1e-12)  # the headline
+        for months in ("3", "6", "12", "24"):  # every point of the served curve
+            got = np.array([p["outcomes"][outcome]["curve"][months] for p in served])
+            np.testing.assert_allclose(got, reference[f"p_{months}m"].to_numpy(), rtol=0, atol=1e-12)
         # The project's typed records (datetime dates) give the same curve as ISO text.
         np.testing.assert_allclose(pyfunc.predict(flat).to_numpy(), pyfunc.predict(as_sent).to_numpy(), rtol=0, atol=1e-12)
 
@@ -147,20 +157,26 @@ def test_missing_inputs_are_reported_with_handling(client):
     assert all(m["handling"] for m in missing)
 
 
-def test_explain_is_additive_and_in_plain_words(client, flat):
+@pytest.mark.parametrize("horizon", [None, 3, 6, 12, 24])
+def test_explain_is_additive_at_the_chosen_horizon_and_in_plain_words(client, flat, horizon):
     from serving.schemas import ExplainResponse
 
     records = to_json_records(flat.head(4))
-    r = post(client, "/explain", records)
+    path = "/explain" if horizon is None else f"/explain?horizon_months={horizon}"
+    r = post(client, path, records)
     assert r.status_code == 200, r.text
     ExplainResponse.model_validate(r.json())
     predicted = post(client, "/predict", records).json()["predictions"]
     for item, plain in zip(r.json()["predictions"], predicted):
-        for outcome, e in item["outcomes"].items():
+        for outcome, answer in item["outcomes"].items():
+            assert answer["curve"] == plain["outcomes"][outcome]["curve"]
+            assert answer["probability"] == plain["outcomes"][outcome]["probability"]
+            e = answer["explanation"]
+            assert e["horizon_months"] == (24.0 if horizon is None else float(horizon))
             p = e["probability"]
-            assert p == pytest.approx(plain["outcomes"][outcome]["probability"], abs=1e-9)
+            assert p == answer["curve"][f"{e['horizon_months']:g}"]
             total = e["base_value"] + sum(c["contribution"] for c in e["contributions"])
-            # Issue 14: XGBoost's float32 TreeSHAP is held to 1e-5 in log-odds (modelstore.explain).
+            # additive at that horizon; XGBoost's float32 TreeSHAP is held to 1e-5 (issue 14, modelstore.explain)
             assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-5)
             assert len(e["contributions"]) >= 10
             assert all(c["display_name"] and c["value_text"] for c in e["contributions"])
@@ -172,11 +188,66 @@ def test_explain_is_additive_and_in_plain_words(client, flat):
             assert all(" lowers the risk" in f["text"] for f in e["lowering"])
 
 
+def test_explained_base_value_rises_with_the_horizon(client, flat):
+    """The curve's horizons share one score (docs/estimand.md): the base risk grows with the
+    horizon and the contributions are those of the same score."""
+    record = to_json_records(flat.head(1))
+    bases = [post(client, f"/explain?horizon_months={h}", record).json()["predictions"][0]["outcomes"]
+             ["adjacent_fracture"]["explanation"] for h in (3, 6, 12, 24)]
+    assert [b["base_value"] for b in bases] == sorted(b["base_value"] for b in bases)
+    assert bases[0]["base_value"] < bases[-1]["base_value"]
+
+
+@pytest.mark.parametrize("query", ["horizon_months=5", "horizon_months=abc", "horizon_months=", "horizon_months=nan",
+                                   "horizon_months=24&horizon_months=6", "horizon_months=1e400"])
+def test_a_horizon_that_is_not_served_is_a_400_naming_the_field(client, service_env, query):
+    from serving.examples import example_record
+
+    before = _n_lines(service_env)
+    r = post(client, f"/explain?{query}", example_record())
+    assert r.status_code == 400, r.text
+    (error,) = r.json()["errors"]
+    assert error["field"] == "horizon_months" and error["record"] is None and error["allowed"]
+    assert [(e["endpoint"], e["status"]) for e in _audit_lines(service_env, before)] == [("/explain", 400)]
+
+
+def test_predict_refuses_a_horizon_because_it_returns_them_all(client):
+    from serving.examples import example_record
+
+    r = post(client, "/predict?horizon_months=6", example_record())
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "horizon_months"
+
+
+def test_high_risk_example_scores_above_the_typical_one(client):
+    """The documented examples: the typical patient and the same patient with a cleft and a
+    spike-type disc leak (both monotone-constrained risk factors)."""
+    from serving.examples import EXAMPLES, example_record
+
+    assert list(EXAMPLES) == ["typical", "high_risk"]
+    typical = example_record()
+    assert typical["imaging"]["preop"]["ivc"] == 0 and typical["imaging"]["postop"]["leakage_intradiscal"] == "none"
+    answers = {name: post(client, "/predict", example_record(name)).json()["predictions"][0]["outcomes"]
+               for name in EXAMPLES}
+    for outcome in ("cemented_refracture", "adjacent_fracture"):
+        assert answers["high_risk"][outcome]["probability"] >= answers["typical"][outcome]["probability"]
+    assert answers["high_risk"]["cemented_refracture"]["probability"] > answers["typical"]["cemented_refracture"]["probability"]
+
+
 def test_model_info_is_open_and_its_example_is_accepted_as_is(client, champions):
     r = client.get("/model")
     assert r.status_code == 200
     info = r.json()
-    assert info["horizon_months"] == 24.0
+    assert info["horizon_months"] == 24.0 and info["horizons_months"] == [3.0, 6.0, 12.0, 24.0]
+    assert info["response_schema_version"] == 2 and "die first" in info["estimand"]
+    # The example answer is the served models' own, with curves, for the example request.
+    example_answer = info["example_response"]["predictions"][0]["outcomes"]
+    served = post(client, "/predict", info["example_request"]).json()["predictions"][0]["outcomes"]
+    for outcome in OUTCOMES:
+        assert list(example_answer[outcome]["curve"]) == ["3", "6", "12", "24"]
+        assert example_answer[outcome]["curve"] == served[outcome]["curve"]
+    assert [e["name"] for e in info["examples"]] == ["typical", "high_risk"]
+    assert all(e["why"] and e["label"] and e["response"]["predictions"][0]["outcomes"] for e in info["examples"])
     for outcome in OUTCOMES:
         o = info["outcomes"][outcome]
         assert o["model"]["version"] == str(champions[outcome].version)
@@ -198,6 +269,14 @@ def test_openapi_documents_auth_and_error_answers(client):
     assert {"400", "401", "413", "422"} <= set(op["responses"])
     assert "ProcedureRecord" in spec["components"]["schemas"]
     assert "/model" in spec["paths"]
+    # The curve and the explained horizon are documented.
+    schemas = spec["components"]["schemas"]
+    assert "curve" in schemas["OutcomePrediction"]["properties"]
+    assert schemas["OutcomePrediction"]["properties"]["curve"]["example"]["24"] > 0
+    assert "horizon_months" in schemas["Explanation"]["properties"]
+    (param,) = spec["paths"]["/explain"]["post"]["parameters"]
+    assert param["name"] == "horizon_months" and param["in"] == "query"
+    assert param["schema"]["enum"] == [3.0, 6.0, 12.0, 24.0] and param["schema"]["default"] == 24.0
 
 
 # --------------------------------------------------------------------------- auth

@@ -152,3 +152,17 @@ def test_the_first_probe_does_not_retry(flaky_server, monkeypatch):
     with pytest.raises(TrackingUnavailable, match=flaky_server):
         check_tracking(flaky_server)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_CLIENT_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+
+
+def test_a_restored_environment_does_not_redirect_the_next_store(tmp_path, monkeypatch):
+    """MLflow copies the tracking URI into MLFLOW_TRACKING_URI; when something restores an
+    earlier value of ours (monkeypatch does, between tests), the next configure_tracking(store)
+    must still use its own store, not the stale one."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = configure_tracking(tmp_path / "first")
+    with monkeypatch.context() as m:
+        m.delenv("MLFLOW_TRACKING_URI", raising=False)
+        second = configure_tracking(tmp_path / "second")
+        assert second != first
+    assert os.environ.get("MLFLOW_TRACKING_URI") == first  # restored by the context: stale
+    assert configure_tracking(tmp_path / "third").endswith("third/mlflow.db")

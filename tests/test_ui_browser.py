@@ -2,8 +2,11 @@
 against the real service (``refracture serve`` on 127.0.0.1 with a registered champion).
 
 Checks: the page loads with no external requests; an example patient fills the form;
-submitting shows each outcome's probability and a SHAP waterfall whose numbers equal
-``POST /explain``'s for the same record; a what-if change moves the risk; a bad value
+submitting shows each outcome's 24-month probability, its risk curve (a chart whose points
+are ``POST /explain``'s curve, and the risk at each horizon in words) and a SHAP waterfall
+whose numbers equal ``POST /explain``'s for the same record, at the default horizon and at
+a horizon chosen on the page; the optional death context is shown when an answer carries
+it; a what-if change moves the risk; a bad value
 shows a field-level message next to the field; the page works from the keyboard alone;
 the API key never appears in the page source. A screenshot is saved to
 ``test-artifacts/clinician-page.png``.
@@ -61,21 +64,52 @@ def page(browser, server):
     context.close()
 
 
-def _explain(server, record) -> dict:
-    r = httpx.post(f"{server.url}/explain", json=record, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+def _explain(server, record, months: int = 24) -> dict:
+    r = httpx.post(f"{server.url}/explain?horizon_months={months}", json=record,
+                   headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["predictions"][0]["outcomes"]
+
+
+def _pct(p: float) -> str:
+    """The page's percentage (app.js ``pct``): one decimal under 1 %, else whole (JS rounding)."""
+    return f"{100 * p:.1f} %" if 100 * p < 1 else f"{math.floor(100 * p + 0.5)} %"
+
+
+def _words(curve: dict) -> str:
+    return ", ".join(f"{_pct(p)} by {m} months" for m, p in sorted(curve.items(), key=lambda kv: float(kv[0])))
+
+
+def _check_waterfall(card, e: dict) -> None:
+    """The card's waterfall shows /explain's explanation ``e`` (top 10 bars, the rest summed)."""
+    fig = card.locator("figure.wf")
+    assert float(fig.get_attribute("data-horizon-months")) == e["horizon_months"]
+    assert float(fig.get_attribute("data-base-value")) == pytest.approx(e["base_value"], abs=1e-12)
+    bars = card.locator("rect[data-feature]")
+    shown = {bars.nth(j).get_attribute("data-feature"): float(bars.nth(j).get_attribute("data-contribution"))
+             for j in range(bars.count())}
+    contribs = {c["feature"]: c["contribution"] for c in e["contributions"]}
+    top = sorted(contribs, key=lambda k: -abs(contribs[k]))[:10]
+    for name in top:
+        assert shown[name] == pytest.approx(contribs[name], abs=1e-12)
+    if len(contribs) > 10:
+        assert shown["_other"] == pytest.approx(sum(contribs[k] for k in contribs if k not in top), abs=1e-9)
+    final = float(fig.get_attribute("data-final-logit"))
+    assert 1 / (1 + math.exp(-final)) == pytest.approx(e["probability"], abs=1e-9)
+    assert f"by {e['horizon_months']:g} months" in fig.inner_text()
 
 
 def _record_in_page(page) -> dict:
     return page.evaluate("readForm()")
 
 
-def test_review_an_example_patient_matches_explain(page, server):
+def test_review_an_example_patient_shows_curves_and_matches_explain(page, server):
     page.fill("#api-key", API_KEY)
-    page.select_option("#example-select", index=2)
+    assert page.inner_text("#example-select option:first-child").startswith("Typical patient")
+    page.select_option("#example-select", index=0)  # the documented typical patient
     page.click("#load-example")
     assert page.input_value("#f-level") != ""
+    assert page.input_value("#explain-horizon") == "24"  # the default explained horizon
     page.click("#submit")
     page.wait_for_selector(".card .wf")
     expected = _explain(server, _record_in_page(page))
@@ -90,22 +124,51 @@ def test_review_an_example_patient_matches_explain(page, server):
         assert f"within {exp['horizon_months']:g} months" in text
         assert f"version {exp['model']['version']}" in text
         assert "AUROC" in text and "95 % CI" in text and "calibration slope" in text
-        # The waterfall's bars are /explain's contributions (top 10 by size, then the rest summed).
-        fig = card.locator("figure.wf")
-        assert float(fig.get_attribute("data-base-value")) == pytest.approx(exp["base_value"], abs=1e-12)
-        bars = card.locator("rect[data-feature]")
-        shown = {bars.nth(j).get_attribute("data-feature"): float(bars.nth(j).get_attribute("data-contribution"))
-                 for j in range(bars.count())}
-        contribs = {c["feature"]: c["contribution"] for c in exp["contributions"]}
-        top = sorted(contribs, key=lambda k: -abs(contribs[k]))[:10]
-        for name in top:
-            assert shown[name] == pytest.approx(contribs[name], abs=1e-12)
-        if len(contribs) > 10:
-            assert shown["_other"] == pytest.approx(sum(contribs[k] for k in contribs if k not in top), abs=1e-9)
-        final = float(fig.get_attribute("data-final-logit"))
-        assert 1 / (1 + math.exp(-final)) == pytest.approx(exp["probability"], abs=1e-9)
+        # The curve: in words ("0.4 % by 3 months, ..., 3 % by 24 months") and as a chart
+        # whose points are /explain's curve.
+        assert list(exp["curve"]) == ["3", "6", "12", "24"]
+        assert card.locator(".curve-words").inner_text() == f"Risk over time: {_words(exp['curve'])}."
+        points = card.locator("svg.curve circle.cv-point")
+        assert points.count() == 4
+        for j in range(4):
+            months = points.nth(j).get_attribute("data-months")
+            assert float(points.nth(j).get_attribute("data-probability")) == pytest.approx(exp["curve"][months], abs=1e-12)
+        assert "by 24 months" in card.locator("svg.curve").get_attribute("aria-label")
+        _check_waterfall(card, exp["explanation"])
+    assert page.locator("#results-context").is_hidden()  # no death model served yet
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "clinician-page.png"), full_page=True)
+
+    # Choosing another horizon re-explains the same record at that horizon; the curve stays.
+    page.select_option("#explain-horizon", "6")
+    page.wait_for_selector(".card figure.wf[data-horizon-months='6']")
+    at_6 = _explain(server, _record_in_page(page), 6)
+    for i in range(3):
+        card = cards.nth(i)
+        exp = at_6[card.get_attribute("data-outcome")]
+        assert exp["explanation"]["horizon_months"] == 6.0
+        assert card.locator(".curve-words").inner_text() == f"Risk over time: {_words(exp['curve'])}."
+        _check_waterfall(card, exp["explanation"])
+
+
+def test_death_context_is_shown_when_an_answer_carries_it(page, server):
+    """No death model is served yet; the page is ready for the optional ``context`` field:
+    an answer that carries it (here the real answer with a context added in transit) shows it."""
+    import json
+
+    def add_context(route):
+        answer = route.fetch().json()
+        answer["predictions"][0]["context"] = {"death": {"probability": 0.123, "horizon_months": 24.0,
+                                                         "model": {"name": "refracture-death", "version": "1"}}}
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+    page.route("**/explain?*", add_context)
+    page.fill("#api-key", API_KEY)
+    page.select_option("#example-select", index=0)
+    page.click("#load-example")
+    page.click("#submit")
+    page.wait_for_selector("#results-context:not([hidden])")
+    assert "death (any cause) by 24 months is 12 %" in page.inner_text("#results-context")
 
 
 def test_what_if_changes_the_risk_and_says_it_is_an_association(page, server):
@@ -114,7 +177,8 @@ def test_what_if_changes_the_risk_and_says_it_is_an_association(page, server):
     page.click("#load-example")
     page.click("#submit")
     page.wait_for_selector("#what-if:not([hidden])")
-    assert "not causation" in page.inner_text("#what-if-caveat").lower() or "association" in page.inner_text("#what-if-caveat").lower()
+    caveat = page.inner_text("#what-if-caveat").lower()
+    assert "association, not causation" in caveat and "not the effect of changing them" in caveat
     current = float(page.input_value("#w-cement_volume") or 3)
     page.fill("#w-cement_volume", f"{min(current + 4, 14.5):.1f}")
     page.select_option("#w-endplate_contact", "0" if page.input_value("#w-endplate_contact") == "1" else "1")
@@ -125,6 +189,7 @@ def test_what_if_changes_the_risk_and_says_it_is_an_association(page, server):
     moved = [abs(float(rows.nth(i).get_attribute("data-after")) - float(rows.nth(i).get_attribute("data-before")))
              for i in range(3)]
     assert max(moved) > 1e-4, moved
+    assert "association, not a causal effect" in page.inner_text("#what-if-table caption")
 
 
 def test_bad_value_shows_a_field_error_next_to_the_field(page):

@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from features.drift import build_reference
 from features.schema import SCHEMA_VERSION
 from training import registry
 from training.card import CardInputs, candidate_table, model_card
@@ -36,6 +37,7 @@ from modelstore.estimand import ESTIMAND, horizons_text
 from training.evaluation import subgroup_metrics, weighted_log_loss
 from training.fitting import CandidateResult, fit_candidate
 from training.horizon_metrics import calibration_tables, decision_curve, flat_metrics, net_benefit_metrics
+from modelstore.drift_reference import REFERENCE_TAG, log_reference
 from modelstore.model import example_records
 from training.report import markdown_table, table_one
 from training.run_log import clean, log_candidate, log_comparison, log_setup, log_text
@@ -162,6 +164,10 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
         best = out.candidates[chosen]
         mlflow.set_tag("selected_candidate", chosen)
         mlflow.log_metrics(clean(best.test_metrics, "selected_test_"))
+        # The training rows' input distributions (aggregates of >= 10 rows, no record),
+        # stored with the model so a site report and serving compare against them.
+        reference_uri = log_reference(build_reference(records.loc[data.ids[data.train]]), best.run_id)
+        mlflow.set_tag(REFERENCE_TAG, reference_uri)
         out.oracle_metrics = oracle_metrics(best, data, truth, cfg)
         if out.oracle_metrics:
             mlflow.log_metrics(clean(out.oracle_metrics, "oracle_"))
@@ -196,6 +202,7 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
         if cfg.register:                                                           # 5. registry
             mv = registry.register(best.model_uri, outcome, {
                 **tags, "model_type": chosen, "run_id": best.run_id, "parent_run_id": out.parent_run_id,
+                REFERENCE_TAG: reference_uri,
                 **{f"test_{k}": f"{best.test_metrics[k]:.4f}" for k in registry.KEY_METRICS},
                 "test_auroc_ci": f"{best.test_metrics['auroc_ci_low']:.3f}-{best.test_metrics['auroc_ci_high']:.3f}",
             }, description=note)

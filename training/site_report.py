@@ -80,6 +80,7 @@ def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     # No metadata: the same inputs give the same bytes.
     fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.png_bytes = buf.getvalue()  # the caller writes the same bytes to a file without drawing again
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -232,6 +233,26 @@ def _performance_section(metrics, calibration, decision, cohorts, decision_horiz
     return "".join(out)
 
 
+def _subgroup_section(subgroups: pd.DataFrame, horizon_months: float) -> str:
+    out = [f"<h2>Subgroups (by {horizon_months:g} months)</h2><p class=note>Levels with fewer than 10 events "
+           "show no metrics: too few to estimate them.</p>"]
+    for outcome in subgroups["outcome"].unique():
+        rows = subgroups[subgroups["outcome"] == outcome]
+        body = []
+        for _, r in rows.iterrows():
+            has = "td_auroc" in r and pd.notna(r.get("td_auroc"))
+            cell = (lambda k, d=2: _ci(r, k, d)) if has else (lambda k, d=2: "–")
+            body.append(f"<tr><td class=l>{_e(r['cohort'])}</td><td class=l>{_e(r['subgroup'])}</td>"
+                        f"<td class=l>{_e(r['level'])}</td><td>{int(r['n'])}</td><td>{int(r['events'])}</td>"
+                        f"<td>{cell('observed_expected')}</td><td>{cell('calibration_slope')}</td>"
+                        f"<td>{cell('td_auroc', 3)}</td></tr>")
+        out.append(f"<h3>{_e(outcome.replace('_', ' ').capitalize())}</h3><table><tr><th class=l>Cohort</th>"
+                   "<th class=l>Subgroup</th><th class=l>Level</th><th>Procedures</th><th>Events</th>"
+                   "<th>Observed / expected</th><th>Calibration slope</th><th>AUROC</th></tr>"
+                   + "".join(body) + "</table>")
+    return "".join(out)
+
+
 def _drift_table_html(drift: pd.DataFrame) -> str:
     head = ("<tr><th>Rank</th><th class=l>Input</th><th class=l>What it is</th><th>PSI</th><th class=l>Reading</th>"
             "<th>p (G-test)</th><th>Shift (unit)</th><th>Mean: training → here</th>"
@@ -284,7 +305,8 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
                        training_site: str, metrics: pd.DataFrame | None = None,
                        calibration: pd.DataFrame | None = None, decision: pd.DataFrame | None = None,
                        computed: pd.DataFrame | None = None, model: str = "", generated_on: str = "",
-                       decision_horizon_months: float = 24.0, top_inputs: int = 6) -> SiteReport:
+                       decision_horizon_months: float = 24.0, top_inputs: int = 6,
+                       subgroups: pd.DataFrame | None = None) -> SiteReport:
     """Render the site report (see the module docstring for the inputs).
 
     ``site``/``training_site``: names shown to the reader; the performance frames'
@@ -292,7 +314,9 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
     ``metrics``, and the first one (put the site first) is the one the summary describes. ``model``: e.g. 'refracture-cemented_refracture v3'. ``generated_on``: a
     date text from the caller (nothing here reads the clock, so the same inputs give the
     same bytes). ``decision_horizon_months``: the horizon of the summary sentences and
-    decision curves. ``top_inputs``: most shifted inputs plotted.
+    decision curves. ``top_inputs``: most shifted inputs plotted. ``subgroups``: optional
+    rows ``outcome``, ``cohort``, ``subgroup``, ``level``, ``n``, ``events`` and the
+    headline metrics with CIs (``training.site_eval.evaluate_outcome``).
 
     Returns a ``SiteReport`` (HTML text and the Figures in it).
     """
@@ -319,6 +343,8 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
         parts.append(_performance_section(metrics, calibration, decision, cohorts, h, figures))
     else:
         parts.append("<p class=note>No outcomes were given, so this report shows data drift only.</p>")
+    if subgroups is not None and len(subgroups):
+        parts.append(_subgroup_section(subgroups, decision_horizon_months))
     parts.append(_drift_section(drift, reference, records, computed, site, training_site, top_inputs, figures))
     parts.append("<h2>About this report</h2><p class=note>It holds summaries only (shares, means, model "
                  "metrics), never a patient's record. The training reference stores, per input, the share of "

@@ -9,6 +9,9 @@ const OUTCOME_NAMES = {
   remote_fracture: "Fracture of a remote vertebra",
 };
 const state = { schema: null, examples: [], model: null, record: null, results: null };
+// The served horizons (GET /model) and the headline; these defaults are the service's own.
+const DEFAULT_HORIZONS = [3, 6, 12, 24];
+const HEADLINE_MONTHS = 24;
 const $ = (sel) => document.querySelector(sel);
 
 // ---------------------------------------------------------------- API
@@ -31,7 +34,7 @@ async function call(path, body) {
 const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
 // The body of /predict and /explain is the record itself (or a list of records).
 const api = {
-  explain: (record) => call(BASE + "/explain", record),
+  explain: (record, months) => call(BASE + "/explain?horizon_months=" + encodeURIComponent(months), record),
   predict: (record) => call(BASE + "/predict", record),
   model: () => call(BASE + "/model"),
 };
@@ -208,10 +211,96 @@ function metricText(m) {
   return parts.join(" · ");
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// An accessible inline SVG of W x H (role img, labelled) and el(tag, attrs, text), which
+// appends a child element to it. Drawn here: the CSP allows no outside library.
+function svgCanvas(W, H, cls, label) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", cls);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.appendChild(e);
+    return e;
+  };
+  return { svg, el };
+}
+
+// The curve in words: "0.4 % by 3 months, 0.9 % by 6 months, ...", in horizon order.
+function curveWords(curve) {
+  return curvePoints(curve).map(([m, p]) => `${pct(p)} by ${m} months`).join(", ");
+}
+
+// [[months, probability], ...] sorted by months, from {"3": p, "6": p, ...}.
+function curvePoints(curve) {
+  return Object.entries(curve || {}).map(([m, p]) => [Number(m), p]).sort((a, b) => a[0] - b[0]);
+}
+
+// A small chart of the risk curve (inline SVG drawn here: no library, nothing fetched).
+function curveChart(curve, outcomeName) {
+  const pts = curvePoints(curve);
+  const W = 340, H = 170, left = 46, right = 16, top = 14, bottom = 34;
+  const maxMonths = Math.max(...pts.map((q) => q[0]));
+  const maxP = Math.max(...pts.map((q) => q[1]));
+  // A round top for the axis: the next of 1, 2, 5, 10, 20, 50 ... % above the curve.
+  const steps = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1];
+  const yMax = steps.find((v) => v >= maxP * 1.1) || 1;
+  const X = (m) => left + (m / maxMonths) * (W - left - right);
+  const Y = (p) => top + (1 - p / yMax) * (H - top - bottom);
+  const { svg, el } = svgCanvas(W, H, "curve", `${outcomeName}: risk over time, ${curveWords(curve)}`);
+  el("line", { x1: left, x2: W - right, y1: Y(0), y2: Y(0), class: "cv-axis" });
+  el("line", { x1: left, x2: left, y1: top, y2: Y(0), class: "cv-axis" });
+  for (const v of [0, yMax / 2, yMax]) {
+    el("line", { x1: left - 3, x2: W - right, y1: Y(v), y2: Y(v), class: v ? "cv-grid" : "cv-axis" });
+    el("text", { x: left - 6, y: Y(v) + 4, "text-anchor": "end", class: "cv-tick" }, v ? pct(v) : "0 %");
+  }
+  el("text", { x: X(0), y: H - 18, "text-anchor": "middle", class: "cv-tick" }, "0");
+  for (const [m] of pts) el("text", { x: X(m), y: H - 18, "text-anchor": "middle", class: "cv-tick" }, String(m));
+  el("text", { x: (left + W - right) / 2, y: H - 3, "text-anchor": "middle", class: "cv-tick" }, "months after surgery");
+  // Known only at the horizons: straight segments between them, from 0 at surgery.
+  const line = [[0, 0], ...pts].map(([m, p]) => `${X(m).toFixed(1)},${Y(p).toFixed(1)}`).join(" ");
+  el("polyline", { points: line, class: "cv-line" });
+  for (const [m, p] of pts) {
+    const dot = el("circle", { cx: X(m), cy: Y(p), r: 3.5, class: "cv-point" });
+    dot.dataset.months = String(m);
+    dot.dataset.probability = String(p);
+    const t = document.createElementNS(SVG_NS, "title");
+    t.textContent = `${pct(p)} by ${m} months`;
+    dot.appendChild(t);
+  }
+  const fig = document.createElement("figure");
+  fig.className = "cv";
+  fig.appendChild(svg);
+  return fig;
+}
+
+// The optional context of a record (the probability of death by 24 months), when the
+// service sends it. No death model is served yet, so today this shows nothing.
+function renderContext(data) {
+  const first = (data && data.predictions && data.predictions[0]) || {};
+  const death = first.context && first.context.death;
+  const box = $("#results-context");
+  if (!death || typeof death.probability !== "number") {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  box.textContent = `For context: the probability of death (any cause) by ${death.horizon_months} months is ` +
+    `${pct(death.probability)}. A patient who dies first cannot have a fracture, which the risks above take into account.`;
+  box.dataset.probability = String(death.probability);
+  box.hidden = false;
+}
+
 function renderResults(data) {
   const outcomes = outcomesOf(data);
   const cards = $("#outcome-cards");
   cards.textContent = "";
+  let explained = null;
   for (const [name, o] of Object.entries(outcomes)) {
     const card = document.createElement("article");
     card.className = "card";
@@ -221,7 +310,6 @@ function renderResults(data) {
     h.textContent = OUTCOME_NAMES[name] || name;
     const prob = document.createElement("p");
     prob.className = "probability";
-    prob.innerHTML = "";
     const big = document.createElement("strong");
     big.textContent = pct(o.probability);
     prob.append(big, ` within ${o.horizon_months} months`);
@@ -229,27 +317,36 @@ function renderResults(data) {
     band.className = "band band-" + String(o.risk_band || "").toLowerCase();
     band.textContent = (o.risk_band || "") + " risk";
     prob.append(" ", band);
+    const words = document.createElement("p");
+    words.className = "curve-words";
+    words.textContent = "Risk over time: " + curveWords(o.curve) + ".";
     const model = document.createElement("p");
-    model.className = "meta";
     const info = (state.model && state.model.outcomes && state.model.outcomes[name]) || {};
     model.className = "meta model-info";
-    model.textContent = `Model ${o.model.name} version ${o.model.version}. Held-out validation: ` + metricText(info.metrics);
-    card.append(h, prob, model);
+    model.textContent = `Model ${o.model.name} version ${o.model.version}. Held-out validation at ${o.horizon_months} months: ` + metricText(info.metrics);
+    card.append(h, prob, words, curveChart(o.curve, OUTCOME_NAMES[name] || name), model);
     if (o.missing_inputs && o.missing_inputs.length) {
       const miss = document.createElement("p");
       miss.className = "meta missing";
       miss.textContent = "Missing inputs: " + o.missing_inputs.map((m) => `${m.field} (${m.handling})`).join("; ");
       card.appendChild(miss);
     }
-    if (o.contributions) card.appendChild(waterfall(o, o.probability));
+    if (o.explanation) {
+      card.appendChild(waterfall(o.explanation));
+      explained = o.explanation.horizon_months;
+    }
     cards.appendChild(card);
   }
-  $("#results-meta").textContent = "Each bar is the factor's contribution on the log-odds scale, from the average risk (base) to this patient's risk.";
+  renderContext(data);
+  $("#results-meta").textContent = "Risk: the chance that the fracture happens by each time after surgery, counting " +
+    "patients who die first as not having it." + (explained === null ? "" : ` Factors: each bar is the factor's ` +
+    `contribution on the log-odds scale to the risk by ${explained} months, from the average risk (base) to this patient's.`);
   $("#results").hidden = false;
 }
 
 // SHAP waterfall as an accessible SVG plus a table-like list of the same numbers.
-function waterfall(expl, probability) {
+function waterfall(expl) {
+  const probability = expl.probability, months = expl.horizon_months;
   const contribs = (expl.contributions || []).slice().sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
   const top = contribs.slice(0, 10);
   const rest = contribs.slice(10);
@@ -268,20 +365,9 @@ function waterfall(expl, probability) {
   const W = 820, labelW = 420, rowH = 22, top0 = 26, plotW = W - labelW - 70;
   const H = top0 + (steps.length + 2) * rowH + 30;
   const X = (v) => labelW + ((v - lo) / (hi - lo)) * plotW;
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("class", "waterfall");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `Factors from the base risk ${pct(expit(base))} to this patient's ${pct(probability)}`);
-  const el = (tag, attrs, text) => {
-    const e = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    svg.appendChild(e);
-    return e;
-  };
-  el("text", { x: 4, y: 16, class: "wf-title" }, "Base risk (average patient) " + pct(expit(base)));
+  const { svg, el } = svgCanvas(W, H, "waterfall",
+    `Factors from the base risk ${pct(expit(base))} to this patient's ${pct(probability)} by ${months} months`);
+  el("text", { x: 4, y: 16, class: "wf-title" }, `Base risk by ${months} months (average patient) ` + pct(expit(base)));
   steps.forEach((s, i) => {
     const y = top0 + i * rowH;
     el("text", { x: labelW - 6, y: y + 15, "text-anchor": "end", class: "wf-label" }, s.label);
@@ -295,7 +381,7 @@ function waterfall(expl, probability) {
   const yEnd = top0 + steps.length * rowH;
   el("line", { x1: X(base), x2: X(base), y1: top0, y2: yEnd, class: "wf-base" });
   el("line", { x1: X(final), x2: X(final), y1: top0, y2: yEnd + 8, class: "wf-final" });
-  el("text", { x: 4, y: yEnd + 22, class: "wf-title wf-result" }, "This patient " + pct(probability));
+  el("text", { x: 4, y: yEnd + 22, class: "wf-title wf-result" }, `This patient ${pct(probability)} by ${months} months`);
   for (const p of [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7]) {
     const v = logit(p);
     if (v < lo || v > hi) continue;
@@ -304,12 +390,14 @@ function waterfall(expl, probability) {
   const fig = document.createElement("figure");
   fig.className = "wf";
   fig.dataset.baseValue = String(base);
+  fig.dataset.horizonMonths = String(months);
   fig.dataset.finalLogit = String(final);
   fig.appendChild(svg);
   const cap = document.createElement("figcaption");
   const ups = (expl.raising || []).map(plainFactor).join("; ");
   const downs = (expl.lowering || []).map(plainFactor).join("; ");
-  cap.textContent = (ups ? "Raising risk: " + ups + ". " : "") + (downs ? "Lowering risk: " + downs + "." : "");
+  cap.textContent = `Why the risk by ${months} months is what it is. ` + (ups ? "Raising risk: " + ups + ". " : "") +
+    (downs ? "Lowering risk: " + downs + "." : "");
   fig.appendChild(cap);
   return fig;
 }
@@ -374,6 +462,8 @@ async function runWhatIf() {
     return;
   }
   const before = outcomesOf(state.results);
+  const headline = Object.values(before).map((o) => o.horizon_months)[0] || HEADLINE_MONTHS;
+  $("#what-if-table caption").textContent = `Risk by ${headline} months, before and after the change (association, not a causal effect)`;
   for (const [name, o] of Object.entries(outcomesOf(after.data))) {
     const b = before[name] ? before[name].probability : null;
     const tr = document.createElement("tr");
@@ -397,7 +487,7 @@ async function submit(ev) {
   clearErrors();
   const record = readForm();
   $("#form-status").textContent = "Estimating…";
-  const resp = await api.explain(record);
+  const resp = await api.explain(record, $("#explain-horizon").value || HEADLINE_MONTHS);
   if (resp.status === 401 || resp.status === 403) {
     $("#form-status").textContent = "Not authorised: enter the API key (or sign in through your hospital's portal).";
     $("#api-key").focus();
@@ -409,16 +499,29 @@ async function submit(ev) {
     else $("#form-status").textContent = `The service could not answer (HTTP ${resp.status}).`;
     return;
   }
-  if (!state.model) {
-    const m = await api.model();
-    if (m.ok) state.model = m.data;
-  }
+  if (!state.model) await loadModelInfo();
   state.record = record;
   state.results = resp.data;
   renderResults(resp.data);
   buildWhatIf(state.schema, record);
   $("#form-status").textContent = "Done.";
   $("#results-title").focus();
+}
+
+// GET /model (open): metrics for the cards and the served horizons for the selector.
+async function loadModelInfo() {
+  try {
+    const m = await api.model();
+    if (m.ok) state.model = m.data;
+  } catch (e) { /* the page still works without it: default horizons, no metrics */ }
+}
+
+function buildHorizonSelect() {
+  const sel = $("#explain-horizon");
+  const horizons = (state.model && state.model.horizons_months) || DEFAULT_HORIZONS;
+  sel.textContent = "";
+  for (const m of horizons) sel.appendChild(new Option(`${m} months`, String(m)));
+  sel.value = String(HEADLINE_MONTHS);
 }
 
 async function init() {
@@ -430,6 +533,12 @@ async function init() {
   state.schema = form;
   buildForm(form);
   $("#record-form").addEventListener("submit", submit);
+  await loadModelInfo();
+  buildHorizonSelect();
+  // A new horizon re-explains the record shown (the curve itself does not change).
+  $("#explain-horizon").addEventListener("change", () => {
+    if (state.results) $("#record-form").requestSubmit();
+  });
   $("#what-if-run").addEventListener("click", runWhatIf);
   $("#load-json").addEventListener("click", () => {
     $("#json-error").textContent = "";

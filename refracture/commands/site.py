@@ -1,0 +1,83 @@
+"""Site commands: site-report (local validation and drift) and recalibrate (challenger for a site)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from features.labels import OUTCOMES
+from modelstore.drift_reference import ReferenceMissing
+from modelstore.naming import ALIASES, CHAMPION
+from refracture.commands.data import _load_valid
+from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _outcomes, _tracking_or_exit
+
+console = Console(stderr=True)
+
+
+def site_report(
+    raw: Annotated[Path, typer.Option("--raw", help="The site's labelled raw export (same contract as training).")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (report.html, figures/, CSVs); replaced if it exists.")],
+    alias: Annotated[str, typer.Option("--alias", help="Versions to report: champion or challenger.")] = CHAMPION,
+    version: Annotated[int | None, typer.Option("--version", help="A version number instead of an alias (with --outcome).")] = None,
+    outcome: Annotated[str, typer.Option("--outcome", help="One outcome or all.")] = "all",
+    site: Annotated[str | None, typer.Option("--site", help="Site name shown in the report (default: the folder name).")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.", min=0)] = 200,
+    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+) -> None:
+    """Validate a site's export, score it with the registered versions and write the local
+    validation and drift report (HTML, figures, CSVs), also logged to MLflow."""
+    from training.site_eval import site_data
+    from training.site_run import build_site_report, choose_versions, log_report, write_report
+
+    if alias not in ALIASES:
+        raise typer.BadParameter(f"choose one of {', '.join(ALIASES)}", param_hint="--alias")
+    outcomes = _outcomes(outcome)
+    if version is not None and len(outcomes) != 1:
+        raise typer.BadParameter("--version needs one --outcome (version numbers differ per outcome)", param_hint="--version")
+    tables = _load_valid(raw)  # the contract's own errors, exactly as `refracture validate` prints them
+    _tracking_or_exit(store)
+    name = site or Path(raw).resolve().name
+    with _exit_if_tracking_lost("writing the site report"):
+        try:
+            chosen = choose_versions(None if version is not None else alias,
+                                     None if version is None else str(version), outcomes)
+            result = build_site_report(site_data(tables), chosen, name, n_boot=bootstrap)
+        except (ValueError, ReferenceMissing) as exc:
+            console.print(f"[red]error[/red]: {exc}")
+            raise typer.Exit(code=1) from None
+        write_report(result, out)
+        run_id = log_report(out, chosen, name, result)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.stages.items())
+    console.print(f"[green]wrote[/green] {out / 'report.html'} ({result.seconds:.1f} s: {stages}); MLflow run {run_id} in "
+                  "experiment refracture-site-reports (`refracture ui`)")
+
+
+def recalibrate(
+    raw: Annotated[Path, typer.Option("--raw", help="The site's labelled raw export.")],
+    site: Annotated[str, typer.Option("--site", help="Site name recorded in the new versions' lineage tags.")],
+    outcome: Annotated[str, typer.Option("--outcome", help="One outcome or all.")] = "all",
+    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+) -> None:
+    """Update every champion for a site by the closed-testing rule (no update, intercept,
+    intercept and slope) and register the result as `challenger`; promote it with
+    `refracture promote`."""
+    from training.site_eval import site_data
+    from training.site_run import choose_versions, recalibrate_outcome
+
+    tables = _load_valid(raw)
+    _tracking_or_exit(store)
+    data = site_data(tables)
+    with _exit_if_tracking_lost("recalibrating"):
+        try:
+            chosen = choose_versions(CHAMPION, None, _outcomes(outcome))
+        except ValueError as exc:
+            console.print(f"[red]error[/red]: {exc}")
+            raise typer.Exit(code=1) from None
+        for c in chosen:
+            d, new = recalibrate_outcome(data, c, site)
+            what = f"registered v{new} as challenger" if new else "no new version"
+            console.print(f"{c.outcome} v{c.version}: [bold]{d.choice}[/bold] ({d.n} procedures, {d.events} events; "
+                          f"{d.note}); {what}")

@@ -1,0 +1,232 @@
+"""``refracture site-report`` and ``refracture recalibrate``: registry and MLflow around the
+pure parts (``training.site_eval``, ``training.site_report``, ``training.recalibrate``).
+
+The CLI (``refracture.commands.site``) reads and validates the export; this module loads
+the chosen versions, scores, writes the report folder (all files first into a temporary
+folder, then moved into place, so nothing partial is written) and logs the MLflow run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import mlflow.artifacts
+import pandas as pd
+
+from features.drift import drift_table
+from features.labels import OUTCOMES
+from modelstore.artifact import log_model
+from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
+from modelstore.model import RefractureModel, example_records
+from modelstore.tracking import get_or_create_experiment
+from training import registry
+from training.recalibrate import MIN_EVENTS_REFIT, Decision, decide
+from training.site_eval import SiteData, evaluate_outcome, training_site_metrics
+from training.site_report import render_site_report
+
+logger = logging.getLogger(__name__)
+
+SITE_REPORT_EXPERIMENT = "refracture-site-reports"
+RECALIBRATION_EXPERIMENT = "refracture-recalibrations"
+#: Tags copied from the parent version to a recalibrated one (serving checks the first three).
+_INHERITED = ("estimand", "horizons_months", "horizon_months", "outcome", "feature_set", "schema_version",
+              "model_type", "simulator_profile", REFERENCE_TAG)
+
+
+@dataclass
+class Chosen:
+    outcome: str
+    version: str
+    tags: dict[str, str]
+    model: RefractureModel
+
+
+def choose_versions(alias: str | None, version: str | None, outcomes=OUTCOMES) -> list[Chosen]:
+    """The versions to report: ``version`` of each of ``outcomes`` or the one holding
+    ``alias``; outcomes with no such version are skipped (ValueError if none is left)."""
+    client = mlflow.MlflowClient()
+    out = []
+    for outcome in outcomes:
+        if version is not None:
+            mv = client.get_model_version(registry.model_name(outcome), str(version))
+        else:
+            mv = registry.current_version(outcome, alias)
+            if mv is None:
+                logger.warning("%s: no version holds the alias %r; left out", outcome, alias)
+                continue
+        out.append(Chosen(outcome, str(mv.version), dict(mv.tags or {}), registry.load_version(outcome, mv.version)))
+    if not out:
+        raise ValueError(f"no registered version with alias {alias!r} for {', '.join(outcomes)}: train (and promote) first")
+    return out
+
+
+def _training_table(c: Chosen) -> pd.DataFrame | None:
+    """The version's held-out figures at the training site (its training run's artifact)."""
+    run_id = c.tags.get("training_run_id") or c.tags.get("run_id")
+    if not run_id:
+        return None
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/horizon_metrics.csv")
+    except Exception:  # noqa: BLE001 - an older run without the table: the site figures alone
+        logger.warning("%s v%s: training-site figures not found", c.outcome, c.version)
+        return None
+    return pd.read_csv(io.StringIO(text))
+
+
+@dataclass
+class SiteResult:
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    html: str = ""
+    figures: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+
+
+def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_boot: int = 200,
+                      seed: int = 0) -> SiteResult:
+    """Score the site with every chosen version and build the report (nothing written)."""
+    t0 = time.perf_counter()
+    stages = {"score": 0.0, "evaluate": 0.0}
+    parts: dict[str, list[pd.DataFrame]] = {"metrics": [], "calibration": [], "decision": [], "subgroups": []}
+    label = site_name
+    for c in chosen:
+        ok, t, s = site.follow_up(c.outcome)
+        records = site.records[ok]
+        t1 = time.perf_counter()
+        curve = c.model.predict_curve(records)
+        stages["score"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        cohort = f"{label} (v{c.version})"
+        res = evaluate_outcome(curve, t, s, c.model.horizons_months, c.model.horizon_months, site.subgroups[ok],
+                               cohort=cohort, outcome=c.outcome, n_boot=n_boot, seed=seed)
+        for k, v in res.items():
+            parts[k].append(v)
+        stages["evaluate"] += time.perf_counter() - t1
+        parent = c.tags.get("parent_version")
+        if parent:  # a recalibrated version: its parent on the same rows shows what changed
+            before = registry.load_version(c.outcome, parent).predict_curve(records)
+            res = evaluate_outcome(before, t, s, c.model.horizons_months, c.model.horizon_months,
+                                   site.subgroups[ok].iloc[:, :0], cohort=f"{label} (parent v{parent})",
+                                   outcome=c.outcome, n_boot=n_boot, seed=seed)
+            for k in ("metrics", "calibration", "decision"):
+                parts[k].append(res[k])
+        train = _training_table(c)
+        if train is not None:
+            parts["metrics"].append(training_site_metrics(
+                train, cohort=f"training site {c.tags.get('simulator_profile', '')} (held-out test)".replace("  ", " "),
+                outcome=c.outcome))
+    frames = {k: pd.concat(v, ignore_index=True) for k, v in parts.items() if v}
+    # Put the site's rows first: the report's summary describes the first cohort.
+    frames["metrics"] = frames["metrics"].sort_values("cohort", key=lambda s: s.str.startswith("training"),
+                                                      kind="stable")
+    t1 = time.perf_counter()
+    reference = load_reference(chosen[0].tags, f"{chosen[0].outcome} v{chosen[0].version}")
+    drift = drift_table(reference, site.records)
+    frames["drift"] = drift
+    stages["drift"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    models = ", ".join(f"{registry.model_name(c.outcome)} v{c.version}" for c in chosen)
+    report = render_site_report(drift, reference, site.records, site=site_name,
+                                training_site=chosen[0].tags.get("simulator_profile") or "the training data",
+                                metrics=frames["metrics"], calibration=frames.get("calibration"),
+                                decision=frames.get("decision"), subgroups=frames.get("subgroups"), model=models,
+                                generated_on=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                decision_horizon_months=chosen[0].model.horizon_months)
+    stages["render"] = time.perf_counter() - t1
+    return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0, stages)
+
+
+def write_report(result: SiteResult, out_dir: Path) -> None:
+    """report.html, figures/*.png and one CSV per table into ``out_dir``, all or nothing."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".site-report-", dir=out_dir.parent))
+    try:
+        (tmp / "report.html").write_text(result.html, encoding="utf-8")
+        (tmp / "figures").mkdir()
+        for name, fig in result.figures.items():
+            png = getattr(fig, "png_bytes", None)
+            if png is not None:
+                (tmp / "figures" / name).write_bytes(png)
+            else:
+                fig.savefig(tmp / "figures" / name, metadata={"Software": None})
+        for name, frame in result.frames.items():
+            frame.to_csv(tmp / f"{name}.csv", index=False)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: SiteResult) -> str:
+    """An MLflow run in ``refracture-site-reports`` holding the report folder; returns its id."""
+    exp = get_or_create_experiment(SITE_REPORT_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{site_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}") as run:
+        mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}})
+        m = result.frames["metrics"]
+        for c in chosen:
+            rows = m[(m["outcome"] == c.outcome) & ~m["cohort"].str.startswith("training")]
+            head = rows[abs(rows["horizon"] - rows["horizon"].max()) < 1]
+            for _, r in head.iterrows():
+                for k in ("td_auroc", "observed_expected", "calibration_slope", "calibration_intercept"):
+                    if pd.notna(r[k]):
+                        mlflow.log_metric(f"{c.outcome}_{k}", float(r[k]))
+        mlflow.log_metric("n_inputs_major_shift", int((result.frames["drift"]["status"] == "major shift").sum()))
+        mlflow.log_metric("seconds", result.seconds)
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in result.stages.items()})
+        mlflow.log_artifacts(str(out_dir))
+        return run.info.run_id
+
+
+# ---------------------------------------------------------------- recalibrate
+
+def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str) -> tuple[Decision, str | None]:
+    """Apply the rule to one champion; register a ``challenger`` unless it says 'none'.
+    Returns (decision, new version or None)."""
+    ok, t, s = site.follow_up(c.outcome)
+    model = c.model
+    eta = model.score_from_features(model.features(site.records[ok]))
+    d = decide(model.calibration, eta, t, s, model.horizon_months)
+    raw_dir = ""
+    if c.tags.get("parent_run_id") and not c.tags.get("site"):  # a trained version: its parent run knows the export
+        try:
+            raw_dir = mlflow.MlflowClient().get_run(c.tags["parent_run_id"]).data.params.get("raw_dir", "")
+        except Exception:  # noqa: BLE001 - a missing run only makes (iii) ineligible
+            raw_dir = ""
+    pooled = raw_dir and Path(raw_dir).is_dir()
+    d.note += (f"; (iii) refit on pooled data: {'eligible' if d.events >= MIN_EVENTS_REFIT and pooled else 'not eligible'}"
+               f" ({d.events} events, training export {'found' if pooled else 'not recorded or not found'}); "
+               "not done here (use `refracture train` on the pooled export)")
+    if d.choice == "none":
+        return d, None
+    new = RefractureModel(model.scorer, d.calibration, model.outcome, model.feature_set, model.horizon_months,
+                          model.feature_names, {}, model.params,
+                          {**model.info, "recalibrated_for_site": site_name, "parent_version": c.version})
+    exp = get_or_create_experiment(RECALIBRATION_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
+        tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
+                "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
+                "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", "")}
+        # The same training population: the parent's reference, stored in this run too so
+        # serving finds it beside the model.
+        tags[REFERENCE_TAG] = log_reference(load_reference(c.tags, f"{c.outcome} v{c.version}"), run.info.run_id)
+        mlflow.set_tags(tags)
+        mlflow.log_dict({"parent": c.model.calibration.to_dict(), "recalibrated": d.calibration.to_dict()},
+                        "calibration.json")
+        uri = log_model(new, example_records(site.records[ok]))
+        tags["run_id"] = run.info.run_id
+    mv = registry.register(uri, c.outcome, tags, description=f"Recalibrated for {site_name}: {d.choice} ({d.note})")
+    registry.set_alias(c.outcome, mv.version, registry.CHALLENGER,
+                       f"refracture recalibrate --site {site_name}: {d.choice}")
+    return d, str(mv.version)
