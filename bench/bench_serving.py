@@ -103,7 +103,8 @@ def stop(proc) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str) -> dict:
+def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str,
+               concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
     from serving.examples import example_record
     from serving_support import free_port, store_env
 
@@ -132,12 +133,12 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
                    f"http://127.0.0.1:{p_cached}")
     targets = {"bare": f"http://127.0.0.1:{p_bare}/echo", "bare_cached": f"http://127.0.0.1:{p_cached}/echo",
                "predict": f"http://127.0.0.1:{p_svc}/predict", "explain": f"http://127.0.0.1:{p_svc}/explain"}
-    runs: dict = {t: {c: [] for c in CONCURRENCY} for t in targets}
+    runs: dict = {t: {c: [] for c in concurrency} for t in targets}
     try:
         for name, url in targets.items():  # warm-up
             run_wrk(url, 2, 3, script)
         for r in range(repeats):
-            for c in CONCURRENCY:
+            for c in concurrency:
                 for name, url in targets.items():
                     result = run_wrk(url, c, duration, script)
                     runs[name][c].append(result)
@@ -150,27 +151,34 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
         audit_lines = sum(1 for _ in open(work / "audit.jsonl")) if (work / "audit.jsonl").exists() else 0
         shutil.rmtree(work, ignore_errors=True)
     med = {t: {c: {k: statistics.median(x[k] for x in runs[t][c]) for k in ("p50_ms", "p99_ms", "rps", "non_2xx")}
-               for c in CONCURRENCY} for t in targets}
+               for c in concurrency} for t in targets}
     return {"tag": tag, "options": options, "workers": workers, "runs": runs, "median": med, "audit_lines": audit_lines}
 
 
-def batch_bench(store: Path, n: int) -> dict:
-    """`refracture predict` on n simulated records, with and without --explain."""
+def batch_bench(store: Path, n: int, n_explain: int | None = None) -> dict:
+    """`refracture predict` on n simulated records, and with --explain on ``n_explain``
+    (default n; 0 = skip)."""
     from features.records import tables_to_records
     from features.simulator import load_profile, simulate
     from features.validate import validate_raw
     from serving_support import store_env
 
-    data = OUT / f"records-{n}.parquet"
-    if not data.exists():
-        tables, _ = simulate(load_profile("xiong2021-pvp"), n, 11)
-        flat = tables_to_records(validate_raw(tables))
-        for col in ("surgery_date", "pain_onset_date"):
-            flat[col] = flat[col].dt.strftime("%Y-%m-%d")
-        flat.to_parquet(data, index=False)
+    def records_file(size: int) -> Path:
+        data = OUT / f"records-{size}.parquet"
+        if not data.exists():
+            tables, _ = simulate(load_profile("xiong2021-pvp"), size, 11)
+            flat = tables_to_records(validate_raw(tables))
+            for col in ("surgery_date", "pain_onset_date"):
+                flat[col] = flat[col].dt.strftime("%Y-%m-%d")
+            flat.to_parquet(data, index=False)
+        return data
+
     env = store_env(store)
     out = {}
-    for explain in (False, True):
+    n_explain = n if n_explain is None else n_explain
+    for explain in (False, True) if n_explain else (False,):
+        n = n_explain if explain else n
+        data = records_file(n)
         target = OUT / f"scored-{n}{'-explain' if explain else ''}.parquet"
         cmd = [sys.executable, "-c", "from refracture.cli import main; main()", "predict", "--input", str(data),
                "--output", str(target)] + (["--explain"] if explain else [])
@@ -192,7 +200,7 @@ def table(http: dict) -> str:
     """Medians; ratios against the fair floor (bare_cached)."""
     m = http["median"]
     lines = ["| clients | target | p50 ms | p99 ms | req/s | req/s ÷ floor | p99 ÷ floor p99 |", "|---|---|---|---|---|---|---|"]
-    for c in CONCURRENCY:
+    for c in sorted(int(k) for k in m["bare_cached"]):
         floor = m["bare_cached"][c]
         for name in ("bare", "bare_cached", "predict", "explain"):
             x = m[name][c]
@@ -209,6 +217,9 @@ def main() -> None:
     ap.add_argument("--bento-options", default="", help="BENTOML_CONFIG_OPTIONS for every server, e.g. services.logging.access.enabled=false")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--tag", default="default")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="wrk connections, comma-separated")
+    ap.add_argument("--explain-records", type=int, default=None, help="records for refracture predict --explain "
+                    "(default --records; 0 = skip)")
     ap.add_argument("--skip-http", action="store_true")
     args = ap.parse_args()
     if shutil.which("wrk") is None and not args.skip_http:
@@ -216,11 +227,12 @@ def main() -> None:
     store = ensure_store()
     result: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "args": vars(args)}
     if not args.skip_http:
-        result["http"] = http_bench(store, args.duration, args.repeats, args.bento_options, args.workers, args.tag)
+        result["http"] = http_bench(store, args.duration, args.repeats, args.bento_options, args.workers, args.tag,
+                                    tuple(int(c) for c in args.concurrency.split(",")))
         print()
         print(table(result["http"]))
     if args.records:
-        result["batch"] = batch_bench(store, args.records)
+        result["batch"] = batch_bench(store, args.records, args.explain_records)
     result["machine"]["load_avg_end"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"serving-{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -39,6 +39,7 @@ from features.records import RECORD_FIELDS
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import BoostScorer, ForestScorer, LinearScorer, expit, in_order, monotone_constraints
 from modelstore.estimand import ESTIMAND, HEADLINE_HORIZON_MONTHS, horizon_column
+from modelstore.explain import DEFAULT_XGB_METHOD, XGB_METHODS, method_text
 from modelstore.explain import explain as explain_scorer
 from modelstore.inputs import FEATURE_INPUTS, missing_inputs
 
@@ -64,15 +65,21 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
     ('logistic', 'elastic_net', 'random_forest', 'xgboost'), ``metrics`` (held-out test
     metrics at the headline horizon, with 95 % bootstrap CIs), ``params``
     (hyperparameters), ``calibration`` (``HorizonCalibration``), ``scorer`` (the fitted
-    score model). Constructed empty by MLflow's models-from-code and filled by
+    score model), ``explanation_method`` (how an XGBoost score is explained:
+    ``modelstore.explain.XGB_METHODS``; chosen at training time, stored with the model).
+    Constructed empty by MLflow's models-from-code and filled by
     ``load_context``.
     """
 
     def __init__(self, scorer=None, calibration: HorizonCalibration | None = None, outcome: str = "",
                  feature_set: str = "postop", horizon_months: float = HEADLINE_HORIZON_MONTHS,
                  feature_names: list[str] | None = None, metrics: dict[str, float] | None = None,
-                 params: dict[str, Any] | None = None, info: dict[str, str] | None = None):
+                 params: dict[str, Any] | None = None, info: dict[str, str] | None = None,
+                 explanation_method: str = DEFAULT_XGB_METHOD):
+        if explanation_method not in XGB_METHODS:
+            raise ValueError(f"explanation_method {explanation_method!r}: choose one of {', '.join(XGB_METHODS)}")
         self.scorer = scorer
+        self.explanation_method = explanation_method
         self.calibration = calibration
         self.outcome = outcome
         self.feature_set = feature_set
@@ -149,7 +156,12 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         """As ``explain`` but from a feature frame (default: the headline horizon)."""
         k = self.calibration.index(self.horizon_months if horizon_months is None else horizon_months)
         return explain_scorer(self.scorer, in_order(X, self.feature_names), slope=self.calibration.slope,
-                              intercept=self.calibration.intercepts[k])
+                              intercept=self.calibration.intercepts[k], xgb_method=self.explanation_method)
+
+    @property
+    def explanation_text(self) -> str:
+        """The explanation method of this version in words (model card, docs)."""
+        return method_text(self.model_type, self.explanation_method)
 
     def missing_inputs(self, records: pd.DataFrame) -> list[list[dict]]:
         """Per record: ``[{"field": "imaging.preop.hu_index", "feature": ..., "handling": ...}]``
@@ -173,6 +185,7 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
             "feature_names": self.feature_names, "model_type": self.model_type,
             "scorer_params": _jsonable(self.scorer.get_params()), "params": _jsonable(self.params),
             "metrics": _jsonable(self.metrics), "info": self.info,
+            "explanation_method": self.explanation_method,
         }
 
     def save(self, folder: Path) -> Path:
@@ -207,7 +220,9 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
                                    f"{FORMAT_VERSION}. Retrain with `refracture train`.")
         scorer = _load_scorer(folder, meta)
         model = cls(scorer, HorizonCalibration.from_dict(meta["calibration"]), meta["outcome"], meta["feature_set"],
-                    meta["headline_horizon_months"], meta["feature_names"], meta["metrics"], meta["params"], meta["info"])
+                    meta["headline_horizon_months"], meta["feature_names"], meta["metrics"], meta["params"], meta["info"],
+                    # Versions stored before the choice existed were explained interventionally.
+                    meta.get("explanation_method", "interventional"))
         model.estimand = meta["estimand"]
         return model
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.io import write_frame_atomic
 from features.records import RECORD_FIELDS, inspect_records, records_frame
+from modelstore.estimand import horizon_column
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
 from serving.scoring import LoadedModel, ServedModels
@@ -109,17 +111,16 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     for m in models:
         X = feats[m.outcome]
         curve = m.model.curve_from_features(X)
-        if explain:
-            expl = m.model.explain_features(X)
-            p = expl.probability()
-        else:
-            p = m.model.proba_from_features(X)
+        # The headline column of the curve (exact float64): with ``--explain`` the
+        # contributions add up to its log-odds within 1e-5 (``modelstore.explain``).
+        p = curve[horizon_column(m.model.horizon_months)].to_numpy()
+        expl = m.model.explain_features(X) if explain else None
         out[f"{m.outcome}_probability"] = p
         for col in curve.columns:
             out[f"{m.outcome}_{col}"] = curve[col].to_numpy()
         out[f"{m.outcome}_risk_band"] = bands_of(p, bands[m.outcome])
         out[f"{m.outcome}_model_version"] = m.version
-        if explain:
+        if expl is not None:
             out[f"{m.outcome}_base_value"] = expl.base_value
             contrib = pd.DataFrame(expl.values, columns=[f"{m.outcome}__{n}" for n in expl.feature_names])
             out = pd.concat([out, contrib], axis=1)
@@ -157,29 +158,43 @@ def use_threads(models: list[LoadedModel], n_threads: int) -> None:
             m.model.scorer.booster_.set_param({"nthread": n_threads})
 
 
-def _use_all_cores(models: list[LoadedModel]) -> None:
-    """Boosted trees predict on every core for a file (the service keeps one thread per
-    call: its batches are small and it shares the cores with the HTTP work)."""
-    use_threads(models, os.cpu_count() or 1)
+def batch_workers() -> int:
+    """Chunks ``score_file`` scores at once: one per core, each on one XGBoost thread.
+    XGBoost (TreeSHAP, leaf lookup) releases the GIL, and the feature work between its
+    calls is single-threaded Python, so two chunks in flight keep both cores busy where one
+    chunk with two XGBoost threads leaves one idle between calls. Measured in
+    ``bench/bench_explain_batch.py`` (bench/README.md, issue 14 part 3): 2 x 1 was at least as
+    fast as 1 x 2 with and without ``--explain``."""
+    return max(1, os.cpu_count() or 1)
 
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
-               chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None) -> str:
+               chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None,
+               workers: int | None = None) -> str:
     """Read, check and score ``input_path`` (or the flat ``records`` given instead, e.g.
-    from a raw export); write ``output_path`` atomically. Returns a summary."""
+    from a raw export); write ``output_path`` atomically. ``workers``: chunks scored
+    concurrently (threads; default ``batch_workers``), each with ``cores // workers``
+    XGBoost threads. Returns a summary."""
     start = time.perf_counter()
-    _use_all_cores(models)
+    workers = batch_workers() if workers is None else max(1, int(workers))
+    use_threads(models, max(1, (os.cpu_count() or 1) // workers))
     flat = read_records(Path(input_path)) if records is None else records.reset_index(drop=True)
     n = len(flat)
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    if workers > 1 and chunks:
+        # Enough chunks to share between the workers (a file of one chunk is split too).
+        step = max(1, min(chunk_size, -(-n // (workers * 2))))
+        chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
     errors: list[dict[str, Any]] = []
     parts: list[pd.DataFrame] = []
     show = console is not None and n > chunk_size
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not show, transient=True) as progress:
+                  console=console, disable=not show, transient=True) as progress, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
         task = progress.add_task("checking and scoring records", total=n)
-        for a, b in chunks:
-            scored, chunk_errors = check_and_score(models, flat.iloc[a:b], explain=explain)
+        # ``map`` submits every chunk (views of ``flat``) and yields results in input order.
+        results = pool.map(lambda ab: check_and_score(models, flat.iloc[ab[0]:ab[1]], explain=explain), chunks)
+        for (a, b), (scored, chunk_errors) in zip(chunks, results):
             errors.extend({**e, "record": e["record"] + a} for e in chunk_errors)
             if not errors:
                 parts.append(scored)

@@ -176,7 +176,8 @@ def test_explain_is_additive_at_the_chosen_horizon_and_in_plain_words(client, fl
             p = e["probability"]
             assert p == answer["curve"][f"{e['horizon_months']:g}"]
             total = e["base_value"] + sum(c["contribution"] for c in e["contributions"])
-            assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-6)  # additive at that horizon
+            # additive at that horizon; XGBoost's float32 TreeSHAP is held to 1e-5 (issue 14, modelstore.explain)
+            assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-5)
             assert len(e["contributions"]) >= 10
             assert all(c["display_name"] and c["value_text"] for c in e["contributions"])
             ups = [f["contribution"] for f in e["raising"]]

@@ -204,3 +204,29 @@ def test_bad_options_are_refused(raw_dir, tmp_path):
     assert result.exit_code != 0
     result = runner.invoke(app, ["train", "--raw", str(raw_dir), "--test-size", "0.9", "--store", str(tmp_path)])
     assert result.exit_code != 0 and "test-size" in result.output
+
+
+def test_unknown_shap_method_is_refused(raw_dir, tmp_path):
+    result = runner.invoke(app, ["train", "--raw", str(raw_dir), "--shap-method", "saabas", "--store", str(tmp_path)])
+    assert result.exit_code != 0 and "shap-method" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["interventional", "path_dependent"])
+def test_shap_method_is_stored_in_the_model_and_named_in_its_card(cohort, tmp_path, method):
+    result = runner.invoke(app, ["train", "--raw", str(cohort), "--outcome", OUTCOME, "--store", str(tmp_path / "s"),
+                                 "--candidates", "xgboost", "--shap-method", method, "--search-trials", "0",
+                                 "--bootstrap", "50", "--cv-folds", "2"])
+    assert result.exit_code == 0, result.output
+    client = _client(tmp_path / "s")
+    parent = [r for r in client.search_runs([client.get_experiment_by_name(f"refracture-{OUTCOME}").experiment_id])
+              if r.data.tags.get("run_kind") == "parent"][0]
+    card = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/model_card.md")
+    assert f"Explanation method of this version: `{method}`" in card
+    assert ("conditional" in card) and ("marginal" in card)
+    model = load_model(f"models:/refracture-{OUTCOME}@champion")
+    assert model.explanation_method == method
+    records = tables_to_records(validate_raw(__import__("features.io", fromlist=["read_raw"]).read_raw(cohort))).head(30)
+    expl = model.explain(records)
+    p = model.predict_proba(records)
+    np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), rtol=0, atol=1e-5)

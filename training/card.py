@@ -17,7 +17,7 @@ from modelstore.candidates import monotone_constraints
 from training.config import TrainConfig
 from training.data import OutcomeData, Prepared
 from modelstore.estimand import ESTIMAND, ESTIMAND_SENTENCE
-from modelstore.explain import METHODS
+from modelstore.explain import XGB_METHOD_TEXT
 from modelstore.risk_bands import describe_bands
 from training.fitting import CandidateResult
 from training.report import horizon_performance_table, markdown_table, net_benefit_table
@@ -158,8 +158,19 @@ def model_card(c: CardInputs) -> str:
         f"computes {len(model.feature_names)} features of the `{cfg.feature_set}` set; training used the same functions.",
         f"- Score model: {DESCRIPTIONS[best.model_type]}",
         f"- Hyperparameters (chosen by {search_description(best.model_type, cfg)}): `{json.dumps(best.params)}`.",
-        "- Explanations: " + METHODS[best.model_type] + ". Contributions are in calibrated log-odds at the explained "
+        "- Explanations: " + model.explanation_text + ". Contributions are in calibrated log-odds at the explained "
         "horizon (24 months unless asked) and add up to that horizon's log-odds (base value + sum of contributions).",
+        *([f"- Explanation method of this version: `{model.explanation_method}` (chosen with `refracture train "
+           "--shap-method`). Path-dependent TreeSHAP credits each feature with the change of the *conditional* "
+           "expectation of the score given the features already known (estimated from the training cover of each "
+           "tree branch); interventional TreeSHAP with the change of the *marginal* expectation over a background "
+           "of training patients, each feature set independently of the others. They agree where features are "
+           "independent; with correlated features (e.g. the HU values of neighbouring levels) path-dependent can "
+           "move credit towards the feature the trees split on. Path-dependent is ~30x faster; its float32 sums "
+           "are checked against the model's log-odds within 1e-5 (else the explanation is recomputed "
+           "interventionally). See `bench/README.md` (explanations) for the measurements. The other method: "
+           + XGB_METHOD_TEXT["interventional" if model.explanation_method == "path_dependent" else "path_dependent"] + "."]
+          if best.model_type == "xgboost" else []),
         "",
         "## Why this estimator",
         ESTIMATOR_JUSTIFICATION,

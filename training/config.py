@@ -9,6 +9,7 @@ from features.catalog import FEATURE_SETS
 from features.labels import OUTCOMES
 from modelstore.errors import ConfigError
 from modelstore.candidates import MODEL_TYPES
+from modelstore.explain import DEFAULT_XGB_METHOD, XGB_METHODS
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
 
 
@@ -22,6 +23,9 @@ class TrainConfig:
     ``horizon_months``: the headline horizon (labels for the score model, selection, the
     single number served); ``horizons_months``: every horizon of the risk curve (ascending,
     the headline among them).
+    ``shap_method``: how XGBoost models are explained (``modelstore.explain.XGB_METHODS``:
+    XGBoost's own path-dependent TreeSHAP, fast, or interventional TreeSHAP against a
+    training background), stored with the model and named in its card.
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
     outcome with fewer events is refused.
     """
@@ -40,6 +44,7 @@ class TrainConfig:
     n_bootstrap: int = 1000
     n_jobs: int = 2
     shap_rows: int = 300
+    shap_method: str = DEFAULT_XGB_METHOD
     store_dir: Path | None = None
     register: bool = True
     min_events: int = 20
@@ -69,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"--cv-folds must be within 2-10, got {self.cv_folds}")
         if not 0 <= self.search_trials <= 500:
             raise ConfigError(f"--search-trials must be within 0-500, got {self.search_trials}")
+        if self.shap_method not in XGB_METHODS:
+            raise ConfigError(f"--shap-method: choose one of {', '.join(XGB_METHODS)}, got {self.shap_method!r}")
         if not 50 <= self.n_bootstrap <= 10_000:
             raise ConfigError(f"--bootstrap must be within 50-10000, got {self.n_bootstrap}")
         if not 1 <= self.n_jobs <= 2:
