@@ -45,6 +45,9 @@ def _year_pattern(first: int, last: int) -> str:
     return r"\d{4}"
 
 
+#: Text that is not blank as the contract reads it: Python's ``str.strip`` (features.coerce)
+#: also strips the separators U+001C-U+001F and U+0085, which JSON Schema's ``\S`` keeps.
+NOT_BLANK_PATTERN = r"[^\s\x1c-\x1f\x85]"
 #: The JSON schema's pattern for a date, from the contract's readable window.
 DATE_PATTERN = rf"^{_year_pattern(DATE_MIN.year, DATE_MAX.year)}-\d\d-\d\d$"
 
@@ -125,7 +128,7 @@ def _value_schema(f: RecordField) -> dict[str, Any]:
         schema = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
         doc += f" ISO date YYYY-MM-DD, {DATE_MIN.date()} to today."
     else:  # id
-        schema = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
+        schema = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": NOT_BLANK_PATTERN}
     if spec.unit and spec.kind in ("int", "float"):
         schema["x-unit"] = spec.unit
     schema["description"] = doc
