@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 big = fit(profile, outcome, model_type, args.big, 99, Path(tmp))
                 small = fit(profile, outcome, model_type, args.n, args.seed, Path(tmp))
                 c, a = scores(big, ts, outcome, true), scores(small, ts, outcome, true)
-                by_session = [scores(big, ts, outcome, true, m) for m in (single, ~single)]
+                # The PVP profile has single-level sessions only: an empty group has no metrics.
+                by_session = [scores(big, ts, outcome, true, m) if m.any() else {} for m in (single, ~single)]
                 row = {"profile": profile, "outcome": outcome, "model": model_type, "big": args.big, "n": args.n,
                        "fresh": args.fresh, "share_multi_level": float((~single).mean()),
                        "ceiling": c, "at_n": a, "ceiling_single": by_session[0], "ceiling_multi": by_session[1]}
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 for h in HORIZONS:
                     k = f"{h:g}m"
                     o = c[f"oracle_auroc_{k}"]
-                    sess = " / ".join(f"{b[f'oracle_auroc_{k}'] - b[f'auroc_{k}']:+.3f}" for b in by_session)
+                    sess = " / ".join(f"{b[f'oracle_auroc_{k}'] - b[f'auroc_{k}']:+.3f}" if b else "—" for b in by_session)
                     lines.append(
                         f"| {profile} / {outcome} | {model_type} | {h:g} mo | {o:.3f} | {c[f'auroc_{k}']:.3f} | "
                         f"{a[f'auroc_{k}']:.3f} | {o - c[f'auroc_{k}']:+.3f} | {o - a[f'auroc_{k}']:+.3f} | {sess} | "
