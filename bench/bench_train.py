@@ -61,8 +61,11 @@ def simulate_cohort(profile: str, n: int, seed: int, out: Path) -> None:
     (out / "simulation.json").write_text(json.dumps({"profile": profile, "n": n, "seed": seed}))
 
 
-def run_train(raw: Path, store: Path, outcome: str, feature_set: str, seed: int, extra: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, exit code) of one `refracture train` subprocess."""
+def run_train(raw: Path, store: Path, outcome: str, feature_set: str, seed: int,
+              extra: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MiB, exit code, CPU seconds user + system) of one `refracture
+    train` subprocess. CPU seconds are reported because wall time on a shared machine depends
+    on the other jobs' load; CPU time much less so."""
     cmd = [str(ROOT / ".venv" / "bin" / "refracture"), "train", "--raw", str(raw), "--outcome", outcome,
            "--feature-set", feature_set, "--seed", str(seed), "--store", str(store), *extra]
     # This checkout's code, not the shared venv's editable install.
@@ -73,7 +76,7 @@ def run_train(raw: Path, store: Path, outcome: str, feature_set: str, seed: int,
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 HORIZONS = (12, 24)
@@ -133,18 +136,19 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
                 raw = Path(tmp) / "raw"
                 simulate_cohort(profile, n, args.seed, raw)
-                walls, mems, codes, result = [], [], [], {}
+                walls, mems, codes, cpus, result = [], [], [], [], {}
                 for r in range(args.repeats):
                     store = Path(tmp) / f"store{r}"
-                    wall, mem, code = run_train(raw, store, outcome, feature_set, args.seed, extra)
-                    walls.append(wall), mems.append(mem), codes.append(code)
+                    wall, mem, code, cpu = run_train(raw, store, outcome, feature_set, args.seed, extra)
+                    walls.append(wall), mems.append(mem), codes.append(code), cpus.append(cpu)
                     if code != 0:
                         print((Path(tmp) / f"train-store{r}.log").read_text()[-3000:], file=sys.stderr)
                         break
                     result = read_results(store, outcome)
                 row = {"profile": profile, "outcome": outcome, "feature_set": feature_set, "n": n,
                        "repeats": len(walls), "wall_s_median": statistics.median(walls), "wall_s_all": walls,
-                       "peak_rss_mib_median": statistics.median(mems), "exit_codes": codes, **result}
+                       "peak_rss_mib_median": statistics.median(mems), "cpu_s_median": statistics.median(cpus),
+                       "exit_codes": codes, **result}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
