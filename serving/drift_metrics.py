@@ -169,10 +169,14 @@ def _risks(res: dict[str, Any]) -> list[tuple[float, float]]:
 
 
 def served_reference(models) -> dict[str, Any] | None:
-    """The drift reference of the first served model whose version stores one (None if none)."""
+    """The drift reference of the first served model whose version stores one (None if none).
 
+    Read from the version's training run in the registry. A Bento serves without the
+    registry by design, so its models (source ``bento:...``) are not asked: asking would
+    stall the start on the client's retries to an unreachable server, and a Bento exports
+    only the predicted-risk histograms and missing-input counters."""
     for m in models:
-        if not getattr(m, "run_id", None):
+        if not getattr(m, "run_id", None) or str(getattr(m, "source", "")).startswith("bento:"):
             continue
         try:
             return mlflow.artifacts.load_dict(f"runs:/{m.run_id}/{REFERENCE_ARTIFACT}")

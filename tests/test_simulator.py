@@ -118,17 +118,17 @@ def test_synth_writes_the_provenance_training_reads(tmp_path, draw):
 
 
 def test_synth_writes_nothing_when_the_simulated_export_is_invalid(tmp_path, monkeypatch):
-    import features.simulator
+    import refracture.commands.synth as synth_command
     from features.validate import RawDataError
 
-    real = features.simulator.simulate
+    real = synth_command.simulate
 
     def broken(profile, n_procedures, seed, **kwargs):
         tables, truth = real(profile, n_procedures, seed, **kwargs)
         tables["procedures"].loc[0, "cement_volume_ml"] = 40.0  # outside 0.3-15 mL
         return tables, truth
 
-    monkeypatch.setattr(features.simulator, "simulate", broken)
+    monkeypatch.setattr(synth_command, "simulate", broken)
     with pytest.raises(RawDataError, match="cement_volume_ml"):
         run_synth(n=300, seed=1, profile="xiong2021-pvp", out=tmp_path / "out", fmt="csv")
     assert not (tmp_path / "out").exists()
