@@ -41,16 +41,14 @@ def records_file(store: Path, n: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serving_support import ensure_trained_store, store_env
+    from serving_support import use_trained_store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", default="explain", help="comma-separated: explain, plain")
     args = ap.parse_args(argv)
-    store = ensure_trained_store(OUT)
-    os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "MLFLOW"))})
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    store = use_trained_store(OUT)
     from serving.batch import score_file
     from serving.loading import load_from_registry
 

@@ -62,11 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explain", action="store_true", help="score with SHAP explanations")
     args = ap.parse_args(argv)
 
-    from serving_support import ensure_trained_store, store_env
+    from serving_support import use_trained_store
 
-    store = ensure_trained_store(OUT)
-    os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "MLFLOW"))})
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    store = use_trained_store(OUT)
 
     from serving.batch import score_file
     from serving.batch_spark import read_parquet_records, score_on_spark, spark_session

@@ -70,6 +70,15 @@ def store_env(store: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def use_trained_store(base: Path) -> Path:
+    """Train (once) the store of ``ensure_trained_store(base)`` and point this process's
+    MLflow and service settings at it, as the benchmarks that load models in-process need."""
+    store = ensure_trained_store(base)
+    os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "BENTOML", "MLFLOW"))})
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return store
+
+
 def valid_flat_records(store: Path, n: int = 20) -> pd.DataFrame:
     """The first ``n`` flat records of the store's raw export (valid by construction)."""
     from features.records import tables_to_records
