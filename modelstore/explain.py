@@ -103,6 +103,9 @@ class Explanation:
     feature_values: pd.DataFrame
     method: str = ""
     model_logit: np.ndarray | None = None
+    #: The model's raw (uncalibrated) score eta(x) when the explainer computed it to check
+    #: its sum (float32 TreeSHAP), so a caller that also needs the risk curve reuses it.
+    score: np.ndarray | None = None
 
     def logit(self) -> np.ndarray:
         """Calibrated log-odds per record: base_value + sum of contributions."""
@@ -166,6 +169,7 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0,
         feature_values=X.copy(),
         method=method,
         model_logit=None if raw is None else slope * raw + intercept,
+        score=raw,
     )
 
 
