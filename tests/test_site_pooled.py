@@ -128,3 +128,98 @@ def test_few_events_never_refit_and_no_difference_keeps_the_recalibration(traini
     # Without the training export (iii) is not considered, and the note says why.
     d = _decide(training_site, same, with_pool=False)
     assert "training export not found" in d.note and "recalibration_refit_z" not in d.tags()
+
+
+# ---------------------------------------------------------------- through the CLI (trains)
+
+#: Site C where two adjacent-fracture effects differ from every published site: the
+#: thoracolumbar junction protects (OR 0.3 instead of 1.5) and low BMD weighs far more (2.5
+#: per 0.1 g/cm2 instead of 1.15). A recalibration cannot re-rank; a refit can.
+_CHANGED = {"thoracolumbar: {odds_ratio: 1.5,": "thoracolumbar: {odds_ratio: 0.3,",
+            "bmd_per_0.1_lower: {odds_ratio: 1.15,": "bmd_per_0.1_lower: {odds_ratio: 2.5,"}
+
+
+@pytest.fixture(scope="module")
+def pooled_store(tmp_path_factory):
+    """An adjacent-fracture champion (logistic, preop) trained on xiong2021-pvp, a large
+    export of the changed site C and a fresh cohort of it with its truth."""
+    from features.io import write_raw
+    from features.simulator import load_profile, simulate
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    base = tmp_path_factory.mktemp("pooled")
+    text = (load_profile.__globals__["resources"].files("features") / "profiles" / "site-c-older-frail-pkp.yaml").read_text()
+    for old, new in _CHANGED.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (base / "site-c-changed.yaml").write_text(text.replace("name: site-c-older-frail-pkp", "name: site-c-changed"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tables, _ = simulate(load_profile("xiong2021-pvp"), 3000, 3)
+        write_raw(tables, base / "train")
+        for name, n, seed in (("site", 6000, 6), ("fresh", 10000, 7)):
+            tables, truth = simulate(load_profile(base / "site-c-changed.yaml"), n, seed)
+            write_raw(tables, base / name)
+            truth.to_parquet(base / name / "truth.parquet")
+        cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=50,
+                          cv_folds=2, n_jobs=1, shap_rows=20, feature_set="preop", outcomes=("adjacent_fracture",),
+                          store_dir=base / "mlflow")
+        assert run(cfg)[0].alias == "champion"
+        yield base
+
+
+@pytest.mark.slow
+def test_recalibrate_refits_on_the_pooled_data_with_lineage_and_a_better_model(pooled_store, monkeypatch):
+    import mlflow
+    from typer.testing import CliRunner
+
+    from features.io import read_raw
+    from features.validate import validate_raw
+    from refracture.cli import _register, app
+    from training.site_eval import site_data
+
+    _register()
+    runner = CliRunner()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = pooled_store
+    store = ["--store", str(base / "mlflow")]
+    # The training export moved: (iii) is not considered, and the command says what to do.
+    (base / "train").rename(base / "train-moved")
+    try:
+        r = runner.invoke(app, ["recalibrate", "--raw", str(base / "site"), "--site", "c2", "--outcome",
+                                "adjacent_fracture", *store])
+        assert r.exit_code == 0, r.output
+        assert "not found; give it with --pooled-with" in " ".join(r.output.split()), r.output
+        r = runner.invoke(app, ["recalibrate", "--raw", str(base / "site"), "--site", "c2", "--outcome",
+                                "adjacent_fracture", "--pooled-with", str(base / "train-moved"), *store])
+    finally:
+        (base / "train-moved").rename(base / "train")
+    assert r.exit_code == 0, r.output
+    client = mlflow.MlflowClient()
+    name = "refracture-adjacent_fracture"
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    tags = challenger.tags
+    assert tags["recalibration_decision"] == "refit_pooled", tags.get("recalibration_note")
+    assert tags["recalibration_method"] == METHODS["refit_pooled"]
+    assert tags["parent_version"] == "1" and tags["site"] == "c2" and int(tags["local_n_procedures"]) == 6000
+    assert int(tags["local_n_events"]) >= MIN_EVENTS_REFIT
+    assert float(tags["recalibration_refit_p_vs_recalibrated"]) < 0.05
+    assert tags["pooled_data_matches_training"] == "true" and "pooled_data_fingerprint" in tags
+    assert str(client.get_registered_model(name).aliases["champion"]) == "1"  # promotion stays by hand
+    # The refit's own reference (pooled rows), stored beside it.
+    ref = mlflow.artifacts.load_dict(tags["drift_reference"])
+    assert ref["n_rows"] > 6000
+
+    # Fresh procedures of that site: the refit ranks far better than the champion and is calibrated.
+    champion = mlflow.pyfunc.load_model(f"models:/{name}/1").unwrap_python_model()
+    refit = mlflow.pyfunc.load_model(f"models:/{name}/{challenger.version}").unwrap_python_model()
+    fresh = site_data(validate_raw(read_raw(base / "fresh")))
+    ok, t, s = fresh.follow_up("adjacent_fracture")
+    h = horizon_days(24)
+    p_old = champion.predict_curve(fresh.records[ok])["p_24m"].to_numpy()
+    p_new = refit.predict_curve(fresh.records[ok])["p_24m"].to_numpy()
+    auc_old, auc_new = td_auroc(t, s, p_old, h), td_auroc(t, s, p_new, h)
+    assert auc_new > auc_old + 0.03, (auc_old, auc_new)
+    oe = observed_expected(t, s, p_new, h)
+    assert 0.85 < oe < 1.15, oe

@@ -32,11 +32,13 @@ MIN_SUBGROUP_EVENTS = 10
 class SiteData:
     """A site's records (index procedure_id, one row per treated level as serving sees
     them), the follow-up per outcome (``<o>_time_days``, ``<o>_status``: 0 censored, 1
-    event, 2 death first) and the subgroups (sex, age band, region, technique)."""
+    event, 2 death first), the subgroups (sex, age band, region, technique) and each
+    record's patient id (``patients``, aligned with ``records``; folds group by it)."""
 
     records: pd.DataFrame
     labels: pd.DataFrame
     subgroups: pd.DataFrame
+    patients: np.ndarray | None = None
 
     def follow_up(self, outcome: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row mask with a follow-up time, time in days, status) for ``outcome``."""
@@ -53,7 +55,9 @@ def site_data(tables: dict[str, pd.DataFrame]) -> SiteData:
     labels = build_labels(tables)
     labels.index = labels.index.astype(str)
     labels = labels.reindex(records.index)
-    return SiteData(records, labels, subgroup_frame(records).set_axis(records.index))
+    patients = tables["procedures"].set_index(tables["procedures"]["procedure_id"].astype(str))["patient_id"]
+    return SiteData(records, labels, subgroup_frame(records).set_axis(records.index),
+                    patients.reindex(records.index).astype(str).to_numpy())
 
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,
