@@ -27,7 +27,7 @@ information). The IPCW weights sum to about the number of procedures at each hor
 (they stand for the censored ones too), as in training.
 
 **Step 4, (iii)** (``with_refit``): considered only with at least ``MIN_EVENTS_REFIT``
-(200) local events by the headline horizon and the training export at hand (the version's
+(100) local events by the headline horizon and the training export at hand (the version's
 recorded ``raw_dir``, or ``--pooled-with``). (iii) and the closed test's choice are both
 fitted on ``REFIT_FOLDS`` - 1 folds of the site and scored on the held-out fold
 (``training.pooled``); (iii) is chosen when its held-out log score is better by a
@@ -53,7 +53,10 @@ from training.data import horizon_targets
 ALPHA = 0.05
 MIN_EVENTS_INTERCEPT = 20
 MIN_EVENTS_SLOPE = 100
-MIN_EVENTS_REFIT = 200
+#: (iii)'s calibration is an (ii) fit on the site, so it needs what (ii) needs; its score
+#: model draws on the pooled rows, and the held-out test guards against a refit that the
+#: site's events cannot show to be better.
+MIN_EVENTS_REFIT = MIN_EVENTS_SLOPE
 RULE = ("closed testing (Vergouwe 2017), alpha 0.05: LR (ii) vs none, then (ii) vs (i), then (i) vs none; "
         f"(i) needs >= {MIN_EVENTS_INTERCEPT} local events by the headline horizon, (ii) >= {MIN_EVENTS_SLOPE}; "
         f"then, with >= {MIN_EVENTS_REFIT} events and the training export, (iii) refit on pooled data (champion's "

@@ -66,7 +66,7 @@ def recalibrate(
 ) -> None:
     """Update every champion for a site by the documented rule (no update, (i) intercept,
     (ii) intercept and slope by closed testing; (iii) refit on the training export plus the
-    site when the site has >= 200 events and the refit is better on held-out site folds)
+    site when the site has >= 100 events and the refit is better on held-out site folds)
     and register the result as `challenger`; promote it with `refracture promote`."""
 
     tables = _load_valid(raw)
