@@ -22,14 +22,13 @@ import mlflow.artifacts
 import numpy as np
 import pandas as pd
 
-from features.drift import drift_table
+from features.drift import build_reference, drift_table
 from features.labels import OUTCOMES, horizon_days
 from modelstore.artifact import log_model
 from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
 from modelstore.model import RefractureModel, example_records
 from modelstore.tracking import get_or_create_experiment
 from training import registry
-from features.drift import build_reference
 from training.pooled import decide_with_pool
 from training.provenance import data_fingerprint
 from training.recalibrate import MIN_EVENTS_REFIT, Decision
@@ -255,7 +254,8 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
     new = RefractureModel(scorer, d.calibration, model.outcome, model.feature_set, model.horizon_months,
                           model.feature_names, {}, model.params,
                           {**model.info, "recalibrated_for_site": site_name, "parent_version": c.version,
-                           "recalibration_method": d.choice}, explanation_method=model.explanation_method)
+                           "recalibration_method": d.choice, **(pool_tags if d.choice == "refit_pooled" else {})},
+                          explanation_method=model.explanation_method)
     exp = get_or_create_experiment(RECALIBRATION_EXPERIMENT)
     with mlflow.start_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
