@@ -223,3 +223,16 @@ def test_recalibrate_refits_on_the_pooled_data_with_lineage_and_a_better_model(p
     assert auc_new > auc_old + 0.03, (auc_old, auc_new)
     oe = observed_expected(t, s, p_new, h)
     assert 0.85 < oe < 1.15, oe
+
+    # site-report of the challenger shows what the refit changed, on the same rows.
+    r = runner.invoke(app, ["site-report", "--raw", str(base / "fresh"), "--out", str(base / "report"), "--alias",
+                            "challenger", "--outcome", "adjacent_fracture", "--bootstrap", "20", *store])
+    assert r.exit_code == 0, r.output
+    metrics = pd.read_csv(base / "report" / "metrics.csv")
+    cohorts = set(metrics["cohort"])
+    assert any("parent v1" in c and not c.startswith("training") for c in cohorts), cohorts
+    assert any(c.startswith("training") and "of parent v1" in c for c in cohorts), cohorts
+    head = metrics[(metrics["horizon"] - horizon_days(24)).abs() < 1].set_index("cohort")["td_auroc"]
+    new = head[[c for c in head.index if f"(v{challenger.version})" in c]].iloc[0]
+    old = head[[c for c in head.index if "(parent v1)" in c]].iloc[0]
+    assert new > old + 0.03, head

@@ -125,7 +125,10 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
         train = _training_table(c)
         if train is not None:
             parts["metrics"].append(training_site_metrics(
-                train, cohort=f"training site {c.tags.get('simulator_profile', '')} (held-out test)".replace("  ", " "),
+                train, cohort=(f"training site {c.tags.get('simulator_profile', '')} (held-out test"
+                               # A pooled refit was not evaluated there: these are its parent's figures.
+                               + (f" of parent v{c.tags.get('parent_version')})"
+                                  if c.tags.get("recalibration_decision") == "refit_pooled" else ")")).replace("  ", " "),
                 outcome=c.outcome))
     frames = {k: pd.concat(v, ignore_index=True) for k, v in parts.items() if v}
     # Put the site's rows first: the report's summary describes the first cohort.
