@@ -171,15 +171,22 @@ def _risks(res: dict[str, Any]) -> list[tuple[float, float]]:
 def served_reference(models) -> dict[str, Any] | None:
     """The drift reference of the first served model whose version stores one (None if none).
 
-    Read from the version's training run in the registry. A Bento serves without the
-    registry by design, so its models (source ``bento:...``) are not asked: asking would
-    stall the start on the client's retries to an unreachable server, and a Bento exports
-    only the predicted-risk histograms and missing-input counters."""
+    A model that brought its reference along (``LoadedModel.drift_reference``: a Bento
+    carries ``drift_reference.json`` beside each model's files, written by
+    ``serving.loading.export_to_bentoml``) gives it without any registry call. Otherwise
+    it is read from the version's run in the registry, except for Bento models: a Bento
+    serves without the registry by design, and asking would stall the start on the client's
+    retries to an unreachable server (a Bento built before the reference was packed then
+    exports only the predicted-risk histograms and missing-input counters)."""
+    for m in models:
+        ref = getattr(m, "drift_reference", None)
+        if ref:
+            return ref
     for m in models:
         if not getattr(m, "run_id", None) or str(getattr(m, "source", "")).startswith("bento:"):
             continue
         try:
             return mlflow.artifacts.load_dict(f"runs:/{m.run_id}/{REFERENCE_ARTIFACT}")
-        except Exception:  # noqa: BLE001 - an older version or a Bento without the run: no input histograms
+        except Exception:  # noqa: BLE001 - an older version without a stored reference: no input histograms
             continue
     return None

@@ -27,7 +27,9 @@ from bentoml.exceptions import NotFound
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from features.drift import REFERENCE_FORMAT
 from features.labels import OUTCOMES
+from modelstore.drift_reference import REFERENCE_ARTIFACT, ReferenceMissing, load_reference
 from modelstore.naming import CHAMPION, model_name
 from modelstore.tracking import configure_tracking
 from serving.scoring import LoadedModel
@@ -158,16 +160,46 @@ def export_to_bentoml(pins: list[Pin], manifest_path: Path = BUNDLE_MANIFEST) ->
             with tempfile.TemporaryDirectory() as tmp:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{pin.name}/{pin.version}", dst_path=tmp)
                 name, version = tag.split(":")
+                reference = _version_reference(pin)
                 with bentoml.models.create(
                     f"{name}:{version}",
                     labels={"outcome": pin.outcome, "registry_version": pin.version},
-                    metadata={"registered_model": pin.name, "registry_version": pin.version, "run_id": pin.run_id or ""},
+                    metadata={"registered_model": pin.name, "registry_version": pin.version, "run_id": pin.run_id or "",
+                              "drift_reference": bool(reference)},
                 ) as bm:
                     shutil.copytree(local, Path(bm.path) / "mlflow_model", dirs_exist_ok=True)
+                    if reference:  # aggregates of >= 10 training rows, no record (features.drift)
+                        (Path(bm.path) / REFERENCE_ARTIFACT).write_text(json.dumps(reference), encoding="utf-8")
             logger.info("exported models:/%s/%s to BentoML model %s", pin.name, pin.version, tag)
         manifest[pin.outcome] = {"tag": tag, "name": pin.name, "version": pin.version, "run_id": pin.run_id}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _version_reference(pin: Pin) -> dict | None:
+    """The drift reference stored with a registry version (its ``drift_reference`` tag, else
+    its run's artifact), or None for a version registered before references existed."""
+    try:
+        mv = MlflowClient().get_model_version(pin.name, pin.version)
+        return load_reference(dict(mv.tags or {}), f"{pin.name} v{pin.version}")
+    except ReferenceMissing as exc:
+        logger.warning("%s: the Bento's /metrics will have no input histograms", exc)
+    except Exception as exc:  # noqa: BLE001 - the reference is for monitoring: it never blocks a build
+        logger.warning("%s v%s: drift reference not read (%s); the Bento's /metrics will have no input histograms",
+                       pin.name, pin.version, str(exc).splitlines()[0][:200])
+    return None
+
+
+def bento_reference(model_dir: Path) -> dict | None:
+    """The drift reference a Bento carries beside a model (None if built without one)."""
+    path = Path(model_dir) / REFERENCE_ARTIFACT
+    if not path.exists():
+        return None
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    if ref.get("format") != REFERENCE_FORMAT:
+        logger.warning("%s has format %r, expected %r: not used", path, ref.get("format"), REFERENCE_FORMAT)
+        return None
+    return ref
 
 
 def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
@@ -178,14 +210,15 @@ def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
     loaded = []
     for outcome in OUTCOMES:
         entry = manifest[outcome]
-        path = Path(bentoml.models.get(entry["tag"]).path) / "mlflow_model"
+        folder = Path(bentoml.models.get(entry["tag"]).path)
+        path = folder / "mlflow_model"
         try:
             model = load_model(str(path))
         except ModelFormatError as exc:
             raise ModelsUnavailable(f"cannot serve {entry['tag']}: {exc}") from exc
         _check_outcome(model, outcome, entry["tag"])
         loaded.append(LoadedModel(outcome, entry["name"], str(entry["version"]), model, entry.get("run_id"),
-                                  source=f"bento:{entry['tag']}"))
+                                  source=f"bento:{entry['tag']}", drift_reference=bento_reference(folder)))
     return loaded
 
 

@@ -36,6 +36,9 @@ class LoadedModel:
     model: Any  # modelstore.model.RefractureModel
     run_id: str | None = None
     source: str = "registry"
+    #: The version's drift reference when it came with the model (a Bento carries it beside
+    #: the model files); None: ask the registry (``serving.drift_metrics.served_reference``).
+    drift_reference: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ref(self) -> dict[str, Any]:

@@ -11,7 +11,9 @@ competing event: ``training.competing_risks``), the same estimator as training:
   the a_t is kept, so curves still never fall);
 - **(ii) intercept and slope**: every a_t and b refitted (K + 1 parameters, a_t kept
   non-decreasing and b > 0 by ``HorizonCalibration.fit``);
-- **(iii) refit the score model on the pooled data**: not done by this command (see below).
+- **(iii) refit on the pooled data**: the score model of the same family with the
+  champion's hyperparameters refitted on its training export plus the site's procedures,
+  with no site term, then calibrated on the site (``training.pooled``; many parameters).
 
 **Rule** (closed testing, alpha = 0.05): first (ii) against none (df K + 1); if not
 significant, no update. Else (ii) against (i) (df K); if significant, (ii), else (i)
@@ -24,15 +26,20 @@ K, which is conservative (as if the K labels of a procedure carried one label's
 information). The IPCW weights sum to about the number of procedures at each horizon
 (they stand for the censored ones too), as in training.
 
-(iii) needs the training export (the version's recorded ``raw_dir``) and at least
-``MIN_EVENTS_REFIT`` local events; this command reports whether it would be eligible and
-leaves the refit to ``refracture train`` on the pooled export (a full search, CV and
-model card), so a revised score model goes through the same selection as any other.
+**Step 4, (iii)** (``with_refit``): considered only with at least ``MIN_EVENTS_REFIT``
+(100) local events by the headline horizon and the training export at hand (the version's
+recorded ``raw_dir``, or ``--pooled-with``). (iii) and the closed test's choice are both
+fitted on ``REFIT_FOLDS`` - 1 folds of the site and scored on the held-out fold
+(``training.pooled``); (iii) is chosen when its held-out log score is better by a
+one-sided paired z-test over patients at alpha 0.05, else the closed test's choice
+stands. Held-out rather than in-sample likelihood: (iii) is not nested in (i)/(ii) and
+has far more parameters, which a likelihood ratio on the fitting data would reward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
@@ -46,26 +53,35 @@ from training.data import horizon_targets
 ALPHA = 0.05
 MIN_EVENTS_INTERCEPT = 20
 MIN_EVENTS_SLOPE = 100
-MIN_EVENTS_REFIT = 200
+#: (iii)'s calibration is an (ii) fit on the site, so it needs what (ii) needs; its score
+#: model draws on the pooled rows, and the held-out test guards against a refit that the
+#: site's events cannot show to be better.
+MIN_EVENTS_REFIT = MIN_EVENTS_SLOPE
 RULE = ("closed testing (Vergouwe 2017), alpha 0.05: LR (ii) vs none, then (ii) vs (i), then (i) vs none; "
         f"(i) needs >= {MIN_EVENTS_INTERCEPT} local events by the headline horizon, (ii) >= {MIN_EVENTS_SLOPE}; "
-        f"(iii) refit on pooled data is eligible from {MIN_EVENTS_REFIT} events with the training export and is "
-        "left to `refracture train` on the pooled export")
+        f"then, with >= {MIN_EVENTS_REFIT} events and the training export, (iii) refit on pooled data (champion's "
+        "family and hyperparameters, no site term, calibrated on the site) replaces that choice if its held-out "
+        "log score over site folds is better by a one-sided paired z-test over patients, p < 0.05")
+#: The tag ``recalibration_method`` per decision.
+METHODS = {"none": "none (champion kept)", "intercept": "(i) intercept only",
+           "intercept_slope": "(ii) intercept and slope", "refit_pooled": "(iii) refit on pooled data"}
 
 
 @dataclass
 class Decision:
     """The rule's choice and its evidence."""
 
-    choice: str                       # "none", "intercept", "intercept_slope"
+    choice: str                       # "none", "intercept", "intercept_slope", "refit_pooled"
     calibration: HorizonCalibration   # the (possibly unchanged) calibration
     n: int
     events: int                       # local events by the headline horizon
     stats: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    scorer: Any = None                # the refitted score model with "refit_pooled", else None
 
     def tags(self) -> dict[str, str]:
-        return {"recalibration_decision": self.choice, "recalibration_rule": RULE[:4000],
+        return {"recalibration_decision": self.choice, "recalibration_method": METHODS[self.choice],
+                "recalibration_rule": RULE[:4000],
                 "local_n_procedures": str(self.n), "local_n_events": str(self.events),
                 "recalibration_note": self.note[:4000],
                 **{f"recalibration_{k}": f"{v:.6g}" for k, v in self.stats.items()}}
@@ -87,6 +103,53 @@ def local_targets(time_days: np.ndarray, status: np.ndarray, horizons_months) ->
     return horizon_targets(time_days, status, horizons_months, G)
 
 
+def _best_shift(cal: HorizonCalibration, eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    res = minimize_scalar(lambda d: _nll(_shift(cal, d), eta, y, w), bounds=(-8, 8), method="bounded",
+                          options={"xatol": 1e-8})
+    return float(res.x)
+
+
+def update(choice: str, cal: HorizonCalibration, eta: np.ndarray, labels: np.ndarray,
+           w: np.ndarray) -> HorizonCalibration:
+    """The calibration of option ``choice`` ("none", "intercept", "intercept_slope") fitted
+    on scores ``eta`` with crude labels (n, K; NaN unknown) and IPCW weights ``w``."""
+    if choice == "none":
+        return cal
+    if choice == "intercept":
+        return _shift(cal, _best_shift(cal, eta, np.nan_to_num(labels), np.where(np.isfinite(labels), w, 0.0)))
+    if choice == "intercept_slope":
+        return HorizonCalibration.fit(eta, labels, w, cal.horizons_months)
+    raise ValueError(f"no calibration update called {choice!r}")
+
+
+def crossfit_logits(choice: str, cal: HorizonCalibration, eta: np.ndarray, time_days: np.ndarray,
+                    status: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``f(train_mask)``: calibrated log-odds (n, K) of every row with option ``choice``
+    fitted on the rows of ``train_mask`` (for held-out comparisons, ``training.pooled``)."""
+    labels, w = local_targets(time_days, status, cal.horizons_months)
+
+    def logits(train: np.ndarray) -> np.ndarray:
+        return update(choice, cal, eta[train], labels[train], w[train]).logit(eta)
+    return logits
+
+
+def with_refit(d: Decision, refit, alpha: float = ALPHA) -> Decision:
+    """Step 4 of the rule: (iii) (a ``training.pooled.RefitResult``) replaces the closed
+    test's choice ``d`` if its held-out log score is significantly better."""
+    st = {**d.stats, **refit.stats}
+    p = refit.p_value
+    if d.events < MIN_EVENTS_REFIT:  # callers should not have refitted; the rule still holds
+        return Decision(d.choice, d.calibration, d.n, d.events, st, d.note + f"; (iii) not considered: {d.events} "
+                        f"events < {MIN_EVENTS_REFIT}")
+    if p < alpha:
+        return Decision("refit_pooled", refit.calibration, d.n, d.events, st,
+                        f"{d.note}; (iii) vs {d.choice} on held-out site folds: z={refit.stats['refit_z']:.2f}, "
+                        f"p={p:.3g} < {alpha}: refit on pooled data", scorer=refit.scorer)
+    return Decision(d.choice, d.calibration, d.n, d.events, st,
+                    f"{d.note}; (iii) vs {d.choice} on held-out site folds: z={refit.stats['refit_z']:.2f}, "
+                    f"p={p:.3g} >= {alpha}: {d.choice} kept")
+
+
 def decide(cal: HorizonCalibration, eta: np.ndarray, time_days: np.ndarray, status: np.ndarray,
            headline_months: float, alpha: float = ALPHA) -> Decision:
     """Apply the rule (module docstring) to the scores ``eta`` of the site's procedures."""
@@ -97,9 +160,8 @@ def decide(cal: HorizonCalibration, eta: np.ndarray, time_days: np.ndarray, stat
     events = int(((status == 1) & (time_days <= horizon_days(headline_months))).sum())
     n = len(eta)
     nll0 = _nll(cal, eta, y, w)
-    res = minimize_scalar(lambda d: _nll(_shift(cal, d), eta, y, w), bounds=(-8, 8), method="bounded",
-                          options={"xatol": 1e-8})
-    cal_i = _shift(cal, float(res.x))
+    delta = _best_shift(cal, eta, y, w)
+    cal_i = _shift(cal, delta)
     nll_i = _nll(cal_i, eta, y, w)
     cal_ii = HorizonCalibration.fit(eta, labels, w, horizons)
     nll_ii = _nll(cal_ii, eta, y, w)
@@ -107,7 +169,7 @@ def decide(cal: HorizonCalibration, eta: np.ndarray, time_days: np.ndarray, stat
     lr_ii = max(2 * (nll0 - nll_ii) / K, 0.0)
     lr_ii_i = max(2 * (nll_i - nll_ii) / K, 0.0)
     p_ii_none, p_ii_i, p_i_none = stats.chi2.sf(lr_ii, K + 1), stats.chi2.sf(lr_ii_i, K), stats.chi2.sf(lr_i, 1)
-    st = {"delta": float(res.x), "slope_refit": cal_ii.slope, "slope_parent": cal.slope,
+    st = {"delta": delta, "slope_refit": cal_ii.slope, "slope_parent": cal.slope,
           "lr_ii_vs_none": lr_ii, "p_ii_vs_none": p_ii_none, "lr_ii_vs_i": lr_ii_i, "p_ii_vs_i": p_ii_i,
           "lr_i_vs_none": lr_i, "p_i_vs_none": p_i_none}
     if events < MIN_EVENTS_INTERCEPT:

@@ -16,13 +16,13 @@ from features.labels import OUTCOMES, build_labels, horizon_days
 from features.records import tables_to_records
 from modelstore.estimand import horizon_column
 from training.data import subgroup_frame
-from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit
+from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit, net_benefit_replicates
 
 #: Thresholds of the decision curves (predicted risk by the headline horizon): the range
 #: where follow-up or treatment decisions on a refracture risk sit.
 DECISION_THRESHOLDS = tuple(np.round(np.arange(0.02, 0.31, 0.02), 2))
-#: Resamples behind the decision curve's and the calibration deciles' CIs (each refits
-#: Aalen-Johansen per threshold or bin: the costly part of a 20k-procedure report).
+#: Resamples behind the decision curve's CIs (all at once per threshold,
+#: ``time_metrics.net_benefit_replicates``; the calibration deciles take min(n_boot, 100)).
 N_BOOT_CURVES = 40
 #: Fewest events by the headline horizon for a subgroup level's metrics (else left blank).
 MIN_SUBGROUP_EVENTS = 10
@@ -32,11 +32,13 @@ MIN_SUBGROUP_EVENTS = 10
 class SiteData:
     """A site's records (index procedure_id, one row per treated level as serving sees
     them), the follow-up per outcome (``<o>_time_days``, ``<o>_status``: 0 censored, 1
-    event, 2 death first) and the subgroups (sex, age band, region, technique)."""
+    event, 2 death first), the subgroups (sex, age band, region, technique) and each
+    record's patient id (``patients``, aligned with ``records``; folds group by it)."""
 
     records: pd.DataFrame
     labels: pd.DataFrame
     subgroups: pd.DataFrame
+    patients: np.ndarray | None = None
 
     def follow_up(self, outcome: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row mask with a follow-up time, time in days, status) for ``outcome``."""
@@ -53,7 +55,9 @@ def site_data(tables: dict[str, pd.DataFrame]) -> SiteData:
     labels = build_labels(tables)
     labels.index = labels.index.astype(str)
     labels = labels.reindex(records.index)
-    return SiteData(records, labels, subgroup_frame(records).set_axis(records.index))
+    patients = tables["procedures"].set_index(tables["procedures"]["procedure_id"].astype(str))["patient_id"]
+    return SiteData(records, labels, subgroup_frame(records).set_axis(records.index),
+                    patients.reindex(records.index).astype(str).to_numpy())
 
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,
@@ -76,13 +80,10 @@ def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndar
     hd = horizon_days(headline_months)
     p = risks[hd]
     decision = net_benefit(time_days, status, p, hd, DECISION_THRESHOLDS).assign(horizon=hd)
-    rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(min(n_boot, N_BOOT_CURVES)):
-        i = rng.integers(0, len(p), len(p))
-        reps.append(net_benefit(time_days[i], status[i], p[i], hd, DECISION_THRESHOLDS)["net_benefit"].to_numpy())
-    if reps:
-        decision["net_benefit_ci_low"], decision["net_benefit_ci_high"] = np.percentile(np.array(reps), [2.5, 97.5], axis=0)
+    b = min(n_boot, N_BOOT_CURVES)
+    if b:
+        reps = net_benefit_replicates(time_days, status, p, hd, DECISION_THRESHOLDS, b, seed)
+        decision["net_benefit_ci_low"], decision["net_benefit_ci_high"] = np.percentile(reps, [2.5, 97.5], axis=0)
     rows = []
     for col in groups.columns:
         values = groups[col].to_numpy()

@@ -19,16 +19,20 @@ from pathlib import Path
 
 import mlflow
 import mlflow.artifacts
+import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from features.drift import drift_table
-from features.labels import OUTCOMES
+from features.drift import build_reference, drift_table
+from features.labels import OUTCOMES, horizon_days
 from modelstore.artifact import log_model
 from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
 from modelstore.model import RefractureModel, example_records
 from modelstore.tracking import get_or_create_experiment
 from training import registry
-from training.recalibrate import MIN_EVENTS_REFIT, Decision, decide
+from training.pooled import decide_with_pool
+from training.provenance import data_fingerprint
+from training.recalibrate import MIN_EVENTS_REFIT, Decision
 from training.site_eval import SiteData, evaluate_outcome, training_site_metrics
 from training.site_report import render_site_report
 
@@ -93,7 +97,17 @@ class SiteResult:
 
 def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_boot: int = 200,
                       seed: int = 0) -> SiteResult:
-    """Score the site with every chosen version and build the report (nothing written)."""
+    """Score the site with every chosen version and build the report (nothing written).
+
+    BLAS runs on one thread here: the censoring-aware metrics make thousands of small
+    matrix-vector products (a bootstrap chunk or a single row at a time), where OpenBLAS's
+    thread hand-off costs far more than the product (1 x 12k: 1.1 ms threaded vs 3 us on
+    one thread, 2 busy cores); single-threaded, the 20k report's build takes half the CPU."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _build_site_report(site, chosen, site_name, n_boot, seed)
+
+
+def _build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_boot: int, seed: int) -> SiteResult:
     t0 = time.perf_counter()
     stages = {"score": 0.0, "evaluate": 0.0}
     parts: dict[str, list[pd.DataFrame]] = {"metrics": [], "calibration": [], "decision": [], "subgroups": []}
@@ -122,7 +136,10 @@ def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_bo
         train = _training_table(c)
         if train is not None:
             parts["metrics"].append(training_site_metrics(
-                train, cohort=f"training site {c.tags.get('simulator_profile', '')} (held-out test)".replace("  ", " "),
+                train, cohort=(f"training site {c.tags.get('simulator_profile', '')} (held-out test"
+                               # A pooled refit was not evaluated there: these are its parent's figures.
+                               + (f" of parent v{c.tags.get('parent_version')})"
+                                  if c.tags.get("recalibration_decision") == "refit_pooled" else ")")).replace("  ", " "),
                 outcome=c.outcome))
     frames = {k: pd.concat(v, ignore_index=True) for k, v in parts.items() if v}
     # Put the site's rows first: the report's summary describes the first cohort.
@@ -191,36 +208,81 @@ def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: Site
 
 # ---------------------------------------------------------------- recalibrate
 
-def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str) -> tuple[Decision, str | None]:
-    """Apply the rule to one champion; register a ``challenger`` unless it says 'none'.
-    Returns (decision, new version or None)."""
-    ok, t, s = site.follow_up(c.outcome)
-    model = c.model
-    eta = model.score_from_features(model.features(site.records[ok]))
-    d = decide(model.calibration, eta, t, s, model.horizon_months)
+def training_export(c: Chosen, pooled_with: Path | None) -> tuple[Path | None, str]:
+    """Where option (iii) finds the version's training export: ``pooled_with`` if given,
+    else the ``raw_dir`` parameter of the version's training run (its ``parent_run_id``).
+    Returns (folder or None, how it was found or why not)."""
+    if pooled_with is not None:
+        return Path(pooled_with), f"given with --pooled-with {pooled_with}"
+    if c.tags.get("site"):
+        return None, "this version is already a site update; give the training export with --pooled-with DIR"
     raw_dir = ""
-    if c.tags.get("parent_run_id") and not c.tags.get("site"):  # a trained version: its parent run knows the export
+    if c.tags.get("parent_run_id"):
         try:
             raw_dir = mlflow.MlflowClient().get_run(c.tags["parent_run_id"]).data.params.get("raw_dir", "")
         except Exception:  # noqa: BLE001 - a missing run only makes (iii) ineligible
             raw_dir = ""
-    pooled = raw_dir and Path(raw_dir).is_dir()
-    d.note += (f"; (iii) refit on pooled data: {'eligible' if d.events >= MIN_EVENTS_REFIT and pooled else 'not eligible'}"
-               f" ({d.events} events, training export {'found' if pooled else 'not recorded or not found'}); "
-               "not done here (use `refracture train` on the pooled export)")
+    if not raw_dir:
+        return None, "the version's training run records no export (raw_dir); give it with --pooled-with DIR"
+    if not Path(raw_dir).is_dir():
+        return None, f"the training export recorded on the version ({raw_dir}) is not found; give it with --pooled-with DIR"
+    return Path(raw_dir), f"recorded on the version's training run ({raw_dir})"
+
+
+def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: Path | None = None,
+                        load_pool=None, n_jobs: int = 2) -> tuple[Decision, str | None]:
+    """Apply the rule to one champion; register a ``challenger`` unless it says 'none'.
+    ``load_pool(folder) -> SiteData`` reads and validates the training export for option
+    (iii) (only called with enough local events). Returns (decision, new version or None)."""
+    ok, t, s = site.follow_up(c.outcome)
+    model = c.model
+    X_site = model.features(site.records[ok])
+    eta = model.score_from_features(X_site)
+    headline_events = int(((s == 1) & (t <= horizon_days(model.horizon_months))).sum())
+    pool, pool_note, pool_tags, pool_records = None, "", {}, None
+    if headline_events >= MIN_EVENTS_REFIT and load_pool is not None:
+        folder, pool_note = training_export(c, pooled_with)
+        if folder is not None:
+            fingerprint = data_fingerprint(folder)
+            same = fingerprint == c.tags.get("data_fingerprint")
+            pool_tags = {"pooled_data_dir": str(Path(folder).resolve())[:4000], "pooled_data_fingerprint": fingerprint,
+                         "pooled_data_matches_training": str(same).lower()}
+            if not same and pooled_with is None:
+                pool_note = (f"the training export at {folder} changed since training (fingerprint differs); give the "
+                             "original with --pooled-with DIR")
+            else:
+                if not same:
+                    pool_note += " (NOT the version's training data by its fingerprint: used as given)"
+                data = load_pool(Path(folder))
+                pok, pt, ps = data.follow_up(c.outcome)
+                pool_records = data.records[pok]
+                pool = (model.features(pool_records), pt, ps)
+    groups = site.patients[ok] if site.patients is not None else np.asarray(site.records.index[ok])
+    d = decide_with_pool(model.model_type, model.params, model.outcome, model.calibration, eta, X_site, t, s,
+                         groups, model.horizon_months, pool, pool_note, n_jobs=n_jobs)
+    if pool is not None:
+        d.note += f"; training export {pool_note}"
     if d.choice == "none":
         return d, None
-    new = RefractureModel(model.scorer, d.calibration, model.outcome, model.feature_set, model.horizon_months,
+    scorer = d.scorer if d.choice == "refit_pooled" else model.scorer
+    new = RefractureModel(scorer, d.calibration, model.outcome, model.feature_set, model.horizon_months,
                           model.feature_names, {}, model.params,
-                          {**model.info, "recalibrated_for_site": site_name, "parent_version": c.version})
+                          {**model.info, "recalibrated_for_site": site_name, "parent_version": c.version,
+                           "recalibration_method": d.choice, **(pool_tags if d.choice == "refit_pooled" else {})},
+                          explanation_method=model.explanation_method)
     exp = get_or_create_experiment(RECALIBRATION_EXPERIMENT)
     with mlflow.start_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
                 "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
-                "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", "")}
-        # The same training population: the parent's reference, stored in this run too so
-        # serving finds it beside the model.
-        tags[REFERENCE_TAG] = log_reference(load_reference(c.tags, f"{c.outcome} v{c.version}"), run.info.run_id)
+                "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", ""),
+                **(pool_tags if d.choice == "refit_pooled" else {})}
+        if d.choice == "refit_pooled":
+            # A new score model fitted on the pooled rows: its reference is theirs.
+            reference = build_reference(pd.concat([pool_records, site.records[ok]], ignore_index=True))
+        else:  # the same score model and training population: the parent's reference
+            reference = load_reference(c.tags, f"{c.outcome} v{c.version}")
+        # Stored in this run too so serving finds it beside the model.
+        tags[REFERENCE_TAG] = log_reference(reference, run.info.run_id)
         mlflow.set_tags(tags)
         mlflow.log_dict({"parent": c.model.calibration.to_dict(), "recalibrated": d.calibration.to_dict()},
                         "calibration.json")

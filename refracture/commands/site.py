@@ -59,15 +59,30 @@ def recalibrate(
     raw: Annotated[Path, typer.Option("--raw", help="The site's labelled raw export.")],
     site: Annotated[str, typer.Option("--site", help="Site name recorded in the new versions' lineage tags.")],
     outcome: Annotated[str, typer.Option("--outcome", help="One outcome or all.")] = "all",
+    pooled_with: Annotated[Path | None, typer.Option(
+        "--pooled-with", help="The champions' training export, for option (iii) (refit on the pooled data), when the "
+        "folder recorded at training time has moved; by default the recorded folder is used.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
-    """Update every champion for a site by the closed-testing rule (no update, intercept,
-    intercept and slope) and register the result as `challenger`; promote it with
-    `refracture promote`."""
+    """Update every champion for a site by the documented rule (no update, (i) intercept,
+    (ii) intercept and slope by closed testing; (iii) refit on the training export plus the
+    site when the site has >= 100 events and the refit is better on held-out site folds)
+    and register the result as `challenger`; promote it with `refracture promote`."""
 
     tables = _load_valid(raw)
+    if pooled_with is not None and not Path(pooled_with).is_dir():
+        raise typer.BadParameter(f"{pooled_with} is not a folder", param_hint="--pooled-with")
     _tracking_or_exit(store)
     data = site_data(tables)
+    pools: dict[Path, object] = {}
+
+    def load_pool(folder: Path):
+        # Read once for every outcome; a bad export gets validate's own errors.
+        key = Path(folder).resolve()
+        if key not in pools:
+            console.print(f"option (iii): reading the training export {folder}")
+            pools[key] = site_data(_load_valid(folder))
+        return pools[key]
     with _exit_if_tracking_lost("recalibrating"):
         try:
             chosen = choose_versions(CHAMPION, None, _outcomes(outcome))
@@ -75,7 +90,7 @@ def recalibrate(
             console.print(f"[red]error[/red]: {exc}")
             raise typer.Exit(code=1) from None
         for c in chosen:
-            d, new = recalibrate_outcome(data, c, site)
+            d, new = recalibrate_outcome(data, c, site, pooled_with, load_pool)
             what = f"registered v{new} as challenger" if new else "no new version"
             console.print(f"{c.outcome} v{c.version}: [bold]{d.choice}[/bold] ({d.n} procedures, {d.events} events; "
                           f"{d.note}); {what}")

@@ -258,7 +258,10 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
     with Server(run_env, bento="refracture-risk:latest", cwd=tmp_path, log=tmp_path / "bento.log") as bento:
         info = httpx.get(f"{bento.url}/model", timeout=30).json()
         answer = httpx.post(f"{bento.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
+        metrics = httpx.get(f"{bento.url}/metrics", timeout=30).text
     assert all(o["source"].startswith("bento:") for o in info["outcomes"].values())
+    # The Bento carries each model's drift reference: reference-aware input metrics, no registry.
+    assert 'refracture_input_reference_share{input="hu_index_preop"' in metrics
     assert not no_registry.exists()
     reference = httpx.post(f"{server.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
     for o in ("cemented_refracture", "remote_fracture"):  # adjacent may have been re-pinned by the restart test

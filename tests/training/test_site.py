@@ -19,7 +19,7 @@ from modelstore.calibration import HorizonCalibration
 from refracture.cli import _register, app
 from training.data import horizon_targets
 from training.competing_risks import censoring_survival
-from training.recalibrate import MIN_EVENTS_INTERCEPT, decide
+from training.recalibrate import MIN_EVENTS_INTERCEPT, MIN_EVENTS_REFIT, decide
 from training.time_metrics import calibration_slope_intercept, observed_expected
 
 runner = CliRunner()
@@ -159,8 +159,14 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
     for mv in new:
         tags = mv.tags
         assert str(tags["parent_version"]) == "1" and int(tags["local_n_procedures"]) == 3000
-        assert int(tags["local_n_events"]) > 0 and tags["recalibration_decision"] in ("intercept", "intercept_slope")
+        assert int(tags["local_n_events"]) > 0
+        assert tags["recalibration_decision"] in ("intercept", "intercept_slope", "refit_pooled")
+        assert tags["recalibration_method"].startswith(("(i)", "(ii)", "(iii)"))
         assert "recalibration_p_ii_vs_none" in tags and tags["drift_reference"].startswith("runs:/")
+        if int(tags["local_n_events"]) >= MIN_EVENTS_REFIT:  # (iii) was fitted and tested against the closed test's choice
+            assert "recalibration_refit_p_vs_recalibrated" in tags, tags["recalibration_note"]
+        else:
+            assert "(iii) not considered" in tags["recalibration_note"]
         assert str(client.get_registered_model(mv.name).aliases["challenger"]) == str(mv.version)
         assert str(client.get_registered_model(mv.name).aliases["champion"]) == "1"  # promotion stays by hand
         model = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}").unwrap_python_model()

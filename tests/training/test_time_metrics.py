@@ -14,7 +14,9 @@ from training.time_metrics import (
     calibration_slope_intercept,
     calibration_table,
     evaluate_at_horizons,
+    _resample_counts,
     net_benefit,
+    net_benefit_replicates,
     observed_expected,
     td_auroc,
 )
@@ -127,6 +129,20 @@ def test_bootstrap_weights_match_ipcw_on_the_expanded_resample():
         rows = np.repeat(np.arange(len(t)), W[b].astype(int))
         expanded = np.bincount(rows, weights=ipcw_weights(t[rows], s[rows], 365.0), minlength=len(t))
         np.testing.assert_allclose(got[b], expanded, rtol=1e-12)
+
+
+def test_net_benefit_replicates_equal_net_benefit_on_the_expanded_resamples():
+    t, s, truth, _ = simulate(1500, seed=8)  # whole days: tied times, as in the data
+    risk = np.clip(truth(365.0) * np.random.default_rng(9).lognormal(0, 0.3, len(t)), 0, 0.9)
+    thresholds = (0.02, 0.05, 0.1, 0.2, 0.99)
+    got = net_benefit_replicates(t, s, risk, 365.0, thresholds, n_boot=4, seed=3)
+    W = _resample_counts(np.random.default_rng(3), len(t), 4)
+    assert got.shape == (4, 5) and np.all(got[:, -1] == 0)  # nobody above 99 %: 0, as net_benefit
+    for b in range(4):
+        rows = np.repeat(np.arange(len(t)), W[b].astype(int))
+        expected = net_benefit(t[rows], s[rows], risk[rows], 365.0, thresholds)["net_benefit"].to_numpy()
+        np.testing.assert_allclose(got[b], expected, rtol=1e-9, atol=1e-12)
+    assert np.ptp(got[:, 1]) > 0  # the replicates differ
 
 
 def test_observed_risk_is_aalen_johansen_with_ties():
