@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from serving_support import API_KEY, OUTCOMES, ensure_trained_store, to_json_records, valid_flat_records
+from serving_support import (API_KEY, OUTCOMES, Server, ensure_trained_store, store_env, to_json_records,
+                             valid_flat_records)
 
 from features.labels import DAYS_PER_MONTH, DEATH_TARGET, TARGETS, horizon_days
 from modelstore.calibration import HorizonCalibration
@@ -161,6 +162,7 @@ def store_without_death(store, tmp_path_factory):
     MlflowClient().delete_registered_model_alias("refracture-death", "champion")
     if saved is not None:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+    configure_tracking(store / "mlflow")  # leave this process pointing at the shared store
     return copy
 
 
@@ -224,15 +226,19 @@ def test_service_fills_the_death_context_from_the_champion(store):
         assert "context" in info["example_response"]["predictions"][0]
 
 
-def test_service_without_a_death_model_serves_the_outcomes_and_no_context(store_without_death):
+def test_service_without_a_death_model_serves_the_outcomes_and_no_context(store_without_death, tmp_path):
+    """The real ``refracture serve`` (a second in-process service would clash on metrics)."""
+    import httpx
+
     flat = valid_flat_records(store_without_death, 3)
-    with _client(store_without_death) as client:
-        assert client.get("/readyz").status_code == 200
-        r = client.post("/predict", content=json.dumps(to_json_records(flat)), headers=AUTH)
+    env = store_env(store_without_death, REFRACTURE_API_KEY=API_KEY, REFRACTURE_AUDIT_SALT="test-salt")
+    with Server(env, log=tmp_path / "server.log") as server:
+        r = httpx.post(f"{server.url}/predict", content=json.dumps(to_json_records(flat)), headers=AUTH, timeout=30)
         assert r.status_code == 200, r.text
         for item in r.json()["predictions"]:
             assert "context" not in item and set(item["outcomes"]) == set(OUTCOMES)
-        assert client.get("/model").json()["context"] == {}
+        assert httpx.get(f"{server.url}/model", timeout=10).json()["context"] == {}
+        assert "serving without the death context" in server.log_text()
 
 
 def test_batch_output_has_the_death_column_only_with_a_death_model(store, store_without_death):
@@ -241,17 +247,18 @@ def test_batch_output_has_the_death_column_only_with_a_death_model(store, store_
     from serving.scoring import ServedModels
 
     flat = valid_flat_records(store, 15)
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    keys = ("MLFLOW_TRACKING_URI", "REFRACTURE_MLFLOW_DIR")
+    saved = {k: os.environ.pop(k, None) for k in keys}
     try:
-        from modelstore.tracking import configure_tracking
-
-        configure_tracking(store / "mlflow")
+        os.environ["REFRACTURE_MLFLOW_DIR"] = str(store / "mlflow")
         models = load_from_registry()
-        configure_tracking(store_without_death / "mlflow")
+        os.environ["REFRACTURE_MLFLOW_DIR"] = str(store_without_death / "mlflow")
         without = load_from_registry()
     finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
     assert [m.outcome for m in models] == [*OUTCOMES, DEATH_TARGET] and [m.outcome for m in without] == list(OUTCOMES)
     scored, errors = check_and_score(models, flat)
     assert errors == []
