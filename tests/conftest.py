@@ -36,6 +36,7 @@ SLOW_MODULES = frozenset({
     "test_evidence_incidence", "test_evidence_odds_ratios", "test_evidence_table1",  # 180k-procedure cohorts
     "test_serving_service",  # trains a champion per outcome, then serves them in-process
     "test_serving_e2e", "test_ui_browser", "test_packaging", "test_training_cli",
+    "test_death_model",  # trains the death model on 3,000 procedures, scores a fresh 10,000
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
