@@ -173,7 +173,7 @@ def models(
 
 
 def promote(
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture or remote_fracture.")],
+    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or death.")],
     version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
     alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",
