@@ -40,11 +40,11 @@ from modelstore.model import ModelFormatError
 logger = logging.getLogger(__name__)
 
 ENV_MODEL_SOURCE = "REFRACTURE_MODEL_SOURCE"
+#: Optional models: served when registered, else left out (the answers then carry no context).
+OPTIONAL_TARGETS = (DEATH_TARGET,)
 #: What the service serves: every model must predict its target's estimand
 #: (``modelstore.estimand.estimand_of``) at these horizons (its headline among them), or the
 #: start is refused (the page and API show curves).
-#: Optional models: served when registered, else left out (the answers then carry no context).
-OPTIONAL_TARGETS = (DEATH_TARGET,)
 SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
 SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
 BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
