@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 OUT = ROOT / "bench" / "out"
 KEY = "bench-key-0123456789abcdef"
 CONCURRENCY = (1, 8, 32)

@@ -2,7 +2,7 @@
 records, Spark ``local[1]`` and ``local[2]``, and how it grows from 1 to 2 cores.
 
 1. Champions: the bench store's (``bench/out/serving-store``, XGBoost for every outcome,
-   trained by ``tests/serving_support.ensure_trained_store`` on first use; reused).
+   trained by ``tests/support/serving_support.ensure_trained_store`` on first use; reused).
 2. Input: the flat records of a simulated 100k-procedure export, repeated with new
    procedure ids up to ``--n`` records, written as a folder of 8 Parquet files (what a
    registry extract on a data lake looks like).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 OUT = ROOT / "bench" / "out"
 
 

@@ -90,6 +90,15 @@ def missing_mask(raw: np.ndarray) -> np.ndarray:
     return np.fromiter((_is_missing(v) for v in raw), dtype=bool, count=len(raw))
 
 
+def typed_missing(values: np.ndarray) -> np.ndarray:
+    """True where a *typed* column (``coerce_array``'s values) has no value: NaN, NaT, or
+    None in a text column (``coerce_array`` writes None for every missing text cell).
+    Vectorised for every kind: batch scoring calls it on every field of every chunk."""
+    if values.dtype == object:
+        return np.equal(values, None)
+    return missing_mask(values)
+
+
 def _as_number(v: object) -> float | None:
     """A cell as a float, or None if it is not a number."""
     if isinstance(v, (bool, np.bool_)):

@@ -9,7 +9,7 @@ which values are refused and in which words. Two callers, one rule set:
   which names it by JSON path.
 
 So the service and ``refracture validate`` refuse exactly the same values by construction
-(``tests/test_contract.py`` checks it over generated values). The service's request models
+(``tests/features/test_contract.py`` checks it over generated values). The service's request models
 (``serving.schemas``) document the same bounds, taken from here and from the schema.
 
 Two kinds of rules:
@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from features.coerce import DATE_MAX, DATE_MIN, missing_mask, unreadable_text
+from features.coerce import DATE_MAX, DATE_MIN, typed_missing, unreadable_text
 from features.schema import ColumnSpec
 
 #: Longest text accepted in any text field (ids, categories): longer text is not a key
@@ -89,7 +89,7 @@ def allowed_text(spec: ColumnSpec) -> str:
 
 def _absent(values: np.ndarray) -> np.ndarray:
     """True where a typed column (``features.coerce.coerce_array`` output) has no value."""
-    return missing_mask(values)
+    return typed_missing(values)
 
 
 def column_problems(raw: np.ndarray | pd.Series, values: np.ndarray, unreadable: np.ndarray, spec: ColumnSpec,
@@ -126,7 +126,10 @@ def column_problems(raw: np.ndarray | pd.Series, values: np.ndarray, unreadable:
             problems.append((int(i), f"{v:g} {spec.unit} is outside the allowed range {allowed_text(spec)}"
                                      .replace("  ", " ") + (f" ({hint})" if hint else "")))
     elif spec.kind in ("id", "str", "category"):
-        long = np.fromiter((v is not None and len(v) > MAX_TEXT_CHARS for v in values), dtype=bool, count=len(values))
+        # The longest text first (one C-level pass): the per-cell search runs only if too long.
+        longest = max(map(len, values[present]), default=0)
+        long = (np.fromiter((v is not None and len(v) > MAX_TEXT_CHARS for v in values), dtype=bool, count=len(values))
+                if longest > MAX_TEXT_CHARS else np.zeros(len(values), dtype=bool))
         problems.extend((int(i), f"text longer than {MAX_TEXT_CHARS} characters") for i in np.flatnonzero(long))
     elif spec.kind == "date":
         latest = latest_date().to_datetime64()

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.coerce import coerce_array, missing_mask
+from features.coerce import coerce_array, typed_missing
 from features.contract import allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
 from features.wide import table_columns, wide_frame
@@ -215,7 +215,7 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
 
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per field, which records have no value (from ``InspectedRecords.typed``)."""
-    return {name: missing_mask(values) for name, values in typed.items()}
+    return {name: typed_missing(values) for name, values in typed.items()}
 
 
 def _err(i: int, f: RecordField, message: str) -> dict[str, Any]:

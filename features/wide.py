@@ -39,7 +39,10 @@ def wide_frame(columns: Mapping[str, np.ndarray], procedure_ids: list[str]) -> p
     """The wide frame from typed columns (``features.coerce.coerce_array`` output: numbers
     float64, dates datetime64[ns], text object with None), indexed by ``procedure_id``."""
     index = pd.Index(procedure_ids, dtype=object, name="procedure_id")
-    return pd.DataFrame(dict(columns), index=index)
+    # Text stays an object column (None = missing), as typed: letting pandas infer its
+    # string type copies every text cell into Arrow and the feature functions back out.
+    return pd.DataFrame({name: pd.Series(values, index=index, dtype=object, copy=False) if values.dtype == object
+                         else values for name, values in columns.items()}, index=index)
 
 
 def table_columns(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, np.ndarray], list[str]]:

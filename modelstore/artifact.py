@@ -9,11 +9,14 @@ logged before this format (a cloudpickled class) or by other code.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
+from packaging.requirements import InvalidRequirement, Requirement
 from mlflow.models import Model
 from mlflow.models.model import MODEL_CODE_PATH
 
@@ -57,7 +60,42 @@ def check_format(model_uri: str) -> None:
             "`refracture train`, then promote the new version.")
 
 
+def requirement_mismatches(requirements: list[str]) -> list[str]:
+    """The model's pip requirements this environment does not satisfy, in words.
+
+    What MLflow's own check at ``pyfunc.load_model`` says, for the exact pins
+    ``pip_requirements`` writes, without its scan of every installed package's files
+    (1.3 s of a 1.6 s three-model load; ``bench/README.md``, issue 14)."""
+    out = []
+    for line in requirements:
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            out.append(f"{req} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            out.append(f"{req} (installed: {installed})")
+    return out
+
+
 def load_model(model_uri: str) -> RefractureModel:
-    """Load a logged or registered model (``models:/name/version``, ``runs:/...`` or a path)."""
-    check_format(model_uri)
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    """Load a logged or registered model (``models:/name/version``, ``runs:/...`` or a path).
+
+    Downloaded once; a version whose pinned requirements this environment does not meet
+    loads with a warning naming them (as MLflow's own check would)."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    check_format(str(local))
+    requirements = local / "requirements.txt"
+    if requirements.exists():
+        mismatched = requirement_mismatches(requirements.read_text(encoding="utf-8").splitlines())
+        if mismatched:
+            warnings.warn(f"{model_uri} was logged with requirements this environment does not meet: "
+                          f"{', '.join(mismatched)}; its predictions may differ.", stacklevel=2)
+    return mlflow.pyfunc.load_model(str(local), suppress_warnings=True).unwrap_python_model()

@@ -24,14 +24,16 @@ How the raw (uncalibrated) log-odds are decomposed, per model type:
     pred_contribs=True)``, multi-threaded, float32). Each contribution is the change of
     the *conditional* expectation ``E[f(X) | X_S = x_S]`` as the feature joins, the
     conditional distribution estimated by the training cover of each tree branch. Its
-    float32 sums are within ~1e-6 of the exact float64 log-odds (``raw_logit``); every
-    call checks the sum against the exact log-odds and, if any record is off by more
+    float32 sums are within ~1e-6 of the model's log-odds (``raw_logit``: 25-tree float32
+    blocks added in float64, within ~5e-7 of the float64 leaf sum); every
+    call checks the sum against those log-odds and, if any record is off by more
     than ``ADDITIVITY_TOLERANCE`` (1e-5 in calibrated log-odds, below any clinical
     meaning), recomputes with interventional TreeSHAP and says so in ``method``.
   * ``interventional``: ``shap.TreeExplainer(feature_perturbation="interventional")``
     against a fixed background sample of training rows stored with the model: the
     change of the *marginal* expectation ``E_background[f(x_S, X_rest)]``, features set
-    independently of the others. Float64, exact up to ~1e-8, ~30x slower.
+    independently of the others. Float64, exact up to ~1e-8 against the float64 leaf
+    sum (``raw_logit_exact``), so within ~5e-7 of the served log-odds; ~30x slower.
 
   The two differ when features are correlated: path-dependent credit follows the
   correlations the trees learned (a feature the trees split on can receive part of the
@@ -103,6 +105,9 @@ class Explanation:
     feature_values: pd.DataFrame
     method: str = ""
     model_logit: np.ndarray | None = None
+    #: The model's raw (uncalibrated) score eta(x) when the explainer computed it to check
+    #: its sum (float32 TreeSHAP), so a caller that also needs the risk curve reuses it.
+    score: np.ndarray | None = None
 
     def logit(self) -> np.ndarray:
         """Calibrated log-odds per record: base_value + sum of contributions."""
@@ -166,6 +171,7 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0,
         feature_values=X.copy(),
         method=method,
         model_logit=None if raw is None else slope * raw + intercept,
+        score=raw,
     )
 
 

@@ -6,7 +6,7 @@ field names (``features.records``) of which at least one is needed. A feature th
 out missing is reported through the groups whose fields are all missing. The mapping
 follows the feature functions in ``features/`` (e.g. the compression rate needs the
 fractured height and the height of at least one neighbour;
-``tests/test_training_model.py`` checks it against the pipelines).
+``tests/modelstore/test_model.py`` checks it against the pipelines).
 """
 
 from __future__ import annotations

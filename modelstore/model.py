@@ -29,7 +29,6 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import skops.io as sio
 import xgboost as xgb
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -130,8 +129,13 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
 
     def curve_from_features(self, X: pd.DataFrame) -> pd.DataFrame:
         """Cumulative incidence at every horizon (columns ``p_<m>m``), index of ``X``."""
-        p = expit(self.calibration.logit(self.score_from_features(X)))
-        return pd.DataFrame(p, columns=self.columns, index=X.index)
+        return self.curve_from_score(self.score_from_features(X), X.index)
+
+    def curve_from_score(self, score: np.ndarray, index: pd.Index | None = None) -> pd.DataFrame:
+        """As ``curve_from_features`` from the score eta(x) already computed
+        (``score_from_features``, or ``Explanation.score``)."""
+        p = expit(self.calibration.logit(np.asarray(score, dtype="float64")))
+        return pd.DataFrame(p, columns=self.columns, index=index)
 
     def predict_proba(self, records: pd.DataFrame, horizon_months: float | None = None) -> np.ndarray:
         """Calibrated P(outcome within ``horizon_months``, death competing) per flat raw record."""
@@ -198,11 +202,12 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
             s.booster_.save_model(str(folder / "booster.json"))
             np.save(folder / "background.npy", s.background_, allow_pickle=False)
         elif isinstance(s, LinearScorer):
+            sio = _skops()
             sio.dump(s.encoding_, folder / "encoding.skops")
             np.savez(folder / "linear.npz", coef=s.coef_, intercept=np.array([s.intercept_]),
                      background_mean=s.background_mean_)
         elif isinstance(s, ForestScorer):
-            sio.dump(s.forest_, folder / "forest.skops")
+            _skops().dump(s.forest_, folder / "forest.skops")
         else:
             raise TypeError(f"cannot store a scorer of type {type(s).__name__}")
         (folder / "model.json").write_text(json.dumps(self.describe(), indent=1), encoding="utf-8")
@@ -242,8 +247,18 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
+def _skops():
+    """``skops.io``, imported when a scikit-learn part is stored or loaded: importing it
+    imports every scikit-learn module to list its trusted types (~1.2 s), which a process
+    serving XGBoost versions (the common case) never needs."""
+    import skops.io
+
+    return skops.io
+
+
 def _trusted_load(path: Path):
     """skops load allowing only types from ``TRUSTED_MODULES``; anything else is refused."""
+    sio = _skops()
     untrusted = sio.get_untrusted_types(file=path)
     foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULES)]
     if foreign:

@@ -17,7 +17,7 @@ The PostgreSQL binaries are taken from ``PATH`` or Debian's ``/usr/lib/postgresq
 when missing, ``scripts/ensure-postgres.sh`` installs Debian's ``postgresql`` package.
 PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user.
 
-Tests import ``TrackingStack`` from this file (tests/tracking_support.py), so they start
+Tests import ``TrackingStack`` from this file (tests/support/tracking_support.py), so they start
 exactly what the script starts.
 """
 

@@ -114,11 +114,13 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
     out["horizon_months"] = float(scorer.models[0].model.horizon_months)
     for m in scorer.models:
         X = feats[m.outcome]
-        curve = m.model.curve_from_features(X)
-        # The headline column of the curve (exact float64): with ``--explain`` the
-        # contributions add up to its log-odds within 1e-5 (``modelstore.explain``).
-        p = curve[horizon_column(m.model.horizon_months)].to_numpy()
         expl = m.model.explain_features(X) if explain else None
+        # With ``--explain`` the contributions add up to the log-odds of the curve's headline
+        # column within 1e-5 (``modelstore.explain``); the curve reuses the score the
+        # explainer computed for that check rather than routing the rows through the trees again.
+        score = expl.score if expl is not None and expl.score is not None else m.model.score_from_features(X)
+        curve = m.model.curve_from_score(score, X.index)
+        p = curve[horizon_column(m.model.horizon_months)].to_numpy()
         out[f"{m.outcome}_probability"] = p
         for col in curve.columns:
             out[f"{m.outcome}_{col}"] = curve[col].to_numpy()

@@ -14,7 +14,7 @@ Two layers check a record, and they never disagree on the same question:
    are documented in their JSON schema from the same constants, and
 2. ``features.records.check_records`` enforces them with ``features.contract``, the
    checker ``refracture validate`` runs on tables, so the service refuses exactly what
-   ``refracture validate`` refuses (``tests/test_contract.py``).
+   ``refracture validate`` refuses (``tests/features/test_contract.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,21 @@
+"""What every test shares: the support modules on the import path, the hand-written raw
+export as fixtures, and the test tiers.
+
+The test folders mirror the packages (tests/serving/ holds the tests of serving/, ...),
+so none of them may ever be importable as a top-level name: pytest runs in importlib mode
+(pyproject.toml) and there is no ``__init__.py`` under tests/, so a test module is imported
+under its path (``tests.serving.test_service``) and never puts its folder on sys.path.
+The shared helpers live in tests/support/, the only test folder on sys.path; none of them
+is named like a package (tests/system/test_layout.py checks all of this).
+"""
+
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "support"))
 
 from fixtures import raw_tables  # noqa: E402
 
@@ -31,12 +43,16 @@ def raw_dir(tmp_path, raw):
 # cohorts. Decided here, in one place, from what a test needs, so a new test in these
 # modules or on these cohorts lands in the right tier without anyone remembering the marker.
 
-#: Modules whose every test is slow (a trained store, a served model, a browser, a build).
+#: Modules (path under tests/) whose every test is slow (a trained store, a served model,
+#: a browser, a build).
 SLOW_MODULES = frozenset({
-    "test_evidence_incidence", "test_evidence_odds_ratios", "test_evidence_table1",  # 180k-procedure cohorts
-    "test_serving_service",  # trains a champion per outcome, then serves them in-process
-    "test_serving_e2e", "test_ui_browser", "test_packaging", "test_training_cli",
-    "test_death_model",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "features/simulator/test_evidence_incidence.py",  # 180k-procedure cohorts
+    "features/simulator/test_evidence_odds_ratios.py",
+    "features/simulator/test_evidence_table1.py",
+    "serving/test_service.py",  # trains a champion per outcome, then serves them in-process
+    "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
+    "refracture/test_training_cli.py",
+    "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
@@ -57,5 +73,5 @@ def _needs(item) -> set[str]:
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or _needs(item) & SLOW_NEEDS:
+        if item.path.resolve().relative_to(TESTS).as_posix() in SLOW_MODULES or _needs(item) & SLOW_NEEDS:
             item.add_marker(pytest.mark.slow)

@@ -16,7 +16,7 @@ profile YAML, and randomness comes only from ``numpy.random.default_rng(seed)`` 
 Censoring. Follow-up ends before the data cut only by loss (6-15 % of patients) or
 death (Gompertz, age- and sex-dependent); neither depends on the fractures, so the
 Aalen-Johansen estimate from the labels equals the mean truth
-(``tests/test_evidence_truth.py``). Binary labels at 24 months that drop early-censored
+(``tests/features/simulator/test_evidence_truth.py``). Binary labels at 24 months that drop early-censored
 event-free patients are biased upwards; use the censoring-aware estimators of
 ``training.competing_risks``. The effects, their sources and every assumption are listed
 in ``docs/simulator.md``.

@@ -298,7 +298,7 @@ def test_report_names_a_missing_column(reference, new_site, performance):
 
 # ---------------------------------------------------------------- alert rules (docs/prometheus)
 
-RULES = Path(__file__).resolve().parent.parent / "docs" / "prometheus"
+RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")

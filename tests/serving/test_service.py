@@ -377,7 +377,7 @@ def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_en
 # ------------------------------------------------------- hardening (issue 9), in-process
 # Invalid Unicode, duplicate keys, bounded error lists, security headers, relative
 # redirects, the docs page and the documented addresses. The guard-only and server-level
-# regression tests are in test_serving_hardening.py and test_serving_faults.py.
+# regression tests are in serving/test_hardening.py and system/test_serving_faults.py.
 
 JSON = {"Content-Type": "application/json"}
 

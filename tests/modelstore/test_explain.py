@@ -112,6 +112,24 @@ def boosted(cohort):
     return make_scorer("xgboost", params, OUTCOME, seed=5, n_jobs=1).fit(X, y)
 
 
+@pytest.mark.parametrize("trees,depth", [(200, 3), (600, 5)])
+def test_blocked_float32_margin_stays_within_1e6_of_the_float64_leaf_sum(cohort, trees, depth):
+    """The served score sums XGBoost's float32 margins of 25-tree blocks in float64; it must
+    stay far inside the 1e-5 additivity rule on the largest model the search can pick
+    (more trees and deeper than its range), missing values included."""
+    X, y, _ = cohort
+    params = {"n_estimators": trees, "learning_rate": 0.05, "max_depth": depth, "min_child_weight": 1.0,
+              "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0}
+    scorer = make_scorer("xgboost", params, OUTCOME, seed=5, n_jobs=1).fit(X, y)
+    assert X.isna().any().any()
+    fast, exact = scorer.raw_logit(X), scorer.raw_logit_exact(X)
+    assert np.abs(fast - exact).max() < 1e-6, np.abs(fast - exact).max()
+    # A single float32 sum over every tree would not be (this is what the blocks are for).
+    one_sum = scorer.booster_.inplace_predict(X.to_numpy("float32"), predict_type="margin", missing=np.nan)
+    assert np.abs(one_sum - exact).max() > np.abs(fast - exact).max()
+    assert scorer.raw_logit(X.iloc[:0]).shape == (0,)
+
+
 @pytest.mark.parametrize("method", XGB_METHODS)
 def test_both_xgboost_methods_are_additive_within_1e5_at_every_horizon(cohort, boosted, method):
     X, _, records = cohort

@@ -333,7 +333,7 @@ def test_docs_list_every_effect_with_its_value():
     shipped profile appears there with its odds ratio (catches a profile edit without the docs)."""
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "simulator.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "simulator.md").read_text(encoding="utf-8")
     for name in PROFILES:
         for outcome, model in load_profile(name).outcomes.items():
             for key, term in model.terms.items():

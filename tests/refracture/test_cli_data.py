@@ -43,6 +43,6 @@ def test_features_refuses_unknown_set(raw_dir, tmp_path):
 
 
 def test_data_dictionary_is_generated_and_current():
-    path = Path(__file__).parents[1] / "docs" / "data-dictionary.md"
+    path = Path(__file__).parents[2] / "docs" / "data-dictionary.md"
     result = runner.invoke(app, ["dictionary", "--out", str(path), "--check"])
     assert result.exit_code == 0, "docs/data-dictionary.md is stale: run `refracture dictionary`\n" + result.output

@@ -1,4 +1,4 @@
-"""``features.raw_records.scorable_records`` on the hand-written export (tests/fixtures.py):
+"""``features.raw_records.scorable_records`` on the hand-written export (tests/support/fixtures.py):
 which records a broken row leaves out, what is only reported, what refuses the export."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Derived measures against examples worked out by hand (see tests/fixtures.py)."""
+"""Derived measures against examples worked out by hand (see tests/support/fixtures.py)."""
 
 import pandas as pd
 import pytest

@@ -2,8 +2,8 @@
 server classes alone (no models): the audit line holds any identifier, a failure to
 write it is never silent, a client that leaves mid-body is audited as a disconnect,
 metric labels a client cannot multiply, and the request timeout keeps nothing alive.
-The in-process service tests of issue 9 are at the end of test_serving_service.py; the
-real-server ones in test_serving_faults.py."""
+The in-process service tests of issue 9 are at the end of serving/test_service.py; the
+real-server ones in system/test_serving_faults.py."""
 
 from __future__ import annotations
 

@@ -364,6 +364,6 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
 def test_the_documented_curl_example_is_the_served_example():
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
     body = text.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
     assert json.loads(body) == example_record()

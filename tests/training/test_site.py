@@ -251,7 +251,7 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
 
     code = (
         "import numpy as np\n"
-        "from tests.test_site import _reference\n"
+        "from tests.training.test_site import _reference\n"
         "from features.records import inspect_records\n"
         "from serving.drift_metrics import DriftMetrics\n"
         "ref, rec = _reference()\n"
@@ -260,9 +260,9 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
         "from prometheus_client import CollectorRegistry, generate_latest\n"
         "from prometheus_client.multiprocess import MultiProcessCollector\n"
         "r = CollectorRegistry(); MultiProcessCollector(r); print(generate_latest(r).decode())\n")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert 'refracture_input_value_bucket{input="hu_index_preop",le="+Inf"} 20.0' in text

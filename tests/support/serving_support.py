@@ -23,7 +23,7 @@ import pandas as pd
 from features.labels import OUTCOMES
 from features.records import json_record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
 
 
