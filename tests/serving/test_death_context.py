@@ -101,7 +101,7 @@ def test_one_minus_km_matches_the_simulators_true_death_risk(death_data):
     per patient (D: mean procedures per patient, the upper bound when their deaths are
     one). 4 SE over four horizons makes a chance failure about 1 in 4,000 runs. (Counting
     patients lost alive as alive to 24 months is about 1 point low at site C, within the
-    SE of a cohort this small: the censoring-heavy bias test is tests/test_risk_over_time.py's.)"""
+    SE of a cohort this small: the censoring-heavy bias test is tests/training/test_risk_over_time.py's.)"""
     prep, data = death_data
     t, s = data.time_days, data.status
     G = censoring_survival(t, s)
