@@ -150,6 +150,7 @@ def model_card(c: CardInputs) -> str:
     intercepts = ", ".join(f"a({x:g}) = {a:.4f}" for x, a in zip(cal.horizons_months, cal.intercepts))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     oracle = "oracle_td_auroc" in best.test_table.columns
+    rate = 100 * allc["events"] / max(allc["n"] - allc["censored_before"], 1)  # % with the event, known status
     lines = [
         f"# Model card: `{o}` risk by {horizons} months ({best.model_type}, feature set `{data.feature_set}`)",
         "",
@@ -204,8 +205,9 @@ def model_card(c: CardInputs) -> str:
         "horizon keeps SHAP contributions additive; a new site should refit these numbers on its own data.",
         "",
         "## Class imbalance (13)",
-        f"The outcome is rare ({100 * allc['events'] / max(allc['n'] - allc['censored_before'], 1):.1f} % by {h:g} "
-        "months). No resampling and no class weights: both would distort the probabilities the product reports (the "
+        (f"Deaths: {rate:.1f} % by {h:g} months." if o == DEATH_TARGET else
+         f"The outcome is rare ({rate:.1f} % by {h:g} months).")
+        + " No resampling and no class weights: both would distort the probabilities the product reports (the "
         "censoring weights correct a bias, they do not rebalance classes). AUROC is reported with calibration.",
         "",
         "## Performance on the held-out test set (12e, 23a)",
