@@ -12,7 +12,13 @@ cohort of ``--n-eval`` procedures (seed 2) whose true cumulative incidence is kn
   logit(true) on logit(predicted) (target 0.9-1.1; below 1 = predictions too extreme);
 - time-dependent AUROC of the model and of the oracle (the true risk) on the fresh cohort's
   observed outcomes (``training.time_metrics.td_auroc``; target: gap within 0.02);
+- observed / expected on the fresh cohort (observed: Aalen-Johansen, 1 - Kaplan-Meier for
+  death; ``training.time_metrics.observed_expected``), for the model and the oracle;
 - training time of all candidates for the outcome (target < 5 minutes at n = 10k).
+
+``death`` (the context model: probability of death from any cause, pre-operative features,
+oracle ``p_death_<m>m``) is a target like the outcomes; ``--targets`` picks a subset, e.g.
+``--targets death --skip-heavy`` for the death model alone.
 
 Then the censoring-heavy cohort: the xiong profile with more loss to follow-up and higher
 mortality so that at least 30 % of procedures are censored or dead before 24 months; the
@@ -38,7 +44,7 @@ import pandas as pd
 
 from features.assemble import build_training_set
 from features.catalog import feature_names
-from features.labels import OUTCOMES, horizon_days
+from features.labels import TARGETS, horizon_days
 from features.simulator import load_profile, simulate
 from features.simulator.profile import Share
 from features.validate import validate_raw
@@ -49,7 +55,7 @@ from training.fitting import fit_candidate
 from training.pipeline import _NullProgress
 from training.report import markdown_table
 from training.selection import select
-from training.time_metrics import td_auroc
+from training.time_metrics import observed_expected, td_auroc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("xiong2021-pvp", "yassavoly2025-pkp")
@@ -79,15 +85,15 @@ def heavy_profile(name: str, lost: float, mortality_factor: float):
     return p.model_copy(update={"followup": fu, "name": f"{name}-heavy"})
 
 
-def train_profile(profile, n: int, seed: int, cfg_kwargs: dict, folder: Path) -> dict:
-    """Train every outcome on a simulated cohort; returns {outcome: (model, seconds, note)}."""
+def train_profile(profile, n: int, seed: int, cfg_kwargs: dict, folder: Path, targets=TARGETS) -> dict:
+    """Train every target (outcomes and death) on a simulated cohort; returns {outcome: (model, seconds, note)}."""
     tables, truth = simulate(profile, n_procedures=n, seed=seed)
     write_raw(tables, folder)
     write_frame_atomic(truth, folder / "truth.parquet")
     cfg = TrainConfig(raw_dir=folder, register=False, **cfg_kwargs)
     prep = prepare(cfg)
     out = {}
-    for outcome in OUTCOMES:
+    for outcome in targets:
         t0 = time.perf_counter()
         data = outcome_data(prep, outcome, cfg)
         results = {m: fit_candidate(m, cfg, data, None, {}, _NullProgress()) for m in cfg.candidates}
@@ -114,10 +120,12 @@ def evaluate_fresh(models: dict, profile, n: int, seed: int) -> tuple[list[dict]
             true = truth[f"p_{outcome}_{h:g}m"].to_numpy(dtype="float64")
             slope = float(np.polyfit(_logit(p), _logit(true), 1)[0])
             auc, auc_oracle = td_auroc(t, s, p, horizon_days(h)), td_auroc(t, s, true, horizon_days(h))
+            oe, oe_oracle = observed_expected(t, s, p, horizon_days(h)), observed_expected(t, s, true, horizon_days(h))
             rows.append({"outcome": outcome, "horizon_months": h, "selected": m["selected"],
                          "mean_predicted": float(p.mean()), "mean_true": float(true.mean()),
                          "mean_rel_diff": float(p.mean() / true.mean() - 1), "logit_slope_vs_true": slope,
                          "td_auroc": auc, "td_auroc_oracle": auc_oracle, "td_auroc_gap": auc - auc_oracle,
+                         "observed_expected": oe, "observed_expected_oracle": oe_oracle,
                          "mean_abs_diff_truth": float(np.abs(p - true).mean()), "train_seconds": m["seconds"]})
     h = horizon_days(24)
     ended = {o: float(((ts[f"{o}_time_days"] < h) & (ts[f"{o}_status"] != 1)).mean()) for o in models}
@@ -146,13 +154,18 @@ def main() -> None:
     ap.add_argument("--heavy-lost", type=float, default=0.45)
     ap.add_argument("--heavy-mortality", type=float, default=2.5)
     ap.add_argument("--skip-heavy", action="store_true")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated outcomes and/or death")
     args = ap.parse_args()
     cfg_kwargs = {"search_trials": args.search_trials, "n_bootstrap": args.bootstrap, "n_jobs": 2}
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        ap.error(f"--targets: unknown {unknown or 'none given'}; choose from {', '.join(TARGETS)}")
     report: dict = {"args": vars(args), "profiles": {}, "heavy": None}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.profiles.split(","):
             profile = load_profile(name)
-            models = train_profile(profile, args.n_train, 1, cfg_kwargs, Path(tmp) / name)
+            models = train_profile(profile, args.n_train, 1, cfg_kwargs, Path(tmp) / name, targets)
             rows, ended = evaluate_fresh(models, profile, args.n_eval, 2)
             report["profiles"][name] = {"rows": rows, "ended_before_24m": ended,
                                         "candidate_seconds": {o: m["candidate_seconds"] for o, m in models.items()}}
@@ -160,7 +173,7 @@ def main() -> None:
             print(markdown_table(pd.DataFrame(rows), ".4f"), flush=True)
         if not args.skip_heavy:
             profile = heavy_profile("xiong2021-pvp", args.heavy_lost, args.heavy_mortality)
-            models = train_profile(profile, args.n_train, 3, cfg_kwargs, Path(tmp) / "heavy")
+            models = train_profile(profile, args.n_train, 3, cfg_kwargs, Path(tmp) / "heavy", targets)
             rows, ended = evaluate_fresh(models, profile, args.n_eval, 4)
             heavy = []
             for r in rows:

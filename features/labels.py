@@ -43,6 +43,13 @@ import pandas as pd
 from features.levels import LEVEL_INDEX
 
 OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
+#: Targets trained and served beside the outcomes as context, not for decision: death from
+#: any cause (``death_time_days`` / ``death_status``, the binary ``death`` at the horizon).
+#: Death has no competing event, so its crude risk is 1 - Kaplan-Meier.
+DEATH_TARGET = "death"
+CONTEXT_TARGETS = (DEATH_TARGET,)
+#: Everything ``refracture train`` trains by default: the outcomes, then the context.
+TARGETS = OUTCOMES + CONTEXT_TARGETS
 #: Competing-risks status codes of ``<outcome>_status``.
 CENSORED, EVENT, DEATH = 0, 1, 2
 DAYS_PER_MONTH = 365.25 / 12
@@ -87,7 +94,8 @@ def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAUL
     """Labels for every procedure at ``horizon_months`` (default 24), indexed by procedure_id.
 
     Takes typed tables (``features.validate.validate_raw``). Returns ``followup_days``,
-    ``death_time_days`` / ``death_status`` (1 died within follow-up, 0 censored alive) and,
+    ``death_time_days`` / ``death_status`` (1 died within follow-up, 0 censored alive),
+    ``death`` (0/1 death by the horizon, missing when censored alive before it) and,
     per outcome, ``<o>_time_days`` (float), ``<o>_status`` (0 censored, 1 event, 2 death
     first), ``<o>_event`` (0/1) and ``<o>`` (0/1, missing when censored before the horizon).
     """
@@ -115,6 +123,12 @@ def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAUL
     out["followup_days"] = base["followup_days"]
     out["death_time_days"] = base["followup_days"]
     out["death_status"] = died.astype("int8")
+    t_death = base["followup_days"].to_numpy(dtype="float64")
+    death_label = pd.Series(pd.NA, index=base.index, dtype="Int8")
+    death_label[died & (t_death <= h)] = 1
+    death_label[t_death > h] = 0
+    death_label[~died & (t_death >= h)] = 0
+    out[DEATH_TARGET] = death_label
     for outcome in OUTCOMES:
         event_days = first[outcome].reindex(base.index) if outcome in first.columns else pd.Series(np.nan, index=base.index)
         observed = event_days.notna().to_numpy()

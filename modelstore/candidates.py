@@ -130,6 +130,24 @@ MONOTONE: dict[str, dict[str, int]] = {
         "leakage_any": +1,        # new fracture pooled OR 2.05 (JOSR 2022)
         # n_levels_treated not constrained (Yassavoly 2025; see adjacent_fracture).
     },
+    # Death from any cause (the context model, pre-operative features only). Directions are
+    # general geriatric epidemiology, not clinical-evidence §3 (which covers fractures), and
+    # are assumptions here; in the simulator death depends on age and sex only
+    # (features.simulator.outcomes.death_hazard_per_year: Gompertz in age, higher in men),
+    # so the other constraints only keep noise from taking the wrong direction.
+    "death": {
+        "age_years": +1,                   # Gompertz: mortality doubles about every 8 years (profiles)
+        "sex_female": -1,                  # higher mortality in men at every age (profiles' annual_at_80)
+        "bmi_kg_m2": -1,                   # assumption: low BMI (frailty) raises mortality in the old
+        "hu_index_preop": -1,              # assumption: poorer bone, frailer patient
+        "hu_adjacent_min": -1,
+        "prior_vertebral_fractures_n": +1,  # assumption: prevalent vertebral fractures mark excess mortality
+        "glucocorticoids_long_term": +1,   # assumption: comorbidity needing them
+        "type2_diabetes": +1,              # assumption: comorbidity
+        "chronic_kidney_disease": +1,      # assumption: comorbidity
+        "sarcopenia": +1,                  # assumption: frailty
+        "psoas_muscle_index_cm2_m2": -1,   # assumption: frailty (less muscle)
+    },
 }
 
 

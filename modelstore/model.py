@@ -37,7 +37,7 @@ from features.assemble import features_from_records
 from features.records import RECORD_FIELDS
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import BoostScorer, ForestScorer, LinearScorer, expit, in_order, monotone_constraints
-from modelstore.estimand import ESTIMAND, HEADLINE_HORIZON_MONTHS, horizon_column
+from modelstore.estimand import HEADLINE_HORIZON_MONTHS, estimand_of, horizon_column
 from modelstore.explain import DEFAULT_XGB_METHOD, XGB_METHODS, method_text
 from modelstore.explain import explain as explain_scorer
 from modelstore.inputs import FEATURE_INPUTS, missing_inputs
@@ -56,7 +56,8 @@ class ModelFormatError(RuntimeError):
 
 class RefractureModel(mlflow.pyfunc.PythonModel):
     """Cumulative incidence of one outcome (death competing) at several horizons, from
-    flat raw records.
+    flat raw records; for ``outcome="death"`` (the context model), the probability of
+    death from any cause (no competing event).
 
     Attributes: ``outcome``, ``feature_set`` ('preop'/'postop'), ``horizons_months``
     (ascending), ``horizon_months`` (the headline horizon, 24 by default), ``estimand``,
@@ -87,7 +88,7 @@ class RefractureModel(mlflow.pyfunc.PythonModel):
         self.metrics = dict(metrics or {})
         self.params = dict(params or {})
         self.info = dict(info or {})
-        self.estimand = ESTIMAND
+        self.estimand = estimand_of(outcome)  # death: all-cause mortality, no competing risk
         if calibration is not None:
             calibration.index(self.horizon_months)  # the headline must be a calibrated horizon
 

@@ -1,4 +1,4 @@
-"""The registry's naming rule: one registered model per outcome, and its aliases.
+"""The registry's naming rule: one registered model per outcome (and one for death, the context), and its aliases.
 
 Training registers ``refracture-<outcome>`` and moves the aliases; serving loads the
 ``champion`` of each. Both take the names from here, so the rule is written once.
@@ -6,7 +6,7 @@ Training registers ``refracture-<outcome>`` and moves the aliases; serving loads
 
 from __future__ import annotations
 
-from features.labels import OUTCOMES
+from features.labels import TARGETS
 
 REGISTERED_MODEL_PREFIX = "refracture-"
 #: The version serving loads.
@@ -17,7 +17,8 @@ ALIASES = (CHAMPION, CHALLENGER)
 
 
 def model_name(outcome: str) -> str:
-    """Registered-model name of ``outcome`` (one of ``features.labels.OUTCOMES``)."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}; choose from {', '.join(OUTCOMES)}")
+    """Registered-model name of ``outcome`` (one of ``features.labels.TARGETS``: an outcome,
+    or ``death``, the context model)."""
+    if outcome not in TARGETS:
+        raise ValueError(f"unknown outcome {outcome!r}; choose from {', '.join(TARGETS)}")
     return f"{REGISTERED_MODEL_PREFIX}{outcome}"

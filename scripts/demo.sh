@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default: simulate a cohort, validate it, build
-# both feature sets, train and register every outcome's candidates in the local MLflow
-# store (mlflow/), then serve the champions on http://127.0.0.1:3000 (Ctrl-C stops it).
+# both feature sets, train and register every outcome's candidates and the death model (the
+# probability of death by 24 months, shown as context) in the local MLflow store (mlflow/),
+# then serve the champions on http://127.0.0.1:3000 (Ctrl-C stops it).
 #
 # Knobs: DEMO_N (cohort size, default 5000), DEMO_DATA (default data/demo),
 # DEMO_PORT (default 3000), DEMO_SERVE=0 to stop after training.

@@ -14,7 +14,9 @@ Output, one row per input record, in input order: ``procedure_id``, ``horizon_mo
 horizon), one ``<outcome>_p_<m>m`` column per horizon of the risk curve (cumulative
 incidence, death competing), ``<outcome>_risk_band`` and ``<outcome>_model_version``; with
 ``--explain`` also ``<outcome>_base_value`` and one ``<outcome>__<feature>`` column per
-feature contribution (log-odds at the headline horizon).
+feature contribution (log-odds at the headline horizon). When a death model is served:
+``death_p_24m`` (probability of death from any cause by 24 months, the API's
+``context.death``) and ``death_model_version``; never explained.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from features.io import write_frame_atomic
+from features.labels import DEATH_TARGET
 from features.records import RECORD_FIELDS, inspect_records, records_frame
 from modelstore.estimand import horizon_column
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import LoadedModel, ServedModels
+from serving.scoring import CONTEXT_HORIZON_MONTHS, LoadedModel, ServedModels
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -101,14 +104,15 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
                 risk_bands: dict[str, tuple[float, float]] | None = None,
                 typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Score checked flat records: one vectorised call per outcome (features computed once
-    per feature set, by the model artifact). Returns the output columns described above."""
+    per feature set, by the model artifact). Returns the output columns described above;
+    ``models`` may hold the death model (its columns come after the outcomes')."""
     bands = risk_bands or DEFAULT_RISK_BANDS
     scorer = ServedModels(models, risk_bands=bands)
     flat = flat.reset_index(drop=True)
     feats = scorer.features(flat, typed)
     out = pd.DataFrame({"procedure_id": flat["procedure_id"].astype(str).to_numpy()})
-    out["horizon_months"] = float(models[0].model.horizon_months)
-    for m in models:
+    out["horizon_months"] = float(scorer.models[0].model.horizon_months)
+    for m in scorer.models:
         X = feats[m.outcome]
         expl = m.model.explain_features(X) if explain else None
         # With ``--explain`` the contributions add up to the log-odds of the curve's headline
@@ -126,6 +130,10 @@ def score_frame(models: list[LoadedModel], flat: pd.DataFrame, explain: bool = F
             out[f"{m.outcome}_base_value"] = expl.base_value
             contrib = pd.DataFrame(expl.values, columns=[f"{m.outcome}__{n}" for n in expl.feature_names])
             out = pd.concat([out, contrib], axis=1)
+    death = scorer.death_probability(feats)
+    if death is not None:
+        out[f"{DEATH_TARGET}_{horizon_column(CONTEXT_HORIZON_MONTHS)}"] = death
+        out[f"{DEATH_TARGET}_model_version"] = scorer.death.version
     return out
 
 

@@ -3,7 +3,9 @@
 Registry mode (``refracture serve``): for each outcome, the ``champion`` alias of
 ``refracture-<outcome>`` is resolved **once, at start** to a concrete version, and that
 version (``models:/<name>/<version>``) is loaded and served until the process ends. A new
-champion is picked up by a restart, never mid-flight.
+champion is picked up by a restart, never mid-flight. The death model
+(``refracture-death``, the context) is optional: served when it has a champion (or a
+pinned version), left out otherwise, and the service still starts.
 
 Bento mode (inside a Bento, ``REFRACTURE_MODEL_SOURCE=bento``): the versions pinned at
 build time by ``refracture bento`` are read from ``serving/bento_models.json`` and loaded
@@ -28,21 +30,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.drift import REFERENCE_FORMAT
-from features.labels import OUTCOMES
+from features.labels import DEATH_TARGET, OUTCOMES
 from modelstore.drift_reference import REFERENCE_ARTIFACT, ReferenceMissing, load_reference
 from modelstore.naming import CHAMPION, model_name
 from modelstore.tracking import configure_tracking
 from serving.scoring import LoadedModel
 from modelstore.artifact import load_model
-from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, ESTIMAND, HEADLINE_HORIZON_MONTHS, horizons_text
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, estimand_of, horizons_text
 from modelstore.model import ModelFormatError
 
 logger = logging.getLogger(__name__)
 
 ENV_MODEL_SOURCE = "REFRACTURE_MODEL_SOURCE"
-#: What the service serves: every model must predict this estimand at these horizons
-#: (its headline among them), or the start is refused (the page and API show curves).
-SERVED_ESTIMAND = ESTIMAND
+#: Optional models: served when registered, else left out (the answers then carry no context).
+OPTIONAL_TARGETS = (DEATH_TARGET,)
+#: What the service serves: every model must predict its target's estimand
+#: (``modelstore.estimand.estimand_of``) at these horizons (its headline among them), or the
+#: start is refused (the page and API show curves).
 SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
 SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
 BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
@@ -63,20 +67,26 @@ class Pin:
 
 
 def resolve_pins(pinned_versions: dict[str, str] | None = None, alias: str = CHAMPION) -> list[Pin]:
-    """Resolve each outcome's alias (or the explicitly pinned version) to a concrete version.
+    """Resolve each outcome's alias (or the explicitly pinned version) to a concrete version,
+    and the death model's when it has one (a pinned death version must exist).
 
     Raises ModelsUnavailable listing every outcome that has no such model.
     """
     client = MlflowClient()
     pins, problems = [], []
-    for outcome in OUTCOMES:
+    for outcome in OUTCOMES + OPTIONAL_TARGETS:
         name = model_name(outcome)
+        pinned = bool(pinned_versions and outcome in pinned_versions)
         try:
-            if pinned_versions and outcome in pinned_versions:
+            if pinned:
                 mv = client.get_model_version(name, pinned_versions[outcome])
             else:
                 mv = client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
+            if outcome in OPTIONAL_TARGETS and not pinned:
+                logger.warning("no %s model (%s): serving without the death context", name,
+                               str(exc).splitlines()[0][:200])
+                continue
             wanted = f"version {pinned_versions[outcome]}" if pinned_versions and outcome in pinned_versions else f"alias '{alias}'"
             problems.append(f"{name} ({wanted}): {str(exc).splitlines()[0][:200]}")
             continue
@@ -108,12 +118,13 @@ def load_pins(pins: list[Pin]) -> list[LoadedModel]:
 
 
 def _check_outcome(model, outcome: str, where: str) -> None:
-    """Refuse a model for another outcome, estimand or set of horizons than served."""
+    """Refuse a model for another outcome, estimand or set of horizons than served (the
+    death model: all-cause mortality, ``modelstore.estimand.DEATH_ESTIMAND``)."""
     if getattr(model, "outcome", outcome) != outcome:
         raise ModelsUnavailable(f"{where} predicts {model.outcome!r}, not {outcome!r}")
-    estimand = getattr(model, "estimand", None)
-    if estimand != SERVED_ESTIMAND:
-        raise ModelsUnavailable(f"{where} predicts {estimand!r}; this service serves {SERVED_ESTIMAND!r}. "
+    estimand, served = getattr(model, "estimand", None), estimand_of(outcome)
+    if estimand != served:
+        raise ModelsUnavailable(f"{where} predicts {estimand!r}; this service serves {served!r}. "
                                 "Retrain with `refracture train` and promote the new version.")
     horizons = tuple(getattr(model, "horizons_months", ()))
     headline = getattr(model, "horizon_months", None)
@@ -203,12 +214,13 @@ def bento_reference(model_dir: Path) -> dict | None:
 
 
 def load_from_bento(manifest: dict[str, dict]) -> list[LoadedModel]:
-    """Load the models a Bento carries (no registry involved)."""
+    """Load the models a Bento carries (no registry involved): every outcome's, and the
+    death model's when the Bento was built with one."""
     missing = [o for o in OUTCOMES if o not in manifest]
     if missing:
         raise ModelsUnavailable(f"{BUNDLE_MANIFEST.name} has no model for {', '.join(missing)}: rebuild with `refracture bento`")
     loaded = []
-    for outcome in OUTCOMES:
+    for outcome in OUTCOMES + tuple(o for o in OPTIONAL_TARGETS if o in manifest):
         entry = manifest[outcome]
         folder = Path(bentoml.models.get(entry["tag"]).path)
         path = folder / "mlflow_model"

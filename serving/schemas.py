@@ -323,13 +323,14 @@ class ContextRisk(BaseModel):
     """A risk shown beside the outcomes for context, not predicted for decision."""
 
     probability: float = Field(ge=0, le=1, description="Calibrated probability by horizon_months.")
-    horizon_months: float
+    horizon_months: float = Field(description="Months after surgery (24).")
     model: ModelRef
 
 
 class RecordContext(BaseModel):
-    """Context for reading the outcome risks. Not served yet: no death model exists, so the
-    service leaves ``context`` out; a client shows it when present."""
+    """Context for reading the outcome risks: the probability of death (any cause) by 24
+    months, from the ``refracture-death`` champion. Left out when no death model is
+    registered; a client shows it when present."""
 
     death: ContextRisk | None = Field(default=None, description="Probability of death (any cause) by 24 months. "
                                       "A patient who dies first cannot have the fracture, which is why the risks are "
@@ -345,8 +346,9 @@ OutcomePredictions = _outcomes_model("OutcomePredictions", OutcomePrediction)
 OutcomeExplanations = _outcomes_model("OutcomeExplanations", OutcomeExplanation)
 
 
-_CONTEXT = Field(default=None, description="Optional context (the probability of death by 24 months). Left out "
-                 "until a death model is served (not yet).")
+_CONTEXT = Field(default=None, description="Optional context: the probability of death (any cause) by 24 months, "
+                 "with its model version. Present when the service has a death model (refracture-death), left out "
+                 "otherwise.")
 
 
 class RecordPrediction(BaseModel):

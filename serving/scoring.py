@@ -6,6 +6,10 @@ artifact (``RefractureModel.features``, which runs ``features.assemble``): when 
 outcome models share a feature set the features are computed once, by the first model,
 and handed to each model's ``proba_from_features`` / ``explain_features``: one
 vectorised call per outcome for a whole batch.
+
+The context model (``death``, when one is served) is scored in the same pass: each
+record's ``context.death`` is its probability of death from any cause by
+``CONTEXT_HORIZON_MONTHS`` (24), with the model version; it is not explained.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURES_BY_NAME
+from features.labels import CONTEXT_TARGETS, DEATH_TARGET
 from features.records import missing_fields
 from modelstore.risk_bands import risk_band
 from serving.config import DEFAULT_RISK_BANDS
 from serving.schemas import curve_key
 
 TOP_FACTORS = 3
+#: The horizon of the served death context (months): the headline of the fracture risks.
+CONTEXT_HORIZON_MONTHS = 24.0
 
 
 @dataclass(frozen=True)
@@ -47,11 +54,30 @@ class LoadedModel:
 
 @dataclass
 class ServedModels:
-    """The served models, one per outcome (in ``models`` order): features, probabilities,
-    risk bands and explanations for frames of flat records."""
+    """The served models: one per outcome (``models``, in order) and the optional context
+    model (``death``): features, probabilities, risk bands, explanations and the death
+    context for frames of flat records.
+
+    ``models`` may be given with the death model among them (as ``serving.loading``
+    returns them): it is moved to ``death`` at construction, so ``models`` holds only the
+    outcome models. ``death`` is None when no death model is served; answers then carry no
+    ``context``."""
 
     models: list[LoadedModel]
     risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
+    death: LoadedModel | None = None
+
+    def __post_init__(self) -> None:
+        context = [m for m in self.models if m.outcome in CONTEXT_TARGETS]
+        if len(context) > 1 or (context and self.death is not None):
+            raise ValueError("more than one death model given")
+        self.models = [m for m in self.models if m.outcome not in CONTEXT_TARGETS]
+        self.death = self.death or (context[0] if context else None)
+
+    @property
+    def all_models(self) -> list[LoadedModel]:
+        """The outcome models, then the death model when served."""
+        return self.models + ([self.death] if self.death is not None else [])
 
     @property
     def outcomes(self) -> list[str]:
@@ -59,19 +85,41 @@ class ServedModels:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {m.outcome: m.version for m in self.models}
+        """Registry version of every served model (the death model's under ``death``)."""
+        return {m.outcome: m.version for m in self.all_models}
 
     def features(self, flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
-        """Features per outcome, computed once per distinct feature set. ``typed``: the
-        records as ``features.records.inspect_records`` read them (saves reading again)."""
+        """Features per served model (outcomes and death), computed once per distinct
+        feature set. ``typed``: the records as ``features.records.inspect_records`` read
+        them (saves reading again). A model whose features are a subset of a set already
+        computed (death's pre-operative set within the post-operative one) takes those
+        columns: every feature is a pure function of its record, so they are the same."""
         by_set: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
         out: dict[str, pd.DataFrame] = {}
-        for m in self.models:
+        for m in self.all_models:
             key = (m.model.feature_set, tuple(m.model.feature_names))
             if key not in by_set:
-                by_set[key] = m.model.features(flat, typed)
+                wider = next((X for X in by_set.values() if set(key[1]) <= set(X.columns)), None)
+                by_set[key] = wider[list(key[1])] if wider is not None else m.model.features(flat, typed)
             out[m.outcome] = by_set[key]
         return out
+
+    def death_probability(self, feats: dict[str, pd.DataFrame]) -> np.ndarray | None:
+        """Probability of death from any cause by ``CONTEXT_HORIZON_MONTHS`` per record (the
+        features of ``features``), or None without a death model."""
+        if self.death is None:
+            return None
+        return self.death.model.proba_from_features(feats[DEATH_TARGET], CONTEXT_HORIZON_MONTHS)
+
+    def death_context(self, feats: dict[str, pd.DataFrame]) -> list[dict[str, Any]] | None:
+        """Per record ``{"death": {probability, horizon_months, model}}``, or None without a
+        death model."""
+        p = self.death_probability(feats)
+        if p is None:
+            return None
+        ref = self.death.ref
+        return [{"death": {"probability": float(v), "horizon_months": CONTEXT_HORIZON_MONTHS, "model": ref}}
+                for v in p.tolist()]
 
     def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None,
@@ -79,7 +127,8 @@ class ServedModels:
         """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
         ``RecordExplanation``): per outcome the risk curve, the headline probability and
         band, and with ``explain`` the SHAP explanation at ``horizon_months`` (default: the
-        headline, 24 months). ``flat`` holds valid flat records (``check_records`` clean)."""
+        headline, 24 months); ``context.death`` when a death model is served (never
+        explained). ``flat`` holds valid flat records (``check_records`` clean)."""
         flat = flat.reset_index(drop=True)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
@@ -115,11 +164,16 @@ class ServedModels:
                                            **explanation_item(expl, i)}
                 items.append(item)
             per_outcome[m.outcome] = items
-        return [
+        context = self.death_context(feats)
+        answers = [
             {"record": first_index + i, "procedure_id": procedure_ids[i],
              "outcomes": {o: per_outcome[o][i] for o in per_outcome}}
             for i in range(len(flat))
         ]
+        if context is not None:
+            for answer, item in zip(answers, context):
+                answer["context"] = item
+        return answers
 
     def probabilities(self, flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """Probabilities only, one column per outcome (the batch-file path)."""

@@ -7,7 +7,8 @@ At start the service reads its settings (``serving.config``: no API key and no
 (``serving.loading``). Every answer names the versions that produced it.
 
 Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
-24-month headline), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
+24-month headline; per record ``context.death``, the probability of death by 24 months,
+when a ``refracture-death`` champion is registered), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
 default 24) (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
 ``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
@@ -35,9 +36,10 @@ from pydantic import Field
 from starlette.responses import Response
 
 from features.catalog import FEATURES_BY_NAME
+from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, inspect_records, records_frame
 from features.schema import SCHEMA_VERSION
-from modelstore.estimand import ESTIMAND_SENTENCE
+from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
 from serving.batcher import MicroBatcher
 from serving.config import get_settings
 from serving.drift_metrics import DriftMetrics, served_reference
@@ -48,7 +50,7 @@ from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load
 from serving.openapi import patch_spec
 from serving.request_json import error_body
 from serving.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
-from serving.scoring import ServedModels
+from serving.scoring import CONTEXT_HORIZON_MONTHS, ServedModels
 from serving.ui.app import build_ui_app
 from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, finish, parse_body, parse_horizon, rows_frame
 
@@ -157,8 +159,10 @@ class RefractureRisk:
             logger.warning("INSECURE DEV MODE: no API key; anyone who can reach this port can score records")
         if self.settings.audit_salt_is_random:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
-        self.models = load_served_models(self.settings.model_versions or None)
-        self.scorer = ServedModels(self.models, risk_bands=self.settings.risk_bands)
+        self.scorer = ServedModels(load_served_models(self.settings.model_versions or None),
+                                   risk_bands=self.settings.risk_bands)
+        # Outcome models only; the death model (context, optional) is in ``scorer.death``.
+        self.models = self.scorer.models
         self.drift = DriftMetrics(served_reference(self.models), [m.outcome for m in self.models])
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
         # One explanation queue per horizon: a batch is explained at one horizon.
@@ -173,7 +177,7 @@ class RefractureRisk:
         # bench machine a full pass took 50-150 ms and was the bulk of the p99 latency.
         gc.collect()
         gc.freeze()
-        logger.info("serving %s", ", ".join(f"{m.name} v{m.version}" for m in self.models))
+        logger.info("serving %s", ", ".join(f"{m.name} v{m.version}" for m in self.scorer.all_models))
 
     def _warm_up(self) -> None:
         """Score and explain the example record once: the first real request is then not
@@ -183,7 +187,7 @@ class RefractureRisk:
         self.scorer.score(flat, ["warm-up"], explain=True)
 
     def __is_ready__(self) -> bool:
-        return len(getattr(self, "models", [])) == 3
+        return len(getattr(self, "models", [])) == len(OUTCOMES)
 
     @bentoml.api(route="/predict", input_spec=RecordsInput, output_spec=PredictResponse)
     async def predict(self, body: ParsedRequest, ctx: bentoml.Context) -> Response:
@@ -300,6 +304,14 @@ def _model_info(models: list, settings, scorer: ServedModels) -> dict[str, Any]:
                 for n in m.model.feature_names
             ],
         }
+    context = {}
+    if scorer.death is not None:
+        d = scorer.death
+        context["death"] = {
+            "model": d.ref, "source": d.source, "model_type": d.model.model_type, "feature_set": d.model.feature_set,
+            "horizon_months": CONTEXT_HORIZON_MONTHS, "estimand": d.model.estimand, "meaning": DEATH_ESTIMAND_SENTENCE,
+            "metrics": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in dict(d.model.metrics).items()},
+        }
     horizons = sorted({o["horizon_months"] for o in outcomes.values()})
     examples = example_records()
     answers = scorer.score(records_frame([e["record"] for e in examples]), [e["record"]["procedure"]["procedure_id"]
@@ -311,6 +323,9 @@ def _model_info(models: list, settings, scorer: ServedModels) -> dict[str, Any]:
         "horizon_months": horizons[0] if len(horizons) == 1 else horizons,
         "horizons_months": [float(h) for h in SERVED_HORIZONS_MONTHS],
         "outcomes": outcomes,
+        # The probability of death by 24 months, shown beside the outcomes (``context.death``
+        # of each answer); empty when no death model is registered.
+        "context": context,
         "limits": {"max_records_per_request": settings.max_records, "max_body_bytes": settings.max_body_bytes},
         "record_schema_version": SCHEMA_VERSION,
         "feature_schema": [

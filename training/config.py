@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.catalog import FEATURE_SETS
-from features.labels import OUTCOMES
+from features.labels import CONTEXT_TARGETS, TARGETS
 from modelstore.errors import ConfigError
 from modelstore.candidates import MODEL_TYPES
 from modelstore.explain import DEFAULT_XGB_METHOD, XGB_METHODS
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
+
+
+#: Feature set of the context targets (death): pre-operative only.
+CONTEXT_FEATURE_SET = "preop"
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,15 @@ class TrainConfig:
     ``shap_method``: how XGBoost models are explained (``modelstore.explain.XGB_METHODS``:
     XGBoost's own path-dependent TreeSHAP, fast, or interventional TreeSHAP against a
     training background), stored with the model and named in its card.
+    ``outcomes``: the targets to train, by default every outcome and then ``death`` (the
+    context model: probability of death from any cause, trained on the pre-operative
+    features whatever ``feature_set`` says, ``feature_set_for``).
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
     outcome with fewer events is refused.
     """
 
     raw_dir: Path
-    outcomes: tuple[str, ...] = OUTCOMES
+    outcomes: tuple[str, ...] = TARGETS
     feature_set: str = "postop"
     horizon_months: float = HEADLINE_HORIZON_MONTHS
     horizons_months: tuple[float, ...] = DEFAULT_HORIZONS_MONTHS
@@ -52,9 +59,9 @@ class TrainConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = [o for o in self.outcomes if o not in OUTCOMES]
+        bad = [o for o in self.outcomes if o not in TARGETS]
         if not self.outcomes or bad:
-            raise ConfigError(f"--outcome: unknown {bad or 'none given'}; choose from {', '.join(OUTCOMES)} or all")
+            raise ConfigError(f"--outcome: unknown {bad or 'none given'}; choose from {', '.join(TARGETS)} or all")
         if self.feature_set not in FEATURE_SETS:
             raise ConfigError(f"--feature-set: choose one of {', '.join(FEATURE_SETS)}, got {self.feature_set!r}")
         unknown = [c for c in self.candidates if c not in MODEL_TYPES]
@@ -82,3 +89,10 @@ class TrainConfig:
             raise ConfigError(f"--n-jobs must be 1 or 2 on this machine, got {self.n_jobs}")
         if not self.experiment_prefix or any(c in self.experiment_prefix for c in "/\\"):
             raise ConfigError(f"--experiment-prefix must be non-empty text without slashes, got {self.experiment_prefix!r}")
+
+    def feature_set_for(self, target: str) -> str:
+        """Feature set of ``target``: ``feature_set`` for the outcomes, ``preop`` for the
+        context (death): the probability of dying is a fact about the patient before the
+        operation, and the immediate post-operative imaging (cement, leaks) must not
+        lend it spurious signal."""
+        return CONTEXT_FEATURE_SET if target in CONTEXT_TARGETS else self.feature_set

@@ -114,7 +114,9 @@ class OutcomeData:
     ``X`` features; ``time_days``/``status`` (0 censored, 1 event, 2 death first);
     ``train``/``test`` positions (grouped by patient, stratified by the headline status);
     ``folds``: positions *within* ``train``; ``G``: censoring survival of the training part;
-    ``labels``/``weights`` (n, K) at ``horizons_months``; ``k``: the headline's column.
+    ``labels``/``weights`` (n, K) at ``horizons_months``; ``k``: the headline's column;
+    ``feature_set``: the set ``X`` holds (``TrainConfig.feature_set_for``). For ``death``
+    the status is 1 death, 0 censored alive (no competing event).
     """
 
     outcome: str
@@ -130,6 +132,7 @@ class OutcomeData:
     labels: np.ndarray
     weights: np.ndarray
     k: int
+    feature_set: str = "postop"
 
     @property
     def ids(self) -> pd.Index:
@@ -180,8 +183,9 @@ def outcome_data(prep: Prepared, outcome: str, cfg: TrainConfig) -> OutcomeData:
     folds = cv_folds(strata[train], patients[train], cfg.cv_folds, cfg.seed)
     G = censoring_survival(t[train], s[train])
     labels, weights = horizon_targets(t, s, horizons, G)
-    X = rows[feature_names(cfg.feature_set)]
-    return OutcomeData(outcome, X, t, s, patients, train, test, folds, G, horizons, labels, weights, k)
+    feature_set = cfg.feature_set_for(outcome)
+    X = rows[feature_names(feature_set)]
+    return OutcomeData(outcome, X, t, s, patients, train, test, folds, G, horizons, labels, weights, k, feature_set)
 
 
 def truth_curves(prep: Prepared, outcome: str, ids: pd.Index, horizons_months) -> dict[float, np.ndarray] | None:

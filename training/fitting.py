@@ -114,7 +114,7 @@ def fit_candidate(model_type: str, cfg: TrainConfig, data: OutcomeData, truth: d
     scorer = make_scorer(model_type, result.params, data.outcome, cfg.seed, cfg.n_jobs)
     scorer.fit(X_train[fit], y[fit], sample_weight=w[fit])
     cv = cv_metrics(result.oof_raw, data, n_boot=min(cfg.n_bootstrap, 300), seed=cfg.seed)
-    model = RefractureModel(scorer, calibration, data.outcome, cfg.feature_set, cfg.horizon_months,
+    model = RefractureModel(scorer, calibration, data.outcome, data.feature_set, cfg.horizon_months,
                             list(data.X.columns), params=result.params, info=info,
                             explanation_method=cfg.shap_method)
     curve, table, metrics = test_evaluation(model, data, truth, cfg.n_bootstrap, cfg.seed)

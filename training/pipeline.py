@@ -33,7 +33,7 @@ from training import registry
 from training.card import CardInputs, candidate_table, model_card
 from training.config import TrainConfig
 from training.data import OutcomeData, Prepared, TrainingRefused, outcome_data, prepare, truth_curves
-from modelstore.estimand import ESTIMAND, horizons_text
+from modelstore.estimand import estimand_of, horizons_text
 from training.evaluation import subgroup_metrics, weighted_log_loss
 from training.fitting import CandidateResult, fit_candidate
 from training.horizon_metrics import calibration_tables, decision_curve, flat_metrics, net_benefit_metrics
@@ -79,10 +79,11 @@ class _NullProgress:
 
 
 def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
-    """Tags of every run and of the registered version (estimand and horizons included)."""
+    """Tags of every run and of the registered version (estimand and horizons included;
+    death, the context model, has its own estimand and the pre-operative feature set)."""
     return {
-        "outcome": outcome, "feature_set": cfg.feature_set, "horizon_months": f"{cfg.horizon_months:g}",
-        "horizons_months": horizons_text(cfg.horizons_months), "estimand": ESTIMAND,
+        "outcome": outcome, "feature_set": cfg.feature_set_for(outcome), "horizon_months": f"{cfg.horizon_months:g}",
+        "horizons_months": horizons_text(cfg.horizons_months), "estimand": estimand_of(outcome),
         "schema_version": SCHEMA_VERSION, "data_fingerprint": prep.fingerprint, "git_commit": prep.git_commit,
         "simulator_profile": prep.profile, "seed": str(cfg.seed), **cfg.tags,
     }
@@ -147,7 +148,8 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
     records_test = records.loc[data.ids[data.test]]
     out.experiment_id = get_or_create_experiment(f"{cfg.experiment_prefix}{outcome}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    parent = mlflow.start_run(experiment_id=out.experiment_id, run_name=f"{outcome}-{cfg.feature_set}-{stamp}")
+    parent = mlflow.start_run(experiment_id=out.experiment_id,
+                              run_name=f"{outcome}-{cfg.feature_set_for(outcome)}-{stamp}")
     out.parent_run_id = parent.info.run_id
     created_version = None
     try:

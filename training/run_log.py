@@ -37,7 +37,7 @@ def log_setup(cfg: TrainConfig, data: OutcomeData, tags: dict[str, str]) -> None
     mlflow.set_tags({**tags, "run_kind": "parent"})
     mlflow.log_params({
         "raw_dir": str(cfg.raw_dir.resolve()) if hasattr(cfg.raw_dir, "resolve") else str(cfg.raw_dir),
-        "feature_set": cfg.feature_set, "horizon_months": cfg.horizon_months,
+        "feature_set": data.feature_set, "horizon_months": cfg.horizon_months,
         "horizons_months": ",".join(f"{h:g}" for h in cfg.horizons_months), "seed": cfg.seed,
         "search_trials": cfg.search_trials, "test_size": cfg.test_size, "cv_folds": cfg.cv_folds,
         "n_bootstrap": cfg.n_bootstrap, "candidates": ",".join(cfg.candidates), "n_features": data.X.shape[1],

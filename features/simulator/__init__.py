@@ -8,7 +8,7 @@ Public API::
 ``tables`` passes ``features.validate.validate_raw`` (the contract's columns plus its
 optional metadata columns); ``truth`` holds, per treated level, the true absolute (crude)
 risk of each outcome by 3, 6, 12 and 24 months with death as a competing risk
-(``p_<outcome>_<m>m``), the probability of death by 24 months (``p_death_24m``) and the
+(``p_<outcome>_<m>m``), the probability of death by 3, 6, 12 and 24 months (``p_death_<m>m``) and the
 deprecated alias ``p_<outcome>`` (= ``p_<outcome>_24m``). Pure: the only file read is the
 profile YAML, and randomness comes only from ``numpy.random.default_rng(seed)`` (and
 ``effects_seed`` when effects are drawn from their published CIs).

@@ -306,12 +306,13 @@ def crude_risk(lam: np.ndarray, timing: EventTiming, hazard_now: np.ndarray, mor
 
 
 def truth_table(profile: Profile, sessions: Sessions, patients: Arrays, r: Risks) -> dict[str, np.ndarray]:
-    """Per treated level: ``p_<outcome>_<m>m`` (crude risk by m months) and ``p_death_24m``."""
+    """Per treated level: ``p_<outcome>_<m>m`` (crude risk by m months) and ``p_death_<m>m``
+    (probability of death from any cause by m months; the death model's oracle)."""
     hz = death_hazard_per_year(profile.followup.mortality, patients["age_years"], patients["male"])[sessions.patient]
     mort = profile.followup.mortality
     cif = crude_risks(r.lam_truth, {o: profile.outcomes[o].timing for o in OUTCOMES}, hz, mort)
     out = {f"p_{o}_{m}m": cif[o][m] for o in OUTCOMES for m in TRUTH_HORIZONS_MONTHS}
-    out["p_death_24m"] = 1 - death_survival(mort, hz, 24.0)
+    out.update({f"p_death_{m}m": 1 - death_survival(mort, hz, float(m)) for m in TRUTH_HORIZONS_MONTHS})
     return out
 
 

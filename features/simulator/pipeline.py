@@ -108,7 +108,8 @@ def simulate(profile: Profile | str | Path, n_procedures: int, seed: int,
     Returns ``(tables, truth)``: the raw export (``patients``, ``procedures``, ``imaging``,
     ``events``; the contract of ``features.schema`` plus its optional metadata columns)
     and one row per ``procedure_id`` with ``p_<outcome>_<m>m`` (the true crude risk by m =
-    3, 6, 12, 24 months, death competing), ``p_death_24m``, and ``p_<outcome>``
+    3, 6, 12, 24 months, death competing), ``p_death_<m>m`` (death from any cause by m
+    months), and ``p_<outcome>``
     (deprecated alias of ``p_<outcome>_24m``).
     """
     if not isinstance(profile, Profile):

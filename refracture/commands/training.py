@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.labels import OUTCOMES
+from features.labels import TARGETS
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import (
@@ -42,9 +42,9 @@ _STORE_HELP = "Local MLflow store folder (default ./mlflow or $REFRACTURE_MLFLOW
 
 def _outcomes(value: str) -> tuple[str, ...]:
     if value == "all":
-        return OUTCOMES
-    if value not in OUTCOMES:
-        raise typer.BadParameter(f"choose one of {', '.join(OUTCOMES)} or all", param_hint="--outcome")
+        return TARGETS
+    if value not in TARGETS:
+        raise typer.BadParameter(f"choose one of {', '.join(TARGETS)} or all", param_hint="--outcome")
     return (value,)
 
 
@@ -84,7 +84,7 @@ def _tracking_or_exit(store: Path | None) -> str:
 
 def train(
     raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (a simulated cohort may also hold truth.parquet).")],
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or all.")] = "all",
+    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture, death (the context model: probability of death by the horizon) or all (the three outcomes and death).")] = "all",
     feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
     horizon_months: Annotated[float, typer.Option("--horizon-months", help="Outcome horizon in months.")] = 24.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of split, folds, search and bootstrap.")] = 0,
@@ -173,7 +173,7 @@ def models(
 
 
 def promote(
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture or remote_fracture.")],
+    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or death.")],
     version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
     alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",

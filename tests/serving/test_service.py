@@ -93,7 +93,10 @@ def test_predict_one_record_names_versions_horizon_and_band(client, champions):
     assert r.json()["schema_version"] == 2
     (item,) = r.json()["predictions"]
     assert item["record"] == 0 and item["procedure_id"] == "example-0001"
-    assert "context" not in item  # no death model yet: the optional context is left out
+    # The store has a death model: the context is the probability of death by 24 months
+    # (tests/test_death_context.py checks its value and the service without one).
+    assert item["context"]["death"]["horizon_months"] == 24.0 and 0 < item["context"]["death"]["probability"] < 1
+    assert item["context"]["death"]["model"]["name"] == "refracture-death"
     assert set(item["outcomes"]) == set(OUTCOMES)
     for outcome, answer in item["outcomes"].items():
         assert 0 < answer["probability"] < 1
@@ -360,7 +363,7 @@ def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_en
     assert [(e["endpoint"], e["status"]) for e in entries] == [("/predict", 200), ("/explain", 200), ("/predict", 401)]
     first = entries[0]
     assert first["procedure_key_hashes"] == [key_hash(b"test-salt", pid) for pid in flat["procedure_id"].head(2)]
-    assert first["model_versions"].keys() == set(OUTCOMES) and first["latency_ms"] > 0 and first["n_records"] == 2
+    assert first["model_versions"].keys() == {*OUTCOMES, "death"} and first["latency_ms"] > 0 and first["n_records"] == 2
     assert entries[2]["auth"] == "missing"
     text = "\n".join(lines)
     for pid in flat["procedure_id"].head(2):

@@ -248,7 +248,7 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads((project / "serving" / "bento_models.json").read_text())
-    assert set(manifest) == set(OUTCOMES)
+    assert set(manifest) == {*OUTCOMES, "death"}  # the death model (context) is pinned too
 
     no_registry = tmp_path / "no-registry"
     run_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
@@ -266,3 +266,5 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
     reference = httpx.post(f"{server.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
     for o in ("cemented_refracture", "remote_fracture"):  # adjacent may have been re-pinned by the restart test
         assert answer["predictions"][0]["outcomes"][o]["probability"] == reference["predictions"][0]["outcomes"][o]["probability"]
+    assert info["context"]["death"]["source"].startswith("bento:")
+    assert answer["predictions"][0]["context"] == reference["predictions"][0]["context"]

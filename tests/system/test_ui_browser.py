@@ -5,8 +5,9 @@ Checks: the page loads with no external requests; an example patient fills the f
 submitting shows each outcome's 24-month probability, its risk curve (a chart whose points
 are ``POST /explain``'s curve, and the risk at each horizon in words) and a SHAP waterfall
 whose numbers equal ``POST /explain``'s for the same record, at the default horizon and at
-a horizon chosen on the page; the optional death context is shown when an answer carries
-it; a what-if change moves the risk; a bad value
+a horizon chosen on the page; the probability of death by 24 months is shown as context
+(the store has a death model), and nothing when an answer has no context; a what-if
+change moves the risk; a bad value
 shows a field-level message next to the field; the page works from the keyboard alone;
 the API key never appears in the page source. A screenshot is saved to
 ``test-artifacts/clinician-page.png``.
@@ -64,11 +65,15 @@ def page(browser, server):
     context.close()
 
 
-def _explain(server, record, months: int = 24) -> dict:
+def _explain_answer(server, record, months: int = 24) -> dict:
     r = httpx.post(f"{server.url}/explain?horizon_months={months}", json=record,
                    headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
     assert r.status_code == 200, r.text
-    return r.json()["predictions"][0]["outcomes"]
+    return r.json()
+
+
+def _explain(server, record, months: int = 24) -> dict:
+    return _explain_answer(server, record, months)["predictions"][0]["outcomes"]
 
 
 def _pct(p: float) -> str:
@@ -137,7 +142,13 @@ def test_review_an_example_patient_shows_curves_and_matches_explain(page, server
             assert float(points.nth(j).get_attribute("data-probability")) == pytest.approx(exp["curve"][months], abs=1e-12)
         assert "by 24 months" in card.locator("svg.curve").get_attribute("aria-label")
         _check_waterfall(card, exp["explanation"])
-    assert page.locator("#results-context").is_hidden()  # no death model served yet
+    # The death model is served (the test store has one): its context, as /explain sent it.
+    death = _explain_answer(server, _record_in_page(page))["predictions"][0]["context"]["death"]
+    page.wait_for_selector("#results-context:not([hidden])")
+    assert float(page.get_attribute("#results-context", "data-probability")) == pytest.approx(death["probability"], abs=1e-12)
+    context_text = page.inner_text("#results-context")
+    assert f"probability of death (any cause) by 24 months: {_pct(death['probability'])}" in context_text
+    assert "already take that into account" in context_text and f"version {death['model']['version']}" in context_text
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "clinician-page.png"), full_page=True)
 
@@ -153,24 +164,24 @@ def test_review_an_example_patient_shows_curves_and_matches_explain(page, server
         _check_waterfall(card, exp["explanation"])
 
 
-def test_death_context_is_shown_when_an_answer_carries_it(page, server):
-    """No death model is served yet; the page is ready for the optional ``context`` field:
-    an answer that carries it (here the real answer with a context added in transit) shows it."""
+def test_no_death_context_when_an_answer_has_none(page, server):
+    """A service without a death model sends no ``context``; the page then shows none
+    (here the real answer with its context removed in transit)."""
     import json
 
-    def add_context(route):
+    def drop_context(route):
         answer = route.fetch().json()
-        answer["predictions"][0]["context"] = {"death": {"probability": 0.123, "horizon_months": 24.0,
-                                                         "model": {"name": "refracture-death", "version": "1"}}}
+        for item in answer["predictions"]:
+            item.pop("context", None)
         route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
 
-    page.route("**/explain?*", add_context)
+    page.route("**/explain?*", drop_context)
     page.fill("#api-key", API_KEY)
     page.select_option("#example-select", index=0)
     page.click("#load-example")
     page.click("#submit")
-    page.wait_for_selector("#results-context:not([hidden])")
-    assert "death (any cause) by 24 months is 12 %" in page.inner_text("#results-context")
+    page.wait_for_selector(".card .wf")
+    assert page.locator("#results-context").is_hidden()
 
 
 def test_what_if_changes_the_risk_and_says_it_is_an_association(page, server):

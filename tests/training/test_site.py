@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.labels import horizon_days
+from features.labels import OUTCOMES, horizon_days
 from modelstore.calibration import HorizonCalibration
 from refracture.cli import _register, app
 from training.data import horizon_targets
@@ -121,7 +121,8 @@ def site_store(tmp_path_factory):
             tables, _ = simulate(load_profile("site-c-older-frail-pkp"), 3000, seed)
             write_raw(tables, base / name)
         cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=50,
-                          cv_folds=2, n_jobs=1, shap_rows=30, feature_set="preop", store_dir=base / "mlflow")
+                          cv_folds=2, n_jobs=1, shap_rows=30, feature_set="preop", store_dir=base / "mlflow",
+                          outcomes=OUTCOMES)  # site reports cover the outcomes, not the death context
         results = run(cfg)
         assert all(r.alias == "champion" for r in results)
         yield base

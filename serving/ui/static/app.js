@@ -279,8 +279,8 @@ function curveChart(curve, outcomeName) {
   return fig;
 }
 
-// The optional context of a record (the probability of death by 24 months), when the
-// service sends it. No death model is served yet, so today this shows nothing.
+// The optional context of a record: the probability of death (any cause) by 24 months,
+// sent when the service has a death model (refracture-death); without one, nothing shows.
 function renderContext(data) {
   const first = (data && data.predictions && data.predictions[0]) || {};
   const death = first.context && first.context.death;
@@ -290,8 +290,11 @@ function renderContext(data) {
     box.textContent = "";
     return;
   }
-  box.textContent = `For context: the probability of death (any cause) by ${death.horizon_months} months is ` +
-    `${pct(death.probability)}. A patient who dies first cannot have a fracture, which the risks above take into account.`;
+  const model = death.model ? ` (model ${death.model.name} version ${death.model.version})` : "";
+  box.textContent = `For context: probability of death (any cause) by ${death.horizon_months} months: ` +
+    `${pct(death.probability)}. Why it matters: a patient who dies first cannot have a fracture, and the ` +
+    `fracture risks above already take that into account; a high probability of death also weighs on how ` +
+    `much follow-up and treatment are worth${model}.`;
   box.dataset.probability = String(death.probability);
   box.hidden = false;
 }

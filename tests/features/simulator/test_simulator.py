@@ -73,7 +73,7 @@ def test_export_passes_validation_and_has_one_row_per_level(name):
     assert len(typed["imaging"]) == 3 * 3000
     outcomes = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
     assert list(truth.columns) == (["procedure_id"] + [f"p_{o}_{m}m" for o in outcomes for m in (3, 6, 12, 24)]
-                                   + ["p_death_24m"] + [f"p_{o}" for o in outcomes])
+                                   + [f"p_death_{m}m" for m in (3, 6, 12, 24)] + [f"p_{o}" for o in outcomes])
     for o in outcomes:  # the deprecated alias is the 24-month crude risk
         assert (truth[f"p_{o}"] == truth[f"p_{o}_24m"]).all()
     assert truth["procedure_id"].tolist() == typed["procedures"]["procedure_id"].tolist()
