@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,66 +163,6 @@ def store_without_death(store, tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = saved
     configure_tracking(store / "mlflow")  # leave this process pointing at the shared store
     return copy
-
-
-def _client(store: Path):
-    """The service in-process on ``store`` (a context manager yielding a TestClient)."""
-    import contextlib
-
-    from starlette.testclient import TestClient
-
-    @contextlib.contextmanager
-    def run():
-        env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow"), "REFRACTURE_API_KEY": API_KEY,
-               "REFRACTURE_AUDIT_SALT": "test-salt"}
-        keys = [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS",
-                "REFRACTURE_AUDIT_LOG"]
-        saved = {k: os.environ.get(k) for k in keys}
-        for k in keys:
-            os.environ.pop(k, None)
-        os.environ.update(env)
-        from serving.config import reset_settings
-        from serving.service import RefractureRisk
-
-        reset_settings()
-        try:
-            with TestClient(RefractureRisk.to_asgi()) as c:
-                yield c
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            reset_settings()
-
-    return run()
-
-
-def test_service_fills_the_death_context_from_the_champion(store):
-    import mlflow.pyfunc
-    from mlflow.tracking import MlflowClient
-
-    flat = valid_flat_records(store, 12)
-    with _client(store) as client:
-        champion = MlflowClient().get_model_version_by_alias("refracture-death", "champion")
-        assert champion.tags["estimand"] == DEATH_ESTIMAND and champion.tags["feature_set"] == "preop"
-        expected = mlflow.pyfunc.load_model(f"models:/refracture-death/{champion.version}").predict(flat)["p_24m"]
-        for path in ("/predict", "/explain"):
-            r = client.post(path, content=json.dumps(to_json_records(flat)), headers=AUTH)
-            assert r.status_code == 200, r.text
-            for item, p in zip(r.json()["predictions"], expected):
-                death = item["context"]["death"]
-                assert death["probability"] == pytest.approx(float(p), abs=1e-12)
-                assert death["horizon_months"] == 24.0
-                assert death["model"] == {"name": "refracture-death", "version": str(champion.version),
-                                          "run_id": champion.run_id}
-                assert set(item["outcomes"]) == set(OUTCOMES)  # death is context, not an outcome
-        info = client.get("/model").json()
-        assert info["context"]["death"]["estimand"] == DEATH_ESTIMAND
-        assert info["context"]["death"]["model"]["version"] == str(champion.version)
-        assert "death" not in info["outcomes"]
-        assert "context" in info["example_response"]["predictions"][0]
 
 
 def test_service_without_a_death_model_serves_the_outcomes_and_no_context(store_without_death, tmp_path):

@@ -8,10 +8,13 @@ import json
 import math
 import os
 
+import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from serving_support import API_KEY, OUTCOMES, ensure_trained_store, to_json_records, valid_flat_records
+
+from modelstore.estimand import DEATH_ESTIMAND
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_RECORDS = 40
@@ -494,3 +497,27 @@ def test_every_address_the_readme_and_demo_give_answers(client):
     for path in sorted(paths):
         r = client.get(path)
         assert r.status_code == 200, (path, r.status_code)
+
+
+def test_service_fills_the_death_context_from_the_champion(client, store):
+    """(Here, not in test_death_context.py: a second in-process service in one worker would
+    register BentoML's request metrics twice.)"""
+    flat = valid_flat_records(store, 12)
+    champion = MlflowClient().get_model_version_by_alias("refracture-death", "champion")
+    assert champion.tags["estimand"] == DEATH_ESTIMAND and champion.tags["feature_set"] == "preop"
+    expected = mlflow.pyfunc.load_model(f"models:/refracture-death/{champion.version}").predict(flat)["p_24m"]
+    for path in ("/predict", "/explain"):
+        r = client.post(path, content=json.dumps(to_json_records(flat)), headers=AUTH)
+        assert r.status_code == 200, r.text
+        for item, p in zip(r.json()["predictions"], expected):
+            death = item["context"]["death"]
+            assert death["probability"] == pytest.approx(float(p), abs=1e-12)
+            assert death["horizon_months"] == 24.0
+            assert death["model"] == {"name": "refracture-death", "version": str(champion.version),
+                                      "run_id": champion.run_id}
+            assert set(item["outcomes"]) == set(OUTCOMES)  # death is context, not an outcome
+    info = client.get("/model").json()
+    assert info["context"]["death"]["estimand"] == DEATH_ESTIMAND
+    assert info["context"]["death"]["model"]["version"] == str(champion.version)
+    assert "death" not in info["outcomes"]
+    assert "context" in info["example_response"]["predictions"][0]
