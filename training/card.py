@@ -31,7 +31,8 @@ DESCRIPTIONS = {
     "elastic_net": "elastic-net penalised logistic regression on the same encoding as the baseline (saga solver).",
     "random_forest": "random forest (scikit-learn) on the raw features; missing values handled natively by the trees. "
                      "The forest's probability is converted to log-odds (clipped at 1e-4) before calibration.",
-    "xgboost": "gradient-boosted trees (XGBoost, hist) with monotone constraints from clinical-evidence §3; missing "
+    "xgboost": "gradient-boosted trees (XGBoost, hist) with monotone constraints where a direction is known (listed "
+               "below with their sources); missing "
                "values handled natively (learned default direction per split).",
 }
 
@@ -88,10 +89,15 @@ def constraints_description(outcome: str, feature_names: list[str]) -> str:
     cons = monotone_constraints(outcome, feature_names)
     up = [display_name(n) for n, c in zip(feature_names, cons) if c > 0]
     down = [display_name(n) for n, c in zip(feature_names, cons) if c < 0]
+    if outcome == DEATH_TARGET:
+        why = ("Directions for death are general geriatric epidemiology and, beyond age and sex, assumptions "
+               "(clinical-evidence.md covers fractures, not mortality). Sources per constraint: ")
+    else:
+        why = ("Unconstrained on purpose: cement volume and fill ratios (U-shaped, clinical-evidence §3), level, "
+               "angles, technique, approach, and the number of levels treated for adjacent and remote fractures "
+               "(Yassavoly 2025: multiple treated levels did not raise them). Sources per constraint: ")
     return ("Risk may only rise with: " + (", ".join(up) or "–") + ".\n\nRisk may only fall with: " + (", ".join(down) or "–")
-            + ".\n\nUnconstrained on purpose: cement volume and fill ratios (U-shaped, clinical-evidence §3), level, "
-            "angles, technique, approach, and the number of levels treated for adjacent and remote fractures "
-            "(Yassavoly 2025: multiple treated levels did not raise them). Sources per constraint: "
+            + ".\n\n" + why
             "`modelstore/candidates.py` (`MONOTONE`). The horizon calibration multiplies the score by b > 0, so the "
             "directions hold at every horizon. The random forest and linear models are unconstrained.")
 
