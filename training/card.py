@@ -98,7 +98,7 @@ def constraints_description(outcome: str, feature_names: list[str]) -> str:
                "(Yassavoly 2025: multiple treated levels did not raise them). Sources per constraint: ")
     return ("Risk may only rise with: " + (", ".join(up) or "–") + ".\n\nRisk may only fall with: " + (", ".join(down) or "–")
             + ".\n\n" + why
-            "`modelstore/candidates.py` (`MONOTONE`). The horizon calibration multiplies the score by b > 0, so the "
+            + "`modelstore/candidates.py` (`MONOTONE`). The horizon calibration multiplies the score by b > 0, so the "
             "directions hold at every horizon. The random forest and linear models are unconstrained.")
 
 
