@@ -42,9 +42,9 @@ from scipy import stats
 from features.labels import horizon_days
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import make_scorer
-from training.competing_risks import censoring_survival, crude_label
-from training.data import horizon_targets
-from training.recalibrate import MIN_EVENTS_REFIT, Decision, crossfit_logits, decide, with_refit
+from training.competing_risks import crude_label
+from training.recalibrate import (MIN_EVENTS_REFIT, Decision, crossfit_logits, decide, local_targets, row_loss,
+                                  with_refit)
 from training.split import cv_folds, fold_ids
 
 #: Folds of the site's procedures for the held-out comparison (each costs one refit).
@@ -66,18 +66,6 @@ class RefitResult:
     @property
     def p_value(self) -> float:
         return self.stats["refit_p_vs_recalibrated"]
-
-
-def _targets(t: np.ndarray, s: np.ndarray, horizons) -> tuple[np.ndarray, np.ndarray]:
-    """Crude labels and IPCW weights (n, K) with the censoring survival of these rows."""
-    return horizon_targets(t, s, horizons, censoring_survival(t, s))
-
-
-def row_loss(z: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per row: IPCW-weighted log loss of calibrated log-odds ``z`` (n, K), summed over horizons."""
-    w = np.where(np.isfinite(labels), weights, 0.0)
-    y = np.nan_to_num(labels)
-    return np.sum(w * (np.logaddexp(0.0, z) - y * z), axis=1)
 
 
 def local_folds(t: np.ndarray, s: np.ndarray, groups: np.ndarray, headline_months: float, seed: int,
@@ -117,8 +105,8 @@ def pooled_refit(model_type: str, params: dict[str, Any], outcome: str,
     """
     horizons = tuple(float(h) for h in horizons_months)
     k = horizons.index(float(headline_months))
-    lab_p, w_p = _targets(t_pool, s_pool, horizons)
-    lab_s, w_s = _targets(t_site, s_site, horizons)
+    lab_p, w_p = local_targets(t_pool, s_pool, horizons)
+    lab_s, w_s = local_targets(t_site, s_site, horizons)
     yp, wp = np.nan_to_num(lab_p[:, k]), w_p[:, k]
     ys, ws = np.nan_to_num(lab_s[:, k]), w_s[:, k]
     keep_p = wp > 0

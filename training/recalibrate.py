@@ -87,9 +87,15 @@ class Decision:
                 **{f"recalibration_{k}": f"{v:.6g}" for k, v in self.stats.items()}}
 
 
+def row_loss(z: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row: IPCW-weighted log loss of calibrated log-odds ``z`` (n, K), summed over horizons."""
+    w = np.where(np.isfinite(labels), weights, 0.0)
+    y = np.nan_to_num(labels)
+    return np.sum(w * (np.logaddexp(0.0, z) - y * z), axis=1)
+
+
 def _nll(cal: HorizonCalibration, eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    z = cal.logit(eta)
-    return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)))
+    return float(row_loss(cal.logit(eta), y, w).sum())
 
 
 def _shift(cal: HorizonCalibration, delta: float) -> HorizonCalibration:

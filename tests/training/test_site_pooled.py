@@ -13,8 +13,8 @@ from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import make_scorer
 from training.competing_risks import censoring_survival
 from training.data import horizon_targets
-from training.pooled import decide_with_pool, row_loss
-from training.recalibrate import MIN_EVENTS_REFIT, METHODS
+from training.pooled import decide_with_pool
+from training.recalibrate import MIN_EVENTS_REFIT, METHODS, row_loss
 from training.time_metrics import calibration_slope_intercept, observed_expected, td_auroc
 
 HORIZONS = (3.0, 6.0, 12.0, 24.0)
