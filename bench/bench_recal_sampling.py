@@ -8,8 +8,8 @@ true 24-month risk, distorted the way the champions were at site C (calibration 
 ``--transport-slope`` 0.58 and observed/expected ``--transport-oe`` 0.60, the figures issue
 13 reports). Only
 sampling error is left: the local sample is a random draw of ``--n-local`` procedures from
-a 100k-procedure site-c pool (seed 1); the update is fitted on it with the training
-estimator (``training.recalibrate.local_targets``: crude labels, IPCW under the local
+a 100k-procedure site-c pool (seed 1); the update is fitted on it by ``training.recalibrate.update`` (what
+``recalibrate`` applies) with the training estimator (``local_targets``: crude labels, IPCW under the local
 censoring), at the 24-month horizon only (the product stacks the four horizons, whose labels
 are strongly correlated: a little more information, the same order of error); the result
 is scored on a fresh 20k-procedure site-c cohort (seed 99), against its observed outcomes
@@ -36,12 +36,14 @@ from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import expit, logit
-from scipy.optimize import brentq, minimize_scalar
-from training.recalibrate import local_targets
+from scipy.optimize import brentq
+from training.recalibrate import local_targets, update
 from training.time_metrics import calibration_slope_intercept, observed_expected
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "site-c-older-frail-pkp"
+#: The transported model's calibration: the identity on its 24-month log-odds.
+PARENT = HorizonCalibration((24.0,), (0.0,), 1.0)
 
 
 def cohort(n: int, seed: int):
@@ -97,16 +99,13 @@ def main() -> None:
             for _ in range(args.draws):
                 take = rng.choice(len(t_pool), size=n_local, replace=False)
                 labels, w = local_targets(t_pool[take], s_pool[take], (24.0,))
-                y, w = np.nan_to_num(labels[:, 0]), w[:, 0]
                 events = int(((s_pool[take] == 1) & (t_pool[take] <= h24)).sum())
-                eta = eta_pool[take]
-                # (i): one shift of the log-odds, slope kept; (ii): intercept and slope refitted.
-                delta = minimize_scalar(lambda d: float(np.sum(w * (np.logaddexp(0.0, eta + d) - y * (eta + d)))),
-                                        bounds=(-8, 8), method="bounded", options={"xatol": 1e-8}).x
-                cal = HorizonCalibration.fit(eta, labels[:, :1], w[:, None], (24.0,))
-                predicted = {"intercept": expit(eta_eval + delta), "intercept_slope": expit(cal.logit(eta_eval))[:, 0]}
-                for update, p24 in predicted.items():
-                    r = res[update]
+                # The product's own updates (training.recalibrate.update) of the transported
+                # model, whose calibration is the identity on its 24-month log-odds.
+                predicted = {choice: expit(update(choice, PARENT, eta_pool[take], labels, w).logit(eta_eval))[:, 0]
+                             for choice in ("intercept", "intercept_slope")}
+                for choice, p24 in predicted.items():
+                    r = res[choice]
                     r["slope_obs"].append(calibration_slope_intercept(t_eval, s_eval, p24, h24)[0])
                     r["oe"].append(observed_expected(t_eval, s_eval, p24, h24))
                     r["slope_true"].append(true_slope(p_true_eval, p24))
