@@ -28,7 +28,7 @@ import pandas as pd
 from features.coerce import coerce_array, typed_missing
 from features.contract import allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
-from features.wide import table_columns, wide_frame
+from features.wide import procedure_index, table_columns, wide_frame
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -155,17 +155,26 @@ def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = No
     caller's job (``check_records``), as they are ``validate_raw``'s for tables.
     ``typed``: the same records already read by ``inspect_records`` (not read again).
     """
-    flat = flat.reset_index(drop=True)
+    columns, index = record_columns(flat, typed)
+    return wide_frame(columns, list(index))
+
+
+def record_columns(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, np.ndarray], pd.Index]:
+    """What ``records_to_wide`` builds its frame from: the typed columns of every record
+    field but ``procedure_id`` (``typed`` if given, else read from ``flat``), and the index
+    (``procedure_id``, or ``record-<i>`` for all when an id is missing). The feature
+    pipeline takes these directly (``features.assemble.features_from_records``)."""
     if typed is None:
-        raw = _raw_columns(flat)
+        raw = _raw_columns(flat.reset_index(drop=True))
         typed = {f.flat_name: coerce_array(raw[f.flat_name], f.spec.kind)[0] for f in RECORD_FIELDS}
     columns = {f.flat_name: typed[f.flat_name] for f in RECORD_FIELDS}
     ids = columns.pop("procedure_id")
     if all(v is not None for v in ids):
-        index = [str(v) for v in ids]
+        labels = [str(v) for v in ids]
     else:
-        index = [f"record-{i}" for i in range(len(flat))]
-    return wide_frame(columns, index)
+        labels = [f"record-{i}" for i in range(len(flat))]
+    return columns, procedure_index(labels)
 
 
 @dataclass
