@@ -70,6 +70,32 @@ def features_from_columns(wide: WideColumns, index: pd.Index, names: Sequence[st
     return pd.DataFrame(block.T, index=index, columns=_column_index(tuple(names)).copy(), copy=False)
 
 
+@lru_cache(maxsize=256)
+def _positions(columns: tuple[str, ...], names: tuple[str, ...]) -> np.ndarray | None:
+    """Where each of ``names`` is among ``columns`` (None if one is absent or repeated)."""
+    where = {c: i for i, c in enumerate(columns)}
+    if len(where) < len(columns) or any(n not in where for n in names):
+        return None
+    return np.array([where[n] for n in names], dtype=np.intp)
+
+
+def select_features(X: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """``X[names]`` (``X`` itself when its columns are already ``names``, in that order).
+
+    A frame of float64 columns (what ``features_from_columns`` returns) is cut as one
+    array: pandas' column selection costs ~0.3 ms on a short frame, and the service selects
+    each model's columns on every request batch. Other frames go through pandas.
+    """
+    columns = X.columns.tolist()
+    if columns == list(names):
+        return X
+    positions = _positions(tuple(columns), tuple(names))
+    if positions is None or any(dtype != np.float64 for dtype in X.dtypes):
+        return X[list(names)]
+    return pd.DataFrame(X.to_numpy()[:, positions], index=X.index, columns=_column_index(tuple(names)).copy(),
+                        copy=False)
+
+
 def features_from_wide(wide: pd.DataFrame) -> pd.DataFrame:
     """Every catalogued feature from a wide frame (``procedure_frame`` or ``records_to_wide``)."""
     return features_from_columns(WideColumns.of(wide), wide.index)
