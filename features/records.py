@@ -25,8 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.coerce import coerce_array, typed_missing
-from features.contract import allowed_text, column_problems, plausibility_problems, without
+from features.coerce import NUMERIC_KINDS, coerce_array, typed_missing
+from features.contract import allowed_text, NumericScreen, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
 from features.wide import procedure_index, table_columns, wide_frame
 
@@ -140,7 +140,7 @@ def _raw_columns(flat: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
     """
     if len(flat.columns) and all(dtype == object for dtype in flat.dtypes):
         matrix = flat.to_numpy(dtype=object)
-        by_name = {name: matrix[:, i] for i, name in enumerate(flat.columns)}
+        by_name = {name: matrix[:, i] for i, name in enumerate(flat.columns.tolist())}
     else:
         by_name = {name: flat[name] for name in flat.columns}
     absent = np.full(len(flat), None, dtype=object)
@@ -203,15 +203,15 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     """Read every field of flat records as its contract type and list every field error
     (``features.contract``: per field, then between the fields of each record)."""
     errors: list[dict[str, Any]] = []
-    flat = flat.reset_index(drop=True)
-    typed: dict[str, np.ndarray] = {}
+    # Cells are read by position (``_raw_columns``): the frame's index plays no part.
     columns = _raw_columns(flat)
+    read = {f.flat_name: coerce_array(columns[f.flat_name], f.spec.kind) for f in RECORD_FIELDS}
+    typed = {name: values for name, (values, _) in read.items()}
+    to_check = _fields_to_check(read, len(flat))
     acceptable: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
-        raw = columns[f.flat_name]
-        values, bad = coerce_array(raw, f.spec.kind)
-        typed[f.flat_name] = values
-        problems = column_problems(raw, values, bad, f.spec, f.required)
+        values, bad = read[f.flat_name]
+        problems = column_problems(columns[f.flat_name], values, bad, f.spec, f.required) if f.flat_name in to_check else []
         errors.extend(_err(i, f, message) for i, message in problems)
         acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
     for problem in plausibility_problems(acceptable, len(flat)):
@@ -220,6 +220,22 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
                        "allowed": problem.allowed})
     errors.sort(key=lambda e: e["record"])
     return InspectedRecords(typed, errors)
+
+
+_NUMERIC_FIELDS = tuple(f for f in RECORD_FIELDS if f.spec.kind in NUMERIC_KINDS)
+_NUMERIC_SCREEN = NumericScreen(tuple(f.spec for f in _NUMERIC_FIELDS), tuple(f.required for f in _NUMERIC_FIELDS))
+_OTHER_FIELDS = frozenset(f.flat_name for f in RECORD_FIELDS if f.spec.kind not in NUMERIC_KINDS)
+
+
+def _fields_to_check(read: dict[str, tuple[np.ndarray, np.ndarray]], n: int) -> set[str]:
+    """Fields whose cells ``column_problems`` must look at: every text and date field, and
+    the numeric fields the one-pass screen (``NumericScreen``) cannot clear."""
+    if not n:
+        return set(_OTHER_FIELDS)
+    values = np.stack([read[f.flat_name][0] for f in _NUMERIC_FIELDS])
+    unreadable = np.stack([read[f.flat_name][1] for f in _NUMERIC_FIELDS])
+    suspect = _NUMERIC_SCREEN(values, unreadable)
+    return set(_OTHER_FIELDS).union(f.flat_name for f, s in zip(_NUMERIC_FIELDS, suspect.tolist()) if s)
 
 
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
