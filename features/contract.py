@@ -140,33 +140,49 @@ def column_problems(raw: np.ndarray | pd.Series, values: np.ndarray, unreadable:
     return problems
 
 
-class NumericScreen:
-    """Which of a fixed list of numeric columns ``column_problems`` may refuse a cell of,
-    screened all at once: False guarantees it finds nothing in that column, True means
-    ask it. A request batch has ~40 numeric fields and rarely a refused value: one screen
-    instead of ~40 calls of ~10 NumPy operations each.
+class ColumnScreen:
+    """Which of a fixed list of columns ``column_problems`` may refuse a cell of, screened
+    at once: False guarantees it finds nothing in that column, True means ask it.
 
-    ``specs`` / ``required``: per column, as ``column_problems`` takes them (numeric kinds
-    without allowed values); built once per list of columns.
+    A request batch has ~50 fields and rarely a refused value: one NumPy screen over the
+    numeric columns and a set test per text column, instead of ~50 calls of ~10 NumPy
+    operations each. ``specs`` / ``required``: per column, as ``column_problems`` takes
+    them; built once per list of columns. Date columns are always asked (whether a date is
+    in the future depends on today).
     """
 
     def __init__(self, specs: tuple[ColumnSpec, ...], required: tuple[bool, ...]):
-        if any(s.kind not in NUMERIC_KINDS or s.allowed for s in specs):
-            raise ValueError("NumericScreen takes numeric columns without allowed values")
-        # One row per column. A 0/1 column's range is [0, 1], plus its own test below.
-        self.lowest = np.array([0.0 if s.kind == "binary" else -np.inf if s.min is None else s.min for s in specs])[:, None]
-        self.highest = np.array([1.0 if s.kind == "binary" else np.inf if s.max is None else s.max for s in specs])[:, None]
-        self.binary = np.array([s.kind == "binary" for s in specs])[:, None]
-        self.required = np.array(required, dtype=bool)
+        self.specs, self.required = specs, required
+        self.numeric = [j for j, s in enumerate(specs) if s.kind in NUMERIC_KINDS and not s.allowed]
+        numeric = [specs[j] for j in self.numeric]
+        # One row per numeric column. A 0/1 column's range is [0, 1], plus its own test below.
+        self.lowest = np.array([0.0 if s.kind == "binary" else -np.inf if s.min is None else s.min for s in numeric])[:, None]
+        self.highest = np.array([1.0 if s.kind == "binary" else np.inf if s.max is None else s.max for s in numeric])[:, None]
+        self.binary = np.array([s.kind == "binary" for s in numeric], dtype=bool)[:, None]
+        self.numeric_required = np.array([required[j] for j in self.numeric], dtype=bool)
+        self.text = [j for j, s in enumerate(specs) if s.kind in ("id", "str", "category")]
+        self.accepted = {j: frozenset(specs[j].allowed) | {None} for j in self.text if specs[j].allowed}
 
-    def __call__(self, values: np.ndarray, unreadable: np.ndarray) -> np.ndarray:
-        """``values`` / ``unreadable``: one row per column (``coerce_array`` output,
-        float64 and bool), one column per cell. Returns one bool per column."""
-        missing = np.isnan(values)
-        with np.errstate(invalid="ignore"):
-            outside = ((values < self.lowest) | (values > self.highest)
-                       | (self.binary & (values != 0) & (values != 1) & ~missing))
-        return (unreadable | outside).any(axis=1) | (self.required & (missing & ~unreadable).any(axis=1))
+    def __call__(self, read: list[tuple[np.ndarray, np.ndarray]]) -> list[bool]:
+        """``read``: per column, ``coerce_array``'s (values, unreadable). One bool per column."""
+        out = [True] * len(self.specs)
+        if self.numeric:
+            values = np.stack([read[j][0] for j in self.numeric])
+            unreadable = np.stack([read[j][1] for j in self.numeric])
+            missing = np.isnan(values)
+            with np.errstate(invalid="ignore"):
+                outside = ((values < self.lowest) | (values > self.highest)
+                           | (self.binary & (values != 0) & (values != 1) & ~missing))
+            flagged = (unreadable | outside).any(axis=1) | (self.numeric_required & (missing & ~unreadable).any(axis=1))
+            for j, flag in zip(self.numeric, flagged.tolist()):
+                out[j] = flag
+        for j in self.text:
+            values, unreadable = read[j]
+            cells = values.tolist()  # text: str, or None where missing
+            out[j] = (bool(unreadable.any()) or (self.required[j] and None in cells)
+                      or (not set(cells) <= self.accepted[j] if j in self.accepted
+                          else any(len(v) > MAX_TEXT_CHARS for v in cells if v is not None)))
+        return out
 
 
 # ------------------------------------------------------------- between fields of one procedure

@@ -25,8 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.coerce import NUMERIC_KINDS, coerce_array, typed_missing
-from features.contract import allowed_text, NumericScreen, column_problems, plausibility_problems, without
+from features.coerce import NUMERIC_KINDS, coerce_array, coerce_numbers, typed_missing
+from features.contract import ColumnScreen, allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
 from features.wide import procedure_index, table_columns, wide_frame
 
@@ -67,6 +67,7 @@ def _fields() -> tuple[RecordField, ...]:
 
 RECORD_FIELDS: tuple[RecordField, ...] = _fields()
 RECORD_FIELDS_BY_FLAT: dict[str, RecordField] = {f.flat_name: f for f in RECORD_FIELDS}
+_NUMERIC_FIELDS = tuple(f for f in RECORD_FIELDS if f.spec.kind in NUMERIC_KINDS)
 
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +148,15 @@ def _raw_columns(flat: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
     return {f.flat_name: by_name.get(f.flat_name, absent) for f in RECORD_FIELDS}
 
 
+def _read_fields(columns: dict[str, np.ndarray | pd.Series]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every field's raw cells (``_raw_columns``) read as its contract type:
+    (values, unreadable) by flat name, in ``RECORD_FIELDS`` order."""
+    numeric = [f.flat_name for f in _NUMERIC_FIELDS]
+    read = dict(zip(numeric, coerce_numbers([columns[name] for name in numeric], [f.spec.kind for f in _NUMERIC_FIELDS])))
+    return {f.flat_name: read[f.flat_name] if f.flat_name in read else coerce_array(columns[f.flat_name], f.spec.kind)
+            for f in RECORD_FIELDS}
+
+
 def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Flat records (any dtypes: JSON values, CSV text, Parquet types) -> the wide frame
     the feature functions take (``features.wide.wide_frame``).
@@ -166,8 +176,7 @@ def record_columns(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = Non
     (``procedure_id``, or ``record-<i>`` for all when an id is missing). The feature
     pipeline takes these directly (``features.assemble.features_from_records``)."""
     if typed is None:
-        raw = _raw_columns(flat.reset_index(drop=True))
-        typed = {f.flat_name: coerce_array(raw[f.flat_name], f.spec.kind)[0] for f in RECORD_FIELDS}
+        typed = {name: values for name, (values, _) in _read_fields(_raw_columns(flat)).items()}
     columns = {f.flat_name: typed[f.flat_name] for f in RECORD_FIELDS}
     ids = columns.pop("procedure_id")
     if all(v is not None for v in ids):
@@ -205,9 +214,9 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     errors: list[dict[str, Any]] = []
     # Cells are read by position (``_raw_columns``): the frame's index plays no part.
     columns = _raw_columns(flat)
-    read = {f.flat_name: coerce_array(columns[f.flat_name], f.spec.kind) for f in RECORD_FIELDS}
+    read = _read_fields(columns)
     typed = {name: values for name, (values, _) in read.items()}
-    to_check = _fields_to_check(read, len(flat))
+    to_check = _fields_to_check(read)
     acceptable: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
         values, bad = read[f.flat_name]
@@ -222,20 +231,14 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     return InspectedRecords(typed, errors)
 
 
-_NUMERIC_FIELDS = tuple(f for f in RECORD_FIELDS if f.spec.kind in NUMERIC_KINDS)
-_NUMERIC_SCREEN = NumericScreen(tuple(f.spec for f in _NUMERIC_FIELDS), tuple(f.required for f in _NUMERIC_FIELDS))
-_OTHER_FIELDS = frozenset(f.flat_name for f in RECORD_FIELDS if f.spec.kind not in NUMERIC_KINDS)
+_SCREEN = ColumnScreen(tuple(f.spec for f in RECORD_FIELDS), tuple(f.required for f in RECORD_FIELDS))
 
 
-def _fields_to_check(read: dict[str, tuple[np.ndarray, np.ndarray]], n: int) -> set[str]:
-    """Fields whose cells ``column_problems`` must look at: every text and date field, and
-    the numeric fields the one-pass screen (``NumericScreen``) cannot clear."""
-    if not n:
-        return set(_OTHER_FIELDS)
-    values = np.stack([read[f.flat_name][0] for f in _NUMERIC_FIELDS])
-    unreadable = np.stack([read[f.flat_name][1] for f in _NUMERIC_FIELDS])
-    suspect = _NUMERIC_SCREEN(values, unreadable)
-    return set(_OTHER_FIELDS).union(f.flat_name for f, s in zip(_NUMERIC_FIELDS, suspect.tolist()) if s)
+def _fields_to_check(read: dict[str, tuple[np.ndarray, np.ndarray]]) -> set[str]:
+    """Fields whose cells ``column_problems`` must look at: those the one-pass screen
+    (``features.contract.ColumnScreen``) cannot clear."""
+    flagged = _SCREEN([read[f.flat_name] for f in RECORD_FIELDS])
+    return {f.flat_name for f, flag in zip(RECORD_FIELDS, flagged) if flag}
 
 
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
