@@ -1,9 +1,14 @@
 """Assembly: raw tables -> feature table (and labels) for a feature set.
 
 This is the one feature pipeline. Training calls it on a whole export; the service calls
-it on the tables built from request records (``features.records``). Every step is a pure
-function of the tables: no cohort statistics are used, so a single record gets exactly
-the features it would get inside a cohort.
+it on request records (``features.records``). Every step is a pure function of the
+tables: no cohort statistics are used, so a single record gets exactly the features it
+would get inside a cohort.
+
+Both reach ``features_from_columns``, which runs every group's column function (one module
+per group in ``features/``) on the typed columns of the wide frame: training reads them
+from the frame (``features_from_wide``), the service takes the typed record columns the
+frame would be built from (``features_from_records``), which skips building it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ A missing imaging row or value is missing; nothing is imputed here.
 ``wide_frame`` is the one builder of the frame the feature functions take. Tables reach it
 through ``table_columns`` (``procedure_frame``), records through
 ``features.records.records_to_wide``, so training and serving compute features from frames
-built, and typed, the same way.
+built, and typed, the same way. (The service's path hands the feature functions the typed
+record columns directly, ``features.records.record_columns``: the values they read are
+the frame's, without the ~1 ms of building it per request batch.)
 """
 
 from __future__ import annotations
