@@ -386,6 +386,10 @@ class BoostScorer(BaseEstimator):
         self.base_margin_ = float(np.log(p0) - np.log1p(-p0))
         self.margins_ = BlockMargins(booster, TREES_PER_BLOCK)
 
+    def set_threads(self, n_threads: int) -> None:
+        """Threads XGBoost predicts and explains with."""
+        self.margins_.set_threads(n_threads)
+
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         """Raw log-odds, float64, within ~5e-7 of ``raw_logit_exact`` (see the class)."""
         data = in_order(X, self.feature_names_).to_numpy(dtype="float32")

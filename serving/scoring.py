@@ -33,6 +33,18 @@ TOP_FACTORS = 3
 CONTEXT_HORIZON_MONTHS = 24.0
 
 
+#: XGBoost threads per model in the service: micro-batches of a few records gain nothing
+#: from a second thread (XGBoost splits the rows in blocks of 64), and its waits cost a core.
+SERVING_THREADS = 1
+
+
+def use_threads(models: list["LoadedModel"], n_threads: int) -> None:
+    """Threads each boosted-tree model predicts and explains with."""
+    for m in models:
+        if hasattr(m.model.scorer, "set_threads"):
+            m.model.scorer.set_threads(n_threads)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One outcome's model, pinned to a registry version."""
