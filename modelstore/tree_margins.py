@@ -75,8 +75,7 @@ class BlockMargins:
                 self._c = None
 
     def set_threads(self, n_threads: int) -> None:
-        """Threads XGBoost predicts with (the booster's ``nthread``; the copy follows it)."""
-        self.booster.set_param({"nthread": n_threads})
+        """Threads XGBoost computes the margins with."""
         self._zero_base.set_param({"nthread": n_threads})
 
     def __reduce__(self):

@@ -167,6 +167,11 @@ class RefractureRisk:
         # Outcome models only; the death model (context, optional) is in ``scorer.death``.
         self.models = self.scorer.models
         self.drift = DriftMetrics(served_reference(self.models), [m.outcome for m in self.models])
+        import prometheus_client  # at start, not import: BentoML sets up its multiprocess mode first
+
+        self._batch_requests = prometheus_client.Histogram(
+            "refracture_batch_requests", "Requests scored together in one micro-batch.", ["endpoint"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=None)
         self._scoring_process: ScoringProcess | None = None
         if self.settings.scoring_process:
             # Started first: the child's imports overlap the rest of the start-up.
@@ -261,6 +266,7 @@ class RefractureRisk:
         scoring process when there is one (``serving.scoring_process``), else here; then
         count the batch on the drift metrics."""
         batch = [(j.rows, j.procedure_ids, j.prior_errors) for j in jobs]
+        self._batch_requests.labels(endpoint="explain" if explain else "predict").observe(len(jobs))
         if self._scoring_process is not None:
             result = self._scoring_process.run(batch, explain, horizon_months)
         else:
