@@ -29,6 +29,7 @@ record counters are exported (logged once).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -216,10 +217,8 @@ class DriftCounter:
                 counts.inputs[name] = (_bucket_counts(np.asarray(self.buckets[name]), x), float(x.sum()))
             elif name in self.levels:
                 allowed = set(self.levels[name])
-                seen = _as_levels(values[present], kind)
-                levels, n = np.unique(np.array([x if x in allowed else OTHER for x in seen], dtype=object).astype(str),
-                                      return_counts=True)
-                counts.levels[name] = {str(level): int(c) for level, c in zip(levels, n)}
+                seen = Counter(str(x) if x in allowed else OTHER for x in _as_levels(values[present], kind))
+                counts.levels[name] = {level: seen[level] for level in sorted(seen)}
         risks: dict[tuple[str, str], list[float]] = {}
         for item in scored:
             for outcome, res in item.get("outcomes", {}).items():
