@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features._columns import numbers
+from features._columns import WideColumns, group_frame, numbers
 
 
-def bone_density_features(wide: pd.DataFrame) -> pd.DataFrame:
-    """HU/BMD features from a ``features.wide.procedure_frame``.
+def bone_density_columns(wide: WideColumns) -> dict[str, np.ndarray]:
+    """HU/BMD features from the columns of a wide frame, one array by feature name.
 
     Pre-operative: DXA BMD (g/cm²) and T-score, HU of the treated vertebra and of the
     vertebrae above and below, and the lower of the two adjacent HU. Post-operative: the
@@ -26,15 +26,17 @@ def bone_density_features(wide: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         usable = np.where(denominator >= 5, denominator, np.nan)
     ratio = numbers(wide, "hu_index_postop") / usable
-    return pd.DataFrame(
-        {
-            "dxa_bmd_g_cm2": numbers(wide, "dxa_bmd_g_cm2"),
-            "dxa_t_score": numbers(wide, "dxa_t_score"),
-            "hu_index_preop": numbers(wide, "hu_index_preop"),
-            "hu_upper_adjacent": upper,
-            "hu_lower_adjacent": lower,
-            "hu_adjacent_min": adjacent_min,
-            "hu_ratio_augmented_adjacent": ratio,
-        },
-        index=wide.index,
-    )
+    return {
+        "dxa_bmd_g_cm2": numbers(wide, "dxa_bmd_g_cm2"),
+        "dxa_t_score": numbers(wide, "dxa_t_score"),
+        "hu_index_preop": numbers(wide, "hu_index_preop"),
+        "hu_upper_adjacent": upper,
+        "hu_lower_adjacent": lower,
+        "hu_adjacent_min": adjacent_min,
+        "hu_ratio_augmented_adjacent": ratio,
+    }
+
+
+def bone_density_features(wide: pd.DataFrame) -> pd.DataFrame:
+    """``bone_density_columns`` of a wide frame (``features.wide.procedure_frame``), on its index."""
+    return group_frame(bone_density_columns, wide)

@@ -156,6 +156,39 @@ def _numeric(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return values, bad
 
 
+def coerce_numbers(columns: list[np.ndarray | pd.Series], kinds: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``coerce_array`` of several numeric columns of one length (``kinds``: numeric), the
+    same (values, unreadable) per column, for less.
+
+    The columns of JSON numbers and nulls (object arrays of int, float and None, what the
+    service receives) are read as one block: ``coerce_array``'s fixed cost of ~10 µs per
+    column was most of reading a request batch's ~40 numeric fields. Others are read one
+    by one.
+    """
+    if any(kind not in NUMERIC_KINDS for kind in kinds):
+        raise ValueError(f"coerce_numbers reads numeric kinds ({', '.join(NUMERIC_KINDS)}), got {sorted(set(kinds))}")
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(columns)
+    plain = [j for j, raw in enumerate(columns) if isinstance(raw, np.ndarray) and raw.dtype == object
+             and set(map(type, raw.tolist())) <= _PLAIN_NUMBERS]
+    if plain:
+        cells = np.stack([columns[j] for j in plain])
+        try:
+            values = np.where(np.equal(cells, None), np.nan, cells).astype("float64")
+        except OverflowError:  # an int beyond float range: read column by column below
+            plain = []
+    if plain:
+        # Whole numbers within their limit in int and 0/1 columns, as ``_numeric`` checks.
+        limits = np.array([INT_LIMIT if kinds[j] == "int" else BINARY_LIMIT if kinds[j] == "binary" else np.inf
+                           for j in plain])[:, None]
+        whole = np.array([kinds[j] in ("int", "binary") for j in plain])[:, None]
+        with np.errstate(invalid="ignore"):
+            bad = whole & ~np.isnan(values) & ((values != np.round(values)) | (np.abs(values) > limits))
+        values[bad] = np.nan
+        for row, j in enumerate(plain):
+            out[j] = (values[row], bad[row])
+    return [read if read is not None else coerce_array(raw, kind) for read, raw, kind in zip(out, columns, kinds)]
+
+
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features._columns import mean_present, numbers, text
+from features._columns import WideColumns, group_frame, mean_present, numbers, text
 from features.levels import LEVEL_INDEX, THORACOLUMBAR_JUNCTION
 
 
@@ -22,7 +22,7 @@ def compression_rate_pct(height_mm, upper_mm, lower_mm):
     return pd.Series(rate, index=height_mm.index) if isinstance(height_mm, pd.Series) else rate
 
 
-def _cr(wide: pd.DataFrame, timepoint: str) -> np.ndarray:
+def _cr(wide: WideColumns, timepoint: str) -> np.ndarray:
     # Records sent for prediction carry no follow-up imaging: those columns are absent (NaN).
     return compression_rate_pct(
         numbers(wide, f"vertebral_height_mm_{timepoint}"),
@@ -31,8 +31,8 @@ def _cr(wide: pd.DataFrame, timepoint: str) -> np.ndarray:
     )
 
 
-def morphometry_features(wide: pd.DataFrame) -> pd.DataFrame:
-    """Morphometry from a ``features.wide.procedure_frame``.
+def morphometry_columns(wide: WideColumns) -> dict[str, np.ndarray]:
+    """Morphometry from the columns of a wide frame, one array by feature name.
 
     Rates in % (of the reference height), changes in percentage points, angles in degrees.
     ``reduction_rate_pct`` = post-op CR − pre-op CR; ``compression_rate_increase_pct``
@@ -41,18 +41,20 @@ def morphometry_features(wide: pd.DataFrame) -> pd.DataFrame:
     cr_pre, cr_post, cr_follow = _cr(wide, "preop"), _cr(wide, "postop"), _cr(wide, "followup")
     level = text(wide, "level")
     kyphosis_pre, kyphosis_post = numbers(wide, "kyphotic_angle_deg_preop"), numbers(wide, "kyphotic_angle_deg_postop")
-    return pd.DataFrame(
-        {
-            "level_index": np.array([LEVEL_INDEX.get(v, np.nan) for v in level], dtype="float64"),
-            "thoracolumbar_junction": np.isin(level, list(THORACOLUMBAR_JUNCTION)).astype("float64"),
-            "compression_rate_preop_pct": cr_pre,
-            "kyphotic_angle_preop_deg": kyphosis_pre,
-            "wedge_angle_preop_deg": numbers(wide, "wedge_angle_deg_preop"),
-            "compression_rate_postop_pct": cr_post,
-            "reduction_rate_pct": cr_post - cr_pre,
-            "kyphotic_angle_postop_deg": kyphosis_post,
-            "reduction_angle_deg": kyphosis_pre - kyphosis_post,
-            "compression_rate_increase_pct": cr_post - cr_follow,
-        },
-        index=wide.index,
-    )
+    return {
+        "level_index": np.array([LEVEL_INDEX.get(v, np.nan) for v in level], dtype="float64"),
+        "thoracolumbar_junction": np.isin(level, list(THORACOLUMBAR_JUNCTION)).astype("float64"),
+        "compression_rate_preop_pct": cr_pre,
+        "kyphotic_angle_preop_deg": kyphosis_pre,
+        "wedge_angle_preop_deg": numbers(wide, "wedge_angle_deg_preop"),
+        "compression_rate_postop_pct": cr_post,
+        "reduction_rate_pct": cr_post - cr_pre,
+        "kyphotic_angle_postop_deg": kyphosis_post,
+        "reduction_angle_deg": kyphosis_pre - kyphosis_post,
+        "compression_rate_increase_pct": cr_post - cr_follow,
+    }
+
+
+def morphometry_features(wide: pd.DataFrame) -> pd.DataFrame:
+    """``morphometry_columns`` of a wide frame (``features.wide.procedure_frame``), on its index."""
+    return group_frame(morphometry_columns, wide)

@@ -25,10 +25,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from features.coerce import coerce_array, typed_missing
-from features.contract import allowed_text, column_problems, plausibility_problems, without
+from features.coerce import NUMERIC_KINDS, coerce_array, coerce_numbers, typed_missing
+from features.contract import ColumnScreen, allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
-from features.wide import table_columns, wide_frame
+from features.wide import procedure_index, table_columns, wide_frame
 
 RECORD_TIMEPOINTS = ("preop", "postop")
 _PATIENT_EXCLUDE = {"patient_id", "last_followup_date", "death_date"}
@@ -67,6 +67,7 @@ def _fields() -> tuple[RecordField, ...]:
 
 RECORD_FIELDS: tuple[RecordField, ...] = _fields()
 RECORD_FIELDS_BY_FLAT: dict[str, RecordField] = {f.flat_name: f for f in RECORD_FIELDS}
+_NUMERIC_FIELDS = tuple(f for f in RECORD_FIELDS if f.spec.kind in NUMERIC_KINDS)
 
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -140,11 +141,20 @@ def _raw_columns(flat: pd.DataFrame) -> dict[str, np.ndarray | pd.Series]:
     """
     if len(flat.columns) and all(dtype == object for dtype in flat.dtypes):
         matrix = flat.to_numpy(dtype=object)
-        by_name = {name: matrix[:, i] for i, name in enumerate(flat.columns)}
+        by_name = {name: matrix[:, i] for i, name in enumerate(flat.columns.tolist())}
     else:
         by_name = {name: flat[name] for name in flat.columns}
     absent = np.full(len(flat), None, dtype=object)
     return {f.flat_name: by_name.get(f.flat_name, absent) for f in RECORD_FIELDS}
+
+
+def _read_fields(columns: dict[str, np.ndarray | pd.Series]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every field's raw cells (``_raw_columns``) read as its contract type:
+    (values, unreadable) by flat name, in ``RECORD_FIELDS`` order."""
+    numeric = [f.flat_name for f in _NUMERIC_FIELDS]
+    read = dict(zip(numeric, coerce_numbers([columns[name] for name in numeric], [f.spec.kind for f in _NUMERIC_FIELDS])))
+    return {f.flat_name: read[f.flat_name] if f.flat_name in read else coerce_array(columns[f.flat_name], f.spec.kind)
+            for f in RECORD_FIELDS}
 
 
 def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
@@ -155,17 +165,25 @@ def records_to_wide(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = No
     caller's job (``check_records``), as they are ``validate_raw``'s for tables.
     ``typed``: the same records already read by ``inspect_records`` (not read again).
     """
-    flat = flat.reset_index(drop=True)
+    columns, index = record_columns(flat, typed)
+    return wide_frame(columns, list(index))
+
+
+def record_columns(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, np.ndarray], pd.Index]:
+    """What ``records_to_wide`` builds its frame from: the typed columns of every record
+    field but ``procedure_id`` (``typed`` if given, else read from ``flat``), and the index
+    (``procedure_id``, or ``record-<i>`` for all when an id is missing). The feature
+    pipeline takes these directly (``features.assemble.features_from_records``)."""
     if typed is None:
-        raw = _raw_columns(flat)
-        typed = {f.flat_name: coerce_array(raw[f.flat_name], f.spec.kind)[0] for f in RECORD_FIELDS}
+        typed = {name: values for name, (values, _) in _read_fields(_raw_columns(flat)).items()}
     columns = {f.flat_name: typed[f.flat_name] for f in RECORD_FIELDS}
     ids = columns.pop("procedure_id")
     if all(v is not None for v in ids):
-        index = [str(v) for v in ids]
+        labels = [str(v) for v in ids]
     else:
-        index = [f"record-{i}" for i in range(len(flat))]
-    return wide_frame(columns, index)
+        labels = [f"record-{i}" for i in range(len(flat))]
+    return columns, procedure_index(labels)
 
 
 @dataclass
@@ -194,15 +212,15 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     """Read every field of flat records as its contract type and list every field error
     (``features.contract``: per field, then between the fields of each record)."""
     errors: list[dict[str, Any]] = []
-    flat = flat.reset_index(drop=True)
-    typed: dict[str, np.ndarray] = {}
+    # Cells are read by position (``_raw_columns``): the frame's index plays no part.
     columns = _raw_columns(flat)
+    read = _read_fields(columns)
+    typed = {name: values for name, (values, _) in read.items()}
+    to_check = _fields_to_check(read)
     acceptable: dict[str, np.ndarray] = {}
     for f in RECORD_FIELDS:
-        raw = columns[f.flat_name]
-        values, bad = coerce_array(raw, f.spec.kind)
-        typed[f.flat_name] = values
-        problems = column_problems(raw, values, bad, f.spec, f.required)
+        values, bad = read[f.flat_name]
+        problems = column_problems(columns[f.flat_name], values, bad, f.spec, f.required) if f.flat_name in to_check else []
         errors.extend(_err(i, f, message) for i, message in problems)
         acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
     for problem in plausibility_problems(acceptable, len(flat)):
@@ -211,6 +229,16 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
                        "allowed": problem.allowed})
     errors.sort(key=lambda e: e["record"])
     return InspectedRecords(typed, errors)
+
+
+_SCREEN = ColumnScreen(tuple(f.spec for f in RECORD_FIELDS), tuple(f.required for f in RECORD_FIELDS))
+
+
+def _fields_to_check(read: dict[str, tuple[np.ndarray, np.ndarray]]) -> set[str]:
+    """Fields whose cells ``column_problems`` must look at: those the one-pass screen
+    (``features.contract.ColumnScreen``) cannot clear."""
+    flagged = _SCREEN([read[f.flat_name] for f in RECORD_FIELDS])
+    return {f.flat_name for f, flag in zip(RECORD_FIELDS, flagged) if flag}
 
 
 def missing_fields(typed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -38,11 +38,16 @@ def flat_specs(timepoints: tuple[str, ...] = tuple(IMAGING_BY_TIMEPOINT)) -> dic
 def wide_frame(columns: Mapping[str, np.ndarray], procedure_ids: list[str]) -> pd.DataFrame:
     """The wide frame from typed columns (``features.coerce.coerce_array`` output: numbers
     float64, dates datetime64[ns], text object with None), indexed by ``procedure_id``."""
-    index = pd.Index(procedure_ids, dtype=object, name="procedure_id")
+    index = procedure_index(procedure_ids)
     # Text stays an object column (None = missing), as typed: letting pandas infer its
     # string type copies every text cell into Arrow and the feature functions back out.
     return pd.DataFrame({name: pd.Series(values, index=index, dtype=object, copy=False) if values.dtype == object
                          else values for name, values in columns.items()}, index=index)
+
+
+def procedure_index(procedure_ids: list[str]) -> pd.Index:
+    """The index of a wide frame (and of its features): the procedure ids, as object."""
+    return pd.Index(procedure_ids, dtype=object, name="procedure_id")
 
 
 def table_columns(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -118,10 +118,11 @@ def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: st
     (``features.records.missing_fields``); otherwise read from ``records``.
     """
     medians = medians or {}
-    records = records.reset_index(drop=True)
-    n = len(records)
+    n = len(records)  # records' columns are read by position: their index does not matter
     out: list[list[dict]] = [[] for _ in range(n)]
-    feature_missing = features.isna().to_numpy(dtype=bool)
+    values = features.to_numpy()
+    # A float frame's missing cells are its NaNs; ``isna`` finds the same ~10x slower.
+    feature_missing = np.isnan(values) if values.dtype.kind == "f" else features.isna().to_numpy(dtype=bool)
     if not feature_missing.any():
         return out
     field_missing: dict[str, np.ndarray] = dict(absent_fields or {})
@@ -131,12 +132,13 @@ def missing_inputs(records: pd.DataFrame, features: pd.DataFrame, model_type: st
             field_missing[name] = _missing_mask(records[name] if name in records.columns else None, n)
         return field_missing[name]
 
-    # Vectorised over records per feature; the loop below visits only the missing cells,
-    # feature by feature in column order (the order each record's list is reported in).
-    for j, feature in enumerate(features.columns):
-        rows = np.flatnonzero(feature_missing[:, j])
-        if not len(rows):
-            continue
+    # Vectorised over records per feature; the loops below visit only the features missing
+    # somewhere and their missing cells, feature by feature in column order (the order each
+    # record's list is reported in).
+    names = features.columns.tolist()
+    for j in np.flatnonzero(feature_missing.any(axis=0)).tolist():
+        feature = names[j]
+        rows = np.flatnonzero(feature_missing[:, j]).tolist()
         handling = handling_text(model_type, feature, medians.get(feature))
         groups = FEATURE_INPUTS.get(feature, ())
         all_absent = [np.logical_and.reduce([absent(name) for name in group]) for group in groups]

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURES_BY_NAME
+from features.assemble import select_features
 from features.labels import CONTEXT_TARGETS, DEATH_TARGET
 from features.records import missing_fields
-from modelstore.risk_bands import risk_band
+from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
 from serving.schemas import curve_key
 
@@ -113,8 +114,8 @@ class ServedModels:
         for m in self.all_models:
             key = (m.model.feature_set, tuple(m.model.feature_names))
             if key not in by_set:
-                wider = next((X for X in by_set.values() if set(key[1]) <= set(X.columns)), None)
-                by_set[key] = wider[list(key[1])] if wider is not None else m.model.features(flat, typed)
+                wider = next((X for X in by_set.values() if set(key[1]) <= set(X.columns.tolist())), None)
+                by_set[key] = select_features(wider, key[1]) if wider is not None else m.model.features(flat, typed)
             out[m.outcome] = by_set[key]
         return out
 
@@ -143,39 +144,43 @@ class ServedModels:
         band, and with ``explain`` the SHAP explanation at ``horizon_months`` (default: the
         headline, 24 months); ``context.death`` when a death model is served (never
         explained). ``flat`` holds valid flat records (``check_records`` clean)."""
-        flat = flat.reset_index(drop=True)
+        flat = _positional(flat)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
         per_outcome: dict[str, list[dict[str, Any]]] = {}
         for m in self.models:
             X = feats[m.outcome]
-            curve = m.model.curve_from_features(X)
-            keys = [curve_key(h) for h in m.model.horizons_months]
-            values = curve.to_numpy()
             headline = float(m.model.horizon_months)
-            proba = values[:, list(m.model.horizons_months).index(headline)]
-            expl, explained = None, None
+            expl, explained, explanations = None, None, None
             if explain:
                 explained = headline if horizon_months is None else float(horizon_months)
                 expl = m.model.explain_features(X, explained)
+                explanations = explanation_items(expl)
+            # The explainer's score, when it computed one to check its sum, is the model's
+            # (``score_from_features``, bit for bit): not routed through the trees again.
+            score = expl.score if expl is not None and expl.score is not None else m.model.score_from_features(X)
+            curve = m.model.curve_from_score(score, X.index)
+            keys = [curve_key(h) for h in m.model.horizons_months]
+            values = curve.to_numpy()
+            proba = values[:, list(m.model.horizons_months).index(headline)]
+            if explain:
                 explained_p = values[:, list(m.model.horizons_months).index(explained)]
             missing = m.model.missing_inputs_from_features(flat, X, absent)
-            bands = self.risk_bands.get(m.outcome, DEFAULT_RISK_BANDS[m.outcome])
+            bands = bands_of(proba, self.risk_bands.get(m.outcome, DEFAULT_RISK_BANDS[m.outcome])).tolist()
             ref = m.ref
             items = []
-            for i in range(len(flat)):
-                p = float(proba[i])
+            for i, (p, curve_values) in enumerate(zip(proba.tolist(), values.tolist())):
                 item: dict[str, Any] = {
                     "probability": p,
                     "horizon_months": headline,
-                    "risk_band": risk_band(p, bands),
-                    "curve": dict(zip(keys, values[i].tolist())),
+                    "risk_band": bands[i],
+                    "curve": dict(zip(keys, curve_values)),
                     "model": ref,
                     "missing_inputs": [{"field": d.get("field", ""), "handling": d.get("handling", "")} for d in missing[i]],
                 }
-                if expl is not None:
+                if explanations is not None:
                     item["explanation"] = {"horizon_months": explained, "probability": float(explained_p[i]),
-                                           **explanation_item(expl, i)}
+                                           **explanations[i]}
                 items.append(item)
             per_outcome[m.outcome] = items
         context = self.death_context(feats)
@@ -191,9 +196,18 @@ class ServedModels:
 
     def probabilities(self, flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """Probabilities only, one column per outcome (the batch-file path)."""
-        flat = flat.reset_index(drop=True)
+        flat = _positional(flat)
         feats = self.features(flat, typed)
         return pd.DataFrame({m.outcome: m.model.proba_from_features(feats[m.outcome]) for m in self.models})
+
+
+def _positional(flat: pd.DataFrame) -> pd.DataFrame:
+    """``flat`` indexed 0..n-1: itself when it already is (a request batch always is), as
+    ``reset_index`` copies every column (~0.3 ms for the ~80 object columns of a batch)."""
+    index = flat.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and index.name is None:
+        return flat
+    return flat.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------- explanations
@@ -229,40 +243,52 @@ def factor_text(label: str, value_text: str, contribution: float) -> str:
     return f"{subject} {direction} the risk (odds × {odds:.2f})"
 
 
-def explanation_item(expl: Any, i: int) -> dict[str, Any]:
-    """Base value, every feature's contribution and the top factors of record ``i``."""
-    values = expl.values[i]
-    row = expl.feature_values.iloc[i]
+def explanation_items(expl: Any) -> list[dict[str, Any]]:
+    """Per record of ``expl`` (``modelstore.explain.Explanation``): the base value, every
+    feature's contribution and the top factors.
+
+    What depends on the feature alone (kind, label, unit) is looked up once, and the
+    values are read as one array: reading them cell by cell from the frame (``iloc``) cost
+    ~10 µs a cell, ~40 ms for an explained batch of 8 records and 3 outcomes.
+    """
+    specs = [FEATURES_BY_NAME.get(name) for name in expl.feature_names]
+    kinds = [spec.kind if spec else "continuous" for spec in specs]
+    labels = [spec.label if spec else name for spec, name in zip(specs, expl.feature_names)]
+    units = [unit or "" for unit in expl.units]
+    cells = expl.feature_values.to_numpy()
+    missing = pd.isna(cells).tolist()
+    orders = np.argsort(-expl.values, axis=1, kind="stable")
+    base_value = float(expl.base_value)
+    return [_explanation(expl, row_values, row_cells, row_missing, order, kinds, labels, units, base_value)
+            for row_values, row_cells, row_missing, order in zip(expl.values, cells.tolist(), missing, orders)]
+
+
+def _explanation(expl: Any, values: np.ndarray, cells: list, missing: list[bool], order: np.ndarray,
+                 kinds: list[str], labels: list[str], units: list[str], base_value: float) -> dict[str, Any]:
+    """One record's explanation (``explanation_items``): ``values`` its contributions,
+    ``cells`` / ``missing`` its feature values, ``order`` its features by contribution."""
     contributions = []
-    for j, name in enumerate(expl.feature_names):
-        spec = FEATURES_BY_NAME.get(name)
-        kind = spec.kind if spec else "continuous"
-        raw = row.iloc[j]
-        value = None if pd.isna(raw) else float(raw)
-        unit = expl.units[j] or ""
+    for j, (name, contribution) in enumerate(zip(expl.feature_names, values.tolist())):
+        value = None if missing[j] else float(cells[j])
         contributions.append({
             "feature": name,
             "display_name": expl.display_names[j],
             "value": value,
-            "unit": unit,
-            "value_text": _value_text(value, unit, kind),
-            "contribution": float(values[j]),
-            "_label": spec.label if spec else name,
+            "unit": units[j],
+            "value_text": _value_text(value, units[j], kinds[j]),
+            "contribution": contribution,
         })
-    order = np.argsort(-values, kind="stable")
-    raising = [contributions[j] for j in order if values[j] > 1e-9][:TOP_FACTORS]
-    lowering = [contributions[j] for j in order[::-1] if values[j] < -1e-9][:TOP_FACTORS]
+    raising = [j for j in order.tolist() if values[j] > 1e-9][:TOP_FACTORS]
+    lowering = [j for j in order[::-1].tolist() if values[j] < -1e-9][:TOP_FACTORS]
 
-    def factor(c: dict[str, Any]) -> dict[str, Any]:
-        return {"feature": c["feature"], "text": factor_text(c["_label"], c["value_text"], c["contribution"]),
+    def factor(j: int) -> dict[str, Any]:
+        c = contributions[j]
+        return {"feature": c["feature"], "text": factor_text(labels[j], c["value_text"], c["contribution"]),
                 "contribution": c["contribution"]}
 
-    result = {
-        "base_value": float(expl.base_value),
-        "raising": [factor(c) for c in raising],
-        "lowering": [factor(c) for c in lowering],
+    return {
+        "base_value": base_value,
+        "raising": [factor(j) for j in raising],
+        "lowering": [factor(j) for j in lowering],
+        "contributions": contributions,
     }
-    for c in contributions:
-        del c["_label"]
-    result["contributions"] = contributions
-    return result

@@ -29,6 +29,7 @@ from serving.schemas import ProcedureRecord
 
 _FIELDS_BY_PATH = {f.path: f for f in RECORD_FIELDS}
 _FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
+_FLAT_INDEX = pd.Index(_FLAT_NAMES)
 
 
 @dataclass
@@ -60,15 +61,17 @@ class ParsedRequest:
 def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Flat record dicts -> one frame (object columns, as JSON gave the values).
 
-    Built column by column from arrays: ~10x faster than ``pd.DataFrame(rows)`` or a
-    ``pd.concat`` of one-row frames, which matters once per request batch.
+    One object array filled column by column, then one frame over it (a single block):
+    ~10x faster than ``pd.DataFrame(rows)``, a ``pd.concat`` of one-row frames or a frame
+    of one array per column, and ``inspect_records`` reads the block back without a copy.
+    This runs once per request batch.
     """
-    columns = {}
-    for name in _FLAT_NAMES:
-        col = np.empty(len(rows), dtype=object)
-        col[:] = [r[name] for r in rows]
-        columns[name] = col
-    return pd.DataFrame(columns, copy=False, dtype=object)  # no text inference: values as sent
+    cells = np.empty((len(_FLAT_NAMES), len(rows)), dtype=object)  # one row per field: pandas' block layout
+    for j, name in enumerate(_FLAT_NAMES):
+        cells[j] = [r[name] for r in rows]
+    # No text inference (values as sent); the labels are a copy of the cached ones, as a
+    # caller may rename its frame's columns.
+    return pd.DataFrame(cells.T, columns=_FLAT_INDEX.copy(), dtype=object, copy=False)
 
 
 def _body_error(status: int, message: str, allowed: str = "") -> ParsedRequest:
