@@ -92,6 +92,26 @@ def start(cmd: list[str], env: dict, log: Path, url: str, ready_path: str = "/re
     raise TimeoutError(f"{cmd} not ready; see {log}")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a server: the process and every process
+    under it (BentoML's workers and their scoring processes)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in family:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def stop(proc) -> None:
     import signal
 
@@ -104,7 +124,7 @@ def stop(proc) -> None:
 
 
 def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str,
-               concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
+               concurrency: tuple[int, ...] = CONCURRENCY, compare_thread: bool = False) -> dict:
     from serving.examples import example_record
     from serving_support import free_port, store_env
 
@@ -133,6 +153,15 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
                    f"http://127.0.0.1:{p_cached}")
     targets = {"bare": f"http://127.0.0.1:{p_bare}/echo", "bare_cached": f"http://127.0.0.1:{p_cached}/echo",
                "predict": f"http://127.0.0.1:{p_svc}/predict", "explain": f"http://127.0.0.1:{p_svc}/explain"}
+    servers = {"bare": bare, "bare_cached": cached, "predict": svc, "explain": svc}
+    if compare_thread:  # the same service scoring in the worker's thread (REFRACTURE_SCORING_PROCESS=0)
+        p_thread = free_port()
+        servers["predict_thread"] = servers["explain_thread"] = start(
+            [sys.executable, "-c", "from refracture.cli import main; main()", "serve", "--port", str(p_thread),
+             "--workers", str(workers)], {**svc_env, "REFRACTURE_SCORING_PROCESS": "0"}, work / "service-thread.log",
+            f"http://127.0.0.1:{p_thread}")
+        targets["predict_thread"] = f"http://127.0.0.1:{p_thread}/predict"
+        targets["explain_thread"] = f"http://127.0.0.1:{p_thread}/explain"
     runs: dict = {t: {c: [] for c in concurrency} for t in targets}
     try:
         for name, url in targets.items():  # warm-up
@@ -140,17 +169,20 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
         for r in range(repeats):
             for c in concurrency:
                 for name, url in targets.items():
+                    cpu_before = tree_cpu_s(servers[name].pid)
                     result = run_wrk(url, c, duration, script)
+                    result["server_cores"] = round((tree_cpu_s(servers[name].pid) - cpu_before) / duration, 2)
                     runs[name][c].append(result)
                     print(f"[{tag}] run {r + 1} {name:8s} c={c:2d}: p50 {result['p50_ms']:8.1f} ms  p99 {result['p99_ms']:8.1f} ms  "
-                          f"{result['rps']:8.1f} req/s  non-2xx {result['non_2xx']}", flush=True)
+                          f"{result['rps']:8.1f} req/s  non-2xx {result['non_2xx']}  server cores {result['server_cores']:.2f}",
+                          flush=True)
     finally:
-        stop(svc)
-        stop(bare)
-        stop(cached)
+        for server in {id(p): p for p in [svc, bare, cached, *servers.values()]}.values():
+            stop(server)
         audit_lines = sum(1 for _ in open(work / "audit.jsonl")) if (work / "audit.jsonl").exists() else 0
         shutil.rmtree(work, ignore_errors=True)
-    med = {t: {c: {k: statistics.median(x[k] for x in runs[t][c]) for k in ("p50_ms", "p99_ms", "rps", "non_2xx")}
+    med = {t: {c: {k: statistics.median(x[k] for x in runs[t][c])
+                   for k in ("p50_ms", "p99_ms", "rps", "non_2xx", "server_cores")}
                for c in concurrency} for t in targets}
     return {"tag": tag, "options": options, "workers": workers, "runs": runs, "median": med, "audit_lines": audit_lines}
 
@@ -199,13 +231,14 @@ def batch_bench(store: Path, n: int, n_explain: int | None = None) -> dict:
 def table(http: dict) -> str:
     """Medians; ratios against the fair floor (bare_cached)."""
     m = http["median"]
-    lines = ["| clients | target | p50 ms | p99 ms | req/s | req/s ÷ floor | p99 ÷ floor p99 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| clients | target | p50 ms | p99 ms | req/s | req/s ÷ floor | p99 ÷ floor p99 | server cores |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in sorted(int(k) for k in m["bare_cached"]):
         floor = m["bare_cached"][c]
-        for name in ("bare", "bare_cached", "predict", "explain"):
+        for name in [t for t in ("bare", "bare_cached", "predict", "explain", "predict_thread", "explain_thread") if t in m]:
             x = m[name][c]
             lines.append(f"| {c} | {name} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['rps']:.1f} | "
-                         f"{x['rps'] / floor['rps']:.0%} | {x['p99_ms'] / floor['p99_ms']:.2f}× |")
+                         f"{x['rps'] / floor['rps']:.0%} | {x['p99_ms'] / floor['p99_ms']:.2f}× | {x['server_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -221,6 +254,8 @@ def main() -> None:
     ap.add_argument("--explain-records", type=int, default=None, help="records for refracture predict --explain "
                     "(default --records; 0 = skip)")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--compare-thread", action="store_true", help="also serve with REFRACTURE_SCORING_PROCESS=0 "
+                    "(scoring in the worker's thread) and measure it in the same runs")
     args = ap.parse_args()
     if shutil.which("wrk") is None and not args.skip_http:
         sys.exit("wrk not found: apt-get install wrk")
@@ -228,7 +263,7 @@ def main() -> None:
     result: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "args": vars(args)}
     if not args.skip_http:
         result["http"] = http_bench(store, args.duration, args.repeats, args.bento_options, args.workers, args.tag,
-                                    tuple(int(c) for c in args.concurrency.split(",")))
+                                    tuple(int(c) for c in args.concurrency.split(",")), args.compare_thread)
         print()
         print(table(result["http"]))
     if args.records:

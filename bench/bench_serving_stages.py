@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from features.records import inspect_records, json_record, missing_fields, records_frame
     from serving.loading import load_served_models
-    from serving.scoring import ServedModels
+    from serving.scoring import SERVING_THREADS, ServedModels, use_threads
     from serving.validation import parse_body, rows_frame
     from serving_support import valid_flat_records
 
     models = load_served_models(None)
+    use_threads(models, SERVING_THREADS)  # as the service does
     scorer = ServedModels(models)
     flat = valid_flat_records(store, 64)
     bodies = [json.dumps(json_record(row)).encode() for row in flat.to_dict(orient="records")]

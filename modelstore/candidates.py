@@ -386,6 +386,13 @@ class BoostScorer(BaseEstimator):
         self.base_margin_ = float(np.log(p0) - np.log1p(-p0))
         self.margins_ = BlockMargins(booster, TREES_PER_BLOCK)
 
+    def set_threads(self, n_threads: int, explain_threads: int | None = None) -> None:
+        """Threads XGBoost predicts with and (``explain_threads``, default the same)
+        explains with, input matrices included."""
+        self.margins_.set_threads(n_threads)
+        self.explain_threads_ = explain_threads or n_threads
+        self.booster_.set_param({"nthread": self.explain_threads_})
+
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         """Raw log-odds, float64, within ~5e-7 of ``raw_logit_exact`` (see the class)."""
         data = in_order(X, self.feature_names_).to_numpy(dtype="float32")

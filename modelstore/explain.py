@@ -217,7 +217,10 @@ def _boosted_path_dependent(scorer, X: pd.DataFrame) -> tuple[float, np.ndarray]
     row: the cover-weighted mean margin); float32, computed on the booster's threads."""
     if len(X) == 0:
         return float(scorer.base_margin_), np.zeros((0, X.shape[1]))
-    data = xgb.DMatrix(X.to_numpy(dtype="float64"), missing=np.nan)
+    # The matrix is built on the explanation's threads too (XGBoost's default is every
+    # core, which for a micro-batch of a few rows costs more in thread hand-offs than it saves).
+    threads = getattr(scorer, "explain_threads_", None) or -1
+    data = xgb.DMatrix(X.to_numpy(dtype="float64"), missing=np.nan, nthread=threads)
     contribs = scorer.booster_.predict(data, pred_contribs=True)
     return float(contribs[0, -1]), contribs[:, :-1].astype("float64")
 

@@ -74,6 +74,10 @@ class BlockMargins:
             if not np.array_equal(self._direct(probe), self.reference(probe)):  # pragma: no cover
                 self._c = None
 
+    def set_threads(self, n_threads: int) -> None:
+        """Threads XGBoost computes the margins with."""
+        self._zero_base.set_param({"nthread": n_threads})
+
     def __reduce__(self):
         # Rebuilt from the booster when copied or pickled (the C library handle is not).
         return (type(self), (self.booster, self.trees_per_block))

@@ -38,7 +38,7 @@ from features.records import RECORD_FIELDS, inspect_records, records_frame
 from modelstore.estimand import horizon_column
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import CONTEXT_HORIZON_MONTHS, LoadedModel, ServedModels
+from serving.scoring import CONTEXT_HORIZON_MONTHS, LoadedModel, ServedModels, use_threads
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -159,13 +159,6 @@ def output_template(models: list[LoadedModel], explain: bool = False) -> pd.Data
     if errors:  # the example is valid by construction; a failure here is a bug, not bad input
         raise RuntimeError(f"the example record fails the contract: {errors}")
     return scored.iloc[0:0]
-
-
-def use_threads(models: list[LoadedModel], n_threads: int) -> None:
-    """Threads each boosted-tree model predicts with."""
-    for m in models:
-        if m.model.model_type == "xgboost":
-            m.model.scorer.booster_.set_param({"nthread": n_threads})
 
 
 def batch_workers() -> int:

@@ -31,6 +31,7 @@ ENV_AUDIT_LOG = "REFRACTURE_AUDIT_LOG"
 ENV_MAX_RECORDS = "REFRACTURE_MAX_RECORDS"
 ENV_MAX_BODY_BYTES = "REFRACTURE_MAX_BODY_BYTES"
 ENV_MODEL_VERSIONS = "REFRACTURE_MODEL_VERSIONS"
+ENV_SCORING_PROCESS = "REFRACTURE_SCORING_PROCESS"
 
 
 def _truthy(value: str | None) -> bool:
@@ -48,6 +49,26 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
     return value
+
+
+def _scoring_process(value: str | None) -> bool:
+    """``REFRACTURE_SCORING_PROCESS``: 1/true/yes, 0/false/no, or auto (default: on when
+    this process may run on 2 or more CPUs, where the child has a core of its own)."""
+    text = (value or "auto").strip().lower()
+    if text == "auto":
+        return _usable_cpus() >= 2
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{ENV_SCORING_PROCESS}={value!r}: expected 1, 0 or auto")
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def parse_model_versions(text: str | None) -> dict[str, str]:
@@ -83,6 +104,9 @@ class ServingSettings:
     #: Pin versions instead of resolving the champion alias (outcome -> registry version).
     model_versions: dict[str, str] = field(default_factory=dict)
     risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
+    #: Score micro-batches in a child process of each worker (``serving.scoring_process``)
+    #: rather than in a thread of it: on by default when the worker may use 2 or more CPUs.
+    scoring_process: bool = False
 
     def __repr__(self) -> str:  # never print the key or the salt
         return (f"ServingSettings(api_key={'set' if self.api_key else 'none'}, insecure_dev={self.insecure_dev}, "
@@ -120,6 +144,7 @@ class ServingSettings:
             max_records=_positive_int(env, ENV_MAX_RECORDS, 1000),
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, 4 * 1024 * 1024),
             model_versions=parse_model_versions(env.get(ENV_MODEL_VERSIONS)),
+            scoring_process=_scoring_process(env.get(ENV_SCORING_PROCESS)),
         )
 
     def key_matches(self, presented: str | None) -> bool:

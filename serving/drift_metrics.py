@@ -29,6 +29,8 @@ record counters are exported (logged once).
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import mlflow.artifacts
@@ -57,6 +59,9 @@ class DriftMetrics:
                                   registry=None)
         self.risk = pc.Histogram("refracture_predicted_risk", "Predicted cumulative incidence, death competing.",
                                  ["outcome", "horizon_months"], buckets=list(PREDICTED_RISK_BUCKETS), registry=None)
+        self._risk_bounds = _upper_bounds(PREDICTED_RISK_BUCKETS)
+        self._input_bounds: dict[str, list[float]] = {}
+        self._counter: DriftCounter | None = None
         self.inputs: dict[str, Any] = {}
         self.levels: dict[str, list[str]] = {}
         self.kinds: dict[str, str] = {}
@@ -73,6 +78,7 @@ class DriftMetrics:
         else:
             for name, bounds in histogram_buckets(reference).items():
                 if name != "predicted_risk":
+                    self._input_bounds[name] = _upper_bounds(bounds)
                     self.inputs[name] = pc.Histogram("refracture_input_value", "Numeric model input, reference buckets.",
                                                      ["input"], buckets=bounds, registry=None)
             self.levels = category_levels(reference)
@@ -85,40 +91,44 @@ class DriftMetrics:
         if registry is not None:
             registry.register(self)
 
+    @property
+    def counter(self) -> "DriftCounter":
+        """What ``observe`` counts, as a plain picklable object: a scoring process counts a
+        batch with it (``DriftCounter.count``) and this process adds the counts (``add``)."""
+        if self._counter is None:
+            self._counter = DriftCounter(
+                buckets=self._input_bounds, levels=self.levels, kinds=self.kinds, risk_buckets=self._risk_bounds)
+        return self._counter
+
     def observe(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> None:
         """Count one scored batch: ``typed`` (``features.records.inspect_records`` values of
         the scored records) and ``scored`` (the per-record results, ``outcomes`` ->
         ``probability`` at ``horizon_months`` and, when present, ``curve`` as
         ``{"p_<m>m": risk}`` or a list of ``{"horizon_months", "probability"}``)."""
         try:
-            self._observe(typed, scored)
+            counts = self.counter.count(typed, scored)
         except Exception as exc:  # noqa: BLE001 - monitoring never fails an answer; log the type only
             logger.error("drift metrics not updated: %s", type(exc).__name__)
-
-    def _observe(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> None:
-        n = len(scored)
-        if n == 0:
             return
-        self.records.inc(n)
-        for name, kind in self.kinds.items():
-            values = typed.get(name)
-            if values is None:
-                continue
-            present = _present(values)
-            if (~present).any():
-                self.missing.labels(input=name).inc(int((~present).sum()))
-            if name in self.inputs:
-                _observe_many(self.inputs[name].labels(input=name), np.asarray(values[present], dtype="float64"))
-            elif name in self.levels:
-                allowed = set(self.levels[name])
-                seen = _as_levels(values[present], kind)
-                for level, count in zip(*np.unique(np.array([x if x in allowed else OTHER for x in seen], dtype=object)
-                                                   .astype(str), return_counts=True)):
-                    self.level_counter.labels(input=name, level=level).inc(int(count))
-        for item in scored:
-            for outcome, res in item.get("outcomes", {}).items():
-                for horizon, p in _risks(res):
-                    self.risk.labels(outcome=outcome, horizon_months=f"{horizon:g}").observe(p)
+        self.add(counts)
+
+    def add(self, counts: "DriftCounts | None") -> None:
+        """Add a batch's counts (``DriftCounter.count``) to the metrics."""
+        if counts is None or counts.records == 0:
+            return
+        try:
+            self.records.inc(counts.records)
+            for name, n in counts.missing.items():
+                self.missing.labels(input=name).inc(n)
+            for name, (per_bucket, total) in counts.inputs.items():
+                _add_buckets(self.inputs[name].labels(input=name), per_bucket, total)
+            for name, per_level in counts.levels.items():
+                for level, n in per_level.items():
+                    self.level_counter.labels(input=name, level=level).inc(n)
+            for (outcome, horizon), (per_bucket, total) in counts.risks.items():
+                _add_buckets(self.risk.labels(outcome=outcome, horizon_months=horizon), per_bucket, total)
+        except Exception as exc:  # noqa: BLE001 - as above
+            logger.error("drift metrics not updated: %s", type(exc).__name__)
 
     # single-process exposition: one family per name, every input's samples in it
     def collect(self):
@@ -134,20 +144,91 @@ class DriftMetrics:
         return list(families.values())
 
 
+def _upper_bounds(buckets) -> list[float]:
+    """A histogram's bucket upper bounds as prometheus_client sets them (+Inf added last)."""
+    bounds = [float(b) for b in buckets]
+    return bounds if bounds and bounds[-1] == float("inf") else bounds + [float("inf")]
+
+
+def _bucket_counts(bounds: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Values per bucket of upper ``bounds`` (the last +Inf), prometheus_client's rule: a
+    value equal to a bound counts in that bucket."""
+    return np.bincount(np.searchsorted(bounds, x, side="left"), minlength=len(bounds))
+
+
+def _add_buckets(hist, per_bucket: np.ndarray, total: float) -> None:
+    """Add bucket counts and their sum to a histogram in one pass: a batch of 1,000 records
+    times ~40 inputs would otherwise be 40,000 ``observe`` calls on the scoring path."""
+    for i, c in enumerate(per_bucket):
+        if c:
+            hist._buckets[i].inc(int(c))
+    hist._sum.inc(float(total))
+
+
 def _observe_many(hist, x: np.ndarray) -> None:
-    """``hist.observe`` for every value of ``x`` in one pass: a batch of 1,000 records
-    times ~40 inputs would otherwise be 40,000 Python calls on the scoring path. Same
-    bucket rule as prometheus_client (a value equal to a bound counts in that bucket)."""
+    """``hist.observe`` for every value of ``x`` in one pass (same buckets and sum)."""
     bounds = getattr(hist, "_upper_bounds", None)
     if bounds is None or not hasattr(hist, "_buckets") or not hasattr(hist, "_sum"):
         for v in x:
             hist.observe(v)
         return
-    counts = np.bincount(np.searchsorted(np.asarray(bounds, dtype="float64"), x, side="left"), minlength=len(bounds))
-    for i, c in enumerate(counts):
-        if c:
-            hist._buckets[i].inc(int(c))
-    hist._sum.inc(float(x.sum()))
+    _add_buckets(hist, _bucket_counts(np.asarray(bounds, dtype="float64"), x), float(x.sum()))
+
+
+@dataclass
+class DriftCounts:
+    """One batch's drift counts (``DriftCounter.count``), added by ``DriftMetrics.add``."""
+
+    records: int
+    missing: dict[str, int] = field(default_factory=dict)
+    #: numeric input -> (records per bucket, sum of the values)
+    inputs: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+    #: categorical input -> level (a reference level or ``(other)``) -> records
+    levels: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (outcome, horizon label) -> (records per predicted-risk bucket, sum of the risks)
+    risks: dict[tuple[str, str], tuple[np.ndarray, float]] = field(default_factory=dict)
+
+
+@dataclass
+class DriftCounter:
+    """Counts a scored batch for the drift metrics, with no Prometheus object: the bucket
+    bounds (+Inf last), reference levels and contract kinds of ``DriftMetrics``. Plain
+    data, so a scoring process holds one and sends back only the counts."""
+
+    buckets: dict[str, list[float]]
+    levels: dict[str, list[str]]
+    kinds: dict[str, str]
+    risk_buckets: list[float]
+
+    def count(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> DriftCounts:
+        """The counts of ``DriftMetrics.observe``'s arguments."""
+        counts = DriftCounts(records=len(scored))
+        if not scored:
+            return counts
+        for name, kind in self.kinds.items():
+            values = typed.get(name)
+            if values is None:
+                continue
+            present = _present(values)
+            if (~present).any():
+                counts.missing[name] = int((~present).sum())
+            if name in self.buckets:
+                x = np.asarray(values[present], dtype="float64")
+                counts.inputs[name] = (_bucket_counts(np.asarray(self.buckets[name]), x), float(x.sum()))
+            elif name in self.levels:
+                allowed = set(self.levels[name])
+                seen = Counter(str(x) if x in allowed else OTHER for x in _as_levels(values[present], kind))
+                counts.levels[name] = {level: seen[level] for level in sorted(seen)}
+        risks: dict[tuple[str, str], list[float]] = {}
+        for item in scored:
+            for outcome, res in item.get("outcomes", {}).items():
+                for horizon, p in _risks(res):
+                    risks.setdefault((outcome, f"{horizon:g}"), []).append(p)
+        bounds = np.asarray(self.risk_buckets)
+        for key, values in risks.items():
+            x = np.asarray(values, dtype="float64")
+            counts.risks[key] = (_bucket_counts(bounds, x), float(x.sum()))
+        return counts
 
 
 def _present(values: np.ndarray) -> np.ndarray:

@@ -34,6 +34,20 @@ TOP_FACTORS = 3
 CONTEXT_HORIZON_MONTHS = 24.0
 
 
+#: XGBoost threads per model in the service, to predict and to explain: micro-batches of a
+#: few records gain nothing from a second thread (XGBoost splits rows in blocks of 64) and
+#: its OpenMP waits cost the core the HTTP path needs (measured: /explain at 32 clients
+#: served 194-208 req/s on one thread, 92-144 on two; bench/README.md, issue 14).
+SERVING_THREADS = 1
+
+
+def use_threads(models: list["LoadedModel"], n_threads: int, explain_threads: int | None = None) -> None:
+    """Threads each boosted-tree model predicts with, and explains with (default the same)."""
+    for m in models:
+        if hasattr(m.model.scorer, "set_threads"):
+            m.model.scorer.set_threads(n_threads, explain_threads)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One outcome's model, pinned to a registry version."""

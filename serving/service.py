@@ -15,7 +15,9 @@ metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz`
 
 A request body is parsed here, per request (JSON, shape, value types:
 ``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
-of concurrent requests (``serving.batcher``), in a worker thread. See docs/serving.md.
+of concurrent requests (``serving.batcher``, ``serving.micro_batch``), in the worker's
+scoring process (``serving.scoring_process``: another core than the HTTP path) or, with
+``REFRACTURE_SCORING_PROCESS=0``, in a thread of the worker. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ import gc
 import json
 import logging
 import os
-import time
-import traceback
+import threading
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
 from _bentoml_sdk.io_models import IORootModel  # the only BentoML internal used: see RecordsInput
 from fastapi import FastAPI
 from pydantic import Field
@@ -37,7 +37,7 @@ from starlette.responses import Response
 
 from features.catalog import FEATURES_BY_NAME
 from features.labels import OUTCOMES
-from features.records import RECORD_FIELDS, inspect_records, records_frame
+from features.records import RECORD_FIELDS, records_frame
 from features.schema import SCHEMA_VERSION
 from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
 from serving.batcher import MicroBatcher
@@ -47,12 +47,14 @@ from serving.examples import example_record, example_records
 from serving.guard import GuardMiddleware
 from serving.http_server import install
 from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
+from serving.micro_batch import process_batch
 from serving.openapi import patch_spec
 from serving.request_json import error_body
 from serving.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
-from serving.scoring import CONTEXT_HORIZON_MONTHS, ServedModels
+from serving.scoring import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
+from serving.scoring_process import ScoringProcess
 from serving.ui.app import build_ui_app
-from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, finish, parse_body, parse_horizon, rows_frame
+from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +163,21 @@ class RefractureRisk:
             logger.warning("REFRACTURE_AUDIT_SALT is not set: audit hashes use a random per-process salt")
         self.scorer = ServedModels(load_served_models(self.settings.model_versions or None),
                                    risk_bands=self.settings.risk_bands)
+        use_threads(self.scorer.all_models, SERVING_THREADS)
         # Outcome models only; the death model (context, optional) is in ``scorer.death``.
         self.models = self.scorer.models
         self.drift = DriftMetrics(served_reference(self.models), [m.outcome for m in self.models])
+        import prometheus_client  # at start, not import: BentoML sets up its multiprocess mode first
+
+        self._batch_requests = prometheus_client.Histogram(
+            "refracture_batch_requests", "Requests scored together in one micro-batch.", ["endpoint"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=None)
+        self._scoring_process: ScoringProcess | None = None
+        if self.settings.scoring_process:
+            # Started first: the child's imports overlap the rest of the start-up.
+            self._scoring_process = ScoringProcess(self.scorer, self.drift.counter)
+            starting = threading.Thread(target=self._start_scoring_process, name="scoring-process-start")
+            starting.start()
         self._predict_batcher = MicroBatcher(lambda jobs: self._process(jobs, explain=False))
         # One explanation queue per horizon: a batch is explained at one horizon.
         self._explain_batchers = {
@@ -172,12 +186,32 @@ class RefractureRisk:
             for h in SERVED_HORIZONS_MONTHS}
         self._warm_up()
         self._info = _model_info(self.models, self.settings, self.scorer)
+        if self._scoring_process is not None:
+            starting.join()
+            if self._start_error is not None:
+                raise self._start_error
         # Everything alive now (libraries, models, explainers) lives as long as the process.
         # Freezing it keeps each full garbage collection from walking it again: on the
         # bench machine a full pass took 50-150 ms and was the bulk of the p99 latency.
         gc.collect()
         gc.freeze()
         logger.info("serving %s", ", ".join(f"{m.name} v{m.version}" for m in self.scorer.all_models))
+
+    _start_error: BaseException | None = None
+
+    def _start_scoring_process(self) -> None:
+        try:
+            warm = parse_body(json.dumps(example_record()).encode("utf-8"), self.settings.max_records)
+            result = self._scoring_process.start([(warm.rows, warm.procedure_ids, warm.errors)])
+            if result.answers[0][0] != 200:
+                raise RuntimeError(f"the scoring process answered {result.answers[0][0]} to the example record")
+        except BaseException as exc:  # noqa: BLE001 - re-raised by __init__, in its thread
+            self._start_error = exc
+
+    @bentoml.on_shutdown
+    def _stop_scoring_process(self) -> None:
+        if self._scoring_process is not None:
+            self._scoring_process.close()
 
     def _warm_up(self) -> None:
         """Score and explain the example record once: the first real request is then not
@@ -228,52 +262,17 @@ class RefractureRisk:
         return Response(payload, status_code=status, media_type="application/json")
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
-        """Check and score a batch of requests (runs in the batcher's thread): one frame,
-        one ``inspect_records`` pass (field errors and typed values) and one scoring call
-        for all of them (explained at ``horizon_months``)."""
-        try:
-            merged = rows_frame([row for j in jobs for row in j.rows])
-            inspected = inspect_records(merged)
-            contract = inspected.errors
-            bounds = np.cumsum([0] + [len(j.rows) for j in jobs])
-            per_job: list[list[dict]] = [[] for _ in jobs]
-            for e in contract:
-                k = int(np.searchsorted(bounds, e["record"], side="right")) - 1
-                per_job[k].append({**e, "record": e["record"] - int(bounds[k])})
-            finals = [finish(ParsedRequest(200, rows=j.rows, procedure_ids=j.procedure_ids, errors=j.prior_errors), errs)
-                      for j, errs in zip(jobs, per_job)]
-            ok = [k for k, f in enumerate(finals) if f.ok]
-            results: dict[int, bytes] = {}
-            if ok:
-                if len(ok) == len(jobs):
-                    flat_ok, typed = merged, inspected.typed
-                else:
-                    positions = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in ok])
-                    flat_ok, typed = merged.iloc[positions], inspected.subset(positions)
-                ids = [pid for k in ok for pid in jobs[k].procedure_ids]
-                scored = self.scorer.score(flat_ok, ids, explain=explain, typed=typed, horizon_months=horizon_months)
-                self.drift.observe(typed, scored)
-                pos = 0
-                for k in ok:
-                    n = len(jobs[k].rows)
-                    part = scored[pos:pos + n]
-                    for i, item in enumerate(part):
-                        item["record"] = i
-                    results[k] = json.dumps({"schema_version": RESPONSE_SCHEMA_VERSION, "predictions": part},
-                                            separators=(",", ":")).encode("utf-8")
-                    pos += n
-            out = []
-            for k, final in enumerate(finals):
-                if final.ok:
-                    out.append((200, results[k], 0))
-                else:
-                    body = error_body(final.message, final.errors)
-                    out.append((422, json.dumps(body, separators=(",", ":")).encode("utf-8"), len(final.errors)))
-            return out
-        except Exception as exc:
-            # Log where, not what: exception messages may quote record values.
-            logger.error("scoring failed: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
-            raise RuntimeError("scoring failed") from None
+        """Check and score a batch of requests (runs in the batcher's thread), in the
+        scoring process when there is one (``serving.scoring_process``), else here; then
+        count the batch on the drift metrics."""
+        batch = [(j.rows, j.procedure_ids, j.prior_errors) for j in jobs]
+        self._batch_requests.labels(endpoint="explain" if explain else "predict").observe(len(jobs))
+        if self._scoring_process is not None:
+            result = self._scoring_process.run(batch, explain, horizon_months)
+        else:
+            result = process_batch(self.scorer, self.drift.counter, batch, explain, horizon_months)
+        self.drift.add(result.drift)
+        return result.answers
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response:

@@ -59,3 +59,15 @@ def test_copies_and_pickles_rebuild_the_c_path(weighted_booster):
     for clone in (copy.deepcopy(margins), pickle.loads(pickle.dumps(margins))):
         assert clone._c is not None
         np.testing.assert_array_equal(clone(X[:50]), margins(X[:50]))
+
+
+def test_threads_are_set_on_the_booster_and_on_the_copy_that_predicts(weighted_booster):
+    import json
+
+    booster, X = weighted_booster
+    margins = BlockMargins(booster.copy(), 25)
+    before = margins(X[:20])
+    for n in (1, 2):
+        margins.set_threads(n)
+        assert json.loads(margins._zero_base.save_config())["learner"]["generic_param"]["nthread"] == str(n)
+        np.testing.assert_array_equal(margins(X[:20]), before)

@@ -259,6 +259,20 @@ def test_short_keys_are_refused(tmp_path):
     assert ServingSettings.from_env({"REFRACTURE_API_KEY_FILE": str(key_file)}).api_key == KEY
 
 
+def test_scoring_process_setting(monkeypatch):
+    from serving import config
+
+    base = {"REFRACTURE_API_KEY": KEY}
+    assert ServingSettings.from_env({**base, "REFRACTURE_SCORING_PROCESS": "0"}).scoring_process is False
+    assert ServingSettings.from_env({**base, "REFRACTURE_SCORING_PROCESS": "yes"}).scoring_process is True
+    for cpus, expected in ((1, False), (2, True), (8, True)):  # auto (the default): a core of its own
+        monkeypatch.setattr(config, "_usable_cpus", lambda cpus=cpus: cpus)
+        assert ServingSettings.from_env(base).scoring_process is expected
+        assert ServingSettings.from_env({**base, "REFRACTURE_SCORING_PROCESS": " Auto "}).scoring_process is expected
+    with pytest.raises(ConfigError, match="REFRACTURE_SCORING_PROCESS='maybe': expected 1, 0 or auto"):
+        ServingSettings.from_env({**base, "REFRACTURE_SCORING_PROCESS": "maybe"})
+
+
 def test_key_comparison_is_constant_time(monkeypatch):
     calls = []
     import hmac

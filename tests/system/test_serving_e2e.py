@@ -6,6 +6,7 @@ the start refused without an API key."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -262,6 +263,10 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
     assert all(o["source"].startswith("bento:") for o in info["outcomes"].values())
     # The Bento carries each model's drift reference: reference-aware input metrics, no registry.
     assert 'refracture_input_reference_share{input="hu_index_preop"' in metrics
+    # The one record scored (in the worker's scoring process) is counted by the worker's
+    # /metrics: the drift counts come back with the answers.
+    assert re.search(r'^refracture_records_scored_total(\{[^}]*\})? 1\.0$', metrics, re.M), metrics[:3000]
+    assert re.search(r'^refracture_input_value_count\{input="age_years"\} 1\.0$', metrics, re.M)
     assert not no_registry.exists()
     reference = httpx.post(f"{server.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
     for o in ("cemented_refracture", "remote_fracture"):  # adjacent may have been re-pinned by the restart test
