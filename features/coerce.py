@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,10 +217,23 @@ def _dates(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parsed = pd.Series(raw)
     else:
         cells = np.where(missing, None, raw).astype(object)
-        parsed = pd.to_datetime(pd.Series(cells, dtype=object), errors="coerce", format="ISO8601")
-        if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):  # all missing, or mixed time zones
+        try:
+            parsed = pd.to_datetime(pd.Series(cells, dtype=object), errors="coerce", format="ISO8601")
+        except ValueError:  # cells in different time zones (pandas refuses to mix them)
+            parsed = pd.Series([_wall_clock(c) for c in cells], dtype="datetime64[ns]")
+        if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):  # all missing
             parsed = pd.to_datetime(pd.Series(cells, dtype=object), errors="coerce", format="ISO8601", utc=True)
     return _date_window(parsed, ~missing)
+
+
+def _wall_clock(cell: Any) -> pd.Timestamp:
+    """One date cell's own wall-clock time, its time zone dropped (NaT if unreadable): the
+    calendar date the hospital wrote, as for a column in a single time zone, not that
+    moment in UTC, which can fall on another day."""
+    stamp = pd.to_datetime(cell, errors="coerce", format="ISO8601") if cell is not None else pd.NaT
+    if stamp is pd.NaT or pd.isna(stamp):
+        return pd.NaT
+    return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def _date_window(parsed: pd.Series, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

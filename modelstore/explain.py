@@ -59,6 +59,7 @@ import pandas as pd
 import shap
 import xgboost as xgb
 
+from features.assemble import select_features
 from features.catalog import FEATURES_BY_NAME, display_name
 from modelstore.candidates import logit
 
@@ -158,7 +159,7 @@ def explain(scorer, X: pd.DataFrame, slope: float = 1.0, intercept: float = 0.0,
     """Explain ``scorer`` on features ``X`` in calibrated log-odds (``slope * raw + intercept``).
     ``xgb_method``: ``XGB_METHODS`` entry used for an XGBoost scorer (others ignore it);
     the additivity tolerance applies in calibrated log-odds."""
-    X = X[list(scorer.feature_names_)] if hasattr(scorer, "feature_names_") else X
+    X = select_features(X, list(scorer.feature_names_)) if hasattr(scorer, "feature_names_") else X
     tolerance = ADDITIVITY_TOLERANCE / max(abs(slope), 1e-12)
     base, values, method, raw = raw_contributions(scorer, X, xgb_method, tolerance)
     names = list(X.columns)

@@ -310,3 +310,25 @@ def test_a_simulated_export_with_the_real_world_quirks_is_accepted():
     assert typed["events"].attrs["sacral_events_set_aside"] > 0
     assert typed["imaging"]["hu_upper_adjacent"].max() > 600 or typed["imaging"]["hu_lower_adjacent"].max() > 600
     assert typed["imaging"]["upper_adjacent_height_mm"].min() < 8
+
+
+def test_dates_in_different_time_zones_keep_each_cells_calendar_date():
+    """A batch file whose date cells carry different UTC offsets (an export merged from two
+    systems) is read, not a crash: each cell keeps the date the hospital wrote, as a column
+    in one time zone does (UTC would move 01:00+02:00 to the day before)."""
+    import numpy as np
+
+    from features.coerce import coerce_array
+    from features.records import inspect_records
+
+    cells = np.array(["2021-01-01T01:00:00+02:00", "2021-02-03", "2021-03-04T23:30:00-05:00", "not a date", None],
+                     dtype=object)
+    values, unreadable = coerce_array(cells, "date")
+    assert [str(v)[:10] for v in values[:3]] == ["2021-01-01", "2021-02-03", "2021-03-04"]
+    assert np.isnat(values[3]) and np.isnat(values[4])
+    assert unreadable.tolist() == [False, False, False, True, False]
+
+    flat = pd.DataFrame([flatten_record(example_record())] * 2)
+    flat["surgery_date"] = ["2021-06-01T01:00:00+02:00", "2021-06-02T00:00:00Z"]
+    inspected = inspect_records(flat)
+    assert [str(d)[:10] for d in inspected.typed["surgery_date"]] == ["2021-06-01", "2021-06-02"]
