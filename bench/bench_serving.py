@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_serving.py [--duration 15] [--repeats 3] [--records 100000]
 
 1. Trains a small champion per outcome into ``bench/out/serving-store`` (once; reused).
-2. Starts, on 127.0.0.1, ``refracture serve`` and two bare echo endpoints
+2. Starts, on 127.0.0.1, ``refracture serve`` and three bare echo endpoints
    (``bench/bench_serving_bare.py``: same input model, return their input: stock BentoML
-   and ``bare_cached``, the fair floor the targets use) and drives each with ``wrk`` (apt package) at 1, 8 and 32 connections, posting the example
+   and ``bare_cached``, the fair floor the targets use; ``bench/bench_serving_floor_fixed.py``:
+   ``bare_fixed``, the same on the service's server classes, the strict floor) and drives each with ``wrk`` (apt package) at 1, 8 and 32 connections, posting the example
    record: p50, p99 and requests/s per run; ``--repeats`` runs, medians reported. The three
    targets are measured interleaved (bare, predict, explain for each run and concurrency) so
    that load from other users of the machine hits them alike.
@@ -151,9 +152,14 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
     cached = start([sys.executable, "-m", "bentoml", "serve", "bench.bench_serving_bare:BareCached", "--host", "127.0.0.1",
                     "--port", str(p_cached), "--working-dir", str(ROOT)], cached_env, work / "bare-cached.log",
                    f"http://127.0.0.1:{p_cached}")
+    p_fixed = free_port()
+    fixed = start([sys.executable, "-m", "bentoml", "serve", "bench.bench_serving_floor_fixed:BareFixed", "--host",
+                   "127.0.0.1", "--port", str(p_fixed), "--working-dir", str(ROOT)], cached_env, work / "bare-fixed.log",
+                  f"http://127.0.0.1:{p_fixed}")
     targets = {"bare": f"http://127.0.0.1:{p_bare}/echo", "bare_cached": f"http://127.0.0.1:{p_cached}/echo",
+               "bare_fixed": f"http://127.0.0.1:{p_fixed}/echo",
                "predict": f"http://127.0.0.1:{p_svc}/predict", "explain": f"http://127.0.0.1:{p_svc}/explain"}
-    servers = {"bare": bare, "bare_cached": cached, "predict": svc, "explain": svc}
+    servers = {"bare": bare, "bare_cached": cached, "bare_fixed": fixed, "predict": svc, "explain": svc}
     if compare_thread:  # the same service scoring in the worker's thread (REFRACTURE_SCORING_PROCESS=0)
         p_thread = free_port()
         servers["predict_thread"] = servers["explain_thread"] = start(
@@ -177,7 +183,7 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
                           f"{result['rps']:8.1f} req/s  non-2xx {result['non_2xx']}  server cores {result['server_cores']:.2f}",
                           flush=True)
     finally:
-        for server in {id(p): p for p in [svc, bare, cached, *servers.values()]}.values():
+        for server in {id(p): p for p in [svc, bare, cached, fixed, *servers.values()]}.values():
             stop(server)
         audit_lines = sum(1 for _ in open(work / "audit.jsonl")) if (work / "audit.jsonl").exists() else 0
         shutil.rmtree(work, ignore_errors=True)
@@ -228,14 +234,16 @@ def batch_bench(store: Path, n: int, n_explain: int | None = None) -> dict:
     return out
 
 
-def table(http: dict) -> str:
-    """Medians; ratios against the fair floor (bare_cached)."""
+def table(http: dict, floor_name: str = "bare_cached") -> str:
+    """Medians; ratios against a floor (``bare_cached``: the fair floor of the targets;
+    ``bare_fixed``: the same on the service's server classes, the strict floor)."""
     m = http["median"]
     lines = ["| clients | target | p50 ms | p99 ms | req/s | req/s ÷ floor | p99 ÷ floor p99 | server cores |",
              "|---|---|---|---|---|---|---|---|"]
-    for c in sorted(int(k) for k in m["bare_cached"]):
-        floor = m["bare_cached"][c]
-        for name in [t for t in ("bare", "bare_cached", "predict", "explain", "predict_thread", "explain_thread") if t in m]:
+    for c in sorted(int(k) for k in m[floor_name]):
+        floor = m[floor_name][c]
+        for name in [t for t in ("bare", "bare_cached", "bare_fixed", "predict", "explain", "predict_thread",
+                                 "explain_thread") if t in m]:
             x = m[name][c]
             lines.append(f"| {c} | {name} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['rps']:.1f} | "
                          f"{x['rps'] / floor['rps']:.0%} | {x['p99_ms'] / floor['p99_ms']:.2f}× | {x['server_cores']:.2f} |")
@@ -266,6 +274,8 @@ def main() -> None:
                                     tuple(int(c) for c in args.concurrency.split(",")), args.compare_thread)
         print()
         print(table(result["http"]))
+        print("\nAgainst the strict floor (bare_fixed):\n")
+        print(table(result["http"], "bare_fixed"))
     if args.records:
         result["batch"] = batch_bench(store, args.records, args.explain_records)
     result["machine"]["load_avg_end"] = os.getloadavg()
