@@ -110,7 +110,14 @@ def _requested_horizon(request) -> float | None | ParsedRequest:
     """``/explain``'s horizon (query ``?horizon_months=6``; the headline when absent), None
     for ``/predict`` (which returns every horizon and refuses the parameter), or the 400."""
     given = request.query_params.getlist(HORIZON_FIELD)
-    if request.url.path.rstrip("/").endswith("/predict"):
+    predict = request.url.path.rstrip("/").endswith("/predict")
+    unknown = sorted({k for k in request.query_params.keys() if k != HORIZON_FIELD})
+    if unknown:
+        # Refused like an unknown field of a record: a misspelt parameter (``horizon=6``)
+        # silently ignored would answer at the wrong horizon.
+        name = unknown[0][:60]
+        return _field_error(name, "unknown query parameter", "none" if predict else HORIZON_FIELD)
+    if predict:
         if not given:
             return None
         return _field_error(HORIZON_FIELD, "only /explain takes a horizon: /predict returns the risk at every horizon",

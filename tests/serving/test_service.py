@@ -521,3 +521,17 @@ def test_service_fills_the_death_context_from_the_champion(client, store):
     assert info["context"]["death"]["model"]["version"] == str(champion.version)
     assert "death" not in info["outcomes"]
     assert "context" in info["example_response"]["predictions"][0]
+
+
+@pytest.mark.parametrize("path", ["/predict?horizon=6", "/explain?horizon=6", "/explain?horizon_months=6&x=1",
+                                  "/predict?%C3%A6=%F3%BB%8C%9A"])
+def test_an_unknown_query_parameter_is_a_400_naming_it(client, path):
+    """As an unknown field of a record: a misspelt ``horizon`` silently ignored would have
+    answered at the headline horizon."""
+    from serving.examples import example_record
+
+    r = post(client, path, example_record())
+    assert r.status_code == 400, r.text
+    (error,) = r.json()["errors"]
+    assert error["error"] == "unknown query parameter" and error["record"] is None
+    assert error["field"] in ("horizon", "x", "æ")
