@@ -105,12 +105,7 @@ class DriftMetrics:
         the scored records) and ``scored`` (the per-record results, ``outcomes`` ->
         ``probability`` at ``horizon_months`` and, when present, ``curve`` as
         ``{"p_<m>m": risk}`` or a list of ``{"horizon_months", "probability"}``)."""
-        try:
-            counts = self.counter.count(typed, scored)
-        except Exception as exc:  # noqa: BLE001 - monitoring never fails an answer; log the type only
-            logger.error("drift metrics not updated: %s", type(exc).__name__)
-            return
-        self.add(counts)
+        self.add(self.counter.count_or_none(typed, scored))
 
     def add(self, counts: "DriftCounts | None") -> None:
         """Add a batch's counts (``DriftCounter.count``) to the metrics."""
@@ -165,16 +160,6 @@ def _add_buckets(hist, per_bucket: np.ndarray, total: float) -> None:
     hist._sum.inc(float(total))
 
 
-def _observe_many(hist, x: np.ndarray) -> None:
-    """``hist.observe`` for every value of ``x`` in one pass (same buckets and sum)."""
-    bounds = getattr(hist, "_upper_bounds", None)
-    if bounds is None or not hasattr(hist, "_buckets") or not hasattr(hist, "_sum"):
-        for v in x:
-            hist.observe(v)
-        return
-    _add_buckets(hist, _bucket_counts(np.asarray(bounds, dtype="float64"), x), float(x.sum()))
-
-
 @dataclass
 class DriftCounts:
     """One batch's drift counts (``DriftCounter.count``), added by ``DriftMetrics.add``."""
@@ -199,6 +184,14 @@ class DriftCounter:
     levels: dict[str, list[str]]
     kinds: dict[str, str]
     risk_buckets: list[float]
+
+    def count_or_none(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> DriftCounts | None:
+        """``count``, or None (logged, type only) if counting fails: monitoring never fails an answer."""
+        try:
+            return self.count(typed, scored)
+        except Exception as exc:  # noqa: BLE001
+            logger.error("drift metrics not updated: %s", type(exc).__name__)
+            return None
 
     def count(self, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]) -> DriftCounts:
         """The counts of ``DriftMetrics.observe``'s arguments."""

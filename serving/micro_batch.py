@@ -73,7 +73,7 @@ def process_batch(scorer: ServedModels, counter: DriftCounter | None, jobs: list
                 flat_ok, typed = merged.iloc[positions], inspected.subset(positions)
             ids = [pid for k in ok for pid in jobs[k][1]]
             scored = scorer.score(flat_ok, ids, explain=explain, typed=typed, horizon_months=horizon_months)
-            drift = _drift_counts(counter, typed, scored)
+            drift = counter.count_or_none(typed, scored) if counter is not None else None
             pos = 0
             for k in ok:
                 part = scored[pos:pos + len(jobs[k][0])]
@@ -93,13 +93,3 @@ def process_batch(scorer: ServedModels, counter: DriftCounter | None, jobs: list
         logger.error("scoring failed: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
         raise RuntimeError("scoring failed") from None
 
-
-def _drift_counts(counter: DriftCounter | None, typed: dict[str, np.ndarray], scored: list[dict[str, Any]]
-                  ) -> DriftCounts | None:
-    if counter is None:
-        return None
-    try:
-        return counter.count(typed, scored)
-    except Exception as exc:  # noqa: BLE001 - monitoring never fails an answer; log the type only
-        logger.error("drift metrics not updated: %s", type(exc).__name__)
-        return None

@@ -86,7 +86,8 @@ def test_a_child_that_dies_is_replaced_and_the_batch_scored_again(served, child)
     scorer, drift, jobs = served
     first = child.pid
     os.kill(first, signal.SIGKILL)
-    psutil.Process(first).wait(timeout=10) if psutil.pid_exists(first) else None
+    if psutil.pid_exists(first):
+        psutil.Process(first).wait(timeout=10)
     before = child.restarts
     result = child.run(jobs, False, None)
     assert [a[0] for a in result.answers] == [200, 200, 200, 422, 200]

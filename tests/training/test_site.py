@@ -279,7 +279,7 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
 def test_bulk_histogram_update_matches_observe_one_by_one():
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from serving.drift_metrics import _observe_many
+    from serving.drift_metrics import _add_buckets, _bucket_counts
 
     x = np.array([0.5, 1.0, 1.0, 2.0, 3.5, 10.0, -4.0, 7.0])
     texts = []
@@ -287,7 +287,7 @@ def test_bulk_histogram_update_matches_observe_one_by_one():
         registry = CollectorRegistry()
         h = Histogram("v", "x", ["input"], buckets=[1.0, 2.0, 7.0], registry=registry).labels(input="a")
         if bulk:
-            _observe_many(h, x)
+            _add_buckets(h, _bucket_counts(np.asarray(h._upper_bounds), x), float(x.sum()))
         else:
             for v in x:
                 h.observe(v)
