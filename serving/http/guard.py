@@ -38,8 +38,10 @@ from serving.http.headers import secure_start
 logger = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
-OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics", "/model", "/docs.json", "/schema.json"})
-OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui")  # /ui: the clinician page (holds no key)
+OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics", "/model", "/docs.json", "/schema.json",
+                        "/fhir/metadata"})  # FHIR's CapabilityStatement is public, as FHIR servers' are
+# /ui: the clinician page (holds no key); the FHIR CodeSystem and OperationDefinition: public definitions
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui", "/fhir/CodeSystem/", "/fhir/OperationDefinition/")
 #: Audit status of a request whose client left before the end of its body (nginx's 499):
 #: not a server error, and no answer was sent.
 CLIENT_CLOSED_REQUEST = 499
@@ -82,13 +84,14 @@ class GuardMiddleware:
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
     def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None,
-                 routes: tuple[Route, ...] = ()):
+                 routes: tuple[Route, ...] | Callable[[ServingSettings], tuple[Route, ...]] = ()):
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider
         #: Paths with their own authenticator or error format (``serving.http.callers``);
-        #: everything else is the default route: the API key.
-        self.routes = tuple(routes)
+        #: everything else is the default route: the API key. Given as a function of the
+        #: settings when the routes need them (the middleware is declared at import, built at start).
+        self.routes = tuple(routes(self.settings) if callable(routes) else routes)
         self.default_route = Route("/", ApiKeyAuthenticator(self.settings))
         self._spec: bytes | None = None
         audit.configure_audit_log(self.settings.audit_log_path)
