@@ -23,6 +23,12 @@ What a card says:
   missing; the model versions.
 - **links**: the clinician page with this patient's record filled in (``/ui/#record=...``:
   in the URL's fragment, which a browser never sends to a server).
+- **extension** ``EXTENSION``: the numbers themselves, for a client that stores or audits them:
+  the procedure, each outcome's curve (full precision), band and model, and the death context.
+  CDS Hooks 2.0 "Extensions": "the specification reserves the name extension ... allowing
+  implementations to use it to provide custom behavior and information. The value of an
+  extension element MUST be a pre-coordinated JSON object", named "using a strategy ... such
+  as reverse-domain-name notation".
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ TECHNIQUE_WORDS = {"PVP": "vertebroplasty", "PKP": "kyphoplasty"}
 ASSOCIATION_NOTE = ("These factors are what the model associates with the risk in patients like this one; they "
                     "are associations, not causes: changing one does not necessarily change the risk.")
 _BAND_ORDER = ("low", "intermediate", "high")
+#: The card extension holding the numbers (reverse-domain name of the project's canonical base).
+EXTENSION = "example.refracture-risk.prediction"
 
 
 def _pct(p: float) -> str:
@@ -123,7 +131,22 @@ def card(record: dict[str, Any], prediction: dict[str, Any], source_url: str | N
     if public_url:
         out["links"] = [{"label": "Review in the refracture-risk clinician page", "url": record_link(public_url, record),
                          "type": "absolute"}]
+    out["extension"] = {EXTENSION: numbers(procedure, prediction)}
     return out
+
+
+def numbers(procedure: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
+    """The card extension's content: what was scored and its numbers at full precision."""
+    out: dict[str, Any] = {
+        "procedure_id": prediction["procedure_id"], "surgery_date": procedure.get("surgery_date"),
+        "level": procedure.get("level"),
+        "outcomes": {o: {"curve": item["curve"], "horizon_months": item["horizon_months"], "probability": item["probability"],
+                         "risk_band": item["risk_band"], "model": item["model"]}
+                     for o, item in prediction["outcomes"].items()}}
+    death = (prediction.get("context") or {}).get("death")
+    if death:
+        out["death"] = death
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def card_problems(c: dict[str, Any]) -> list[str]:

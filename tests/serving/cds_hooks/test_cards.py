@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from serving.cds_hooks.cards import ASSOCIATION_NOTE, card, card_problems, indicator, summary
+from serving.cds_hooks.cards import ASSOCIATION_NOTE, EXTENSION, card, card_problems, indicator, summary
 
 OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
 RECORD = {"patient": {"sex": "F"}, "procedure": {"procedure_id": "p-1", "level": "T12", "technique": "PKP",
@@ -55,6 +55,9 @@ def test_a_card_follows_the_cds_hooks_rules_and_says_what_it_must():
     assert link["type"] == "absolute" and link["url"].startswith("https://risk.example/ui/#record=")
     token = link["url"].split("#record=", 1)[1]
     assert json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) == RECORD
+    numbers = c["extension"][EXTENSION]
+    assert numbers["procedure_id"] == "p-1" and numbers["outcomes"]["remote_fracture"]["curve"]["24"] == 0.2
+    assert numbers["death"]["probability"] == 0.082 and numbers["outcomes"]["adjacent_fracture"]["risk_band"] == "intermediate"
 
 
 def test_the_indicator_comes_from_the_highest_band_and_is_never_critical():
