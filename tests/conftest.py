@@ -53,6 +53,7 @@ SLOW_MODULES = frozenset({
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "serving/test_fhir_service.py",  # serves the shared store; 3 x 1,000 procedures through FHIR and CDS Hooks
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
