@@ -55,12 +55,14 @@ def prefetch_templates() -> dict[str, str]:
     procedure_codes = [code for m in FIELD_MAPS if m.field == "technique" for code in m.codes]
     observation_codes = [code for m in FIELD_MAPS if m.resource == "Observation" for code in m.codes]
     observation_codes.append(c.IMAGING_PANEL)
+    # References in the [type]/[id] form: a bare id is allowed too, but some servers (Medplum's,
+    # where the search parameter may target several types) only match the typed form.
     return {
         "patient": f"Patient/{_PATIENT}",
-        "procedures": f"Procedure?patient={_PATIENT}&code={_token_list(procedure_codes)}",
-        "observations": f"Observation?patient={_PATIENT}&code={_token_list(observation_codes)}",
-        "conditions": f"Condition?patient={_PATIENT}",
-        "medications": f"MedicationStatement?patient={_PATIENT}",
+        "procedures": f"Procedure?patient=Patient/{_PATIENT}&code={_token_list(procedure_codes)}",
+        "observations": f"Observation?patient=Patient/{_PATIENT}&code={_token_list(observation_codes)}",
+        "conditions": f"Condition?patient=Patient/{_PATIENT}",
+        "medications": f"MedicationStatement?patient=Patient/{_PATIENT}",
     }
 
 

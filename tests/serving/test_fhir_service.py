@@ -10,16 +10,18 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from cds_support import ISSUER, PUBLIC_URL, SERVICE_PATH, CdsClientKeys, MiniFhirServer, clients_file, hook_call, resources_of
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+import fhir_server_support as fhir_server
 from fhir_support import entry, example
 from serving_support import API_KEY, ensure_trained_store, to_json_records
 
 from features.fhir import codes as c
-from features.fhir.export import export_resources, procedure_bundles
+from features.fhir.export import export_resources, fhir_id, procedure_bundles
 from features.fhir.parse import parse_bundle
 from features.records import tables_to_records
 from features.simulator import load_profile, simulate
@@ -309,6 +311,53 @@ def test_missing_prefetch_is_fetched_from_the_fhir_server_and_412_without_one(cl
         assert fhir.requests and all(auth == "Bearer fhir-token-abc" for _, _, auth in fhir.requests)
     with_prefetch = post_hook(client, keys, hook_call(resources)).json()["cards"][0]
     assert_close(card_curves(r.json()["cards"][0]), card_curves(with_prefetch), "fetched vs prefetched")
+
+
+def test_the_fetch_path_against_a_real_fhir_server_gives_the_prefetch_numbers(client, keys):
+    """No prefetch: the service fetches the patient's data from a FHIR server (Medplum's FHIR
+    engine, started here; tests/support/fhir_server_support.py) with the client's token, and
+    scores the latest augmentation (two levels) of a patient who had two. (That engine answers a
+    search in one page; following ``next`` pages is tested against the loopback server of
+    tests/support/cds_support.py, above and in tests/serving/cds_hooks/test_prefetch.py.)"""
+    if not fhir_server.node_available():
+        pytest.skip("node and npm are needed to run the test FHIR server")
+    tables = validate_raw(simulate(load_profile("yassavoly2025-pkp"), 400, 41)[0])
+    procedures = tables["procedures"]
+    levels = procedures.groupby("patient_id").size()
+    patient_id = levels[levels >= 2].index[0]  # two levels treated in one session: two cards
+    resources = [r for r in export_resources(tables)
+                 if (r["resourceType"] == "Patient" and r["identifier"][0]["value"] == patient_id)
+                 or r.get("subject", {}).get("reference") == f"Patient/{fhir_id(str(patient_id))}"]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    # An earlier augmentation (the simulator has none): its record is read, not scored.
+    first = next(r for r in resources if r["resourceType"] == "Procedure")
+    earlier = {k: v for k, v in first.items() if k != "reasonReference"}
+    earlier.update(id="earlier-augmentation", identifier=[{**first["identifier"][0], "value": "earlier-augmentation"}],
+                   performedDateTime=str(int(first["performedDateTime"][:4]) - 3) + first["performedDateTime"][4:])
+    weight = next(r for r in resources if r.get("code", {}).get("coding", [{}])[0].get("code") == c.BODY_WEIGHT.code)
+    # Older weights (more than a year before surgery): fetched, and not used.
+    resources += [earlier] + [{**weight, "id": f"old-weight-{i}", "effectiveDateTime": f"{2000 + i % 10}-0{1 + i % 9}-15"}
+                              for i in range(30)]
+    with fhir_server.FhirServer("fhir-token-xyz") as fhir:
+        fhir.load(resources)
+        seen = httpx.get(f"{fhir.url}/Observation?patient=Patient/{patient['id']}",
+                         headers={"Authorization": "Bearer fhir-token-xyz"}).json()
+        assert len(seen["entry"]) > 30  # the server holds and searches what was loaded
+        call = hook_call(resources, prefetch=False, fhirServer=fhir.url,
+                         fhirAuthorization={"access_token": "fhir-token-xyz", "token_type": "Bearer", "expires_in": 300,
+                                            "scope": "user/*.read", "subject": "refracture-risk",
+                                            "patient": patient["id"]})
+        fetched = post_hook(client, keys, call)
+        assert fetched.status_code == 200, fetched.text[:2000]
+    prefetched = post_hook(client, keys, hook_call(resources))
+    assert prefetched.status_code == 200, prefetched.text[:2000]
+    cards, expected = fetched.json()["cards"], prefetched.json()["cards"]
+    assert cards and len(cards) == len(expected) and all(card_problems(x) == [] for x in cards)
+    latest = procedures[procedures["patient_id"] == patient_id]["surgery_date"].max().strftime("%Y-%m-%d")
+    assert {x["extension"][EXTENSION]["surgery_date"] for x in cards} == {latest}
+    assert len(cards) == int(levels[patient_id])
+    for got, want in zip(cards, expected):
+        assert_close(card_curves(got), card_curves(want), "fetched from the FHIR server vs prefetched")
 
 
 def test_bad_hook_calls_are_cds_errors_naming_the_field(client, keys):

@@ -138,7 +138,7 @@ class MiniFhirServer:
             return (200, found[0]) if found else (404, {"resourceType": "OperationOutcome", "issue": [
                 {"severity": "error", "code": "not-found", "diagnostics": "no such resource"}]})
         rtype = rest[0]
-        patient = (query.get("patient") or [""])[0]
+        patient = (query.get("patient") or [""])[0].removeprefix("Patient/")
         codes = {c for value in query.get("code", []) for c in value.split(",")}
         matches = [r for r in self.resources if r["resourceType"] == rtype
                    and (r.get("subject") or {}).get("reference") in (f"Patient/{patient}", patient)
