@@ -101,6 +101,14 @@ def follow_up(tables: dict[str, pd.DataFrame], data_cut: dt.date, targets=TARGET
     return out.reset_index()
 
 
+def _records(**columns) -> list[dict]:
+    """Row dicts of plain Python values from equal-length arrays and scalars (repeated)."""
+    n = max((len(v) for v in columns.values() if isinstance(v, np.ndarray)), default=0)
+    lists = {k: v.tolist() if isinstance(v, np.ndarray) else [v] * n for k, v in columns.items()}
+    keys = list(lists)
+    return [dict(zip(keys, values)) for values in zip(*lists.values())]
+
+
 @dataclass
 class LinkSummary:
     """What a linkage did: ``procedures`` in the export, ``predictions`` linked (of
@@ -140,22 +148,22 @@ def link_outcomes(store: PredictionStore, tables: dict[str, pd.DataFrame], secre
     logged_date = pd.to_datetime(joined["surgery_date_logged"])
     summary.surgery_date_differs = int((logged_date.notna() & (logged_date != joined["surgery_date"])).sum())
     now = dt.datetime.now(dt.timezone.utc)
-    patient_hash = [link_key(secret, PATIENT_DOMAIN + str(p)) for p in joined["patient_id"]]
+    ids = joined["prediction_id"].to_numpy(dtype=object)
+    patient_hash = np.array([link_key(secret, PATIENT_DOMAIN + str(p)) for p in joined["patient_id"]], dtype=object)
+    surgery = np.array(joined["surgery_date"].dt.date.tolist(), dtype=object)
+    followed = joined["followed_days"].to_numpy(dtype="float64")
     linked, horizons, counts = [], [], []
     for t in targets:
         time_days = joined[f"{t}_time_days"].to_numpy(dtype="float64")
         status = joined[f"{t}_status"].to_numpy()
         ok = np.isfinite(time_days)
-        for i in np.flatnonzero(ok):
-            linked.append({"prediction_id": joined["prediction_id"].iat[i], "outcome": t, "patient_hash": patient_hash[i],
-                           "surgery_date": joined["surgery_date"].iat[i].date(), "data_cut": data_cut,
-                           "time_days": float(time_days[i]), "status": int(status[i]),
-                           "export_fingerprint": fingerprint, "linked_at": now})
+        linked += _records(prediction_id=ids[ok], outcome=t, patient_hash=patient_hash[ok], surgery_date=surgery[ok],
+                           data_cut=data_cut, time_days=time_days[ok], status=status[ok].astype("int64"),
+                           export_fingerprint=fingerprint, linked_at=now)
         for h in HORIZONS_MONTHS:
-            st = horizon_status(time_days[ok], status[ok], joined["followed_days"].to_numpy()[ok], h)
-            ids = joined["prediction_id"].to_numpy()[ok]
-            horizons += [{"prediction_id": p, "outcome": t, "horizon_months": float(h), "status": s} for p, s in zip(ids, st)]
-            values, n = np.unique(st, return_counts=True)
+            st = horizon_status(time_days[ok], status[ok], followed[ok], h)
+            horizons += _records(prediction_id=ids[ok], outcome=t, horizon_months=float(h), status=st)
+            values, n = np.unique(st.astype(str), return_counts=True)
             counts += [{"outcome": t, "horizon_months": float(h), "status": v, "predictions": int(c)}
                        for v, c in zip(values, n)]
     store.store_outcomes(linked, horizons)

@@ -162,6 +162,9 @@ class PredictionWriter:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # stuck on the store: it keeps its spool file until it ends
+                logger.warning("prediction writer still busy after %g s; %d record(s) queued", timeout, self._queued)
+                return
         if self._own is not None:
             self._own.close()
 
