@@ -36,6 +36,14 @@ from training.time_metrics import evaluate_at_horizons
 
 #: The figures reported per model version, outcome and horizon, each with its 95 % CI.
 HEADLINE_METRICS = ("observed_expected", "calibration_slope", "td_auroc")
+#: Realized O/E outside this band, with a 95 % interval that excludes 1, on at least
+#: ``MIN_MATURED_ALERT`` matured predictions, is a calibration alert (a fifth under or a
+#: quarter over, beyond chance). docs/prometheus/refracture-realized.rules.yml holds the
+#: same numbers (a test checks they agree).
+OE_BAND = (0.8, 1.25)
+MIN_MATURED_ALERT = 100
+#: A calibration slope whose 95 % interval lies below this: risks too extreme.
+SLOPE_ALERT_BELOW = 0.8
 #: Bootstrap resamples per month of prediction (a month holds few events: its intervals
 #: are wide whatever the number of resamples).
 N_BOOT_MONTHS = 100
@@ -161,6 +169,33 @@ def _paired(rows: pd.DataFrame, col: str, horizon_months: float, n_boot: int, se
             row[f"td_auroc_diff{suffix}"] = float(r[f"td_auroc_diff{suffix}"])
         out.append(row)
     return pd.DataFrame(out)
+
+
+def calibration_alerts(metrics: pd.DataFrame, band: tuple[float, float] = OE_BAND,
+                       min_matured: int = MIN_MATURED_ALERT) -> pd.DataFrame:
+    """The calibration alerts of the realized figures (``Realized.metrics`` rows), by the
+    rule the Prometheus alerts apply (``OE_BAND``): ``outcome``, ``model_version``,
+    ``role``, ``horizon_months``, ``alert`` (over_prediction, under_prediction,
+    slope_low) and the figure with its interval."""
+    rows = []
+    if metrics.empty:
+        return pd.DataFrame(columns=["outcome", "model_version", "role", "horizon_months", "alert", "value",
+                                     "ci_low", "ci_high"])
+    low, high = band
+    for _, r in metrics[metrics["matured"] >= min_matured].iterrows():
+        oe, lo, hi = r["observed_expected"], r["observed_expected_ci_low"], r["observed_expected_ci_high"]
+        found = []
+        if oe < low and hi < 1:
+            found.append(("over_prediction", oe, lo, hi))
+        if oe > high and lo > 1:
+            found.append(("under_prediction", oe, lo, hi))
+        if r["calibration_slope_ci_high"] < SLOPE_ALERT_BELOW:
+            found.append(("slope_low", r["calibration_slope"], r["calibration_slope_ci_low"], r["calibration_slope_ci_high"]))
+        rows += [{"outcome": r["outcome"], "model_version": r["model_version"], "role": r["role"],
+                  "horizon_months": r["horizon_months"], "alert": a, "value": v, "ci_low": cl, "ci_high": ch}
+                 for a, v, cl, ch in found]
+    return pd.DataFrame(rows, columns=["outcome", "model_version", "role", "horizon_months", "alert", "value",
+                                       "ci_low", "ci_high"])
 
 
 def summary_records(realized: Realized) -> list[dict]:

@@ -26,7 +26,7 @@ from predictionlog.store import PredictionStore, SchemaOutOfDate
 from refracture.commands.data import _load_valid
 from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _tracking_or_exit
 from training.provenance import data_fingerprint
-from training.realized import realized_performance, gauge_rows, summary_records
+from training.realized import OE_BAND, calibration_alerts, gauge_rows, realized_performance, summary_records
 from training.realized_run import build_result, log_realized
 from training.site_run import write_report
 
@@ -144,11 +144,19 @@ def performance(
     site: Annotated[str, typer.Option("--site", help="Site name shown in the report.")] = "this site",
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on standard output.")] = False,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.", min=0)] = 200,
+    band: Annotated[str, typer.Option("--band", help="LOW,HIGH: realized O/E outside it, with an interval excluding 1 "
+                                                     "on >= 100 matured predictions, is an alert (as the Prometheus "
+                                                     "rules decide).")] = f"{OE_BAND[0]:g},{OE_BAND[1]:g}",
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Realized performance of every model version on its matured predictions: O/E,
     calibration slope, AUROC (95 % CIs), by month, champion vs shadow challenger; HTML
     report, MLflow run on the versions, and the figures the service exports on /metrics."""
+    try:
+        low, high = (float(x) for x in band.split(","))
+        assert 0 < low < 1 < high
+    except (ValueError, AssertionError):
+        raise typer.BadParameter("two numbers LOW,HIGH with 0 < LOW < 1 < HIGH, e.g. 0.8,1.25", param_hint="--band") from None
     pstore = _store(_settings(need_secret=False))
     scores, linked = pstore.scores_frame(), pstore.outcomes_frame()
     realized = realized_performance(scores, linked, DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, n_boot=bootstrap)
@@ -159,11 +167,17 @@ def performance(
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("logging the realized performance"):
         run_id = log_realized(out, realized, site)
+    alerts = calibration_alerts(realized.metrics, (low, high))
+    for _, a in alerts.iterrows():
+        console.print(f"[yellow]alert[/yellow] {a['outcome']} v{a['model_version']} ({a['role']}) by "
+                      f"{a['horizon_months']:g} months: {a['alert'].replace('_', ' ')}, {a['value']:.2f} "
+                      f"({a['ci_low']:.2f} to {a['ci_high']:.2f})")
     n = int(realized.metrics["matured"].sum()) if len(realized.metrics) else 0
     console.print(f"[green]wrote[/green] {out / 'report.html'} ({n} matured prediction-horizons); MLflow run {run_id} "
                   "in experiment refracture-realized-performance")
     if as_json:
         payload = {"generated_at": now.isoformat(timespec="seconds"), "mlflow_run_id": run_id,
                    "performance": summary_records(realized),
+                   "alerts": json.loads(alerts.to_json(orient="records")),
                    "paired": json.loads(realized.paired.to_json(orient="records")) if len(realized.paired) else []}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
