@@ -129,7 +129,8 @@ class Predictions:
     linkable); ``surgery_dates``: dates or ISO text; ``missing_inputs``: per record, the
     names of the missing fields; ``request_id``: the audit log's id of the HTTP request
     (or the batch run's); ``client``: the caller's name when known; ``inputs``: per record
-    the model inputs, passed only when the deployment stores them.
+    the model inputs (a list of dicts or a DataFrame of flat records), passed only when the
+    deployment stores them.
     ``prediction_ids`` are drawn here (one random prefix per call and the record's
     position), so a shadow score can refer to them.
     """
@@ -141,7 +142,7 @@ class Predictions:
     missing_inputs: Sequence[Sequence[str]] | None = None
     request_id: str | None = None
     client: str | None = None
-    inputs: Sequence[dict[str, Any]] | None = None
+    inputs: Sequence[dict[str, Any]] | pd.DataFrame | None = None
     logged_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     prediction_ids: list[str] = field(init=False)
 
@@ -163,12 +164,13 @@ class Predictions:
     def rows(self, secret: bytes) -> RowBatch:
         """The rows to store; the procedure keys become keyed hashes here."""
         hashes = link_keys(secret, self.procedure_ids)
+        inputs_all = self.inputs.to_dict("records") if isinstance(self.inputs, pd.DataFrame) else self.inputs
         when = self.logged_at.astimezone(dt.timezone.utc).isoformat()
         client = None if self.client is None else str(self.client)[:MAX_CLIENT_CHARS]
         preds = []
         for i, pid in enumerate(self.prediction_ids):
             missing = self.missing_inputs[i] if self.missing_inputs is not None else None
-            inputs = self.inputs[i] if self.inputs is not None else None
+            inputs = inputs_all[i] if inputs_all is not None else None
             preds.append({
                 "prediction_id": pid, "logged_at": when, "source": self.source, "request_id": self.request_id,
                 "record_index": i, "client": client, "key_hash": hashes[i],

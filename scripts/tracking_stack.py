@@ -198,7 +198,7 @@ class TrackingStack:
                             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-locale")
             if done.returncode:
                 raise StackError(f"initdb failed in {self.pg_data}:\n{done.stdout}{done.stderr}")
-        self.pg_port = free_port()
+        self.pg_port = self.pg_port or free_port()  # a restart keeps the port: clients' URLs stay valid
         options = f"-c listen_addresses=127.0.0.1 -p {self.pg_port} -c unix_socket_directories={self.pg_dir}"
         done = self._pg("pg_ctl", "start", "-D", str(self.pg_data), "-l", str(self.pg_log), "-o", options, "-w",
                         "-t", str(PG_START_TIMEOUT_S))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
@@ -130,3 +131,28 @@ def test_the_spool_sits_beside_a_sqlite_store(tmp_path):
     s = PredictionLogSettings.from_env({"REFRACTURE_PREDICTION_LOG": "0",
                                         "REFRACTURE_PREDICTION_DB": f"sqlite:///{tmp_path}/p.db"})
     assert s.spool_dir == tmp_path / "prediction-spool"
+
+
+# ---------------------------------------------------------------- the facade callers use
+
+def test_the_log_stores_inputs_only_when_the_deployment_says_so(tmp_path):
+    import pandas as pd
+
+    from predictionlog.log import PredictionLog
+
+    base = {"REFRACTURE_PREDICTION_DB": f"sqlite:///{tmp_path / 'predictions.db'}", "REFRACTURE_PREDICTION_SECRET": SECRET.decode()}
+    migrated_store(tmp_path)
+    scores = [ModelScores("adjacent_fracture", "refracture-adjacent_fracture", "1", np.full((2, 4), 0.1))]
+    inputs = pd.DataFrame({"age_years": [81.5, float("nan")], "sex": ["F", None]})
+    for store_inputs in ("0", "1"):
+        log = PredictionLog.open(PredictionLogSettings.from_env({**base, "REFRACTURE_PREDICTION_STORE_INPUTS": store_inputs}))
+        sent = log.record(source="page", procedure_ids=["P1", "P2"], scores=scores, inputs=inputs, request_id=store_inputs,
+                          client="ward-3")
+        assert sent is not None and log.flush(10)
+        log.close()
+    with log.store.engine.connect() as conn:
+        rows = dict(conn.exec_driver_sql("SELECT request_id, inputs FROM predictions WHERE record_index = 0").all())
+        client = conn.exec_driver_sql("SELECT DISTINCT client FROM predictions").scalar_one()
+    assert rows["0"] is None and json.loads(rows["1"]) == {"age_years": 81.5, "sex": "F"}
+    assert client == "ward-3"
+    assert PredictionLog.open(PredictionLogSettings.from_env({"REFRACTURE_PREDICTION_LOG": "0"})) is None
