@@ -87,13 +87,14 @@ def cohort_name(outcome: str, version: str, role: str) -> str:
 
 
 def realized_performance(scores: pd.DataFrame, outcomes: pd.DataFrame, horizons_months, headline_months: float,
-                         n_boot: int = 200, seed: int = 0) -> Realized:
+                         n_boot: int = 200, seed: int = 0, by_month: bool = True) -> Realized:
     """Realized performance of every model version in ``scores`` (module docstring).
 
     ``scores``: ``PredictionStore.scores_frame()``; ``outcomes``:
     ``PredictionStore.outcomes_frame()``; ``horizons_months``: the horizons to report;
-    ``headline_months``: the decision curve's horizon. Versions with no matured
-    prediction at a horizon have no row there."""
+    ``headline_months``: the decision curve's horizon; ``by_month``: also the figures per
+    month of prediction (the slow part). Versions with no matured prediction at a horizon
+    have no row there."""
     if scores.empty or outcomes.empty:
         return Realized()
     parts: dict[str, list[pd.DataFrame]] = {"metrics": [], "calibration": [], "decision": [], "by_month": [], "paired": []}
@@ -114,7 +115,8 @@ def realized_performance(scores: pd.DataFrame, outcomes: pd.DataFrame, horizons_
             parts["calibration"].append(res["calibration"].assign(**tag))
             if abs(h - headline_months) < 1e-9:
                 parts["decision"].append(res["decision"].assign(**tag))
-            parts["by_month"].append(_by_month(part, col, h, seed).assign(outcome=outcome, **tag))
+            if by_month:
+                parts["by_month"].append(_by_month(part, col, h, seed).assign(outcome=outcome, **tag))
         parts["paired"].append(_paired(rows, col, h, n_boot, seed))
     out = {k: pd.concat([p for p in v if len(p)], ignore_index=True) if any(len(p) for p in v) else pd.DataFrame()
            for k, v in parts.items()}
