@@ -117,47 +117,64 @@ LOOK_MONTHS = tuple(range(3, 37, 3))
 
 
 def detection_one(d: int, n: int, n_boot: int, shift: float) -> dict:
+    """Every look's figures per outcome and horizon (``series``: one row per look where the
+    series' matured set grew; an unchanged set gives the same figures and is carried
+    over), and the look and series of the first alert (an under-prediction one when
+    shifted, any one otherwise)."""
     profile = deployment_profile()
     tables, truth = simulate(profile, n, seed=20_000 + d)
     typed = validate_raw(tables)
     labels = build_labels(typed)
     procs = typed["procedures"].set_index("procedure_id").loc[labels.index.astype(str)]
     surgery = procs["surgery_date"]
-    out = {"deployment": d, "shift": shift, "first_alert": None, "alerts_by_look": []}
+    risks = {o: _risks(procs.reset_index(), truth, o, 1 / shift) for o in OUTCOMES}
+    out = {"deployment": d, "shift": shift, "first_alert": None, "series": []}
+    last: dict[tuple, dict] = {}
     for look in LOOK_MONTHS:
         cut = pd.Timestamp(START) + pd.DateOffset(months=look)
         followed = (cut - surgery).dt.days.to_numpy(dtype="float64")
         visible = followed >= 3
-        rows = []
         for outcome in OUTCOMES:
             t = labels[f"{outcome}_time_days"].to_numpy(dtype="float64")
             s = labels[f"{outcome}_status"].to_numpy(dtype="int64")
             seen = t <= followed  # truncated at the look's cut, as an export drawn then
             t_c, s_c = np.where(seen, t, followed), np.where(seen, s, 0)
-            risks = _risks(procs.reset_index(), truth, outcome, 1 / shift)
             for j, h in enumerate(DEFAULT_HORIZONS_MONTHS):
                 m = visible & (followed >= horizon_days(h))
+                key = (outcome, h)
                 if m.sum() < MIN_MATURED_ALERT:
                     continue
-                table = evaluate_at_horizons(t_c[m], s_c[m], {horizon_days(h): risks[m, j]}, n_boot=n_boot, seed=d)
-                rows.append(table.iloc[0].to_dict() | {"outcome": outcome, "horizon_months": h, "matured": int(m.sum()),
-                                                       "role": "champion", "model_version": "1"})
-        alerts = calibration_alerts(pd.DataFrame(rows)) if rows else pd.DataFrame()
-        found = [] if alerts.empty else [
-            {"look_month": look, "outcome": a.outcome, "horizon_months": float(a.horizon_months), "alert": a.alert,
-             "value": float(a.value),
-             "matured": int(next(r["matured"] for r in rows if r["outcome"] == a.outcome
-                                 and r["horizon_months"] == a.horizon_months)),
-             "events": int(next(r["events"] for r in rows if r["outcome"] == a.outcome
-                                and r["horizon_months"] == a.horizon_months))}
-            for a in alerts.itertuples()]
-        out["alerts_by_look"].append({"look_month": look, "alerts": found})
-        wanted = [a for a in found if a["alert"] == "under_prediction"] if shift != 1 else found
-        if wanted and out["first_alert"] is None:
-            out["first_alert"] = min(wanted, key=lambda a: a["matured"])
-            if shift != 1:
-                break  # detected: later looks do not matter for the time to detection
+                if key in last and last[key]["matured"] == int(m.sum()):
+                    row = dict(last[key], look_month=look)
+                else:
+                    table = evaluate_at_horizons(t_c[m], s_c[m], {horizon_days(h): risks[outcome][m, j]},
+                                                 n_boot=n_boot, seed=d)
+                    r = table.iloc[0]
+                    row = {"look_month": look, "outcome": outcome, "horizon_months": h, "matured": int(m.sum()),
+                           "events": int(r["events"]), "role": "champion", "model_version": "1",
+                           **{k: float(r[k]) for k in ("observed_expected", "observed_expected_ci_low",
+                                                       "observed_expected_ci_high", "calibration_slope",
+                                                       "calibration_slope_ci_low", "calibration_slope_ci_high")}}
+                last[key] = row
+                out["series"].append(row)
+        if out["first_alert"] is None:
+            out["first_alert"] = _first_alert(pd.DataFrame([r for r in out["series"] if r["look_month"] == look]), shift)
     return out
+
+
+def _first_alert(rows: pd.DataFrame, shift: float) -> dict | None:
+    if rows.empty:
+        return None
+    alerts = calibration_alerts(rows)
+    if shift != 1:
+        alerts = alerts[alerts["alert"] == "under_prediction"]
+    if alerts.empty:
+        return None
+    hit = rows.merge(alerts[["outcome", "horizon_months", "alert"]], on=["outcome", "horizon_months"])
+    first = hit.sort_values("matured").iloc[0]
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in first[["look_month", "outcome", "horizon_months",
+                                                                          "alert", "matured", "events",
+                                                                          "observed_expected"]].items()}
 
 
 # ---------------------------------------------------------------- main

@@ -42,6 +42,9 @@ HEADLINE_METRICS = ("observed_expected", "calibration_slope", "td_auroc")
 #: same numbers (a test checks they agree).
 OE_BAND = (0.8, 1.25)
 MIN_MATURED_ALERT = 100
+#: ... and at least this many events: below, a percentile interval of a ratio is no
+#: interval (no event gives O/E 0 "between 0 and 0"), and one event gives a slope of anything.
+MIN_EVENTS_ALERT = 20
 #: A calibration slope whose 95 % interval lies below this: risks too extreme.
 SLOPE_ALERT_BELOW = 0.8
 #: Bootstrap resamples per month of prediction (a month holds few events: its intervals
@@ -174,9 +177,10 @@ def _paired(rows: pd.DataFrame, col: str, horizon_months: float, n_boot: int, se
 
 
 def calibration_alerts(metrics: pd.DataFrame, band: tuple[float, float] = OE_BAND,
-                       min_matured: int = MIN_MATURED_ALERT) -> pd.DataFrame:
+                       min_matured: int = MIN_MATURED_ALERT, min_events: int = MIN_EVENTS_ALERT) -> pd.DataFrame:
     """The calibration alerts of the realized figures (``Realized.metrics`` rows), by the
-    rule the Prometheus alerts apply (``OE_BAND``): ``outcome``, ``model_version``,
+    rule the Prometheus alerts apply (``OE_BAND``, ``MIN_MATURED_ALERT``,
+    ``MIN_EVENTS_ALERT``, ``SLOPE_ALERT_BELOW``): ``outcome``, ``model_version``,
     ``role``, ``horizon_months``, ``alert`` (over_prediction, under_prediction,
     slope_low) and the figure with its interval."""
     rows = []
@@ -184,7 +188,7 @@ def calibration_alerts(metrics: pd.DataFrame, band: tuple[float, float] = OE_BAN
         return pd.DataFrame(columns=["outcome", "model_version", "role", "horizon_months", "alert", "value",
                                      "ci_low", "ci_high"])
     low, high = band
-    for _, r in metrics[metrics["matured"] >= min_matured].iterrows():
+    for _, r in metrics[(metrics["matured"] >= min_matured) & (metrics["events"] >= min_events)].iterrows():
         oe, lo, hi = r["observed_expected"], r["observed_expected_ci_low"], r["observed_expected_ci_high"]
         found = []
         if oe < low and hi < 1:
