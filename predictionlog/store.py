@@ -86,16 +86,18 @@ def _dates(rows: list[dict[str, Any]], names: tuple[str, ...], parse) -> list[di
 class PredictionStore:
     """The store at ``url`` (``predictionlog.settings.PredictionLogSettings.url``).
 
-    Construction opens nothing; the first call connects. ``dispose()`` closes the pool.
+    Construction opens nothing; the first call connects (and creates a SQLite file and
+    its folder unless ``create`` is False: readers check ``exists()`` first, so looking
+    never leaves an empty store behind). ``dispose()`` closes the pool.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        self.path = sqlite_path(url) if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":
-            path = sqlite_path(url)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path is not None and create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(self.engine, "connect", _on_sqlite_connect)
             self._insert = sqlite.insert
@@ -109,6 +111,10 @@ class PredictionStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def exists(self) -> bool:
+        """False for a SQLite file not created yet (a server database is assumed to exist)."""
+        return self.path is None or self.path.exists()
 
     # ------------------------------------------------------------------ schema
 

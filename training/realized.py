@@ -176,6 +176,21 @@ def _paired(rows: pd.DataFrame, col: str, horizon_months: float, n_boot: int, se
     return pd.DataFrame(out)
 
 
+def promotion_evidence(scores: pd.DataFrame, outcomes: pd.DataFrame, outcome: str, current: str, candidate: str,
+                       horizons_months, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """The realized comparison ``refracture promote`` shows before it moves the champion:
+    the current champion version (its answers) and the candidate (scored in shadow as the
+    challenger) on the same matured predictions of ``outcome``, at each horizon with any
+    (``_paired``'s rows). Empty when the candidate was never scored in shadow, or none of
+    those predictions has matured."""
+    keep = (scores["outcome"] == outcome) & (
+        ((scores["role"] == "champion") & (scores["model_version"] == str(current)))
+        | ((scores["role"] == "challenger") & (scores["model_version"] == str(candidate))))
+    parts = [_paired(matured(scores[keep], outcomes, h), horizon_column(h), h, n_boot, seed) for h in horizons_months]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def calibration_alerts(metrics: pd.DataFrame, band: tuple[float, float] = OE_BAND,
                        min_matured: int = MIN_MATURED_ALERT, min_events: int = MIN_EVENTS_ALERT) -> pd.DataFrame:
     """The calibration alerts of the realized figures (``Realized.metrics`` rows), by the

@@ -47,7 +47,11 @@ def _settings(need_secret: bool) -> PredictionLogSettings:
 def _store(settings: PredictionLogSettings, current: bool = True) -> PredictionStore:
     """The configured store; exit 1 with the reason when it cannot be reached or is not
     at the newest migration (``current``)."""
-    store = PredictionStore(settings.url)
+    store = PredictionStore(settings.url, create=not current)
+    if current and not store.exists():
+        console.print(f"[red]error[/red]: no prediction store at {store.path}: create it with `refracture predictions "
+                      "migrate` (or set REFRACTURE_PREDICTION_DB)")
+        raise typer.Exit(code=1)
     try:
         if current:
             store.require_current()

@@ -56,6 +56,22 @@ def test_outcomes_and_performance_from_the_command_line(tmp_path, env):
     assert run.data.tags["site"] == "Test site"
     assert any(k.startswith("adjacent_fracture_v1_observed_expected_") for k in run.data.metrics)
 
+    # What `refracture promote` shows before moving the champion: v2 scored in shadow.
+    from predictionlog.rows import ShadowScores
+    from refracture.commands.training import _evidence_tag, _realized_evidence
+    scores = store.scores_frame()
+    ids = scores[scores["outcome"] == "remote_fracture"]["prediction_id"].tolist()
+    procs = first["procedures"].set_index(first["procedures"]["procedure_id"])
+    store.insert(ShadowScores(ids, truth_scores(procs.reset_index(drop=True), truth, "2", "challenger", 0.5)).rows(SECRET))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        evidence, summary = _realized_evidence("remote_fracture", "1", "2")
+    assert len(evidence) == 4 and "matured outcomes by 24 months" in summary
+    assert (evidence["challenger_observed_expected"] > 1.5 * evidence["champion_observed_expected"]).all()
+    tag = json.loads(_evidence_tag(evidence, summary))
+    assert len(tag["by_horizon"]) == 4 and tag["summary"] == summary
+
     result = runner.invoke(app, ["predictions", "prune", "--older-than-days", "731"], env=env)
     assert result.exit_code == 0, result.output
     assert f"pruned {len(first['procedures'])} prediction(s)" in result.output  # logged in 2014-15

@@ -15,7 +15,14 @@ from features.validate import validate_raw
 from modelstore.estimand import horizon_column
 from predictionlog.linkage import link_outcomes
 from predictionlog.rows import ShadowScores
-from training.realized import Realized, gauge_rows, matured, realized_performance, summary_records
+from training.realized import (
+    Realized,
+    gauge_rows,
+    matured,
+    promotion_evidence,
+    realized_performance,
+    summary_records,
+)
 from training.realized_report import render_realized_report
 from training.site_eval import evaluate_outcome
 from prediction_log_support import SECRET, log_at_surgery, migrated_store, site_exports, truth_scores
@@ -83,6 +90,17 @@ def test_champion_and_challenger_are_paired(realized):
     assert np.allclose(p["td_auroc_diff"], 0, atol=1e-3)
     assert ((p["td_auroc_diff_ci_low"] <= 0) & (p["td_auroc_diff_ci_high"] >= 0)).all()
     assert (p["challenger_mean_predicted"] > 1.4 * p["champion_mean_predicted"]).all()
+
+
+def test_promotion_evidence_compares_the_two_versions_named(store, realized):
+    scores, outcomes = store.scores_frame(), store.outcomes_frame()
+    evidence = promotion_evidence(scores, outcomes, "adjacent_fracture", "1", "2", (24,), n_boot=N_BOOT)
+    paired = realized.paired[realized.paired["outcome"] == "adjacent_fracture"]
+    assert len(evidence) == 1
+    for k in ("matured", "events", "champion_observed_expected", "challenger_observed_expected_ci_high",
+              "td_auroc_diff_ci_low"):
+        assert evidence[k].iat[0] == pytest.approx(paired[k].iat[0]), k
+    assert promotion_evidence(scores, outcomes, "adjacent_fracture", "1", "7", (24,)).empty  # never in shadow
 
 
 def test_by_month_and_the_json_figures(realized):
