@@ -40,7 +40,8 @@ class PredictionLog:
         self.writer = writer
 
     @classmethod
-    def open(cls, settings: PredictionLogSettings, retry_seconds: float = 5.0) -> "PredictionLog | None":
+    def open(cls, settings: PredictionLogSettings, retry_seconds: float = 5.0,
+             observer=None) -> "PredictionLog | None":
         """The log of these settings with its writer started, or None when the log is off.
 
         Raises ``predictionlog.store.SchemaOutOfDate`` when the store answers but is not at
@@ -57,19 +58,25 @@ class PredictionLog:
             logger.warning("prediction store %r not reachable at start (%s); predictions are spooled to %s until it is",
                            store, type(exc).__name__, settings.spool_dir)
         writer = PredictionWriter(store, settings.secret, settings.spool_dir, settings.max_queue_records,
-                                  settings.batch_records, settings.flush_seconds, retry_seconds).start()
+                                  settings.batch_records, settings.flush_seconds, retry_seconds, observer).start()
         return cls(settings, store, writer)
 
     def record(self, *, source: str, procedure_ids: Sequence[Any], scores: Sequence[ModelScores],
                surgery_dates: Sequence[Any] | None = None, missing_inputs: Sequence[Sequence[str]] | None = None,
                request_id: str | None = None, client: str | None = None,
-               inputs: Any = None) -> Predictions | None:
+               inputs: Any = None, wait_s: float = 0.0) -> Predictions | None:
         """Queue one call's predictions (``predictionlog.rows.Predictions`` says what each
         argument holds); returns them (their ``prediction_ids`` for a shadow score), or
-        None when the queue was full and they were dropped."""
+        None when the queue was full and they were dropped. ``wait_s``: wait that long for
+        room first (batch scoring; the service never waits)."""
         sent = Predictions(source, procedure_ids, scores, surgery_dates, missing_inputs, request_id, client,
                            inputs if self.settings.store_inputs else None)
-        return sent if self.writer.submit(sent) else None
+        return sent if self.writer.submit(sent, wait_s) else None
+
+    def submit(self, pending) -> bool:
+        """Queue anything with ``n_records`` and ``rows(secret)`` (a caller's own adapter,
+        e.g. the service's answer bytes); False when dropped."""
+        return self.writer.submit(pending)
 
     def record_shadow(self, predictions: Predictions, scores: Sequence[ModelScores]) -> bool:
         """Queue a challenger's scores of predictions already recorded; False when dropped."""

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -91,11 +91,13 @@ class PredictionWriter:
 
     ``store``: a ``PredictionStore`` (anything with ``insert(RowBatch) -> int``);
     ``secret``: the site secret the keys are hashed with; ``spool_dir``: where batches
-    wait while the store is unreachable. Call ``start()`` once and ``close()`` at exit.
+    wait while the store is unreachable; ``observer(counter, n)`` (optional) hears every
+    count as it happens (the service's /metrics). Call ``start()`` once and ``close()`` at exit.
     """
 
     def __init__(self, store, secret: bytes, spool_dir: Path, max_queue_records: int = 20_000,
-                 batch_records: int = 500, flush_seconds: float = 1.0, retry_seconds: float = 5.0):
+                 batch_records: int = 500, flush_seconds: float = 1.0, retry_seconds: float = 5.0,
+                 observer: Callable[[str, int], None] | None = None):
         self.store = store
         self._secret = secret
         self.spool_dir = Path(spool_dir)
@@ -113,6 +115,7 @@ class PredictionWriter:
         self._stop = False
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._observer = observer
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -122,19 +125,27 @@ class PredictionWriter:
         self._thread.start()
         return self
 
-    def submit(self, pending: Pending) -> bool:
-        """Queue one call's predictions; never blocks. False (counted ``dropped``) when
-        the queue holds ``max_queue_records`` already or the writer is closed."""
+    def submit(self, pending: Pending, wait_s: float = 0.0) -> bool:
+        """Queue one call's predictions; never blocks (the service's calls). False
+        (counted ``dropped``) when the queue holds ``max_queue_records`` already or the
+        writer is closed. ``wait_s``: wait up to that long for room first (batch scoring,
+        which must not drop and may wait)."""
         n = pending.n_records
+        deadline = time.monotonic() + wait_s
         with self._cond:
-            if self._stop or self._queued + n > self.max_queue_records:
-                self._counts["dropped"] += n
-                return False
-            self._queue.append(pending)
-            self._queued += n
-            if self._queued >= self.batch_records:
+            while (wait_s > 0 and not self._stop and self._queued and self._queued + n > self.max_queue_records
+                   and time.monotonic() < deadline):
                 self._cond.notify()
-        return True
+                self._cond.wait(min(0.05, max(deadline - time.monotonic(), 0.001)))
+            accepted = not self._stop and (self._queued + n <= self.max_queue_records or (wait_s > 0 and not self._queued))
+            if accepted:
+                self._queue.append(pending)
+                self._queued += n
+                if self._queued >= self.batch_records:
+                    self._cond.notify()
+        if not accepted:
+            self._count("dropped", n)
+        return accepted
 
     def counters(self) -> dict[str, int]:
         """``written``, ``spooled``, ``replayed``, ``dropped`` (records since start),
@@ -229,6 +240,11 @@ class PredictionWriter:
     def _count(self, name: str, n: int) -> None:
         with self._cond:
             self._counts[name] += n
+        if self._observer is not None:
+            try:
+                self._observer(name, n)
+            except Exception:  # noqa: BLE001 - metrics must never cost a prediction
+                logger.exception("prediction writer: the counter observer failed")
 
     def _write(self, batch: RowBatch) -> None:
         if not batch.predictions and not batch.scores:
@@ -278,8 +294,8 @@ class PredictionWriter:
             logger.error("prediction writer: %d record(s) lost, the spool cannot be written (%s)", n, exc.strerror)
             self._count("dropped", n)
             return
+        self._count("spooled", n)
         with self._cond:
-            self._counts["spooled"] += n
             self._spool_pending += n
 
     def _adopt_spool_files(self) -> None:
@@ -323,8 +339,8 @@ class PredictionWriter:
             spool.remove()
             if own:
                 self._own = None
+            self._count("replayed", n)
             with self._cond:
-                self._counts["replayed"] += n
                 self._spool_pending = max(self._spool_pending - n, 0)
             logger.info("prediction spool %s replayed: %d record(s)", path.name, n)
         with self._cond:

@@ -18,6 +18,7 @@ from typing import Mapping
 
 from modelstore.errors import ConfigError
 from modelstore.risk_bands import RISK_BANDS
+from predictionlog.settings import ENV_ENABLED, PredictionLogSettings, read_secret
 
 
 #: The served risk bands (``modelstore.risk_bands``, shared with the model card).
@@ -154,6 +155,16 @@ class ServingSettings:
         if presented is None:
             return False
         return hmac.compare_digest(presented.encode("utf-8"), self.api_key.encode("utf-8"))
+
+
+def prediction_log_settings(env: Mapping[str, str] | None = None, insecure_dev: bool = False) -> PredictionLogSettings:
+    """The prediction log's settings for the service (``predictionlog.settings``): an
+    enabled log without its site secret refuses the start (ConfigError saying how to give
+    one), except on an ``--insecure-dev`` server, which then runs with the log off."""
+    env = os.environ if env is None else env
+    if insecure_dev and read_secret(env) is None:
+        return PredictionLogSettings.from_env({**env, ENV_ENABLED: "0"})
+    return PredictionLogSettings.from_env(env)
 
 
 _SETTINGS: ServingSettings | None = None

@@ -124,6 +124,8 @@ class GuardMiddleware:
         info: dict[str, Any] = {}
         state["audit"] = info
         request_id = uuid.uuid4().hex[:16]
+        # For the endpoints: the prediction log stores the same id as this request's audit line.
+        state["request_id"] = request_id
         status_box = {"status": 500}
         held: dict | None = None
         audited = False

@@ -60,12 +60,15 @@ def ensure_trained_store(base: Path) -> Path:
 
 
 def store_env(store: Path, **extra: str) -> dict[str, str]:
-    """Environment pointing every MLflow call at the temporary store."""
+    """Environment pointing every MLflow call at the temporary store (the prediction log
+    off unless ``extra`` turns it on)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REFRACTURE_API_KEY", "REFRACTURE_INSECURE_DEV")}
     env["REFRACTURE_MLFLOW_DIR"] = str(store / "mlflow")
     env["BENTOML_HOME"] = str(store / "bentoml")
     env["BENTOML_DO_NOT_TRACK"] = "True"
     env["PYTHONPATH"] = str(ROOT)
+    # The prediction log is off unless a test turns it on (with its own store and secret).
+    env["REFRACTURE_PREDICTION_LOG"] = "0"
     env.update(extra)
     return env
 
