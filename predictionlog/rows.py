@@ -29,6 +29,12 @@ from predictionlog.schema import HORIZONS_MONTHS, RISK_COLUMNS, ROLES, SOURCES
 MAX_CLIENT_CHARS = 128
 
 
+def new_prediction_ids(n: int) -> list[str]:
+    """``n`` unique prediction ids: one random 96-bit prefix per call and the position."""
+    prefix = uuid.uuid4().hex[:24]
+    return [f"{prefix}{i:08x}" for i in range(n)]
+
+
 @dataclass(frozen=True)
 class ModelScores:
     """One model's answers for the records of a call.
@@ -131,8 +137,8 @@ class Predictions:
     (or the batch run's); ``client``: the caller's name when known; ``inputs``: per record
     the model inputs (a list of dicts or a DataFrame of flat records), passed only when the
     deployment stores them.
-    ``prediction_ids`` are drawn here (one random prefix per call and the record's
-    position), so a shadow score can refer to them.
+    ``prediction_ids`` are drawn here unless given (``new_prediction_ids``), so a shadow
+    score can refer to them.
     """
 
     source: str
@@ -144,7 +150,7 @@ class Predictions:
     client: str | None = None
     inputs: Sequence[dict[str, Any]] | pd.DataFrame | None = None
     logged_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
-    prediction_ids: list[str] = field(init=False)
+    prediction_ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -154,8 +160,10 @@ class Predictions:
             given = getattr(self, name)
             if given is not None and len(given) != n:
                 raise ValueError(f"{name}: {len(given)} values for {n} records")
-        prefix = uuid.uuid4().hex[:24]
-        self.prediction_ids = [f"{prefix}{i:08x}" for i in range(n)]
+        if self.prediction_ids is None:
+            self.prediction_ids = new_prediction_ids(n)
+        elif len(self.prediction_ids) != n:
+            raise ValueError(f"prediction_ids: {len(self.prediction_ids)} values for {n} records")
 
     @property
     def n_records(self) -> int:

@@ -50,12 +50,19 @@ from serving.http.openapi import patch_spec
 from serving.http.request_json import error_body
 from serving.http.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
 from serving.http.scoring_process import ScoringProcess
+from serving.http.shadow import ShadowScorer
 from serving.http.server import install
 from serving.http.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
 from serving.monitoring.drift_metrics import DriftMetrics, served_reference
 from serving.monitoring.prediction_log import PredictionLogMetrics
 from serving.scoring.examples import example_record, example_records
-from serving.scoring.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
+from serving.scoring.loading import (
+    SERVED_HEADLINE_MONTHS,
+    SERVED_HORIZONS_MONTHS,
+    load_challengers,
+    load_served_models,
+    read_manifest,
+)
 from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
 from serving.ui.app import build_ui_app
 
@@ -193,6 +200,17 @@ class RefractureRisk:
         self.prediction_log = PredictionLog.open(log_settings, observer=self.log_metrics.count)
         if self.prediction_log is not None:
             self.log_metrics.start_refreshing(self.prediction_log.store)
+        self.shadow: ShadowScorer | None = None
+        if self.settings.shadow_challengers:
+            if self.prediction_log is None:
+                logger.warning("REFRACTURE_SHADOW_CHALLENGERS ignored: shadow scores are only logged, and the log is off")
+            else:
+                challengers = load_challengers(self.scorer.versions)
+                use_threads(challengers, SERVING_THREADS)
+                if challengers:
+                    self.shadow = ShadowScorer(challengers, self.prediction_log, self.settings.risk_bands)
+                    logger.info("scoring in shadow (logged, never returned): %s",
+                                ", ".join(f"{m.name} v{m.version}" for m in challengers))
         self._scoring_process: ScoringProcess | None = None
         if self.settings.scoring_process:
             # Started first: the child's imports overlap the rest of the start-up.
@@ -233,6 +251,8 @@ class RefractureRisk:
     def _stop_scoring_process(self) -> None:
         if self._scoring_process is not None:
             self._scoring_process.close()
+        if self.shadow is not None:
+            self.shadow.close()
         if self.prediction_log is not None:  # what is queued is written (or spooled) before the exit
             self.log_metrics.stop()
             self.prediction_log.close(timeout=20)
@@ -295,8 +315,10 @@ class RefractureRisk:
             return
         state = ctx.request.scope.get("state", {})
         source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
-        self.prediction_log.submit(AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
-                                                       state.get("caller"), self.prediction_log.settings.store_inputs))
+        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"), state.get("caller"),
+                                       self.prediction_log.settings.store_inputs)
+        if self.prediction_log.submit(answered) and self.shadow is not None:
+            self.shadow.submit(parsed.rows, answered.prediction_ids)
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the

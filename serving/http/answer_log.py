@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from predictionlog.rows import ModelScores, Predictions, RowBatch
+from predictionlog.rows import ModelScores, Predictions, RowBatch, new_prediction_ids
 from predictionlog.schema import HORIZONS_MONTHS
 from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, curve_key
 
@@ -35,6 +35,7 @@ class AnsweredPredictions:
         self.request_id = request_id
         self.client = client
         self.store_inputs = store_inputs
+        self.prediction_ids = new_prediction_ids(len(rows))  # known now: a shadow score refers to them
 
     @property
     def n_records(self) -> int:
@@ -60,7 +61,7 @@ class AnsweredPredictions:
         return Predictions(self.source, [a.get("procedure_id") for a in answers], scores,
                            surgery_dates=[r.get("surgery_date") for r in self.flat], missing_inputs=missing,
                            request_id=self.request_id, client=self.client,
-                           inputs=self.flat if self.store_inputs else None)
+                           inputs=self.flat if self.store_inputs else None, prediction_ids=self.prediction_ids)
 
     def rows(self, secret: bytes) -> RowBatch:
         return self.predictions().rows(secret)
