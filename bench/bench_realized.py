@@ -108,6 +108,8 @@ def coverage_one(d: int, n: int, n_boot: int) -> list[dict]:
                     "events": int(r["events"]), "true_oe": true_oe, "oe": float(r["observed_expected"]),
                     "ci_low": float(r["observed_expected_ci_low"]), "ci_high": float(r["observed_expected_ci_high"]),
                     "covered": bool(r["observed_expected_ci_low"] <= true_oe <= r["observed_expected_ci_high"])})
+    print(f"coverage {d}: " + json.dumps([(o["outcome"][:3], round(o["true_oe"], 3), round(o["ci_low"], 3),
+                                           round(o["ci_high"], 3), o["covered"]) for o in out]), file=sys.stderr, flush=True)
     return out
 
 

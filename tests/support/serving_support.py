@@ -106,7 +106,7 @@ class Server:
     """``refracture serve`` in a subprocess on 127.0.0.1:<free port>; stopped on exit."""
 
     def __init__(self, env: dict[str, str], *extra_args: str, log: Path | None = None, bento: str | None = None,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, ready_timeout: float = 90):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
@@ -114,6 +114,7 @@ class Server:
         self.log = log
         self.bento = bento
         self.cwd = cwd
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -125,7 +126,7 @@ class Server:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready()
+        self.wait_ready(self.ready_timeout)
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:
