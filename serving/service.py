@@ -315,8 +315,9 @@ class RefractureRisk:
             return
         state = ctx.request.scope.get("state", {})
         source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
-        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"), state.get("caller"),
-                                       self.prediction_log.settings.store_inputs)
+        caller = state.get("caller")  # serving.http.callers.Caller: its client's name, never a secret
+        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
+                                       getattr(caller, "client", None), self.prediction_log.settings.store_inputs)
         if self.prediction_log.submit(answered) and self.shadow is not None:
             self.shadow.submit(parsed.rows, answered.prediction_ids)
 
