@@ -76,6 +76,8 @@ def test_every_answered_record_is_logged_once(store, logged):
     assert set(frame["outcome"]) >= {"cemented_refracture", "adjacent_fracture", "remote_fracture"}
     with db.engine.connect() as conn:
         request_ids = {r[0] for r in conn.exec_driver_sql("SELECT request_id FROM predictions")}
+        clients = {r[0] for r in conn.exec_driver_sql("SELECT client FROM predictions")}
+    assert clients == {"default"}  # the API key's caller (serving.http.callers), by name
     assert api.headers["x-request-id"] in request_ids and page.headers["x-request-id"] in request_ids
     audited = {json.loads(line)["request_id"] for line in (folder / "audit.jsonl").read_text().splitlines()}
     assert request_ids <= audited
