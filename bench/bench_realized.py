@@ -183,6 +183,59 @@ def _first_alert(rows: pd.DataFrame, shift: float) -> dict | None:
                                                                           "observed_expected"]].items()}
 
 
+# ---------------------------------------------------------------- alert rules compared
+
+def _alerting(look_rows: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """The (outcome, horizon) series of one look that alert under ``rule``:
+    ``product`` (``calibration_alerts``: every series), ``longest`` (per outcome only the
+    longest horizon with enough matured predictions and events), ``persistent`` (decided
+    by the caller: the product rule at two consecutive looks)."""
+    alerts = calibration_alerts(look_rows)
+    if rule == "longest" and len(alerts):
+        ok = look_rows[(look_rows["matured"] >= MIN_MATURED_ALERT) & (look_rows["events"] >= 20)]
+        longest = ok.groupby("outcome")["horizon_months"].max()
+        alerts = alerts[alerts["horizon_months"] == alerts["outcome"].map(longest)]
+    return alerts
+
+
+def compare_rules(path: Path = OUT / "bench_realized_detection.json") -> dict:
+    """False alarms (null deployments) and detection (shifted) of each rule, from the
+    series a detection run saved."""
+    data = json.loads(path.read_text())
+    out = {}
+    for rule in ("product", "longest", "persistent"):
+        res = {}
+        for group in ("null", "shifted"):
+            firsts = []
+            for dep in data[group]:
+                series = pd.DataFrame(dep["series"])
+                first, previous = None, set()
+                for look in LOOK_MONTHS:
+                    rows = series[series["look_month"] == look] if len(series) else series
+                    if rows.empty:
+                        continue
+                    alerts = _alerting(rows, "longest" if rule == "longest" else "product")
+                    if group == "shifted":
+                        alerts = alerts[alerts["alert"] == "under_prediction"]
+                    keys = {(a.outcome, a.horizon_months, a.alert) for a in alerts.itertuples()}
+                    hit = keys & previous if rule == "persistent" else keys
+                    previous = keys
+                    if hit:
+                        o, h, _ = sorted(hit)[0]
+                        r = rows[(rows["outcome"] == o) & (rows["horizon_months"] == h)].iloc[0]
+                        first = {"look_month": look, "matured": int(r["matured"]), "events": int(r["events"])}
+                        break
+                firsts.append(first)
+            hit = [f for f in firsts if f]
+            res[group] = {"deployments": len(firsts), "flagged": len(hit)}
+            if group == "shifted" and hit:
+                res[group].update({"matured_median": float(np.median([f["matured"] for f in hit])),
+                                   "matured_p90": float(np.percentile([f["matured"] for f in hit], 90)),
+                                   "look_month_median": float(np.median([f["look_month"] for f in hit]))})
+        out[rule] = res
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 def _summary_coverage(rows: list[dict]) -> dict:
@@ -213,8 +266,9 @@ def _summary_detection(rows: list[dict], shift: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["coverage", "detection"])
+    ap.add_argument("mode", choices=["coverage", "detection", "rules"])
     ap.add_argument("--deployments", type=int, default=200)
+    ap.add_argument("--first", type=int, default=0, help="number of the first deployment (coverage: to extend a run)")
     ap.add_argument("--n", type=int, default=1000, help="procedures a deployment scores in its year")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=2)
@@ -222,10 +276,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shifted", type=int, default=None, help="shifted deployments (detection; default --deployments)")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.mode == "rules":  # from the last detection run's saved series
+        print(json.dumps(compare_rules(), indent=1))
+        return 0
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         if args.mode == "coverage":
-            parts = pool.map(coverage_one, range(args.deployments), [args.n] * args.deployments,
+            parts = pool.map(coverage_one, range(args.first, args.first + args.deployments), [args.n] * args.deployments,
                              [args.bootstrap] * args.deployments)
             rows = [r for part in parts for r in part]
             result = {"summary": _summary_coverage(rows), "rows": rows}
