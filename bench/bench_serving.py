@@ -130,18 +130,19 @@ def ensure_challenger(store: Path) -> str:
     returns its version."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = "refracture-adjacent_fracture"
     champion = client.get_model_version_by_alias(name, "champion")
     try:
         current = client.get_model_version_by_alias(name, "challenger")
-        if current.version != champion.version:
-            return current.version
+        if str(current.version) != str(champion.version):
+            return str(current.version)
     except Exception:  # noqa: BLE001 - no challenger yet
         pass
     new = client.create_model_version(name, champion.source, run_id=champion.run_id, tags=champion.tags)
     client.set_registered_model_alias(name, "challenger", new.version)
-    return new.version
+    return str(new.version)
 
 
 def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str,

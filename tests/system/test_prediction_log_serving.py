@@ -126,12 +126,13 @@ def with_challenger(store, tmp_path_factory):
     copy = tmp_path_factory.mktemp("shadow-store")
     (copy / "mlflow").mkdir()
     shutil.copy(store / "mlflow" / "mlflow.db", copy / "mlflow" / "mlflow.db")
-    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{copy / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # both: the registry would follow the global URI
     name = "refracture-adjacent_fracture"
     champion = client.get_model_version_by_alias(name, "champion")
     new = client.create_model_version(name, champion.source, run_id=champion.run_id, tags=champion.tags)
     client.set_registered_model_alias(name, "challenger", new.version)
-    return copy, champion.version, new.version
+    return copy, str(champion.version), str(new.version)
 
 
 def test_challengers_are_scored_in_shadow_and_never_returned(store, with_challenger, tmp_path):
