@@ -32,7 +32,6 @@ import re
 import uuid
 from typing import Any, Iterator
 
-import numpy as np
 import pandas as pd
 
 from features.fhir import codes as c
@@ -52,8 +51,10 @@ def fhir_id(key: str, kind: str = "") -> str:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value is not pd.NaT \
-        and not (not isinstance(value, str) and pd.isna(value))
+    """A cell with a value (None, NaN, NaT and pandas' NA are missing)."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return False
+    return not (isinstance(value, float) and value != value)
 
 
 def _day(value: Any) -> str:
@@ -79,21 +80,28 @@ def _ref(rtype: str, rid: str) -> dict[str, str]:
 
 def export_resources(tables: dict[str, pd.DataFrame]) -> Iterator[dict[str, Any]]:
     """Every FHIR resource of a typed raw export, patient by patient (the patient first)."""
-    patients = tables["patients"].set_index("patient_id", drop=False)
+    patients = {row["patient_id"]: row for row in tables["patients"].to_dict("records")}
     procedures = tables["procedures"].sort_values(["patient_id", "surgery_date", "procedure_id"], kind="stable")
-    imaging = {pid: rows for pid, rows in tables["imaging"].groupby("procedure_id", sort=False)}
-    events = {pid: rows for pid, rows in tables["events"].groupby("patient_id", sort=False)}
-    for patient_id, procs in procedures.groupby("patient_id", sort=False):
-        yield from patient_resources(patients.loc[patient_id], procs, imaging, events.get(patient_id))
+    imaging: dict[str, list[dict]] = {}
+    for row in tables["imaging"].to_dict("records"):
+        imaging.setdefault(row["procedure_id"], []).append(row)
+    events: dict[str, list[dict]] = {}
+    for row in tables["events"].to_dict("records"):
+        events.setdefault(row["patient_id"], []).append(row)
+    by_patient: dict[str, list[dict]] = {}
+    for row in procedures.to_dict("records"):
+        by_patient.setdefault(row["patient_id"], []).append(row)
+    for patient_id, procs in by_patient.items():
+        yield from patient_resources(patients[patient_id], procs, imaging, events.get(patient_id, []))
 
 
-def patient_resources(patient: pd.Series, procs: pd.DataFrame, imaging: dict[str, pd.DataFrame],
-                      events: pd.DataFrame | None) -> Iterator[dict[str, Any]]:
+def patient_resources(patient: dict[str, Any], procs: list[dict[str, Any]], imaging: dict[str, list[dict]],
+                      events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """One patient's resources: Patient, patient-level Observations, Conditions and
     MedicationStatements, then per procedure its Procedure, index fracture and imaging."""
     pid = fhir_id(str(patient["patient_id"]))
     subject = _ref("Patient", pid)
-    first = procs.iloc[0]
+    first = procs[0]
     first_day = pd.Timestamp(first["surgery_date"])
     born = first_day - pd.Timedelta(days=int(round(float(first["age_years"]) * 365.25)))
     resource: dict[str, Any] = {
@@ -138,17 +146,16 @@ def patient_resources(patient: pd.Series, procs: pd.DataFrame, imaging: dict[str
                "status": "stopped" if therapy == "denosumab_discontinued" else "active",
                "medicationCodeableConcept": _concept(c.THERAPY_CODE[therapy]), "subject": subject,
                "dateAsserted": baseline}
-    if events is not None:
-        for _, event in events.iterrows():
-            level = event["fracture_level"]
-            extra = {"bodySite": [_concept(c.VERTEBRA[level])]} if level in c.VERTEBRA else {}
-            yield {**_condition(fhir_id(str(event["event_id"]), "event"), subject, (fracture,)),
-                   "onsetDateTime": _day(event["event_date"]), **extra}
-    for _, proc in procs.iterrows():
+    for event in events:
+        level = event["fracture_level"]
+        extra = {"bodySite": [_concept(c.VERTEBRA[level])]} if level in c.VERTEBRA else {}
+        yield {**_condition(fhir_id(str(event["event_id"]), "event"), subject, (fracture,)),
+               "onsetDateTime": _day(event["event_date"]), **extra}
+    for proc in procs:
         yield from procedure_resources(pid, proc, imaging.get(proc["procedure_id"]))
 
 
-def procedure_resources(pid: str, proc: pd.Series, images: pd.DataFrame | None) -> Iterator[dict[str, Any]]:
+def procedure_resources(pid: str, proc: dict[str, Any], images: list[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
     """One treated level: its Procedure, the index fracture Condition and its imaging."""
     subject = _ref("Patient", pid)
     rid = fhir_id(str(proc["procedure_id"]))
@@ -179,13 +186,11 @@ def procedure_resources(pid: str, proc: pd.Series, images: pd.DataFrame | None) 
         procedure["followUp"] = [_concept(c.BRACE)]
     yield procedure
     yield index
-    if images is None:
-        return
-    for _, row in images.iterrows():
+    for row in images or []:
         yield imaging_observation(pid, rid, level, row)
 
 
-def imaging_observation(pid: str, rid: str, level: str, row: pd.Series) -> dict[str, Any]:
+def imaging_observation(pid: str, rid: str, level: str, row: dict[str, Any]) -> dict[str, Any]:
     """One imaging row as an ``imaging_examination`` Observation with one component per value."""
     tp = row["timepoint"]
     components = []

@@ -389,7 +389,7 @@ def _project_code(concept: Any) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Measure:
     """One value of one field, with when and where it was sent."""
 
@@ -400,6 +400,10 @@ class _Measure:
     expression: str
     ref: str
     timepoint: str | None = None  # stated by the extension
+    key: tuple = ()
+
+    def __post_init__(self) -> None:
+        self.key = (self.moment or dt.datetime.combine(self.day, dt.time(), tzinfo=dt.timezone.utc), self.day)
 
 
 class _Ctx:
@@ -906,10 +910,11 @@ def _quantity(ctx: _Ctx, obs: _Res, path: str, quantity: Any, unit: str, field_n
         ctx.error(obs, path, f"{field_name}: no valueQuantity", "required")
         return None
     try:
-        return _round(quantity_value(quantity, unit))
+        value = quantity_value(quantity, unit)
     except UnitError as exc:
         ctx.error(obs, path, f"{field_name}: {exc}", "value")
         return None
+    return value if quantity.get("code") == unit else _round(value)
 
 
 def _imaging_value(ctx: _Ctx, obs: _Res, path: str, item: dict, code: str) -> tuple[Any, str]:
@@ -964,7 +969,7 @@ def _belongs(ctx: _Ctx, obs: _Res, code: str | None, proc: _Res, completed: list
 
 
 def _key(m: _Measure) -> tuple:
-    return (m.moment or dt.datetime.combine(m.day, dt.time(), tzinfo=dt.timezone.utc), m.day)
+    return m.key
 
 
 def _conflict(ctx: _Ctx, chosen: list[_Measure]) -> _Measure | None:

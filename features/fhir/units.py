@@ -80,6 +80,8 @@ def quantity_value(quantity: object, wanted: str) -> float:
     if quantity.get("comparator") is not None:
         raise UnitError(f"Quantity with comparator {quantity['comparator']!r} is not an exact measurement")
     code = quantity.get("code")
+    if code == wanted and quantity.get("system") == UCUM:  # the contract's own unit: nothing to convert
+        return value
     system = quantity.get("system")
     if not isinstance(code, str) or system != UCUM:
         shown = quantity.get("unit") if code is None else code
