@@ -115,6 +115,9 @@ class FhirRecords:
     sources: list[RecordSource] = field(default_factory=list)
     problems: list[FhirProblem] = field(default_factory=list)
     no_procedure: bool = False
+    #: Many patients (Bulk): an error no record owns (an unreadable line, a patient with no
+    #: procedure) is reported but refuses nothing else.
+    per_patient: bool = False
 
     @property
     def errors(self) -> list[FhirProblem]:
@@ -122,8 +125,9 @@ class FhirRecords:
 
     @property
     def input_refused(self) -> bool:
-        """An error no single record owns (two patients, wrong resourceType, ...)."""
-        return any(p.record is None for p in self.errors)
+        """An error no single record owns (two patients, wrong resourceType, ...) in the
+        input of one patient."""
+        return not self.per_patient and any(p.record is None for p in self.errors)
 
     @property
     def refused(self) -> set[int]:
@@ -224,7 +228,7 @@ def parse_resources(items: Iterable[tuple[Any, str, str] | tuple[Any, str] | Any
         if rtype in READ_TYPES:
             resources.append(_Res(resource, base, full_url, src))
     if not one_patient:
-        out = FhirRecords(problems=problems)
+        out = FhirRecords(problems=problems, per_patient=True)
         for group in _by_patient(resources, out.problems):
             _parse_patient(group, now, out, input_level=False)
     else:
