@@ -53,3 +53,20 @@ def test_bulk_export_reads_back_and_bad_lines_are_named(tmp_path):
 def test_a_folder_without_ndjson_is_refused(tmp_path):
     with pytest.raises(BulkInputError, match="no .ndjson"):
         read_bulk_ndjson(tmp_path)
+
+
+def test_parallel_workers_give_the_same_records_and_problems(tmp_path, monkeypatch):
+    import features.fhir.bulk as bulk
+
+    raw_dir = simulated_export(tmp_path, "site-c-older-frail-pkp", 80, 5)
+    resources = list(export_resources(validate_raw(read_raw(raw_dir))))
+    next(r for r in resources if r.get("id", "").endswith("-weight"))["valueQuantity"]["code"] = "cm"
+    folder = tmp_path / "bulk"
+    _write(folder, resources)
+    monkeypatch.setattr(bulk, "PARALLEL_FROM", 10)
+    one, two = read_bulk_ndjson(folder, workers=1), read_bulk_ndjson(folder, workers=2)
+    assert sorted(r["procedure"]["procedure_id"] for r in one.records) == sorted(r["procedure"]["procedure_id"] for r in two.records)
+    assert {(p.source, p.expression, p.message) for p in one.problems} == {(p.source, p.expression, p.message) for p in two.problems}
+    assert len(one.refused) == len(two.refused) >= 1
+    by_id = {r["procedure"]["procedure_id"]: r for r in two.records}
+    assert all(by_id[r["procedure"]["procedure_id"]] == r for r in one.records)
