@@ -93,17 +93,29 @@ class FhirProblem:
         return f"{self.severity}: {where}{self.expression}: {self.message}"
 
 
-@dataclass
 class RecordSource:
     """Where one record came from: its patient and procedure, the element of every field
-    (record path -> FHIRPath, for the contract checker's errors), and the resources used
-    (``Type/id`` references, for ``RiskAssessment.basis``)."""
+    (``elements``: record path -> FHIRPath, for the contract checker's errors), and the
+    resources used (``basis``: ``Type/id`` references, for ``RiskAssessment.basis``)."""
 
-    patient: str
-    procedure: str
-    elements: dict[str, str] = field(default_factory=dict)
-    basis: list[str] = field(default_factory=list)
-    source: str = ""  # where the Procedure was read (Bulk: file:line)
+    __slots__ = ("patient", "procedure", "basis", "source", "_elements")
+
+    def __init__(self, patient: str, procedure: str, source: str = ""):
+        self.patient, self.procedure, self.source = patient, procedure, source
+        self.basis: list[str] = []
+        self._elements: dict[str, Any] = {}  # path -> FHIRPath, or the _Measure it is built from
+
+    @property
+    def elements(self) -> dict[str, str]:
+        return {k: v if isinstance(v, str) else v.expression for k, v in self._elements.items()}
+
+    def element(self, path: str) -> str:
+        """The FHIRPath of one record path (the procedure's, if the field has none)."""
+        v = self._elements.get(path, self.procedure)
+        return v if isinstance(v, str) else v.expression
+
+    def __repr__(self) -> str:
+        return f"RecordSource({self.patient!r}, {self.procedure!r}, source={self.source!r})"
 
 
 @dataclass
@@ -304,7 +316,7 @@ def check_records(out: FhirRecords) -> FhirRecords:
     for err in inspected.errors:
         i = err["record"]
         src = out.sources[i]
-        expression = src.elements.get(err["field"], src.procedure)
+        expression = src.element(err["field"])
         allowed = f" (allowed: {err['allowed']})" if err.get("allowed") else ""
         out.problems.append(FhirProblem(expression, f"{err['field']}: {err['error']}{allowed}", code="value", record=i,
                                         source=src.source))
@@ -432,14 +444,21 @@ def _project_code(concept: Any) -> str | None:
 
 
 class _Measure:
-    """One value of one field, with when (calendar day, moment if timed) and where it was sent."""
+    """One value of one field, with when (calendar day, moment if timed) and where it was sent
+    (``base`` of the resource, component index or -1, value element; the FHIRPath is built
+    only when a value is chosen or refused)."""
 
-    __slots__ = ("field", "value", "day", "moment", "expression", "ref", "timepoint")
+    __slots__ = ("field", "value", "day", "moment", "base", "component", "element", "ref", "timepoint")
 
-    def __init__(self, field: str, value: Any, day: dt.date, moment: dt.datetime | None, expression: str, ref: str,
-                 timepoint: str | None = None):
+    def __init__(self, field: str, value: Any, day: dt.date, moment: dt.datetime | None, base: str, component: int,
+                 element: str, ref: str, timepoint: str | None = None):
         self.field, self.value, self.day, self.moment = field, value, day, moment
-        self.expression, self.ref, self.timepoint = expression, ref, timepoint
+        self.base, self.component, self.element, self.ref, self.timepoint = base, component, element, ref, timepoint
+
+    @property
+    def expression(self) -> str:
+        part = f".component[{self.component}]" if self.component >= 0 else ""
+        return f"{self.base}{part}.{self.element}"
 
     @property
     def key(self) -> tuple:
@@ -616,7 +635,7 @@ def _procedure_record(ctx: _Ctx, patient: _Res, pvals: dict[str, tuple[Any, str]
     errors_before = len(ctx.patient_errors)
     src = RecordSource(patient=patient.ref, procedure=proc.ref, source=proc.source)
     src.basis = [patient.ref, proc.ref]
-    el = src.elements
+    el = src._elements
     rec: dict[str, Any] = {"patient": {}, "procedure": {}, "imaging": {"preop": {}, "postop": {}}}
     P, R = rec["patient"], rec["procedure"]
     # ---- procedure
@@ -904,14 +923,14 @@ def _observations(ctx: _Ctx, rec: dict, el: dict, src: RecordSource, mine: list[
             field_name, unit = ("height_cm", "cm") if c.BODY_HEIGHT.code in loinc else ("weight_kg", "kg")
             value = _quantity(ctx, obs, ".valueQuantity", obs.r.get("valueQuantity"), unit, field_name)
             if value is not None:
-                vitals[field_name].append(_Measure(field_name, value, when[0], when[1], f"{obs.base}.valueQuantity", obs.ref))
+                vitals[field_name].append(_Measure(field_name, value, when[0], when[1], obs.base, -1, "valueQuantity", obs.ref))
         elif kind == "dxa":
             site, which = _PROJECT_PATIENT_CODES.get(project_code) if project_code else next(
                 _DXA_BY_CODE[code] for code in loinc if code in _DXA_BY_CODE)
             field_name, unit = ("dxa_bmd_g_cm2", "g/cm2") if which == "bmd" else ("dxa_t_score", "{T-score}")
             value = _quantity(ctx, obs, ".valueQuantity", obs.r.get("valueQuantity"), unit, field_name)
             if value is not None:
-                dxa.append((site, which, _Measure(field_name, value, when[0], when[1], f"{obs.base}.valueQuantity", obs.ref)))
+                dxa.append((site, which, _Measure(field_name, value, when[0], when[1], obs.base, -1, "valueQuantity", obs.ref)))
         else:
             if not _belongs(ctx, obs, project_code, proc, completed):
                 continue
@@ -921,22 +940,39 @@ def _observations(ctx: _Ctx, rec: dict, el: dict, src: RecordSource, mine: list[
                     stated = _TIMEPOINT_BY_CODE.get(_project_code(ext.get("valueCodeableConcept")) or "")
                     if stated is None:
                         ctx.error(obs, f".extension[{i}]", "unknown imaging time point code", "code-invalid")
-            items = ([(f".component[{j}]", comp) for j, comp in enumerate(obs.r.get("component") or [])]
-                     if project_code == c.IMAGING_PANEL.code else [("", obs.r)])
-            for path, item in items:
-                code = _project_code(item.get("code")) if isinstance(item, dict) else None
-                if code is None or code not in _IMAGING_CODES:
+            panel = project_code == c.IMAGING_PANEL.code
+            items = obs.r.get("component") or [] if panel else [obs.r]
+            day, moment, base, ref = when[0], when[1], obs.base, obs.ref
+            for j, item in enumerate(items):
+                j = j if panel else -1
+                code = None
+                concept = item.get("code") if type(item) is dict else None
+                if type(concept) is dict:
+                    for coding in concept.get("coding") or ():
+                        if type(coding) is dict and coding.get("system") == c.PROJECT_SYSTEM:
+                            code = coding.get("code")
+                            break
+                if code not in _IMAGING_CODES:
+                    path = f".component[{j}]" if panel else ""
                     ctx.error(obs, f"{path}.code", f"unknown imaging measure {code!r}: not a field of the contract "
                                                    f"({c.PROJECT_SYSTEM})", "code-invalid")
                     continue
-                value, vpath = _imaging_value(ctx, obs, path, item, code)
+                kind, unit = _IMAGING_KIND[code]
+                quantity = item.get("valueQuantity") if kind == "float" else None
+                # The common case, a Quantity in the contract's own unit, read inline (this loop
+                # runs for every imaging value of a Bulk export).
+                if (type(quantity) is dict and quantity.get("code") == unit and quantity.get("system") == c.UCUM
+                        and type(quantity.get("value")) in (int, float) and quantity.get("comparator") is None):
+                    value, element = quantity["value"], "valueQuantity"
+                else:
+                    value, element = _imaging_value(ctx, obs, f".component[{j}]" if panel else "", item, code)
                 if value is not None:
-                    imaging[code].append(_Measure(code, value, when[0], when[1], f"{obs.base}{vpath}", obs.ref, stated))
+                    imaging[code].append(_Measure(code, value, day, moment, base, j, element, ref, stated))
     for field_name, measures in vitals.items():
         chosen = _pick_before(ctx, measures, surgery, VITALS_DAYS)
         P[field_name] = chosen.value if chosen else None
         if chosen:
-            el[f"patient.{field_name}"] = chosen.expression
+            el[f"patient.{field_name}"] = chosen
             src.basis.append(chosen.ref)
     P.setdefault("height_cm", None)
     P.setdefault("weight_kg", None)
@@ -965,8 +1001,8 @@ def _imaging_value(ctx: _Ctx, obs: _Res, path: str, item: dict, code: str) -> tu
         if not isinstance(value, bool):
             if item.get("dataAbsentReason") is None:
                 ctx.error(obs, f"{path}.valueBoolean", f"{code}: expected valueBoolean (true or false)", "value")
-            return None, f"{path}.valueBoolean"
-        return int(value), f"{path}.valueBoolean"
+            return None, "valueBoolean"
+        return int(value), "valueBoolean"
     if kind == "category":
         concept = item.get("valueCodeableConcept")
         chosen = _project_code(concept)
@@ -974,10 +1010,10 @@ def _imaging_value(ctx: _Ctx, obs: _Res, path: str, item: dict, code: str) -> tu
             if concept is not None or item.get("dataAbsentReason") is None:
                 ctx.error(obs, f"{path}.valueCodeableConcept", f"{code}: unknown code {chosen!r} (expected one of "
                                                                f"{', '.join(sorted(_LEAKAGE_BY_CODE))})", "code-invalid")
-            return None, f"{path}.valueCodeableConcept"
-        return _LEAKAGE_BY_CODE[chosen], f"{path}.valueCodeableConcept"
+            return None, "valueCodeableConcept"
+        return _LEAKAGE_BY_CODE[chosen], "valueCodeableConcept"
     value = _quantity(ctx, obs, f"{path}.valueQuantity", item.get("valueQuantity"), unit, code)
-    return value, f"{path}.valueQuantity"
+    return value, "valueQuantity"
 
 
 def _belongs(ctx: _Ctx, obs: _Res, code: str | None, proc: _Res, completed: list[_Res]) -> bool:
@@ -1059,7 +1095,7 @@ def _dxa(ctx: _Ctx, P: dict, el: dict, src: RecordSource, dxa: list[tuple[str, s
         m = by_site[site].get(w)
         if m is not None:
             P[name] = m.value
-            el[f"patient.{name}"] = m.expression
+            el[f"patient.{name}"] = m
             src.basis.append(m.ref)
 
 
@@ -1096,12 +1132,12 @@ def _imaging(ctx: _Ctx, rec: dict, el: dict, src: RecordSource, imaging: dict[st
             chosen = _extreme(ctx, pre, latest=True)
             if chosen is not None:
                 rec["imaging"]["preop"][code] = chosen.value
-                el[f"imaging.preop.{code}"] = chosen.expression
+                el[f"imaging.preop.{code}"] = chosen
                 src.basis.append(chosen.ref)
         if post and f"{code}_postop" in _RECORD_IMAGING:
             chosen = _extreme(ctx, post, latest=False)
             if chosen is not None:
                 rec["imaging"]["postop"][code] = chosen.value
-                el[f"imaging.postop.{code}"] = chosen.expression
+                el[f"imaging.postop.{code}"] = chosen
                 src.basis.append(chosen.ref)
     src.basis[:] = list(dict.fromkeys(src.basis))
