@@ -219,3 +219,19 @@ TIMEPOINT: dict[str, Code] = {tp: project(f"timepoint.{tp}", f"Imaging time poin
 LEAKAGE_INTRADISCAL: dict[str, Code] = {
     v: project(f"leakage_intradiscal.{v}", f"Intradiscal cement leakage: {v}") for v in ("none", "spike", "round")
 }
+
+# --------------------------------------------------------------------------- predictions (RiskAssessment)
+
+#: What is predicted, coded by the label names (``features.labels``): RiskAssessment.prediction.outcome.
+OUTCOME_TEXT = {
+    "cemented_refracture": "Further collapse of the cemented vertebra",
+    "adjacent_fracture": "New fracture of a vertebra directly above or below",
+    "remote_fracture": "New vertebral fracture at least one normal segment away",
+    "death": "Death from any cause",
+}
+OUTCOME: dict[str, Code] = {o: project(o, text) for o, text in OUTCOME_TEXT.items()}
+ASSESSMENT: dict[str, Code] = {
+    o: project(f"risk_assessment.{o}", f"Risk of {text[0].lower()}{text[1:]} after vertebral augmentation")
+    for o, text in OUTCOME_TEXT.items()
+}
+RISK_BAND: dict[str, Code] = {b: project(f"risk_band.{b}", f"{b} risk (modelstore.risk_bands)") for b in ("low", "intermediate", "high")}

@@ -20,7 +20,8 @@ from features.schema import IMAGING, SCHEMA_VERSION
 def _concepts() -> list[dict[str, Any]]:
     known: dict[str, c.Code] = {}
     for code in (c.IMAGING_PANEL, c.BRACE, *c.DXA_UNSTATED, *c.TIMEPOINT.values(), *c.LEAKAGE_INTRADISCAL.values(),
-                 *(x for codes in (*c.TECHNIQUE.values(), *c.APPROACH.values()) for x in codes if x.system == c.PROJECT_SYSTEM)):
+                 *(x for codes in (*c.TECHNIQUE.values(), *c.APPROACH.values()) for x in codes if x.system == c.PROJECT_SYSTEM),
+                 *c.OUTCOME.values(), *c.ASSESSMENT.values(), *c.RISK_BAND.values()):
         known[code.code] = code
     concepts = []
     for code in sorted(PROJECT_CODES):

@@ -64,6 +64,7 @@ PROJECT_CODES: frozenset[str] = frozenset(
     | _IMAGING_CODES | {c.IMAGING_PANEL.code} | set(_TIMEPOINT_BY_CODE) | set(_LEAKAGE_BY_CODE)
     | {code.code for codes in (*c.TECHNIQUE.values(), *c.APPROACH.values()) for code in codes if code.system == c.PROJECT_SYSTEM}
     | set(_PROJECT_PATIENT_CODES)
+    | {code.code for table in (c.OUTCOME, c.ASSESSMENT, c.RISK_BAND) for code in table.values()}
 )
 
 
