@@ -183,14 +183,24 @@ def fhir_markdown() -> str:
         "refracture fhir-export --raw data/demo --out data/demo-fhir",
         "```",
         "",
-        "Score the NDJSON in batch: `refracture fhir-records` reads the Bulk export with the mapping, prints "
-        "every refused resource by file, line and element, and writes the accepted procedures as flat records, "
-        "which `refracture predict` scores:",
+        "Score the NDJSON in batch, on either engine: refused resources are printed by file, line and element, "
+        "the other procedures are scored, and besides the flat output (as for `--input`) one `RiskAssessment` "
+        "per outcome per procedure (a prediction per horizon, the model and version in `method`, the resources "
+        "used in `basis`; the death context as its own RiskAssessment) is written to `RiskAssessment.ndjson` "
+        "beside `--output` (or `--risk-assessments PATH`):",
         "",
         "```bash",
-        "refracture fhir-records --ndjson data/demo-fhir --out data/demo-fhir-records.parquet",
-        "refracture predict --input data/demo-fhir-records.parquet --output scored.parquet",
+        "refracture predict --fhir-ndjson data/demo-fhir --output data/demo-fhir-scored/scored.parquet",
+        "refracture predict --engine spark --fhir-ndjson data/demo-fhir --output data/demo-fhir-scored/parts",
         "```",
+        "",
+        "`refracture fhir-records --ndjson data/demo-fhir --out records.parquet` only reads the export "
+        "(the same report) and writes the accepted procedures as flat records.",
+        "",
+        "In Python (no HTTP): `features.fhir.parse.parse_bundle(bundle)` for one patient's Bundle, "
+        "`parse_prefetch(prefetch)` for CDS Hooks prefetch, `features.fhir.bulk.read_bulk_ndjson(folder)` "
+        "for a Bulk export; `serving.fhir.risk_assessment.risk_assessments(prediction, source, occurrence)` "
+        "builds the RiskAssessments of one `/predict` answer.",
         "",
     ]
     return "\n".join(lines)
