@@ -65,54 +65,78 @@ def read_bulk_ndjson(directory: Path, *, now: dt.datetime | None = None, validat
     per core for exports of ``PARALLEL_FROM`` resources or more).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
-    problems: list[FhirProblem] = []
-    groups: dict[str | None, list[tuple[bytes, dict[str, Any], str]]] = {}
-    with paused_gc():
-        for path in ndjson_files(directory):
-            m = _TYPE_OF_FILE.match(path.name)
-            expected = m.group(1) if m else None
-            for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-                if not line.strip():
-                    continue
-                src = f"{path.name}:{number}"
-                try:
-                    resource = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    problems.append(FhirProblem("resource", f"not JSON: {exc}"[:200], code="structure", source=src))
-                    continue
-                rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-                if expected and rtype != expected:
-                    problems.append(FhirProblem(f"{rtype or 'resource'}.resourceType",
-                                                f"resourceType {rtype!r} in {path.name} (expected {expected})", source=src))
-                    continue
-                groups.setdefault(_patient_key(resource), []).append((line, resource, src))
-    n = sum(len(g) for g in groups.values())
+    lines: list[tuple[bytes, str, str | None]] = []  # (line, file:line, the file's resource type)
+    for path in ndjson_files(directory):
+        m = _TYPE_OF_FILE.match(path.name)
+        expected = m.group(1) if m else None
+        lines.extend((line, f"{path.name}:{number}", expected)
+                     for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip())
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
-    patient_groups = [g for key, g in groups.items() if key is not None]
-    if workers > 1 and n >= PARALLEL_FROM and len(patient_groups) > 1:
+    if workers == 1 or len(lines) < PARALLEL_FROM:
+        keys, problems, resources = _keys(lines, keep=True)
+        items = [(resources[i], lines[i][1]) for i in range(len(lines)) if keys[i] is not False]
+        out = parse_resources([(r, r.get("resourceType", "resource"), "") for r, _ in items], now=now, validate=validate,
+                              one_patient=False, source_of={i: src for i, (_, src) in enumerate(items)})
+        out.problems[:0] = problems
+        return out
+    # Two passes on the workers: which patient each line is about, then whole patients parsed.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        shares = [lines[i::workers * 4] for i in range(workers * 4)]
+        keyed = list(pool.map(_keys, shares))
+        groups: dict[str | None, list[tuple[bytes, str]]] = {}
+        problems: list[FhirProblem] = []
+        for share, (keys, share_problems) in zip(shares, keyed):
+            problems.extend(share_problems)
+            for (line, src, _), key in zip(share, keys):
+                if key is not False:
+                    groups.setdefault(key, []).append((line, src))
+        patient_groups = [g for key, g in groups.items() if key is not None]
         chunks = _chunks(patient_groups, workers * 4)
-        payload = [[[(line, src) for line, _, src in group] for group in chunk] for chunk in chunks]
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_parse_chunk, payload, [now] * len(payload), [validate] * len(payload)))
-        out = merge(parts)
-        if None in groups:  # resources with no patient: reported as such
-            out.problems.extend(_parse_group(groups[None], now, validate).problems)
-    else:
-        out = _parse_group([item for g in groups.values() for item in g], now, validate)
-    out.problems[:0] = problems
+        parts = list(pool.map(_parse_chunk, chunks, [now] * len(chunks), [validate] * len(chunks)))
+    out = merge(parts)
+    if None in groups:  # resources with no patient: reported as such
+        out.problems.extend(_parse_lines(groups[None], now, validate).problems)
+    out.problems[:0] = sorted(problems, key=lambda p: p.source)
     return out
 
 
-def _parse_group(items: list[tuple[bytes, dict[str, Any], str]], now: dt.datetime, validate: bool) -> FhirRecords:
-    return parse_resources([(r, r.get("resourceType", "resource"), "") for _, r, _ in items], now=now,
-                           validate=validate, one_patient=False, source_of={i: s for i, (_, _, s) in enumerate(items)})
+def _keys(lines: list[tuple[bytes, str, str | None]], keep: bool = False) -> tuple[Any, ...]:
+    """Per line: the patient it is about (None: none found; False: the line is refused), and
+    the problems of refused lines (and, with ``keep``, the parsed resources)."""
+    keys: list[str | None | bool] = []
+    problems: list[FhirProblem] = []
+    resources: list[Any] = []
+    with paused_gc():
+        for line, src, expected in lines:
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                problems.append(FhirProblem("resource", f"not JSON: {exc}"[:200], code="structure", source=src))
+                keys.append(False)
+                resources.append(None)
+                continue
+            resources.append(resource)
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+            if expected and rtype != expected:
+                problems.append(FhirProblem(f"{rtype or 'resource'}.resourceType",
+                                            f"resourceType {rtype!r} in {src.split(':')[0]} (expected {expected})", source=src))
+                keys.append(False)
+                continue
+            keys.append(_patient_key(resource))
+    return (keys, problems, resources) if keep else (keys, problems)
+
+
+def _parse_lines(items: list[tuple[bytes, str]], now: dt.datetime, validate: bool) -> FhirRecords:
+    with paused_gc():
+        resources = [orjson.loads(line) for line, _ in items]
+    return parse_resources([(r, r.get("resourceType", "resource"), "") for r in resources], now=now, validate=validate,
+                           one_patient=False, source_of={i: src for i, (_, src) in enumerate(items)})
 
 
 def _parse_chunk(groups: list[list[tuple[bytes, str]]], now: dt.datetime, validate: bool) -> FhirRecords:
     """In a worker: whole patients' lines -> their parse."""
-    with paused_gc():
-        items = [(line, orjson.loads(line), src) for group in groups for line, src in group]
-    return _parse_group(items, now, validate)
+    return _parse_lines([item for group in groups for item in group], now, validate)
 
 
 def _chunks(groups: list[list[Any]], n: int) -> list[list[list[Any]]]:

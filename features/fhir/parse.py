@@ -118,6 +118,15 @@ class RecordSource:
     def __repr__(self) -> str:
         return f"RecordSource({self.patient!r}, {self.procedure!r}, source={self.source!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent between processes (the Bulk reader's workers) with the FHIRPaths as text.
+        return {"patient": self.patient, "procedure": self.procedure, "basis": self.basis, "source": self.source,
+                "_elements": self.elements}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
 
 @dataclass
 class FhirRecords:
