@@ -7,10 +7,17 @@
    worker processes, alternated, ``--repeats`` times each: wall time and this process's CPU
    time (on a shared machine the CPU time is the steadier figure; workers' CPU is not in it).
 3. The exporter's time, for context.
+4. With ``--predict``: what ``refracture predict --fhir-ndjson`` does, in this process with the
+   bench store's champions (``bench/out/serving-store``, trained on first use as for
+   ``bench_spark.py``): read and map the Bulk export, score (``--engine pandas``:
+   ``score_file``; ``--engine spark``: ``score_on_spark`` on ``local[1]`` and ``local[2]``),
+   and write RiskAssessment.ndjson; procedures per second end to end, and per stage. The
+   FHIR reading runs on the driver for both engines (Spark scores; it does not parse FHIR).
 
 Medians; raw rows in ``bench/out/bench_fhir.json``.
 
     .venv/bin/python bench/bench_fhir.py --n 20000 --repeats 3
+    .venv/bin/python bench/bench_fhir.py --n 20000 --repeats 3 --predict
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", default="xiong2021-pvp")
+    parser.add_argument("--predict", action="store_true", help="also score end to end (pandas, Spark local[1]/[2])")
+    parser.add_argument("--masters", default="local[1],local[2]")
     args = parser.parse_args()
 
     from features.fhir.bulk import read_bulk_ndjson
@@ -72,6 +81,7 @@ def main() -> None:
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 assert not parsed.errors and len(parsed.records) == args.n
                 rows.append({"workers": workers, "wall_s": wall, "cpu_s": cpu, "procedures": args.n})
+        predict_rows = predict_runs(folder, Path(tmp), args) if args.predict else []
     summary = {"n": args.n, "profile": args.profile, "resources": lines, "export_s": export_s,
                "load_1min": os.getloadavg()[0]}
     for workers in (1, 2):
@@ -81,9 +91,76 @@ def main() -> None:
         summary[f"workers{workers}_procedures_per_s"] = args.n / statistics.median(walls)
         summary[f"workers{workers}_main_cpu_median_s"] = statistics.median(cpus)
     summary["speedup_2_over_1"] = summary["workers1_wall_median_s"] / summary["workers2_wall_median_s"]
+    for engine in dict.fromkeys(r["engine"] for r in predict_rows):
+        mine = [r for r in predict_rows if r["engine"] == engine]
+        median = statistics.median(r["total_s"] for r in mine)
+        summary[f"predict {engine}"] = {"median_total_s": median, "procedures_per_s": args.n / median,
+                                        **{k: statistics.median(r[k] for r in mine) for k in ("read_s", "score_s", "write_s")}}
+    one, two = summary.get("predict spark local[1]"), summary.get("predict spark local[2]")
+    if one and two:
+        summary["spark_scoring_speedup_1_to_2_cores"] = one["score_s"] / two["score_s"]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_fhir.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2))
+    (OUT / "bench_fhir.json").write_text(json.dumps({"summary": summary, "runs": rows, "predict_runs": predict_rows}, indent=2))
     print(json.dumps(summary, indent=2))
+
+
+def predict_runs(folder: Path, tmp: Path, args) -> list[dict]:
+    """``predict --fhir-ndjson``'s steps, timed: read + map, score, RiskAssessment.ndjson."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from serving_support import use_trained_store
+
+    use_trained_store(OUT)
+    import datetime as dt
+
+    import pandas as pd
+
+    from features.fhir.bulk import read_bulk_ndjson
+    from features.fhir.parse import record_frame
+    from serving.batch.fhir_output import write_risk_assessments
+    from serving.batch.pandas_engine import score_file
+    from serving.batch.spark_engine import records_frame_on_spark, score_on_spark, spark_session
+    from serving.scoring.loading import load_from_registry
+
+    models = load_from_registry()
+    rows = []
+
+    def read():
+        parsed = read_bulk_ndjson(folder)
+        records, sources = parsed.accepted()
+        return record_frame(parsed), {str(r["procedure"]["procedure_id"]): s for r, s in zip(records, sources)}
+
+    def finish(scored_path: Path, sources, t_total: float, t_read: float, t_score: float, engine: str) -> None:
+        t = time.perf_counter()
+        write_risk_assessments(pd.read_parquet(scored_path), sources, tmp / "RiskAssessment.ndjson",
+                               dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        write = time.perf_counter() - t
+        rows.append({"engine": engine, "read_s": t_read, "score_s": t_score, "write_s": write,
+                     "total_s": time.perf_counter() - t_total})
+        print(rows[-1], flush=True)
+
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        records, sources = read()
+        t_read = time.perf_counter() - t0
+        t = time.perf_counter()
+        score_file(models, folder, tmp / "scored.parquet", records=records)
+        finish(tmp / "scored.parquet", sources, t0, t_read, time.perf_counter() - t, "pandas")
+    for master in args.masters.split(","):
+        spark = spark_session(master, app_name="refracture-bench-fhir", conf={
+            "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.driver.memory": "2g",
+            "spark.sql.warehouse.dir": str(tmp / "warehouse")})
+        try:
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                records, sources = read()
+                t_read = time.perf_counter() - t0
+                t = time.perf_counter()
+                frame, n = records_frame_on_spark(spark, records)
+                score_on_spark(spark, models, frame, n, tmp / "spark-out")
+                finish(tmp / "spark-out", sources, t0, t_read, time.perf_counter() - t, f"spark {master}")
+        finally:
+            spark.stop()
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Modules
 ``codes``       code systems, codes and the public page each one was checked against
 ``mapping``     THE table: each record field <-> a FHIR element, its codes, UCUM unit and rule
 ``units``       UCUM conversion (ucumvert): ``quantity_value(quantity, wanted)``, ``UnitError``
-``parse``       FHIR -> records + problems (FHIRPath ``expression`` per problem)
+``parse``       FHIR -> records + problems (FHIRPath ``expression`` per problem): the public API;
+                ``read`` (problems, sources, dates, codings), ``history`` (Conditions,
+                MedicationStatements) and ``measures`` (Observations) are its parts
 ``bulk``        a Bulk Data export folder (NDJSON) -> records + problems by file and line
 ``export``      raw tables -> FHIR resources, Bundles (``refracture fhir-export``)
 ``codesystem``  the project CodeSystem resource the service publishes

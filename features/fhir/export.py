@@ -27,7 +27,6 @@ What the tables hold and FHIR needs is written as follows (docs/fhir.md says it 
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 from typing import Any, Iterator
