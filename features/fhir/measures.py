@@ -295,16 +295,11 @@ def _imaging(ctx: Ctx, rec: dict, el: dict, src: RecordSource, imaging: dict[str
                 pre.append(m)
             elif tp == "postop" and (m.timepoint or (m.day - surgery).days <= POSTOP_IMAGING_DAYS):
                 post.append(m)
-        if pre and f"{code}_preop" in _RECORD_IMAGING:
-            chosen = _extreme(ctx, pre, latest=True)
+        # Pre-operative: the latest before surgery; post-operative: the first after it.
+        for tp, candidates, latest in (("preop", pre, True), ("postop", post, False)):
+            chosen = _extreme(ctx, candidates, latest) if candidates and f"{code}_{tp}" in _RECORD_IMAGING else None
             if chosen is not None:
-                rec["imaging"]["preop"][code] = chosen.value
-                el[f"imaging.preop.{code}"] = chosen
-                src.basis.append(chosen.ref)
-        if post and f"{code}_postop" in _RECORD_IMAGING:
-            chosen = _extreme(ctx, post, latest=False)
-            if chosen is not None:
-                rec["imaging"]["postop"][code] = chosen.value
-                el[f"imaging.postop.{code}"] = chosen
+                rec["imaging"][tp][code] = chosen.value
+                el[f"imaging.{tp}.{code}"] = chosen
                 src.basis.append(chosen.ref)
     src.basis[:] = list(dict.fromkeys(src.basis))
