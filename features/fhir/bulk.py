@@ -64,7 +64,11 @@ def read_bulk_ndjson(directory: Path, *, now: dt.datetime | None = None, validat
     mapping reads are checked either way). ``workers``: processes that parse (default: one
     per core for exports of ``PARALLEL_FROM`` resources or more).
     """
-    now = now or dt.datetime.now(dt.timezone.utc)
+    with paused_gc():  # the whole read: every allocation here is live data (see paused_gc)
+        return _read(directory, now or dt.datetime.now(dt.timezone.utc), validate, workers)
+
+
+def _read(directory: Path, now: dt.datetime, validate: bool, workers: int | None) -> FhirRecords:
     lines: list[tuple[bytes, str, str | None]] = []  # (line, file:line, the file's resource type)
     for path in ndjson_files(directory):
         m = _TYPE_OF_FILE.match(path.name)
