@@ -35,13 +35,15 @@ def batch_scores(models, output: pd.DataFrame) -> list[ModelScores]:
     return out
 
 
-def log_scored(log, models, flat: pd.DataFrame, output: pd.DataFrame, run_id: str | None = None) -> str:
+def log_scored(log, models, flat: pd.DataFrame, output: pd.DataFrame, run_id: str | None = None,
+               source: str = "batch") -> str:
     """Queue a scored file's predictions (waiting for room: a batch never drops), in calls
-    of ``CALL_RECORDS``; returns the run id used as their request id."""
+    of ``CALL_RECORDS``; ``source``: ``batch``, or ``fhir`` for a Bulk FHIR export; returns
+    the run id used as their request id."""
     run_id = run_id or f"batch-{uuid.uuid4().hex[:12]}"
     for a in range(0, len(output), CALL_RECORDS):
         part = output.iloc[a:a + CALL_RECORDS]
-        sent = log.record(source="batch", procedure_ids=part["procedure_id"].tolist(), scores=batch_scores(models, part),
+        sent = log.record(source=source, procedure_ids=part["procedure_id"].tolist(), scores=batch_scores(models, part),
                           surgery_dates=flat["surgery_date"].iloc[a:a + CALL_RECORDS].tolist(), request_id=run_id,
                           inputs=flat.iloc[a:a + CALL_RECORDS], wait_s=600)
         if sent is None:
