@@ -27,30 +27,27 @@ the future; and its ``jti`` was not seen before from that issuer (``ReplayCache`
 the token's ``exp``, per process). Clock skew of ``LEEWAY_S`` is allowed. A refusal is a 401
 naming what to fix, never echoing the token. The caller is the client's configured name.
 
-Keys: ``JwksCache`` fetches a client's JWK Set URL (https; plain http only on loopback), keeps it
-``JWKS_TTL_S``, fetches again when a token names an unknown ``kid`` (at most every
-``MIN_REFRESH_S`` per URL, so random kids cannot make the service hammer the client), and fails
-closed: no keys, no entry. It is this module's minimal JWKS fetch; the service's shared key
-cache (``serving.auth.jwks``, issue 20) replaces it when it lands.
+Keys: a client's JWK Set URL (https; plain http only on loopback) is read through the
+service's key cache, ``serving.auth.jwks`` (one cache per URL: refreshed in the background,
+fetched again for an unknown ``kid`` at most every 30 s, so invented kids cannot make the
+service hammer the client, and failing closed); an inline JWK Set is used as configured.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from typing import Any, Callable
 
-import httpx
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from serving.auth.jwks import JwksCache, UnknownKeyError, cache_for
 from serving.cds_hooks.settings import CdsClient, CdsSettings
 from serving.http.callers import SCOPES, Caller, Refusal, Scope, bearer_token
 
-logger = logging.getLogger(__name__)
 
 #: Asymmetric JWS algorithms accepted (RFC 7518 RSA, RSA-PSS, ECDSA; RFC 9864 Ed25519). CDS
 #: Hooks recommends ES384 and RS384; none and the HMAC family are refused.
@@ -60,86 +57,11 @@ LEEWAY_S = 60
 #: Longest a token may still be valid (seconds): a token for next week is refused, which also
 #: bounds how long a ``jti`` is remembered.
 MAX_LIFETIME_S = 3600
-#: How long a fetched JWK Set is used before it is fetched again (seconds).
-JWKS_TTL_S = 3600
-#: Least time between two fetches of one JWK Set URL (seconds).
-MIN_REFRESH_S = 30
-#: Timeout of one JWK Set fetch (seconds); the fetch blocks the request that needed it.
-FETCH_TIMEOUT_S = 3.0
-#: Largest JWK Set accepted (bytes).
-MAX_JWKS_BYTES = 256 * 1024
 #: Remembered ``jti``s per process; beyond this, tokens are refused until some expire.
 MAX_REPLAY_ENTRIES = 1_000_000
 #: What a CDS client may do (the CDS Hooks routes score, with explanations).
 CDS_SCOPES = frozenset({"predict", "explain"}) & frozenset(SCOPES)
 REALM = 'Bearer realm="refracture-risk cds-services"'
-
-
-def fetch_jwks(url: str) -> dict[str, Any]:
-    """GET a JWK Set (JSON) with a short timeout, no redirects and a size limit."""
-    with httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=False) as client:
-        with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
-            if response.status_code != 200:
-                raise ValueError(f"status {response.status_code}")
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
-    data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise ValueError("not a JWK Set")
-    return data
-
-
-class JwksCache:
-    """JWK Sets by URL: fetched on first use or at ``warm``, kept ``JWKS_TTL_S``, fetched again
-    for an unknown ``kid`` (rate-limited); a failed fetch keeps what was there (or nothing)."""
-
-    def __init__(self, fetch: Callable[[str], dict[str, Any]] = fetch_jwks, clock: Callable[[], float] = time.monotonic):
-        self._fetch = fetch
-        self._clock = clock
-        self._sets: dict[str, tuple[KeySet, float]] = {}  # url -> (keys, fetched at)
-        self._tried: dict[str, float] = {}  # url -> last fetch attempt
-        self._lock = threading.Lock()
-
-    def warm(self, urls: list[str]) -> None:
-        """Fetch every URL once (called at start, in a thread: a client that is down then
-        only fails its own calls)."""
-        for url in urls:
-            self._refresh(url)
-
-    def key_set(self, url: str, kid: str) -> KeySet | None:
-        """The JWK Set of ``url`` holding ``kid``, or None (fetch failed, or no such key)."""
-        cached = self._sets.get(url)
-        fresh = cached is not None and self._clock() - cached[1] < JWKS_TTL_S
-        if not fresh or not _has_kid(cached[0], kid):
-            self._refresh(url)
-            cached = self._sets.get(url)
-        if cached is None or not _has_kid(cached[0], kid):
-            return None
-        return cached[0]
-
-    def has(self, url: str) -> bool:
-        return url in self._sets
-
-    def _refresh(self, url: str) -> None:
-        with self._lock:
-            now = self._clock()
-            if now - self._tried.get(url, -1e9) < MIN_REFRESH_S:
-                return
-            self._tried[url] = now
-            try:
-                data = self._fetch(url)
-                keys = KeySet.import_key_set({"keys": [k for k in data["keys"] if isinstance(k, dict) and "kid" in k]})
-            except Exception as exc:  # noqa: BLE001 - network, JSON or key errors: fail closed
-                logger.warning("CDS client keys: cannot fetch %s (%s)", url, type(exc).__name__)
-                return
-            self._sets[url] = (keys, now)
-
-
-def _has_kid(keys: KeySet, kid: str) -> bool:
-    return any(k.kid == kid for k in keys.keys)
 
 
 class ReplayCache:
@@ -167,17 +89,18 @@ class ReplayCache:
 class CdsClientAuthenticator:
     """The ``/cds-services`` route's authenticator (module docstring)."""
 
-    def __init__(self, settings: CdsSettings, jwks: JwksCache | None = None, replay: ReplayCache | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, settings: CdsSettings, replay: ReplayCache | None = None, clock: Callable[[], float] = time.time,
+                 key_cache: Callable[[str], JwksCache] = cache_for):
         self.settings = settings
-        self.jwks = jwks or JwksCache()
         self.replay = replay or ReplayCache()
         self.clock = clock
         self._inline = {c.name: KeySet.import_key_set(c.jwks) for c in settings.clients if c.jwks is not None}
+        self._caches = {c.name: key_cache(c.jwks_url) for c in settings.clients if c.jwks_url}
 
     def warm(self) -> None:
         """Fetch every client's JWK Set once (call at start, from a thread)."""
-        self.jwks.warm([c.jwks_url for c in self.settings.clients if c.jwks_url])
+        for cache in self._caches.values():
+            cache.refresh()
 
     def authenticate(self, scope: Scope) -> Caller | Refusal:
         if not self.settings.clients:
@@ -217,22 +140,23 @@ class CdsClientAuthenticator:
         self._check_claims(client, verified.claims, path)
         return Caller(client.name, CDS_SCOPES, "cds-jwt")
 
-    def _keys(self, client: CdsClient, header: dict[str, Any], kid: str) -> KeySet:
+    def _keys(self, client: CdsClient, header: dict[str, Any], kid: str) -> Any:
+        """The key (or inline key set) to verify with; the issuer's key named by ``kid``."""
         jku = header.get("jku")
         if jku is not None and jku != client.jwks_url:
             raise _Refused("jku", "JWT header jku is not the JWK Set URL configured for this issuer")
         if client.jwks is not None:
             keys = self._inline[client.name]
-            if not _has_kid(keys, kid):
+            if not any(k.kid == kid for k in keys.keys):
                 raise _Refused("kid", "JWT signed with a key (kid) the issuer's JWK Set does not hold")
             return keys
-        assert client.jwks_url is not None
-        keys = self.jwks.key_set(client.jwks_url, kid)
-        if keys is None:
-            if not self.jwks.has(client.jwks_url):
-                raise _Refused("keys", "the issuer's JWK Set cannot be fetched; try again later")
-            raise _Refused("kid", "JWT signed with a key (kid) the issuer's JWK Set does not hold")
-        return keys
+        cache = self._caches[client.name]
+        try:
+            return cache.key_for(kid)
+        except UnknownKeyError:
+            if cache.status().state == "unavailable":
+                raise _Refused("keys", "the issuer's JWK Set cannot be fetched; try again later") from None
+            raise _Refused("kid", "JWT signed with a key (kid) the issuer's JWK Set does not hold") from None
 
     def _check_claims(self, client: CdsClient, claims: dict[str, Any], path: str) -> None:
         now = self.clock()

@@ -1,5 +1,6 @@
 """The CDS client's signed JWT (serving.cds_hooks.client_auth): every refusal CDS Hooks 2.0 asks
-for, named, and the keys fetched from a real JWK Set URL (an HTTP server on loopback)."""
+for, named, and the keys fetched from a real JWK Set URL (an HTTP server on loopback) through
+the service's key cache (serving.auth.jwks)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from cds_support import ISSUER, PUBLIC_URL, SERVICE_PATH, CdsClientKeys
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from serving.cds_hooks.client_auth import CdsClientAuthenticator, JwksCache, ReplayCache
+from serving.auth.jwks import JwksCache
+from serving.cds_hooks.client_auth import CdsClientAuthenticator, ReplayCache
 from serving.cds_hooks.settings import CdsClient, CdsSettings
 from serving.http.callers import Caller, Refusal
 
@@ -170,7 +172,7 @@ def test_keys_are_fetched_from_the_jwks_url_refreshed_for_a_new_kid_and_fail_clo
     clock = [1000.0]
     try:
         client = CdsClient(name="ehr", issuer=ISSUER, jwks_url=server.url)
-        auth = CdsClientAuthenticator(_settings(client), jwks=JwksCache(clock=lambda: clock[0]))
+        auth = CdsClientAuthenticator(_settings(client), key_cache=lambda url: JwksCache(url, clock=lambda: clock[0]))
         auth.warm()
         assert server.hits == 1
         assert isinstance(auth.authenticate(_scope(keys.token(header={"jku": server.url}))), Caller)
@@ -189,5 +191,6 @@ def test_keys_are_fetched_from_the_jwks_url_refreshed_for_a_new_kid_and_fail_clo
     finally:
         server.close()
     # The JWK Set URL down from the start: nothing is accepted.
-    down = CdsClientAuthenticator(_settings(CdsClient(name="ehr", issuer=ISSUER, jwks_url=server.url)))
+    down = CdsClientAuthenticator(_settings(CdsClient(name="ehr", issuer=ISSUER, jwks_url=server.url)),
+                                  key_cache=lambda url: JwksCache(url, timeout_s=1.0))
     _refusal(down.authenticate(_scope(keys.token())), "keys")
