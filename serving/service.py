@@ -255,7 +255,8 @@ class RefractureRisk:
         self._info = _model_info(self.models, self.settings, self.scorer)
         # FHIR requests are explained at the headline horizon, in the same batches as /explain's.
         self.fhir = FhirScoring(self._explain_batchers[float(SERVED_HEADLINE_MONTHS)].submit, self.settings.max_records,
-                                self.scorer.outcomes, self.scorer.versions)
+                                self.scorer.outcomes, self.scorer.versions,
+                                self._log_rows if self.prediction_log is not None else None)
         cds = get_cds_settings()
         fhir_app.start(self.fhir, capability_statement(SERVICE_VERSION, fhir_datetime(request_time()), cds.public_url,
                                                        self.scorer.outcomes), SERVICE_VERSION)
@@ -348,13 +349,17 @@ class RefractureRisk:
         headers = ctx.request.headers
         if headers.get("x-refracture-purpose") == WHAT_IF:
             return
-        state = ctx.request.scope.get("state", {})
         source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
+        self._log_rows(payload, parsed.rows, source, ctx.request.scope.get("state", {}))
+
+    def _log_rows(self, payload: bytes, rows: list, source: str, state: dict[str, Any]) -> None:
+        """Queue one answered request (``source``: api, page, fhir, cds) for the prediction log,
+        and its records for the shadow challengers."""
         caller = state.get("caller")  # serving.http.callers.Caller: its client's name, never a secret
-        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
+        answered = AnsweredPredictions(payload, rows, source, state.get("request_id"),
                                        getattr(caller, "client", None), self.prediction_log.settings.store_inputs)
         if self.prediction_log.submit(answered) and self.shadow is not None:
-            self.shadow.submit(parsed.rows, answered.prediction_ids)
+            self.shadow.submit(rows, answered.prediction_ids)
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the

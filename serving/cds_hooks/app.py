@@ -171,7 +171,7 @@ class CdsService:
         return self._client
 
     async def call(self, body: bytes, content_type: str, client_name: str | None,
-                   audit: dict[str, Any] | None = None) -> dict[str, Any]:
+                   state: dict[str, Any] | None = None) -> dict[str, Any]:
         """Cards for one hook call; raises ``CdsError``."""
         media = content_type.split(";")[0].strip().lower()
         if media not in ("application/json", "") and not media.endswith("+json"):
@@ -202,7 +202,7 @@ class CdsService:
             raise _refused(refusal)
         chosen = latest_augmentation(parsed)
         try:
-            scored = await self.scoring.score(chosen, audit)
+            scored = await self.scoring.score(chosen, state, source="cds")
         except FhirRefused as exc:
             raise _refused(exc) from None
         return {"cards": [cds_cards.card(record, prediction, self.settings.card_source_url, self.settings.public_url)
@@ -245,7 +245,7 @@ class CdsApp:
         caller = state.get("caller")
         try:
             answer = await self.service.call(await request.body(), request.headers.get("content-type", ""),
-                                             getattr(caller, "client", None), state.get("audit"))
+                                             getattr(caller, "client", None), state)
         except CdsError as exc:
             return Response(exc.body(), status_code=exc.status, media_type="application/json")
         except Exception as exc:  # noqa: BLE001 - a failure of ours, never of the input

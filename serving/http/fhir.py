@@ -61,6 +61,9 @@ _ENVELOPE = ("Bundle", "Bundle.resourceType", "Bundle.type", "Bundle.entry")
 #: ``submit(rows, procedure_ids, prior_errors) -> (status, body, n_errors)``: the service's
 #: micro-batcher of explained requests at the headline horizon.
 Submit = Callable[[list[dict[str, Any]], list[str], list[dict[str, Any]]], Awaitable[tuple[int, bytes, int]]]
+#: ``log(answer, rows, source, state)``: hands a scored answer to the prediction log (source
+#: ``fhir`` or ``cds``; ``state``: the request's ASGI state, with its id and caller).
+LogAnswer = Callable[[bytes, list[dict[str, Any]], str, dict[str, Any]], None]
 
 
 class FhirRefused(Exception):
@@ -106,18 +109,23 @@ class FhirScoring:
     """The records of a FHIR input, scored on ``/predict``'s path (module docstring).
 
     ``submit``: the batcher of explained requests; ``max_records``: the service's limit per
-    request. ``audit``: the guard's per-request dict (``scope["state"]["audit"]``), completed
-    as ``/predict`` completes it (procedure ids, which the guard hashes; counts)."""
+    request; ``log``: the prediction log's hand-off (None: no log). ``state``: the request's
+    ASGI state; its ``audit`` dict (the guard's) is completed as ``/predict`` completes it
+    (procedure ids, which the guard hashes; counts)."""
 
-    def __init__(self, submit: Submit, max_records: int, outcomes: list[str], versions: dict[str, str]):
+    def __init__(self, submit: Submit, max_records: int, outcomes: list[str], versions: dict[str, str],
+                 log: LogAnswer | None = None):
         self.submit = submit
         self.max_records = max_records
         self.outcomes = outcomes
         self.versions = versions
+        self.log = log
 
-    async def score(self, parsed: FhirRecords, audit: dict[str, Any] | None = None) -> Scored:
+    async def score(self, parsed: FhirRecords, state: dict[str, Any] | None = None, source: str = "fhir") -> Scored:
         """Score the records of ``parsed`` (a parse without errors). Raises ``FhirRefused``
         (422) when the data contract refuses a value, naming the FHIR element it came from."""
+        state = state if state is not None else {}
+        audit = state.get("audit")
         audit = audit if audit is not None else {}
         audit["outcomes"] = self.outcomes
         audit["model_versions"] = self.versions
@@ -140,6 +148,8 @@ class FhirScoring:
             raise FhirRefused(422, [_field_issue(e, sources) for e in answer["errors"]])
         if status != 200:
             raise RuntimeError(f"scoring answered {status}")
+        if self.log is not None:
+            self.log(payload, request.rows, source, state)
         warnings = issues_of(p for p in parsed.problems if p.severity != "error")
         return Scored(answer["predictions"], list(sources), warnings)
 
@@ -270,7 +280,7 @@ class FhirApp:
     async def risk(self, request: Request) -> Response:
         """``POST /fhir/$refracture-risk`` (module docstring)."""
         assert self.scoring is not None
-        audit = request.scope.get("state", {}).get("audit")
+        state = request.scope.get("state", {})
         if request.query_params:
             name = next(iter(request.query_params.keys()))[:60]
             return refused(400, [Issue("error", "not-supported", f"unknown parameter {name!r}: the operation takes "
@@ -279,7 +289,7 @@ class FhirApp:
         try:
             bundle, prefix = read_bundle(await request.body(), request.headers.get("content-type", ""))
             parsed = _renamed(parse_bundle_unchecked(bundle, now), prefix)
-            scored = await self.scoring.score(parsed, audit)
+            scored = await self.scoring.score(parsed, state)
         except FhirRefused as exc:
             return refused(exc.status, exc.issues)
         except Exception as exc:  # noqa: BLE001 - a failure of ours, never of the input

@@ -18,6 +18,7 @@ from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 import fhir_server_support as fhir_server
 from fhir_support import entry, example
+from prediction_log_support import migrated_store
 from serving_support import API_KEY, ensure_trained_store, to_json_records
 
 from features.fhir import codes as c
@@ -54,11 +55,14 @@ def keys():
 @pytest.fixture(scope="module")
 def service_env(store, keys, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fhir-service")
+    migrated_store(folder)  # the prediction log's store, at its newest migration
     env = {
         "REFRACTURE_MLFLOW_DIR": str(store / "mlflow"), "REFRACTURE_API_KEY": API_KEY, "REFRACTURE_AUDIT_SALT": "salt",
         "REFRACTURE_AUDIT_LOG": str(folder / "audit.jsonl"), "REFRACTURE_MAX_BODY_BYTES": str(400_000),
         "REFRACTURE_PUBLIC_URL": PUBLIC_URL, "REFRACTURE_CDS_CORS_ORIGINS": ORIGIN,
         "REFRACTURE_CDS_CLIENTS": str(clients_file(folder, {"name": "ehr-test", "issuer": ISSUER, "jwks": keys.jwks()})),
+        "REFRACTURE_PREDICTION_LOG": "1", "REFRACTURE_PREDICTION_DB": f"sqlite:///{folder / 'predictions.db'}",
+        "REFRACTURE_PREDICTION_SECRET": "s" * 40, "REFRACTURE_PREDICTION_FLUSH_SECONDS": "0.2",
     }
     names = [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS", "REFRACTURE_MAX_RECORDS"]
     saved = {k: os.environ.get(k) for k in names}
@@ -70,7 +74,7 @@ def service_env(store, keys, tmp_path_factory):
 
     reset_settings()
     reset_cds_settings()
-    yield {**env, "audit_log": folder / "audit.jsonl"}
+    yield {**env, "audit_log": folder / "audit.jsonl", "prediction_db": folder / "predictions.db"}
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -260,6 +264,24 @@ def test_fhir_requests_are_audited_like_predict_without_identifiers(client, serv
     line = [x for x in lines if x["endpoint"] == "/fhir/$refracture-risk" and x["status"] == 200][-1]
     assert line["n_records"] == 1 and line["auth"] == "ok" and len(line["procedure_key_hashes"]) == 1
     assert "example-0001" not in service_env["audit_log"].read_text()
+
+
+def test_fhir_and_cds_predictions_are_in_the_prediction_log_by_source(client, keys, service_env):
+    import sqlite3
+    import time
+
+    fhir = post_fhir(client, example())
+    cds = post_hook(client, keys, hook_call(resources_of(example())))
+    assert fhir.status_code == cds.status_code == 200
+    wanted = {fhir.headers["x-request-id"]: "fhir", cds.headers["x-request-id"]: "cds"}
+    logged: dict = {}
+    deadline = time.time() + 20
+    while time.time() < deadline and len(logged) < 2:
+        with sqlite3.connect(service_env["prediction_db"]) as db:
+            logged = dict(db.execute(f"SELECT request_id, source FROM predictions WHERE request_id IN "
+                                     f"({', '.join('?' * len(wanted))})", list(wanted)).fetchall())
+        time.sleep(0.2)
+    assert logged == wanted  # one record each, with the request id of the audit line and its source
 
 
 # ------------------------------------------------------------------------------- CDS Hooks
