@@ -52,7 +52,7 @@ from serving.fhir.capability import capability_statement
 from serving.fhir.operation_outcome import render_guard_error
 from serving.http.answer_log import PAGE_SOURCE, WHAT_IF, AnsweredPredictions
 from serving.http.batcher import MicroBatcher
-from serving.http.callers import ApiKeyAuthenticator, Route
+from serving.http.callers import Route
 from serving.http.fhir import FhirApp, FhirScoring, fhir_datetime, request_time
 from serving.http.guard import GuardMiddleware
 from serving.http.micro_batch import process_batch
@@ -447,11 +447,12 @@ def _spec() -> dict[str, Any]:
 
 def _routes(settings) -> tuple[Route, ...]:
     """The guard's routes with their own authentication or error format (``serving.http.callers``):
-    ``/fhir`` answers its refusals as FHIR OperationOutcomes (the caller still shows the API key);
+    ``/fhir`` answers its refusals as FHIR OperationOutcomes, its callers authenticated as ``/predict``'s
+    (the default route's authenticator);
     ``/cds-services`` takes the CDS client's signed JWT (its keys fetched once at start, in a thread)."""
     cds_auth = CdsClientAuthenticator(get_cds_settings())
     threading.Thread(target=cds_auth.warm, name="cds-client-keys", daemon=True).start()
-    return (Route("/fhir", ApiKeyAuthenticator(settings), render_guard_error),
+    return (Route("/fhir", render_error=render_guard_error),
             Route("/cds-services", cds_auth))
 
 

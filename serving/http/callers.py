@@ -76,10 +76,14 @@ ErrorRenderer = Callable[[int, str, list[dict[str, Any]]], tuple[bytes, str]]
 
 @dataclass(frozen=True)
 class Route:
-    """A path prefix with its authenticator and, optionally, its error format."""
+    """A path prefix with, optionally, its own authenticator and its own error format.
+
+    ``authenticator`` None: the default route's (whoever may call ``/predict`` may call this
+    path, by the same means); a route that only speaks another protocol's errors (``/fhir``)
+    sets ``render_error`` alone and so follows every change to how callers authenticate."""
 
     prefix: str
-    authenticator: Authenticator
+    authenticator: Authenticator | None = None
     render_error: ErrorRenderer | None = None
 
     def matches(self, path: str) -> bool:
@@ -111,9 +115,16 @@ def bearer_token(scope: Scope) -> str | None:
     return token.strip()
 
 
+#: Paths whose answer carries explanations (top factors), like ``/explain``'s: the FHIR
+#: operation's RiskAssessments and the CDS Hooks cards.
+EXPLAINED_PATHS = frozenset({"/fhir/$refracture-risk", "/cds-services/refracture-risk"})
+
+
 def required_scope(path: str) -> str | None:
     """The scope an endpoint needs (None: any authenticated caller)."""
     path = path.rstrip("/")
+    if path in EXPLAINED_PATHS:
+        return "explain"
     if path.endswith("/explain"):
         return "explain"
     if path.endswith("/predict"):

@@ -177,7 +177,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            caller = route.authenticator.authenticate(scope)
+            caller = (route.authenticator or self.default_route.authenticator).authenticate(scope)
             if isinstance(caller, Refusal):
                 auth = caller.reason
                 await _send_error(send_wrapper, route, caller.status, {"error": caller.message},
