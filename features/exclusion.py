@@ -77,7 +77,7 @@ class ExclusionReport(BySeverity):
 
     def summary(self) -> dict[str, str]:
         """Counts and fingerprint as text, for MLflow params/tags and file metadata."""
-        return {"excluded_procedures": str(len(self.excluded)), "n_procedures": str(self.n_procedures),
+        return {"excluded_procedures": str(len(self.excluded)), "export_procedures": str(self.n_procedures),
                 "validation_errors": str(len(self.errors)), "validation_warnings": str(len(self.warnings)),
                 "exclusion_report_sha256": self.fingerprint}
 
@@ -103,7 +103,7 @@ def exclusion_report(check: RawCheck) -> ExclusionReport:
     touched_rows = [_touched_rows(v, typed, rows_of) if v.severity == "error" else set() for v in check.violations]
     bad_rows = set().union(*touched_rows) if touched_rows else set()
     return ExclusionReport(check.violations, [sorted(_name(ids, i) for i in rows) for rows in touched_rows],
-                           [_name(ids, i) for i in sorted(bad_rows)], len(procedures))
+                           list(dict.fromkeys(_name(ids, i) for i in sorted(bad_rows))), len(procedures))
 
 
 def checked_export(check: RawCheck, exclude_invalid: bool = False) -> CheckedExport:
