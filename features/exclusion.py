@@ -95,7 +95,7 @@ def exclusion_report(check: RawCheck) -> ExclusionReport:
     """What ``checked_export(check, exclude_invalid=True)`` would set aside, whatever the
     errors (``refracture validate`` shows it before any work is done)."""
     typed = check.typed
-    if "procedures" not in typed or "patient_id" not in typed["procedures"]:
+    if "procedures" not in typed or not {"procedure_id", "patient_id"} <= set(typed["procedures"].columns):
         return ExclusionReport(check.violations, [[] for _ in check.violations], [], 0)
     procedures = typed["procedures"]
     ids = _keys(procedures["procedure_id"])

@@ -152,3 +152,13 @@ def test_on_a_simulated_export_exactly_the_broken_procedures_leave_and_the_other
     kept = build_training_set(checked.tables, "postop")
     assert set(kept.index) == set(clean.index) - expected
     pd.testing.assert_frame_equal(kept, clean.loc[kept.index])
+
+
+@pytest.mark.parametrize("column", ["procedure_id", "patient_id"])
+def test_the_report_of_an_export_without_its_keys_excludes_nothing_and_stops(raw, column):
+    raw["procedures"] = raw["procedures"].drop(columns=[column])
+    raw["patients"].loc[0, "weight_kg"] = "900"
+    check = check_raw(raw)
+    assert exclusion_report(check).excluded == [] and check.structural
+    with pytest.raises(RawDataError, match="column missing"):
+        checked_export(check, exclude_invalid=True)
