@@ -11,7 +11,7 @@ callers, one rule set:
 
 So the service and ``refracture validate`` refuse, and question, exactly the same values by
 construction (``tests/features/test_contract.py`` checks it over generated values). The
-service's request models (``serving.schemas``) document the same bounds, taken from here
+service's request models (``serving.http.schemas``) document the same bounds, taken from here
 and from the schema.
 
 Every rule reports with a severity:

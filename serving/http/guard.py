@@ -8,14 +8,14 @@
 - **Body size.** A body over ``max_body_bytes`` is a 413, decided on ``Content-Length``
   before reading, or while reading a chunked body; the body is then buffered and
   handed on, so the endpoint never sees a partial one.
-- **Audit.** One JSON line per request to a protected path (``serving.audit``). The
+- **Audit.** One JSON line per request to a protected path (``serving.http.audit``). The
   endpoint adds what only it knows (procedure ids, model versions) to
   ``scope["state"]["audit"]``; the ids are hashed here, never logged raw. The line is
   written before the answer leaves; if it cannot be, the answer is a 503 and the
   failure is logged. A client gone before the end of its body is audited as 499.
-- **Headers and docs.** Every answer gets ``serving.headers.secure_start`` (nosniff, the
+- **Headers and docs.** Every answer gets ``serving.http.headers.secure_start`` (nosniff, the
   page CSP on HTML, relative redirects); ``/`` and ``/docs`` are the service's own docs
-  page (``serving.docs_page``), not BentoML's.
+  page (``serving.http.docs_page``), not BentoML's.
 - **OpenAPI.** ``GET /docs.json`` is answered here with the service's spec plus what
   BentoML cannot know: the bearer scheme, the 401/413/415/422 answers and their body.
 """
@@ -28,9 +28,9 @@ import time
 import uuid
 from typing import Any, Callable
 
-from serving import audit, docs_page
 from serving.config import ServingSettings, get_settings
-from serving.headers import secure_start
+from serving.http import audit, docs_page
+from serving.http.headers import secure_start
 
 logger = logging.getLogger(__name__)
 
