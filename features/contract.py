@@ -556,7 +556,7 @@ def _slip(i: int, field: str, small: float, other: float, other_tp: str, why: st
 
 
 def _treated_height_over_time(cols: Columns, n: int) -> list[Implausible]:
-    """The treated vertebra's post-operative height is consistent with its pre-operative one and the technique. Error: one of the two is about ten times the other while that other is a normal height (≥ 10 mm): the small one was written in cm, named with its value in mm (no augmentation restores a vertebra tenfold, and cement does not flatten one). Warning: the post-operative height is lower than the pre-operative one by more than measurement error (2.58 SD of a difference of two readings + 5 % for the radiographs' scale), or a vertebroplasty (PVP) restored more than 30 points of compression rate (Xiong 2021: 4.4 ± 5.2 points, up to 12.6 more with a cleft; kyphoplasty restores more)."""
+    """The treated vertebra's post-operative height is consistent with its pre-operative one and the technique. Error: one of the two is about ten times the other while that other is a normal height (≥ 10 mm): the small one was written in cm, named with its value in mm (no augmentation restores a vertebra tenfold, and cement does not flatten one). Warning: the post-operative height is lower than the pre-operative one by more than measurement error (2.58 SD of a difference of two readings + 5 % for the radiographs' scale), or a vertebroplasty (PVP) restored more than 30 points of compression rate (Xiong 2021: 4.4 ± 5.2 points, up to 12.6 more with a cleft; kyphoplasty restores more). Warnings, not errors: another projection, another level measured or a mislabelled technique can explain them, and neither height is known to be the wrong one; a tenfold ratio has one explanation, a unit, and names the value to fix."""
     h_pre, h_post = _num(cols, "vertebral_height_mm_preop", n), _num(cols, "vertebral_height_mm_postop", n)
     skip = _exam_in_cm(cols, n, "preop") | _exam_in_cm(cols, n, "postop")  # reported whole by _heights_in_cm
     out = []
@@ -597,7 +597,7 @@ def _neighbour_mean(cols: Columns, n: int, tp: str) -> np.ndarray:
 
 
 def _neighbour_heights_over_time(cols: Columns, n: int) -> list[Implausible]:
-    """An untreated neighbour's height before and after surgery agrees within measurement error. Error: one reading is about ten times the other, the other a normal height (≥ 10 mm): the small one was written in cm, named with its value in mm (a neighbour cannot change tenfold in a day). Warning: the two differ by more than 2.58 SD of a difference of two readings + 5 % for the radiographs' scale (7 mm for a 24 mm vertebra; a neighbour treated in the same session may gain height)."""
+    """An untreated neighbour's height before and after surgery agrees within measurement error. Error: one reading is about ten times the other, the other a normal height (≥ 10 mm): the small one was written in cm, named with its value in mm (a neighbour cannot change tenfold in a day). Warning: the two differ by more than 2.58 SD of a difference of two readings + 5 % for the radiographs' scale (7 mm for a 24 mm vertebra; a neighbour treated in the same session may gain height). A warning, not an error: another projection or the wrong level measured explains it, and neither reading is known to be the wrong one."""
     levels = _num(cols, "n_levels_treated", n)
     skip = _exam_in_cm(cols, n, "preop") | _exam_in_cm(cols, n, "postop")
     out = []
