@@ -122,7 +122,11 @@ class Server:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__()  # a server that never got ready is stopped too, not left running
+            raise
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:
