@@ -53,6 +53,7 @@ SLOW_MODULES = frozenset({
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
