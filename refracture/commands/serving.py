@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.parse import record_frame
 from features.io import read_raw
-from features.raw_records import scorable_records
+from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
@@ -29,6 +29,7 @@ from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from refracture.commands.data import EXCLUDE_HELP, report_path, write_exclusion_report
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -101,11 +102,14 @@ def _migrate_prediction_store(log_settings) -> None:
 def predict(
     output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
     input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Errors in rows a record uses stop the scoring (see --exclude-invalid); errors in what records do not use (events, follow-up) and warnings are reported.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
     master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
+    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help="With --raw: " + EXCLUDE_HELP + " The report "
+                                                  "is written beside --output (<name>.exclusions.csv) with its count and "
+                                                  "SHA-256 printed.")] = False,
     fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
     risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
 ) -> None:
@@ -121,7 +125,11 @@ def predict(
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
     if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    records = _raw_records(raw) if raw is not None else None
+    if exclude_invalid and raw is None:
+        raise typer.BadParameter("--exclude-invalid leaves out broken procedures of a raw export: give --raw DIR "
+                                 "(a records file with a field error is refused whole)", param_hint="--exclude-invalid")
+    scorable = _raw_records(raw, exclude_invalid) if raw is not None else None
+    records = scorable.records if scorable is not None else None
     sources = None
     started = dt.datetime.now(dt.timezone.utc)
     if fhir_ndjson is not None:
@@ -153,6 +161,13 @@ def predict(
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if scorable is not None and (exclude_invalid or scorable.violations):
+        if "://" in output:
+            console.print(f"exclusion report not written beside a remote output: {len(scorable.excluded)} procedures "
+                          f"excluded, sha256 {scorable.report.fingerprint} (`refracture validate --raw {raw} --report FILE` "
+                          "writes it)")
+        else:
+            write_exclusion_report(scorable.report, report_path(Path(output)))
     if sources is not None:
         target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
         n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
@@ -203,8 +218,9 @@ def _batch_prediction_log():
     return PredictionLog.open(settings)
 
 
-def _raw_records(raw: Path):
-    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
+def _raw_records(raw: Path, exclude_invalid: bool) -> ScorableRecords:
+    """A raw export's records: the sound procedures'; the others reported by table, row and
+    column, and left out with ``exclude_invalid`` (else nothing is scored)."""
     try:
         scorable = scorable_records(read_raw(raw))
     except RawDataError as exc:
@@ -212,9 +228,14 @@ def _raw_records(raw: Path):
         _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
     if scorable.violations:
         console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines():
+        for line in scorable.report_lines()[:-1]:
             console.print(line, markup=False, highlight=False)
-    return scorable.records
+    if scorable.excluded and not exclude_invalid:
+        _fail(f"{len(scorable.excluded)} of {scorable.n_procedures} procedure records hold errors: fix those rows, or run "
+              "again with --exclude-invalid to score the others (an exclusion report lists them); nothing was written")
+    if scorable.violations:
+        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
+    return scorable
 
 
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
