@@ -9,7 +9,8 @@
   context (``serving.fhir.risk_assessment``), explained at the headline horizon (24 months).
 
 The path of a request is ``/predict``'s, so the numbers are the same: the guard (the
-``/fhir`` route: the API key, errors as OperationOutcomes) and its audit line; the Bundle
+``/fhir`` route: the same authentication as ``/predict``, the ``explain`` scope for the
+operation, whose answer carries the top factors; its refusals as OperationOutcomes) and its audit line; the Bundle
 read by the mapping (``features.fhir.parse.parse_bundle``, at the request's time: anything
 dated later is refused; ``serving.fhir.unchecked`` says why without its own contract check);
 the records it yields turned into request rows by the very parser
@@ -151,16 +152,20 @@ class FhirScoring:
         if self.log is not None:
             self.log(payload, request.rows, source, state)
         warnings = issues_of(p for p in parsed.problems if p.severity != "error")
+        # The contract's warnings (implausible but possible values, scored as sent), named by
+        # the FHIR element the value came from, as /predict names them by field.
+        warnings += [_field_issue({**w, "record": prediction["record"], "error": w.get("warning", "")}, sources, "warning")
+                     for prediction in answer["predictions"] for w in prediction.get("warnings", [])]
         return Scored(answer["predictions"], list(sources), warnings)
 
 
-def _field_issue(error: dict[str, Any], sources: list[RecordSource]) -> Issue:
-    """A field error of the contract checker (record, field path, error, allowed), named by
-    the FHIR element its value came from."""
+def _field_issue(error: dict[str, Any], sources: list[RecordSource], severity: str = "error") -> Issue:
+    """A field error (or warning) of the contract checker (record, field path, error, allowed),
+    named by the FHIR element its value came from."""
     record, path = error.get("record"), error.get("field") or ""
     expression = sources[record].element(path) if isinstance(record, int) and 0 <= record < len(sources) else ""
     allowed = f" (allowed: {error['allowed']})" if error.get("allowed") else ""
-    return Issue("error", "value", f"{path or 'record'}: {error.get('error', '')}{allowed}", expression)
+    return Issue(severity, "value", f"{path or 'record'}: {error.get('error', '')}{allowed}", expression)
 
 
 def assessment_bundle(scored: Scored, occurrence: str) -> dict[str, Any]:

@@ -252,6 +252,23 @@ def test_unreadable_requests_are_operation_outcomes_too(client, body, headers, s
         assert issues[0]["expression"] == [where]
 
 
+def test_an_implausible_but_possible_value_is_scored_with_a_warning_naming_its_element(client):
+    bundle = example()
+    panel = entry(bundle, lambda r: r.get("id", "").endswith("-postop"))
+    index = next(i for i, comp in enumerate(panel["component"])
+                 if comp["code"]["coding"][0]["code"] == "upper_adjacent_height_mm")
+    panel["component"][index]["valueQuantity"]["value"] = 33  # 24 mm before surgery: 9 mm apart
+    r = post_fhir(client, bundle)
+    assert r.status_code == 200, r.text[:2000]
+    resources = [e["resource"] for e in r.json()["entry"]]
+    assert sum(x["resourceType"] == "RiskAssessment" for x in resources) == 4  # scored as sent
+    (outcome,) = [x for x in resources if x["resourceType"] == "OperationOutcome"]
+    OperationOutcome.model_validate(outcome)
+    (issue,) = [i for i in outcome["issue"] if "upper_adjacent_height_mm" in i["diagnostics"]]
+    assert issue["severity"] == "warning" and "9.0 mm apart" in issue["diagnostics"]
+    assert issue["expression"][0].endswith(f".component[{index}].valueQuantity"), issue
+
+
 def test_an_unknown_parameter_is_refused_and_a_good_request_still_works_after_the_bad_ones(client):
     assert outcome_of(client.post("/fhir/$refracture-risk?explain=false", content=json.dumps(example()), headers=FHIR),
                       400)[0]["code"] == "not-supported"
