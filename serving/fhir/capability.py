@@ -86,9 +86,9 @@ def capability_statement(version: str, date: str, public_url: str | None, outcom
             "documentation": (f"Scores one patient's resources with the served models ({', '.join(outcomes)}; "
                               "death as context). No resource is stored."),
             "security": {"cors": False, "description": (
-                "POST /fhir/$refracture-risk needs 'Authorization: Bearer <key>' (the service's API key, "
-                "docs/serving.md); a refusal is an OperationOutcome with status 401. This statement, the CodeSystem "
-                "and the OperationDefinition are public.")},
+                "POST /fhir/$refracture-risk needs 'Authorization: Bearer <credential>', the credential /predict "
+                "takes, with the explain scope (docs/serving.md, Security); a refusal is an OperationOutcome (401, "
+                "403). This statement, the CodeSystem and the OperationDefinition are public.")},
             "resource": [
                 {"type": "CodeSystem", "interaction": [{"code": "read"}],
                  "documentation": f"The project CodeSystem {c.PROJECT_SYSTEM} (id {CODE_SYSTEM_ID})."},
