@@ -42,6 +42,8 @@ from bench.bench_serving import KEY, OUT, ensure_store, run_wrk, start, stop, tr
 ISSUER = "https://ehr.bench.example"
 #: Tokens made per second of wrk run (above any rate this machine serves; unused ones are harmless).
 TOKENS_PER_S = 1500
+#: Seconds of the warm-up run of each target.
+WARM_UP_S = 2
 
 LUA_FIXED = """
 wrk.method = "POST"
@@ -108,15 +110,33 @@ def make_client(work: Path):
     return key
 
 
-def sign_tokens(key, audience: str, n: int, path: Path) -> None:
-    """``n`` one-use tokens for ``audience``, valid for the next 55 minutes, one per line."""
+def sign_tokens(key, audience: str, n: int) -> list[str]:
+    """``n`` one-use tokens for ``audience``, valid for the next 55 minutes."""
     from joserfc import jwt
 
     now = int(time.time())
-    with open(path, "w") as f:
-        for _ in range(n):
-            claims = {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 3300, "jti": str(uuid.uuid4())}
-            f.write(jwt.encode({"alg": "ES384", "typ": "JWT", "kid": "bench-1"}, claims, key, algorithms=["ES384"]) + "\n")
+    return [jwt.encode({"alg": "ES384", "typ": "JWT", "kid": "bench-1"},
+                       {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 3300, "jti": str(uuid.uuid4())},
+                       key, algorithms=["ES384"]) for _ in range(n)]
+
+
+class TokenScripts:
+    """A wrk script per CDS run, each over tokens no other run uses: every wrk run starts at the
+    top of its file, so runs sharing one file would replay each other's tokens (refused, 401,
+    and counted as cheap answers)."""
+
+    def __init__(self, tokens: list[str], work: Path, body: str):
+        self.tokens, self.work, self.body, self.used = tokens, work, body, 0
+
+    def next(self, n: int) -> Path:
+        if self.used + n > len(self.tokens):
+            raise RuntimeError("not enough signed tokens for the runs")
+        part = self.work / f"tokens-{self.used}.txt"
+        part.write_text("\n".join(self.tokens[self.used:self.used + n]) + "\n")
+        self.used += n
+        script = self.work / f"cds-{self.used}.lua"
+        script.write_text(LUA_TOKENS % {"tokens": part, "threads": 2, "body": self.body})
+        return script
 
 
 def lua(s: str) -> str:
@@ -133,16 +153,16 @@ def bench(duration: int, repeats: int, concurrency: tuple[int, ...], tag: str) -
     key = make_client(work)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    n_tokens = TOKENS_PER_S * duration * repeats * len(concurrency)
+    per_run = TOKENS_PER_S * duration
+    n_tokens = per_run * repeats * len(concurrency) + TOKENS_PER_S * WARM_UP_S
     print(f"signing {n_tokens} ES384 tokens ...", flush=True)
-    sign_tokens(key, f"{url}/cds-services/refracture-risk", n_tokens, work / "tokens.txt")
+    cds_scripts = TokenScripts(sign_tokens(key, f"{url}/cds-services/refracture-risk", n_tokens), work,
+                               lua(json.dumps(call)))
     scripts = {}
     for name, media, body in (("predict", "application/json", record), ("explain", "application/json", record),
                               ("fhir", "application/fhir+json", bundle)):
         scripts[name] = work / f"{name}.lua"
         scripts[name].write_text(LUA_FIXED % {"media": media, "key": KEY, "body": lua(json.dumps(body))})
-    scripts["cds"] = work / "cds.lua"
-    scripts["cds"].write_text(LUA_TOKENS % {"tokens": work / "tokens.txt", "threads": 2, "body": lua(json.dumps(call))})
     targets = {"predict": f"{url}/predict", "explain": f"{url}/explain", "fhir": f"{url}/fhir/$refracture-risk",
                "cds": f"{url}/cds-services/refracture-risk"}
     env = store_env(store, REFRACTURE_API_KEY=KEY, REFRACTURE_AUDIT_SALT="bench", REFRACTURE_AUDIT_LOG=str(work / "audit.jsonl"),
@@ -152,14 +172,16 @@ def bench(duration: int, repeats: int, concurrency: tuple[int, ...], tag: str) -
     runs: dict = {t: {c: [] for c in concurrency} for t in targets}
     try:
         for name, target in targets.items():  # warm-up (and a check that every target answers 200)
-            warm = run_wrk(target, 2, 2, scripts[name])
+            script = cds_scripts.next(TOKENS_PER_S * WARM_UP_S) if name == "cds" else scripts[name]
+            warm = run_wrk(target, 2, WARM_UP_S, script)
             if warm["non_2xx"]:
                 raise RuntimeError(f"{name}: {warm['non_2xx']} non-2xx answers in the warm-up; see {work / 'service.log'}")
         for r in range(repeats):
             for c in concurrency:
                 for name, target in targets.items():
                     cpu_before = tree_cpu_s(svc.pid)
-                    result = run_wrk(target, c, duration, scripts[name])
+                    script = cds_scripts.next(per_run) if name == "cds" else scripts[name]
+                    result = run_wrk(target, c, duration, script)
                     result["server_cores"] = round((tree_cpu_s(svc.pid) - cpu_before) / duration, 2)
                     runs[name][c].append(result)
                     print(f"[{tag}] run {r + 1} {name:8s} c={c:2d}: p50 {result['p50_ms']:8.1f} ms  p99 "
