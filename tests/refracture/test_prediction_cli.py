@@ -22,7 +22,8 @@ _register()
 @pytest.fixture
 def env(tmp_path):
     return {"REFRACTURE_PREDICTION_DB": f"sqlite:///{tmp_path / 'predictions.db'}",
-            "REFRACTURE_PREDICTION_SECRET": SECRET.decode(), "MLFLOW_TRACKING_URI": ""}
+            "REFRACTURE_PREDICTION_SECRET": SECRET.decode(), "MLFLOW_TRACKING_URI": "",
+            "REFRACTURE_PREDICTION_LOG": "1"}  # stated: another module of the same worker may have turned it off
 
 
 def test_outcomes_and_performance_from_the_command_line(tmp_path, env):
