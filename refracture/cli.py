@@ -1,46 +1,71 @@
 """The ``refracture`` console command.
 
-Logging is configured here and only here. Each command lives in ``refracture.commands.*``;
-this module just registers them, so a command group can be read (and owned) on its own.
+Logging is configured here and only here. The commands are the table ``COMMANDS``: a
+command's options live in ``refracture.options.<group>`` (light: ``--help`` imports only
+that module) and its work in ``refracture.commands.<group>`` (imported when it runs);
+``refracture.lazy_group`` loads them by name, so ``refracture --help``, ``refracture CMD
+--help`` and the data commands never import MLflow, BentoML, SHAP or Spark.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import typer
 
+from refracture.lazy_group import Command, LazyGroup
+
+#: Every command, in the order ``--help`` lists them: name, options ("module:function"),
+#: work ("module:function", called with the same keyword arguments), and the line
+#: ``refracture --help`` shows (the options function's docstring, first paragraph;
+#: tests/refracture/test_cli_commands.py keeps them equal). To add a command, see
+#: docs/architecture.md ("Adding a command").
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", "refracture.options.data:synth", "refracture.commands.synth:synth",
+            "Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."),
+    Command("validate", "refracture.options.data:validate", "refracture.commands.data:validate",
+            "Check a raw export against the data contract; list every violation by table, row and column."),
+    Command("features", "refracture.options.data:features", "refracture.commands.data:features",
+            "Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."),
+    Command("dictionary", "refracture.options.data:dictionary", "refracture.commands.data:dictionary",
+            "Generate the data dictionary from the schema (never edit it by hand)."),
+    Command("serve", "refracture.options.serving:serve", "refracture.commands.serving:serve",
+            "Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."),
+    Command("predict", "refracture.options.serving:predict", "refracture.commands.serving:predict",
+            "Score procedure records with the champion models, without HTTP (vectorised, in chunks)."),
+    Command("bento", "refracture.options.serving:bento", "refracture.commands.serving:bento",
+            "Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."),
+    Command("train", "refracture.options.training:train", "refracture.commands.training:train",
+            "Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."),
+    Command("models", "refracture.options.training:models", "refracture.commands.training:models",
+            "List registered models: versions, aliases and key test metrics."),
+    Command("promote", "refracture.options.training:promote", "refracture.commands.training:promote",
+            "Move an alias (champion/challenger) to a version by hand; the move is recorded."),
+    Command("site-report", "refracture.options.site:site_report", "refracture.commands.site:site_report",
+            "Validate a site's export, score it with the registered versions and write the local validation and "
+            "drift report (HTML, figures, CSVs), also logged to MLflow."),
+    Command("recalibrate", "refracture.options.site:recalibrate", "refracture.commands.site:recalibrate",
+            "Update every champion for a site by the documented rule (no update, (i) intercept, (ii) intercept and "
+            "slope by closed testing; (iii) refit on the training export plus the site when the site has >= 100 "
+            "events and the refit is better on held-out site folds) and register the result as `challenger`; "
+            "promote it with `refracture promote`."),
+    Command("ui", "refracture.options.training:ui", "refracture.commands.training:ui",
+            "Open the MLflow UI on the local store (runs, plots, model cards, registry)."),
+)
+
+
+class Commands(LazyGroup):
+    entries = COMMANDS
+
+
 app = typer.Typer(
     name="refracture",
+    cls=Commands,
     help="Predict refracture after vertebral augmentation (PVP/PKP): simulate, validate, build features, train, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-
-#: (module, function, command name). Order is the order shown in --help.
-COMMANDS: list[tuple[str, str, str]] = [
-    ("refracture.commands.data", "synth", "synth"),
-    ("refracture.commands.data", "validate", "validate"),
-    ("refracture.commands.data", "features", "features"),
-    ("refracture.commands.data", "dictionary", "dictionary"),
-    ("refracture.commands.serving", "serve", "serve"),
-    ("refracture.commands.serving", "predict", "predict"),
-    ("refracture.commands.serving", "bento", "bento"),
-    ("refracture.commands.training", "train", "train"),
-    ("refracture.commands.training", "models", "models"),
-    ("refracture.commands.training", "promote", "promote"),
-    ("refracture.commands.site", "site_report", "site-report"),
-    ("refracture.commands.site", "recalibrate", "recalibrate"),
-    ("refracture.commands.training", "ui", "ui"),
-]
-
-
-def _register() -> None:
-    for module_name, func_name, command_name in COMMANDS:
-        module = importlib.import_module(module_name)
-        app.command(command_name)(getattr(module, func_name))
 
 
 @app.callback()
@@ -53,5 +78,4 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 def main() -> None:
     """Entry point of the console script."""
-    _register()
     app()

@@ -1,20 +1,18 @@
-"""Data commands: synth, validate, features, dictionary."""
+"""Data commands: validate, features, dictionary (options and help: ``refracture.options.data``); synth is in
+``refracture.commands.synth`` (the simulator is imported only for it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from features.assemble import build_training_set
-from features.catalog import FEATURE_SETS
 from features.dictionary import data_dictionary_markdown
 from features.io import read_raw, write_frame_atomic
 from features.validate import RawDataError, validate_raw
-from refracture.commands.synth import run_synth
 
 console = Console(stderr=True)
 
@@ -37,26 +35,15 @@ def _load_valid(raw: Path):
         raise typer.Exit(code=1) from None
 
 
-def validate(
-    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet).")],
-) -> None:
-    """Check a raw export against the data contract; list every violation by table, row and column."""
+def validate(*, raw: Path) -> None:
+    """``refracture validate``: print the export's row counts, or every violation and exit 1."""
     tables = _load_valid(raw)
     counts = ", ".join(f"{name} {len(df)}" for name, df in tables.items())
     console.print(f"[green]valid[/green]: {counts} rows")
 
 
-def features(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file (one row per procedure_id).")],
-    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
-    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Label horizon in months.", min=1, max=120)] = 24.0,
-) -> None:
-    """Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."""
-    if feature_set not in FEATURE_SETS:
-        raise typer.BadParameter(f"choose one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
-    if out.suffix != ".parquet":
-        raise typer.BadParameter("the training set is written as Parquet: use a .parquet file name", param_hint="--out")
+def features(*, raw: Path, out: Path, feature_set: str, horizon_months: float) -> None:
+    """``refracture features``: write the training set of a valid export to ``out`` (Parquet)."""
     tables = _load_valid(raw)
     training_set = build_training_set(tables, feature_set, horizon_months=horizon_months)
     write_frame_atomic(training_set.reset_index(), out)
@@ -64,11 +51,8 @@ def features(
                   f"horizon {horizon_months:g} months")
 
 
-def dictionary(
-    out: Annotated[Path, typer.Option("--out", help="Markdown file to write.")] = Path("docs/data-dictionary.md"),
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file differs from the schema instead of writing it.")] = False,
-) -> None:
-    """Generate the data dictionary from the schema (never edit it by hand)."""
+def dictionary(*, out: Path, check: bool) -> None:
+    """``refracture dictionary``: write the data dictionary to ``out``, or with ``check`` exit 1 if it is stale."""
     text = data_dictionary_markdown()
     if check:
         if not out.exists() or out.read_text(encoding="utf-8") != text:
@@ -79,17 +63,3 @@ def dictionary(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     console.print(f"[green]wrote[/green] {out}")
-
-
-def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export and truth.parquet to.")],
-    n: Annotated[int, typer.Option("--n", help="Number of procedures (treated levels).", min=10, max=5_000_000)] = 5000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
-    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, or a YAML path.")] = "xiong2021-pvp",
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
-    draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
-) -> None:
-    """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
-    if fmt not in ("csv", "parquet"):
-        raise typer.BadParameter("choose csv or parquet", param_hint="--format")
-    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects)

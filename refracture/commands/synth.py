@@ -89,3 +89,8 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
         f"(true 24-month absolute risk: {risk}; death {truth['p_death_24m'].mean():.1%}) "
         f"-> {out} \\[{fmt}, seed {seed}, {elapsed:.1f} s]"
     )
+
+
+def synth(*, out: Path, n: int, seed: int, profile: str, fmt: str, draw_effects: bool) -> None:
+    """``refracture synth`` (options and help: ``refracture.options.data.synth``)."""
+    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects)

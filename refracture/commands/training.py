@@ -1,4 +1,4 @@
-"""Training commands: train, models, promote, ui."""
+"""Training commands: train, models, promote, ui (options and help: ``refracture.options.training``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
 
 import mlflow
 import typer
@@ -36,8 +35,6 @@ from training.pipeline import TrainingRefused, run
 
 console = Console(stderr=True)
 logger = logging.getLogger(__name__)
-
-_STORE_HELP = "Local MLflow store folder (default ./mlflow or $REFRACTURE_MLFLOW_DIR); ignored when MLFLOW_TRACKING_URI is set."
 
 
 def _outcomes(value: str) -> tuple[str, ...]:
@@ -82,25 +79,10 @@ def _tracking_or_exit(store: Path | None) -> str:
     return uri
 
 
-def train(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (a simulated cohort may also hold truth.parquet).")],
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture, death (the context model: probability of death by the horizon) or all (the three outcomes and death).")] = "all",
-    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
-    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Outcome horizon in months.")] = 24.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of split, folds, search and bootstrap.")] = 0,
-    search_trials: Annotated[int, typer.Option("--search-trials", help="Optuna trials per searched candidate (0 = defaults).")] = 20,
-    test_size: Annotated[float, typer.Option("--test-size", help="Held-out test fraction (grouped by patient).")] = 0.2,
-    cv_folds: Annotated[int, typer.Option("--cv-folds", help="Cross-validation folds on the training part.")] = 4,
-    candidates: Annotated[str, typer.Option("--candidates", help="Comma-separated subset of logistic,elastic_net,random_forest,xgboost.")] = "logistic,elastic_net,random_forest,xgboost",
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.")] = 1000,
-    experiment_prefix: Annotated[str, typer.Option("--experiment-prefix", help="MLflow experiment = prefix + outcome.")] = "refracture-",
-    register: Annotated[bool, typer.Option("--register/--no-register", help="Register the selected model (default) or only log runs.")] = True,
-    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads for forests/boosting (1-2).")] = 2,
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-    shap_method: Annotated[str, typer.Option("--shap-method", help="How XGBoost models are explained: path_dependent "
-                                             "(XGBoost's own TreeSHAP, fast; default) or interventional (against a training background, ~30x slower).")] = "path_dependent",
-) -> None:
-    """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."""
+def train(*, raw: Path, outcome: str, feature_set: str, horizon_months: float, seed: int, search_trials: int,
+          test_size: float, cv_folds: int, candidates: str, bootstrap: int, experiment_prefix: str, register: bool,
+          n_jobs: int, store: Path | None, shap_method: str) -> None:
+    """``refracture train``: the configuration checked once, then ``training.pipeline.run`` with a progress display."""
     try:
         cfg = TrainConfig(raw_dir=raw, outcomes=_outcomes(outcome), feature_set=feature_set, horizon_months=horizon_months,
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
@@ -147,10 +129,8 @@ def train(
         raise typer.Exit(code=1)
 
 
-def models(
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-) -> None:
-    """List registered models: versions, aliases and key test metrics."""
+def models(*, store: Path | None) -> None:
+    """``refracture models``: the registry as a table."""
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("listing the registered models"):
         rows = registry.list_models()
@@ -172,17 +152,9 @@ def models(
     out.print(table)
 
 
-def promote(
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or death.")],
-    version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
-    alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-) -> None:
-    """Move an alias (champion/challenger) to a version by hand; the move is recorded."""
-    (name,) = _outcomes(outcome) if outcome != "all" else (None,)
-    if name is None:
-        raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
+def promote(*, outcome: str, version: int, alias: str, reason: str, store: Path | None) -> None:
+    """``refracture promote``: move ``alias`` of ``outcome``'s model to ``version``, recorded with ``reason``."""
+    (name,) = _outcomes(outcome)
     if alias not in registry.ALIASES:
         raise typer.BadParameter(f"choose one of {', '.join(registry.ALIASES)}", param_hint="--alias")
     _tracking_or_exit(store)
@@ -198,13 +170,8 @@ def promote(
     console.print(f"[green]moved[/green] {alias} of {registry.model_name(name)} to v{version}")
 
 
-def ui(
-    port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
-    store: Annotated[Path | None, typer.Option("--store", help="Local MLflow store folder (default ./mlflow).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="UI server processes (1 is plenty on a 2-core machine).", min=1, max=4)] = 1,
-) -> None:
-    """Open the MLflow UI on the local store (runs, plots, model cards, registry)."""
+def ui(*, port: int, host: str, store: Path | None, workers: int) -> None:
+    """``refracture ui``: run ``mlflow ui`` on the local store until Ctrl-C."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         console.print(f"MLFLOW_TRACKING_URI is set: open {os.environ['MLFLOW_TRACKING_URI']} in a browser instead.")
         raise typer.Exit(code=0)

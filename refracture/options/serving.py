@@ -1,0 +1,51 @@
+"""Options of the serving commands: serve, predict, bento (work: ``refracture.commands.serving``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service beyond this machine.")] = "127.0.0.1",
+    insecure_dev: Annotated[bool, typer.Option("--insecure-dev", help="Run without an API key (local development only).")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
+) -> None:
+    """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
+
+
+def predict(
+    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
+    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
+) -> None:
+    """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
+    if engine not in ("pandas", "spark"):
+        raise typer.BadParameter("use pandas or spark", param_hint="--engine")
+    if (input is None) == (raw is None):
+        raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
+    source = source_of(input, raw, engine)
+    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
+        raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
+    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
+    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
+        raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
+
+
+def source_of(input: str | None, raw: Path | None, engine: str) -> str | Path:
+    """What ``predict`` reads: the raw export folder, the input file, or a URI for Spark to open."""
+    return raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
+
+
+def bento(
+    build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
+) -> None:
+    """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
