@@ -10,6 +10,8 @@ that module) and its work in ``refracture.commands.<group>`` (imported when it r
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import typer
 
@@ -41,6 +43,8 @@ COMMANDS: tuple[Command, ...] = (
             "List registered models: versions, aliases and key test metrics."),
     Command("promote", "refracture.options.training:promote", "refracture.commands.training:promote",
             "Move an alias (champion/challenger) to a version by hand; the move is recorded."),
+    Command("close-runs", "refracture.options.training:close_runs", "refracture.commands.training:close_runs",
+            "Mark runs left RUNNING by a crash, a kill or a lost tracking store as FAILED or KILLED."),
     Command("site-report", "refracture.options.site:site_report", "refracture.commands.site:site_report",
             "Validate a site's export, score it with the registered versions and write the local validation and "
             "drift report (HTML, figures, CSVs), also logged to MLflow."),
@@ -68,12 +72,58 @@ app = typer.Typer(
 )
 
 
+#: The project's own loggers: their INFO lines are part of what a command reports.
+OWN_LOGGERS = ("features", "modelstore", "training", "serving", "refracture")
+#: Read by MLflow when it is imported (after this runs) and by the processes a command
+#: starts: MLflow's own INFO lines and its download bars stay out of a command's output.
+QUIET_MLFLOW = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged: under a live progress display
+    that is rich's proxy, which prints the line above the display instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Plain(logging.Formatter):
+    """Our INFO lines as they are; a warning or an error with its level and source."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno <= logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname.lower()} ({record.name}): {super().format(record)}"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our INFO lines and everyone's warnings; with ``verbose`` every logger at DEBUG with
+    time, level and name, and MLflow's own lines and bars as MLflow prints them."""
+    handler = _Stderr()
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.DEBUG, handlers=[handler], force=True)
+        return
+    for name, value in QUIET_MLFLOW.items():
+        os.environ.setdefault(name, value)  # a user's own setting wins
+    handler.setFormatter(_Plain())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages, and other libraries' "
+                                       "information lines and progress bars.")) -> None:
+    configure_logging(verbose)
 
 
 def main() -> None:

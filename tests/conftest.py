@@ -52,6 +52,7 @@ SLOW_MODULES = frozenset({
     "serving/test_service.py",  # trains a champion per outcome, then serves them in-process
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
+    "refracture/test_training_interrupts.py",  # real trainings stopped by SIGINT, SIGTERM and SIGKILL
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.

@@ -12,6 +12,7 @@ from features.labels import OUTCOMES
 from modelstore.drift_reference import ReferenceMissing
 from modelstore.naming import ALIASES, CHAMPION
 from refracture.commands.data import _load_valid
+from refracture.interrupts import terminate_as_interrupt
 from training.site_eval import site_data
 from training.site_run import build_site_report, choose_versions, log_report, recalibrate_outcome, write_report
 from refracture.commands.training import _exit_if_tracking_lost, _outcomes, _tracking_or_exit
@@ -28,7 +29,7 @@ def site_report(*, raw: Path, out: Path, alias: str, version: int | None, outcom
     tables = _load_valid(raw)  # the contract's own errors, exactly as `refracture validate` prints them
     _tracking_or_exit(store)
     name = site or Path(raw).resolve().name
-    with _exit_if_tracking_lost("writing the site report"):
+    with terminate_as_interrupt(), _exit_if_tracking_lost("writing the site report"):
         try:
             chosen = choose_versions(None if version is not None else alias,
                                      None if version is None else str(version), outcomes)
@@ -57,7 +58,7 @@ def recalibrate(*, raw: Path, site: str, outcome: str, pooled_with: Path | None,
             console.print(f"option (iii): reading the training export {folder}")
             pools[key] = site_data(_load_valid(folder))
         return pools[key]
-    with _exit_if_tracking_lost("recalibrating"):
+    with terminate_as_interrupt(), _exit_if_tracking_lost("recalibrating"):
         try:
             chosen = choose_versions(CHAMPION, None, _outcomes(outcome))
         except ValueError as exc:

@@ -80,7 +80,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
     _write_json_atomic(simulation_metadata(spec.name, seed, n, draw_effects, effects_seed, list(TRUTH_HORIZONS_MONTHS)),
                        out / "simulation.json")
     elapsed = time.perf_counter() - started
-    logger.info("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)
+    logger.debug("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)
     risk = ", ".join(f"{o.split('_')[0]} {truth[f'p_{o}_24m'].mean():.1%}"
                      for o in ("cemented_refracture", "adjacent_fracture", "remote_fracture"))
     Console(soft_wrap=True).print(

@@ -14,12 +14,13 @@ import typer
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.labels import TARGETS
 from features.validate import RawDataError
+from modelstore import runs as modelstore_runs
 from modelstore.errors import ConfigError
+from modelstore.runs import LeftRunning, StillRunning, left_running
 from modelstore.tracking import (
     TrackingUnavailable,
     check_tracking,
@@ -29,6 +30,8 @@ from modelstore.tracking import (
     lost_connection_reason,
 )
 from refracture.commands.data import _report_violations
+from refracture.interrupts import Terminated, exit_code, stop_at_checkpoints
+from refracture.progress import TrainingDisplay
 from training import registry
 from training.config import TrainConfig
 from training.pipeline import TrainingRefused, run
@@ -47,7 +50,8 @@ def _outcomes(value: str) -> tuple[str, ...]:
 
 #: What a user should know after the tracking store went away mid-training (the pipeline
 #: touches the registry only in its last step, after every run has been logged).
-_TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or FAILED. The registry is changed only "
+_TRAINING_INTERRUPTED = ("This training stopped; its runs could not all be marked FAILED, so some show as RUNNING: once the "
+                         "store is back, `refracture models` lists them with the command that closes them. The registry is changed only "
                          "in the last step of training (register, then move the alias), so unless it got that far the "
                          "earlier versions and aliases are as they were: check with `refracture models` once the store "
                          "is back, then train again.")
@@ -91,11 +95,15 @@ def train(*, raw: Path, outcome: str, feature_set: str, horizon_months: float, s
                           shap_method=shap_method)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=console, transient=True)
     try:
-        with progress, _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
+        with stop_at_checkpoints() as checkpoint, TrainingDisplay(console, checkpoint=checkpoint) as progress, \
+                _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
             results = run(cfg, progress)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the runs were marked KILLED on the way out
+        console.print(f"[yellow]stopped[/yellow] ({'SIGTERM' if isinstance(exc, Terminated) else 'interrupted'}): "
+                      "this training's runs are marked KILLED and a version it was registering is removed; "
+                      "`refracture models` lists any run still marked RUNNING")
+        raise typer.Exit(code=exit_code(exc)) from None
     except RawDataError as exc:
         _report_violations(exc)
         raise typer.Exit(code=1) from None
@@ -130,26 +138,72 @@ def train(*, raw: Path, outcome: str, feature_set: str, horizon_months: float, s
 
 
 def models(*, store: Path | None) -> None:
-    """``refracture models``: the registry as a table."""
+    """``refracture models``: the registry as a table, then the runs still marked RUNNING."""
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("listing the registered models"):
         rows = registry.list_models()
+        running = left_running()
     if not rows:
         console.print("no registered models yet: run `refracture train`")
+    else:
+        table = Table(title="Registered models (test-set metrics)")
+        for col in ("model", "version", "aliases", "type", "features", "horizon", *registry.KEY_METRICS, "created",
+                    "run"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            t = r["tags"]
+            table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]) or "–", t.get("model_type", "?"),
+                          t.get("feature_set", "?"), t.get("horizon_months", "?"),
+                          *(t.get(f"test_{k}", "–") for k in registry.KEY_METRICS),
+                          r["created"].strftime("%Y-%m-%d %H:%M"), (r["run_id"] or "")[:8])
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)  # files and pipes: do not squeeze the table to 80 columns
+        out.print(table)
+    _report_left_running(running)
+
+
+def _report_left_running(running: list[LeftRunning]) -> None:
+    """The runs marked RUNNING: those whose process is gone, with the command that closes
+    them; those that may still run (elsewhere, or here)."""
+    ids = {r.run_id for r in running}
+    outer = [r for r in running if r.parent_run_id not in ids]  # closing one closes its nested runs
+
+    def where(r: LeftRunning) -> str:
+        return (f"{r.experiment} / {r.name} ({r.run_id}), started {r.started:%Y-%m-%d %H:%M} UTC"
+                + (f" on {r.host} (pid {r.pid})" if r.host else ""))
+    for alive, says in ((False, "their process is gone (a crash, a kill, or a tracking store that stopped answering)"),
+                        (None, "on another machine or from an older version: check that they are not running"),
+                        (True, "their process still runs on this machine")):
+        group = [r for r in outer if r.alive is alive]
+        if not group:
+            continue
+        console.print(f"[yellow]{len(group)} run(s) marked RUNNING[/yellow], {says}:", highlight=False)
+        for r in group:
+            console.print(f"  {where(r)}", markup=False, highlight=False)
+        if alive is not True:
+            console.print(f"  close them: refracture close-runs {' '.join(r.run_id for r in group)}",
+                          markup=False, highlight=False)
+
+
+def close_runs(*, run_ids: list[str], status: str, force: bool, store: Path | None) -> None:
+    """``refracture close-runs``: mark the runs (and their nested runs) FAILED or KILLED."""
+    _tracking_or_exit(store)
+    with _exit_if_tracking_lost("closing runs"):
+        try:
+            closed = modelstore_runs.close_runs(run_ids, status.upper(), force=force)
+        except StillRunning as exc:
+            console.print(f"[red]refused[/red]: {exc}")
+            raise typer.Exit(code=1) from None
+        except MlflowException as exc:
+            if lost_connection_reason(exc) is not None:
+                raise
+            console.print(f"[red]error[/red]: {str(exc).splitlines()[0]}")
+            raise typer.Exit(code=1) from None
+    if not closed:
+        console.print("nothing to close: none of these runs is marked RUNNING")
         return
-    table = Table(title="Registered models (test-set metrics)")
-    for col in ("model", "version", "aliases", "type", "features", "horizon", *registry.KEY_METRICS, "created", "run"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        t = r["tags"]
-        table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]) or "–", t.get("model_type", "?"),
-                      t.get("feature_set", "?"), t.get("horizon_months", "?"),
-                      *(t.get(f"test_{k}", "–") for k in registry.KEY_METRICS),
-                      r["created"].strftime("%Y-%m-%d %H:%M"), (r["run_id"] or "")[:8])
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # files and pipes: do not squeeze the table to 80 columns
-    out.print(table)
+    console.print(f"[green]closed[/green] {len(closed)} run(s) as {status.upper()}: {', '.join(closed)}", highlight=False)
 
 
 def promote(*, outcome: str, version: int, alias: str, reason: str, store: Path | None) -> None:

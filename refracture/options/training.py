@@ -49,6 +49,18 @@ def promote(
         raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
 
 
+def close_runs(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids, as `refracture models` prints them; their nested runs "
+                                                 "are closed with them.", show_default=False)],
+    status: Annotated[str, typer.Option("--status", help="FAILED (a crash, a lost store) or KILLED (stopped on purpose).")] = "FAILED",
+    force: Annotated[bool, typer.Option("--force", help="Close a run even if its process still runs on this machine.")] = False,
+    store: Annotated[Path | None, typer.Option("--store", help=STORE_HELP)] = None,
+) -> None:
+    """Mark runs left RUNNING by a crash, a kill or a lost tracking store as FAILED or KILLED."""
+    if status.upper() not in ("FAILED", "KILLED"):
+        raise typer.BadParameter("choose FAILED or KILLED", param_hint="--status")
+
+
 def ui(
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
