@@ -238,7 +238,7 @@ def running_in_bento() -> bool:
     """True when this code runs from a built Bento (``<bento>/src/serving/...`` beside
     ``<bento>/bento.yaml``). ``bentoml serve <bento>`` does not apply the Bento's ``envs``
     outside a container, so the layout, not only the variable, says where we are."""
-    return (Path(__file__).resolve().parents[2] / "bento.yaml").exists()
+    return (Path(__file__).resolve().parents[3] / "bento.yaml").exists()  # <bento>/src/serving/scoring/
 
 
 def load_served_models(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:
