@@ -52,15 +52,20 @@ def build_bento(work: Path, label: str, bentofile: str, store: Path) -> tuple[st
         elif path.exists():
             shutil.copy(path, src / name)
     (src / "bentofile.yaml").write_text(bentofile)
+    shutil.rmtree(work / f"bentoml-{label}", ignore_errors=True)
     env = store_env(store, BENTOML_HOME=str(work / f"bentoml-{label}"), PYTHONPATH=str(src))
     _run([sys.executable, "-c", "from refracture.cli import main; main()", "bento"], cwd=src, env=env, timeout=1800)
-    (bento,) = (work / f"bentoml-{label}" / "bentos" / "refracture-risk").iterdir()
+    (bento,) = [p for p in (work / f"bentoml-{label}" / "bentos" / "refracture-risk").iterdir() if p.is_dir()]
     return f"refracture-risk:{bento.name}", bento, env
 
 
-def fresh_env(work: Path, label: str, requirements: Path) -> tuple[Path, float]:
-    """A new virtual environment with ``requirements`` installed; (its folder, seconds)."""
+def fresh_env(work: Path, label: str, requirements: Path) -> tuple[Path, float | None]:
+    """A new virtual environment with ``requirements`` installed: (its folder, seconds the
+    install took). One already built from the same requirements is reused (seconds None)."""
     venv = work / f"venv-{label}"
+    stamp = venv / "requirements.installed"
+    if stamp.exists() and stamp.read_text() == requirements.read_text():
+        return venv, None
     shutil.rmtree(venv, ignore_errors=True)
     python = subprocess.run(["bash", str(ROOT / "scripts" / "find-python.sh")], capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -68,7 +73,9 @@ def fresh_env(work: Path, label: str, requirements: Path) -> tuple[Path, float]:
     started = time.perf_counter()
     _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
          timeout=3600)
-    return venv, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    stamp.write_text(requirements.read_text())
+    return venv, seconds
 
 
 def sizes(venv: Path) -> dict[str, float]:
@@ -100,7 +107,7 @@ def serves(venv: Path, tag: str, env: dict[str, str], work: Path) -> dict:
     """Serve ``tag`` from ``venv`` alone (no checkout on the path, no registry); the example
     record's answer."""
     run_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    run_env.update(REFRACTURE_API_KEY=API_KEY, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
+    run_env.update(REFRACTURE_API_KEY=API_KEY, REFRACTURE_AUDIT_SALT="bench-salt", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
                    REFRACTURE_MLFLOW_DIR=str(work / "no-registry"))
     with BentoFrom(venv, run_env, bento=tag, cwd=work, log=work / f"serve-{tag.replace(':', '-')}.log") as server:
         example = httpx.get(f"{server.url}/model", timeout=30).json()["example_request"]
@@ -125,7 +132,7 @@ def main() -> None:
     venv, seconds = fresh_env(args.work, args.label, requirements)
     result = {"label": args.label, "bentofile_rev": args.bentofile_rev or "checkout", "bento": tag,
               "requirements": sum(1 for line in requirements.read_text().splitlines() if "==" in line),
-              "install_seconds": round(seconds), **sizes(venv), "served": serves(venv, tag, env, args.work)}
+              "install_seconds": None if seconds is None else round(seconds), **sizes(venv), "served": serves(venv, tag, env, args.work)}
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / f"bento-env-{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -53,6 +53,7 @@ SLOW_MODULES = frozenset({
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
     "refracture/test_training_interrupts.py",  # real trainings stopped by SIGINT, SIGTERM and SIGKILL
+    "modelstore/test_runs.py",  # a real SQLite MLflow store
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.

@@ -1,6 +1,7 @@
 """A real `refracture train` process stopped mid-search, on a local store: Ctrl-C (SIGINT) and
 SIGTERM end its runs as KILLED; SIGKILL leaves them RUNNING, `refracture models` lists them
-and `refracture close-runs` closes them (nested runs included)."""
+and `refracture close-runs` closes them (nested runs included), but not while their process
+still runs."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from serving_support import ROOT, refracture
 
 CLI = [sys.executable, "-c", "from refracture.cli import main; main()"]
-#: logistic (no search) then an XGBoost search long enough to be stopped in.
-BUDGET = ["--outcome", "adjacent_fracture", "--candidates", "logistic,xgboost", "--search-trials", "200",
-          "--bootstrap", "50", "--cv-folds", "2", "--n-jobs", "1"]
+#: An XGBoost search long enough to be stopped in.
+BUDGET = ["--outcome", "adjacent_fracture", "--candidates", "xgboost", "--search-trials", "200", "--bootstrap", "50",
+          "--cv-folds", "2", "--n-jobs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,8 @@ def _env(store: Path) -> dict[str, str]:
 
 
 def _train_until_the_search(cohort: Path, store: Path) -> subprocess.Popen:
-    """A training process, returned once it prints that the XGBoost search began (the
-    logistic candidate's run is finished by then)."""
+    """A training process, returned once it prints that the XGBoost search began (its
+    parent run and the candidate's run are open)."""
     proc = subprocess.Popen([*CLI, "train", "--raw", str(cohort), *BUDGET], cwd=ROOT, env=_env(store),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
@@ -72,7 +73,7 @@ def test_a_stopped_training_marks_its_runs_killed(cohort, tmp_path, sig, code, s
     runs = _runs(store)
     parent = [name for name in runs if name.startswith("adjacent_fracture-postop-")]
     assert len(parent) == 1 and runs[parent[0]] == "KILLED", runs
-    assert runs["logistic"] == "FINISHED" and runs["xgboost"] == "KILLED", runs
+    assert runs["xgboost"] == "KILLED", runs
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     assert not client.search_registered_models()  # nothing registered
     listed = refracture("models", "--store", str(store))
@@ -82,41 +83,31 @@ def test_a_stopped_training_marks_its_runs_killed(cohort, tmp_path, sig, code, s
 def test_runs_left_running_by_a_kill_are_listed_and_closed(cohort, tmp_path):
     store = tmp_path / "mlflow"
     proc = _train_until_the_search(cohort, store)
-    proc.kill()  # SIGKILL: nothing runs on the way out
-    proc.communicate(timeout=60)
+    try:  # while it runs: listed as running, and not closed without --force
+        listed = refracture("models", "--store", str(store))
+        text = " ".join((listed.stdout + listed.stderr).split())
+        assert "their process still runs on this machine" in text and "close them" not in text
+        (parent_name,) = [name for name in _runs(store) if name.startswith("adjacent_fracture-postop-")]
+        parent_id = text.split(f"{parent_name} (", 1)[1].split(")", 1)[0]
+        refused = refracture("close-runs", parent_id, "--store", str(store))
+        assert refused.returncode == 1 and "still runs on this machine" in " ".join(refused.stderr.split())
+        assert _runs(store)[parent_name] == "RUNNING"
+    finally:
+        proc.kill()  # SIGKILL: nothing runs on the way out
+        proc.communicate(timeout=60)
     runs = _runs(store)
-    assert runs["xgboost"] == "RUNNING" and runs["logistic"] == "FINISHED", runs
-    (parent_name,) = [name for name in runs if name.startswith("adjacent_fracture-postop-")]
-    assert runs[parent_name] == "RUNNING"
+    assert runs == {parent_name: "RUNNING", "xgboost": "RUNNING"}
 
     listed = refracture("models", "--store", str(store))
     text = " ".join((listed.stdout + listed.stderr).split())
     assert listed.returncode == 0, text
     assert "1 run(s) marked RUNNING, their process is gone" in text and parent_name in text
-    command = text.split("close them: ", 1)[1].split()[:3]
-    assert command[:2] == ["refracture", "close-runs"]  # the outer run only: its nested run is closed with it
+    # The outer run only: its nested run is closed with it.
+    assert f"close them: refracture close-runs {parent_id}" in text
 
-    closed = refracture("close-runs", command[2], "--store", str(store))
+    closed = refracture("close-runs", parent_id, "--store", str(store))
     assert closed.returncode == 0, closed.stderr
     assert "closed 2 run(s) as FAILED" in closed.stderr
-    assert _runs(store) == {**runs, parent_name: "FAILED", "xgboost": "FAILED"}
+    assert _runs(store) == {parent_name: "FAILED", "xgboost": "FAILED"}
     again = refracture("models", "--store", str(store))
     assert "marked RUNNING" not in again.stdout + again.stderr
-
-
-def test_a_run_whose_process_still_runs_is_not_closed_without_force(cohort, tmp_path):
-    store = tmp_path / "mlflow"
-    proc = _train_until_the_search(cohort, store)
-    try:
-        listed = refracture("models", "--store", str(store))
-        text = " ".join((listed.stdout + listed.stderr).split())
-        assert "their process still runs on this machine" in text and "close them" not in text
-        client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-        parent = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-                  if r.info.run_name.startswith("adjacent_fracture-postop-")][0]
-        refused = refracture("close-runs", parent.info.run_id, "--store", str(store))
-        assert refused.returncode == 1 and "still runs on this machine" in refused.stderr
-        assert _runs(store)[parent.info.run_name] == "RUNNING"
-    finally:
-        proc.kill()
-        proc.communicate(timeout=60)
