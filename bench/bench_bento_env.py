@@ -95,6 +95,13 @@ class BentoFrom(Server):
         super().__init__(*args, **kwargs)
         self.venv = venv
 
+    def __enter__(self) -> "BentoFrom":
+        try:
+            return super().__enter__()
+        except BaseException:
+            self.__exit__()  # a server that never became ready is stopped too
+            raise
+
     def wait_ready(self, timeout: float = 300) -> None:  # a fresh environment's first start compiles its files
         super().wait_ready(timeout)
 

@@ -128,9 +128,9 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress: Prog
     t_start = time.perf_counter()
     out = OutcomeResult(outcome)
     data = outcome_data(prep, outcome, cfg)                                       # 1. data
-    counts, n_train = data.counts(), len(data.train)
+    counts = data.counts()
     progress.step(f"{outcome}: {counts['n']:,} procedures, {counts['events']:,} events by {cfg.horizon_months:g} "
-                  f"months; {n_train:,} to train, {len(data.test):,} to test")
+                  f"months; {len(data.train):,} to train, {len(data.test):,} to test")
     truth = truth_curves(prep, outcome, data.ids, cfg.horizons_months)
     tags = run_tags(cfg, prep, outcome)
     records = prep.records.set_index(prep.records["procedure_id"].astype(str), drop=False)

@@ -49,7 +49,7 @@ OPTIONAL_TARGETS = (DEATH_TARGET,)
 #: start is refused (the page and API show curves).
 SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
 SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
-BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
+BUNDLE_MANIFEST = Path(__file__).resolve().parents[1] / "bento_models.json"  # serving/, as bentofile.yaml packs it
 
 
 class ModelsUnavailable(RuntimeError):
