@@ -232,12 +232,12 @@ def _iso_days(raw: np.ndarray, missing: np.ndarray) -> np.ndarray | None:
     cells = raw[~missing]
     if not all(isinstance(v, str) and _ISO_DAY.fullmatch(v.strip()) for v in cells):
         return None
-    days = np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[D]")
+    days = np.full(len(raw), np.datetime64("NaT", "D"), dtype="datetime64[D]")
     try:
         days[~missing] = np.array([v.strip() for v in cells], dtype="datetime64[D]")
     except ValueError:
         return None
-    days[(days < np.datetime64(DATE_MIN.date())) | (days > np.datetime64(DATE_MAX.date()))] = np.datetime64("NaT")
+    days[(days < np.datetime64(DATE_MIN.date())) | (days > np.datetime64(DATE_MAX.date()))] = np.datetime64("NaT", "D")
     return days.astype("datetime64[ns]")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
@@ -104,9 +105,23 @@ class _Plain(logging.Formatter):
         return f"{record.levelname.lower()} ({record.name}): {super().format(record)}"
 
 
+#: Warnings a library addresses to the developers who call it, not to the user of a
+#: command: shown with --verbose only.
+LIBRARY_NOTICES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning``: a warning as a log line of ``py.warnings``, library notices at
+    DEBUG. (Warning filters cannot do this reliably: scikit-learn's parallel fits reset the
+    process's filters from their threads, and the notices came back mid-training.)"""
+    level = logging.DEBUG if issubclass(category, LIBRARY_NOTICES) else logging.WARNING
+    logging.getLogger("py.warnings").log(level, "%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+
 def configure_logging(verbose: bool) -> None:
     """Our INFO lines and everyone's warnings; with ``verbose`` every logger at DEBUG with
     time, level and name, and MLflow's own lines and bars as MLflow prints them."""
+    warnings.showwarning = _log_warning
     handler = _Stderr()
     if verbose:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

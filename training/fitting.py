@@ -110,7 +110,8 @@ def fit_candidate(model_type: str, cfg: TrainConfig, data: OutcomeData, truth: d
     y, w = data.headline(tr)
     result = search(model_type, X_train, y, w, data.folds, data.outcome, cfg.seed, cfg.search_trials, cfg.n_jobs,
                     on_trial=lambda i, loss: progress.trials(i, trials))
-    progress.step(f"{data.outcome}: {model_type}: refit, cross-validated and test metrics")
+    searched = f" (best of {result.n_trials} trials: CV log loss {result.cv_log_loss:.4f})" if result.n_trials else ""
+    progress.step(f"{data.outcome}: {model_type}: refit, cross-validated and test metrics{searched}")
     calibration = HorizonCalibration.fit(result.oof_raw, data.labels[tr], data.weights[tr], data.horizons_months)
     fit = w > 0
     scorer = make_scorer(model_type, result.params, data.outcome, cfg.seed, cfg.n_jobs)

@@ -224,8 +224,9 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> list[OutcomeResul
     and the others still trained; data and tracking problems raise."""
     progress = progress or NullProgress()
     uri = configure_tracking(cfg.store_dir)
-    check_tracking(uri)
-    progress.step(f"reading and checking {cfg.raw_dir} (runs tracked in {uri})")
+    progress.step(f"tracking store {uri}")
+    check_tracking(uri)  # creates a new local store: its tables take seconds
+    progress.step(f"reading and checking {cfg.raw_dir}")
     prep = prepare(cfg)
     results = []
     for outcome in cfg.outcomes:

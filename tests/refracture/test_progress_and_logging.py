@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import signal
+import warnings
 
 import pytest
 from rich.console import Console
@@ -65,7 +66,9 @@ def clean_logging(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
     saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in ("training", "mlflow", "alembic")}
+    showwarning = warnings.showwarning
     yield
+    warnings.showwarning = showwarning
     root.handlers[:], root.level = saved[0], saved[1]
     for name, level in saved[2].items():
         logging.getLogger(name).setLevel(level)
@@ -81,6 +84,19 @@ def test_our_lines_and_every_warning_are_shown_other_libraries_information_is_no
     assert err.splitlines() == ["xgboost: best CV log loss 0.2571 after 20 trials",
                                 "warning (urllib3.connectionpool): Retrying (1 attempt left)"]
     assert {k: os.environ[k] for k in QUIET_MLFLOW} == QUIET_MLFLOW  # read by MLflow when it is imported
+
+
+def test_library_notices_wait_for_verbose_other_warnings_are_shown(clean_logging, capsys):
+    configure_logging(verbose=False)
+    warnings.warn_explicit("range is deprecated", FutureWarning, "mlflow/models/utils.py", 211)
+    warnings.warn_explicit("logged with requirements this environment does not meet", UserWarning,
+                           "modelstore/artifact.py", 99)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning (py.warnings): UserWarning: logged with requirements this environment does not meet "
+        "(modelstore/artifact.py:99)"]
+    configure_logging(verbose=True)
+    warnings.warn_explicit("range is deprecated", FutureWarning, "mlflow/models/utils.py", 212)
+    assert "DEBUG py.warnings: FutureWarning: range is deprecated" in capsys.readouterr().err
 
 
 def test_a_users_own_mlflow_logging_level_wins(clean_logging, monkeypatch):
