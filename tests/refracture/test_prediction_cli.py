@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 
 from features.io import write_raw
 from predictionlog.store import PredictionStore
-from refracture.cli import _register, app
+from refracture.cli import app
 from prediction_log_support import SECRET, log_at_surgery, site_exports, truth_scores
 
 runner = CliRunner()
-_register()
 
 
 @pytest.fixture

@@ -236,14 +236,13 @@ def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp
     written and the exclusion report beside the output."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
     from features.io import read_raw, write_raw
 
     tables = read_raw(cohort)
     tables["patients"].loc[0, "sex"] = "X"
     raw = tmp_path / "raw"
     write_raw(tables, raw, fmt="csv")
-    _register()
     runner = CliRunner()
     outputs, reports = {}, {}
     for engine, out in (("pandas", tmp_path / "p.parquet"), ("spark", tmp_path / "s-out")):
