@@ -88,7 +88,8 @@ def test_bearer_token_and_required_scope():
     assert bearer_token({"headers": [(b"authorization", b"bearer  abc ")]}) == "abc"
     assert bearer_token({"headers": [(b"authorization", b"Basic abc")]}) is None
     assert required_scope("/explain") == "explain" and required_scope("/predict/") == "predict"
-    assert required_scope("/model") is None
+    assert required_scope("/model") == "model:read" and required_scope("/metrics") == "metrics:read"
+    assert required_scope("/healthz") is None and required_scope("/fhir/metadata") is None
 
 
 def test_the_guard_hands_on_the_caller_and_the_request_id_it_audits(tmp_path):
