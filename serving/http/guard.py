@@ -266,17 +266,18 @@ class GuardMiddleware:
                 self._audit_or_log(audit_now, status_box["status"])
 
     def _permitted(self, caller: Caller, path: str) -> Caller | Refusal:
-        """The caller, if it holds the path's scope and is within its rate limit."""
-        need = required_scope(path)
-        if need is not None and not caller.may(need):
-            return Refusal(403, "scope", f"client {caller.client!r} may not use {path}: it needs the scope {need!r}",
-                           www_authenticate=f'Bearer realm="refracture-risk", error="insufficient_scope", scope="{need}"')
+        """The caller, if it is within its rate limit (every request counts, refused ones
+        too) and holds the path's scope."""
         wait = self.limiter.take(caller.client, self.identity.rate_limit(caller))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             return Refusal(429, "rate-limited", f"too many requests from client {caller.client!r}: "
                                                 f"over its rate limit; retry after {seconds} s",
                            www_authenticate="", retry_after=str(seconds))
+        need = required_scope(path)
+        if need is not None and not caller.may(need):
+            return Refusal(403, "scope", f"client {caller.client!r} may not use {path}: it needs the scope {need!r}",
+                           www_authenticate=f'Bearer realm="refracture-risk", error="insufficient_scope", scope="{need}"')
         return caller
 
     @staticmethod
