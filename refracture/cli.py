@@ -35,12 +35,18 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.site", "recalibrate", "recalibrate"),
     ("refracture.commands.training", "ui", "ui"),
 ]
+#: (module, typer app, group name): command groups (``refracture clients add ...``).
+GROUPS: list[tuple[str, str, str]] = [
+    ("refracture.commands.clients", "app", "clients"),
+]
 
 
 def _register() -> None:
     for module_name, func_name, command_name in COMMANDS:
         module = importlib.import_module(module_name)
         app.command(command_name)(getattr(module, func_name))
+    for module_name, attr, group_name in GROUPS:
+        app.add_typer(getattr(importlib.import_module(module_name), attr), name=group_name)
 
 
 @app.callback()
