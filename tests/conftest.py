@@ -52,6 +52,7 @@ SLOW_MODULES = frozenset({
     "serving/test_service.py",  # trains a champion per outcome, then serves them in-process
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "system/test_identity_provider.py",  # starts an OpenID Provider (Node)
+    "system/test_identity_service.py",  # the service with the provider, a browser, HTTPS
     "refracture/test_training_cli.py",
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
 })

@@ -17,7 +17,7 @@ from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from serving.batch.pandas_engine import BatchInputError, score_file
-from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
@@ -35,11 +35,21 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service beyond this machine.")] = "127.0.0.1",
     insecure_dev: Annotated[bool, typer.Option("--insecure-dev", help="Run without an API key (local development only).")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM); with --tls-key.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")] = None,
 ) -> None:
-    """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
+    """Serve the champion models over HTTP or HTTPS (BentoML). Needs a way for callers to
+    authenticate (REFRACTURE_API_KEY, REFRACTURE_CLIENTS_FILE or REFRACTURE_OIDC_ISSUER) unless --insecure-dev."""
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
+    if tls_cert is not None:
+        for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if not path.is_file():
+                raise typer.BadParameter(f"{path} is not a file", param_hint=option)
+        env[ENV_TLS_CERT], env[ENV_TLS_KEY] = str(tls_cert.resolve()), str(tls_key.resolve())
     try:
         settings = ServingSettings.from_env(env)
     except ConfigError as exc:
@@ -57,8 +67,9 @@ def serve(
     env["REFRACTURE_WORKERS"] = str(workers)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     served = ", ".join(f"{p.name} v{p.version}" for p in pins)
-    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key required"
-    console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
+    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key or token required"
+    scheme = "https" if env.get(ENV_TLS_CERT) else "http"
+    console.print(f"serving {served} on {scheme}://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
     # Become the server (exec) rather than start it as a child: a process manager or a
