@@ -103,7 +103,7 @@ class Server:
     """``refracture serve`` in a subprocess on 127.0.0.1:<free port>; stopped on exit."""
 
     def __init__(self, env: dict[str, str], *extra_args: str, log: Path | None = None, bento: str | None = None,
-                 cwd: Path = ROOT, tls: tuple[Path, Path] | None = None):
+                 cwd: Path = ROOT, tls: tuple[Path, Path] | None = None, ready_timeout: float = 90):
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         #: What httpx checks the server's certificate against (its own, self-signed, for TLS).
@@ -114,6 +114,7 @@ class Server:
         self.bento = bento
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
+        self.ready_timeout = ready_timeout
 
     def command(self) -> list[str]:
         if self.bento:  # a built Bento, served by BentoML itself
@@ -124,7 +125,7 @@ class Server:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready()
+        self.wait_ready(self.ready_timeout)
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:

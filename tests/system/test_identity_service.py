@@ -46,7 +46,7 @@ def stack(tmp_path_factory):
         clients, keys[name] = add_client(clients, name, scopes)
     clients, _ = add_client(clients, "ehr", ["predict", "explain"], oauth_client_id=SYSTEM_CLIENT)
     write_registry(folder / "clients.json", clients)
-    server = Server({}, log=folder / "server.log")
+    server = Server({}, log=folder / "server.log", ready_timeout=240)
     with OidcProvider(ui_redirects=[f"{server.url}/ui/"]) as idp:
         server.env = store_env(store, REFRACTURE_CLIENTS_FILE=str(folder / "clients.json"),
                                REFRACTURE_AUDIT_SALT="identity-salt", REFRACTURE_AUDIT_LOG=str(folder / "audit.jsonl"),
@@ -151,7 +151,7 @@ def test_https_with_a_throwaway_certificate(tmp_path, tmp_path_factory):
     store = ensure_trained_store(tmp_path_factory.getbasetemp())
     cert, key = self_signed(tmp_path / "tls")
     env = store_env(store, REFRACTURE_API_KEY=API_KEY, REFRACTURE_AUDIT_SALT="tls-salt")
-    with Server(env, log=tmp_path / "server.log", tls=(cert, key)) as server:
+    with Server(env, log=tmp_path / "server.log", tls=(cert, key), ready_timeout=240) as server:
         assert server.url.startswith("https://")
         r = httpx.post(f"{server.url}/predict", json=example_record(), headers=_bearer(API_KEY), verify=str(cert),
                        timeout=60)
