@@ -16,6 +16,7 @@ from features.raw_records import scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
+from serving.auth.clients import RegistryError, read_registry
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
@@ -52,7 +53,9 @@ def serve(
         env[ENV_TLS_CERT], env[ENV_TLS_KEY] = str(tls_cert.resolve()), str(tls_key.resolve())
     try:
         settings = ServingSettings.from_env(env)
-    except ConfigError as exc:
+        if settings.clients_file is not None:
+            read_registry(settings.clients_file)  # an invalid registry stops here, not in every worker
+    except (ConfigError, RegistryError) as exc:
         _fail(str(exc), code=2)
     uri = configure_tracking()
     try:
