@@ -55,6 +55,7 @@ SLOW_MODULES = frozenset({
     "system/test_identity_service.py",  # the service with the provider, a browser, HTTPS
     "refracture/test_training_cli.py",
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 
+from features.fhir.bulk import BulkInputError, read_bulk_ndjson
+from features.fhir.parse import record_frame
 from features.io import read_raw
 from features.raw_records import scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from serving.auth.clients import RegistryError, read_registry
+from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
@@ -91,13 +96,15 @@ def predict(
     engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
     master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
+    fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
+    risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
 ) -> None:
     """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
     if engine not in ("pandas", "spark"):
         raise typer.BadParameter("use pandas or spark", param_hint="--engine")
-    if (input is None) == (raw is None):
-        raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
-    source = raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
+    if sum(x is not None for x in (input, raw, fhir_ndjson)) != 1:
+        raise typer.BadParameter("give one of --input FILE, --raw DIR or --fhir-ndjson DIR", param_hint="--input/--raw/--fhir-ndjson")
+    source = (fhir_ndjson or raw) if input is None else (input if engine == "spark" and "://" in input else Path(input))
     if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
         raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
     if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
@@ -105,6 +112,10 @@ def predict(
     if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
     records = _raw_records(raw) if raw is not None else None
+    sources = None
+    started = dt.datetime.now(dt.timezone.utc)
+    if fhir_ndjson is not None:
+        records, sources = _fhir_records(fhir_ndjson, started)
     try:
         check_tracking(configure_tracking())
         models = load_from_registry()
@@ -122,6 +133,36 @@ def predict(
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if sources is not None:
+        target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
+        n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
+        console.print(f"[green]wrote[/green] {target}: {n} RiskAssessment resources")
+
+
+def _fhir_records(folder: Path, now: dt.datetime):
+    """Flat records of a Bulk FHIR export's sound procedures and their sources; the refused
+    resources reported by file, line and element."""
+    try:
+        parsed = read_bulk_ndjson(folder, now=now)
+    except BulkInputError as exc:
+        _fail(str(exc))
+    if parsed.problems:
+        console.print(f"{len(parsed.problems)} problem(s) in {folder}:", markup=False, highlight=False)
+        for problem in parsed.problems[:200]:
+            console.print(f"  - {problem}", markup=False, highlight=False)
+        if len(parsed.problems) > 200:
+            console.print(f"  ... and {len(parsed.problems) - 200} more", markup=False, highlight=False)
+    records, sources = parsed.accepted()
+    console.print(f"{len(records)} of {len(parsed.records)} procedure records accepted from {folder}",
+                  markup=False, highlight=False)
+    return record_frame(parsed), {str(r["procedure"]["procedure_id"]): s for r, s in zip(records, sources)}
+
+
+def _read_scored(output: str, engine: str):
+    path = Path(output)
+    if engine == "pandas" and path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"procedure_id": str})
+    return pd.read_parquet(path)
 
 
 def _raw_records(raw: Path):
