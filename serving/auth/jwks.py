@@ -223,11 +223,12 @@ class JwksCache:
         starts a background refresh when the set is due one (or was never fetched)."""
         self._refresh_in_background_if_due()
         now = self._clock()
-        with self._lock:
-            usable = {k: key for k, (key, seen) in self._keys.items() if now < seen + self.key_lifetime_s}
+        keys = self._keys  # replaced whole by a fetch, never changed in place: no lock needed to read
         if kid is None or kid == "":
-            return next(iter(usable.values())) if len(usable) == 1 else None
-        return usable.get(kid)
+            usable = [key for key, seen in keys.values() if now < seen + self.key_lifetime_s]
+            return usable[0] if len(usable) == 1 else None
+        entry = keys.get(kid)
+        return entry[0] if entry is not None and now < entry[1] + self.key_lifetime_s else None
 
     def key_for(self, kid: str | None) -> Key:
         """The key with this id: cached, else after one refresh (if the last attempt is older
