@@ -21,7 +21,7 @@ alone) stays for routes that want only that. The guard checks each path's scope
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from serving.auth.clients import ALL_SCOPES
 from serving.config import ServingSettings
@@ -72,9 +72,11 @@ class Refusal:
 
 class Authenticator(Protocol):
     """Decides who a request comes from. Called once per protected request, before its
-    body is read; must not block the event loop for long (cache what it can)."""
+    body is read; must not block the event loop for long (cache what it can). When it
+    must wait (keys to fetch again), it may return an awaitable instead, which the guard
+    awaits (``serving.http.identity`` does so for a token signed with a new key)."""
 
-    def authenticate(self, scope: Scope) -> Caller | Refusal: ...
+    def authenticate(self, scope: Scope) -> "Caller | Refusal | Awaitable[Caller | Refusal]": ...
 
 
 #: (status, message, field errors) -> (body bytes, media type): a route's own error format.
