@@ -18,6 +18,7 @@ from typing import Mapping
 
 from modelstore.errors import ConfigError
 from modelstore.risk_bands import RISK_BANDS
+from predictionlog.settings import ENV_ENABLED, PredictionLogSettings, read_secret
 
 
 #: The served risk bands (``modelstore.risk_bands``, shared with the model card).
@@ -46,6 +47,7 @@ ENV_OIDC_KEY_LIFETIME_S = "REFRACTURE_OIDC_KEY_LIFETIME_S"
 ENV_OIDC_REGISTERED_ONLY = "REFRACTURE_OIDC_REGISTERED_ONLY"
 ENV_TLS_CERT = "REFRACTURE_TLS_CERT"
 ENV_TLS_KEY = "REFRACTURE_TLS_KEY"
+ENV_SHADOW_CHALLENGERS = "REFRACTURE_SHADOW_CHALLENGERS"
 
 
 def _truthy(value: str | None) -> bool:
@@ -204,6 +206,9 @@ class ServingSettings:
     #: in the registry), requests per second and burst; None: unlimited.
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
+    #: Score each outcome's ``challenger`` alongside the champion and log it, never
+    #: return it (``serving.http.shadow``; needs the prediction log). Off by default.
+    shadow_challengers: bool = False
 
     def __repr__(self) -> str:  # never print the key or the salt
         return (f"ServingSettings(api_key={'set' if self.api_key else 'none'}, insecure_dev={self.insecure_dev}, "
@@ -250,6 +255,7 @@ class ServingSettings:
             oidc=oidc,
             rate_limit_per_s=_positive_float(env, ENV_RATE_LIMIT),
             rate_limit_burst=_positive_int(env, ENV_RATE_BURST, 0) if env.get(ENV_RATE_BURST) else None,
+            shadow_challengers=_truthy(env.get(ENV_SHADOW_CHALLENGERS)),
         )
 
     def key_matches(self, presented: str | None) -> bool:
@@ -259,6 +265,16 @@ class ServingSettings:
         if presented is None:
             return False
         return hmac.compare_digest(presented.encode("utf-8"), self.api_key.encode("utf-8"))
+
+
+def prediction_log_settings(env: Mapping[str, str] | None = None, insecure_dev: bool = False) -> PredictionLogSettings:
+    """The prediction log's settings for the service (``predictionlog.settings``): an
+    enabled log without its site secret refuses the start (ConfigError saying how to give
+    one), except on an ``--insecure-dev`` server, which then runs with the log off."""
+    env = os.environ if env is None else env
+    if insecure_dev and read_secret(env) is None:
+        return PredictionLogSettings.from_env({**env, ENV_ENABLED: "0"})
+    return PredictionLogSettings.from_env(env)
 
 
 _SETTINGS: ServingSettings | None = None

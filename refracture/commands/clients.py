@@ -1,4 +1,5 @@
-"""``refracture clients``: the registry of named clients (serving.auth.clients).
+"""``refracture clients``: the registry of named clients (serving.auth.clients); options and
+help: ``refracture.options.clients``.
 
 A running service picks up every change within a second or two, without a restart.
 A new key is printed once, on stdout, and stored only as its hash.
@@ -9,22 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from serving.auth.clients import ALL_SCOPES, RegistryError, add_client, read_registry, revoke, rotate_key, write_registry
+from serving.auth.clients import ALL_SCOPES, RegistryError, add_client, read_registry, rotate_key, write_registry
+from serving.auth.clients import revoke as revoke_in
 from serving.config import ENV_CLIENTS_FILE
 
-app = typer.Typer(help="Named clients of the service: add (prints the key once), list, rotate a key, revoke.",
-                  no_args_is_help=True)
 console = Console(stderr=True)
-
-FileOption = Annotated[Path | None, typer.Option(
-    "--file", help=f"The registry file (default: ${ENV_CLIENTS_FILE}); the service reads the same file.")]
-
 
 def _file(file: Path | None) -> Path:
     path = file or (Path(os.environ[ENV_CLIENTS_FILE]) if os.environ.get(ENV_CLIENTS_FILE) else None)
@@ -48,8 +43,6 @@ def _scopes(text: str) -> list[str]:
 
 
 def _expiry(expires: str | None, days: int | None) -> dt.datetime | None:
-    if expires and days:
-        raise typer.BadParameter("give --expires or --days, not both", param_hint="--expires")
     if days:
         return dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=days)
     if not expires:
@@ -62,18 +55,9 @@ def _expiry(expires: str | None, days: int | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-@app.command("add")
-def add(
-    name: Annotated[str, typer.Argument(help="The client's name (lower case): what audit lines and metrics show.")],
-    scopes: Annotated[str, typer.Option("--scopes", help=f"Comma-separated: {', '.join(ALL_SCOPES)}.")],
-    expires: Annotated[str | None, typer.Option("--expires", help="Refused from this date/time (ISO 8601, UTC if no zone).")] = None,
-    days: Annotated[int | None, typer.Option("--days", help="Refused after this many days.", min=1)] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="Rate limit, requests per second (default: the service's).", min=0.001)] = None,
-    burst: Annotated[int | None, typer.Option("--burst", help="Requests allowed at once after a quiet spell (default: one second's worth).", min=1)] = None,
-    oauth_client_id: Annotated[str | None, typer.Option("--oauth-client-id", help="Bind the identity provider's client with this id instead of issuing a key.")] = None,
-    file: FileOption = None,
-) -> None:
-    """Add a client. Prints its API key once (on stdout); only the key's hash is stored."""
+def add(*, name: str, scopes: str, expires: str | None, days: int | None, rate: float | None, burst: int | None,
+        oauth_client_id: str | None, file: Path | None) -> None:
+    """``refracture clients add``: the client added, its key printed once."""
     path = _file(file)
     try:
         clients, key = add_client(read_registry(path), name, _scopes(scopes), expires=_expiry(expires, days),
@@ -88,9 +72,8 @@ def add(
     typer.echo(key)
 
 
-@app.command("rotate")
-def rotate(name: Annotated[str, typer.Argument(help="The client.")], file: FileOption = None) -> None:
-    """Give a client a new key; its old keys keep working until `clients revoke NAME --key ID`."""
+def rotate(*, name: str, file: Path | None) -> None:
+    """``refracture clients rotate``: a new key for the client, printed once."""
     path = _file(file)
     try:
         clients, key, key_id = rotate_key(read_registry(path), name)
@@ -101,24 +84,18 @@ def rotate(name: Annotated[str, typer.Argument(help="The client.")], file: FileO
     typer.echo(key)
 
 
-@app.command("revoke")
-def revoke_command(
-    name: Annotated[str, typer.Argument(help="The client.")],
-    key: Annotated[str | None, typer.Option("--key", help="Revoke only this key id (see `clients list`).")] = None,
-    file: FileOption = None,
-) -> None:
-    """Revoke a client (all its keys and tokens) or one of its keys; the service refuses it within seconds."""
+def revoke(*, name: str, key: str | None, file: Path | None) -> None:
+    """``refracture clients revoke``: the client, or one of its keys, revoked."""
     path = _file(file)
     try:
-        write_registry(path, revoke(read_registry(path), name, key))
+        write_registry(path, revoke_in(read_registry(path), name, key))
     except RegistryError as exc:
         _fail(str(exc))
     console.print(f"revoked {name}" + (f" key {key}" if key else ""))
 
 
-@app.command("list")
-def list_clients(file: FileOption = None) -> None:
-    """The clients: scopes, expiry, rate limit, keys (ids only), state."""
+def list_clients(*, file: Path | None) -> None:
+    """``refracture clients list``: the registry as a table (key ids, never keys)."""
     path = _file(file)
     try:
         clients = read_registry(path)

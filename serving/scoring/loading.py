@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from features.drift import REFERENCE_FORMAT
 from features.labels import DEATH_TARGET, OUTCOMES
 from modelstore.drift_reference import REFERENCE_ARTIFACT, ReferenceMissing, load_reference
-from modelstore.naming import CHAMPION, model_name
+from modelstore.naming import CHALLENGER, CHAMPION, model_name
 from modelstore.tracking import configure_tracking
 from serving.scoring.served_models import LoadedModel
 from modelstore.artifact import load_model
@@ -49,7 +49,7 @@ OPTIONAL_TARGETS = (DEATH_TARGET,)
 #: start is refused (the page and API show curves).
 SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
 SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
-BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
+BUNDLE_MANIFEST = Path(__file__).resolve().parents[1] / "bento_models.json"  # serving/, as bentofile.yaml packs it
 
 
 class ModelsUnavailable(RuntimeError):
@@ -115,6 +115,25 @@ def load_pins(pins: list[Pin]) -> list[LoadedModel]:
         loaded.append(LoadedModel(pin.outcome, pin.name, pin.version, model, pin.run_id, source=uri))
         logger.info("loaded %s (run %s)", uri, pin.run_id)
     return loaded
+
+
+def load_challengers(served: dict[str, str]) -> list[LoadedModel]:
+    """The ``challenger`` version of each served outcome (``served``: outcome -> served
+    version), for shadow scoring; outcomes without one, or whose challenger is the served
+    version, are left out (said in the log)."""
+    client = MlflowClient()
+    pins = []
+    for outcome, version in served.items():
+        if outcome not in OUTCOMES:
+            continue
+        try:
+            mv = client.get_model_version_by_alias(model_name(outcome), CHALLENGER)
+        except MlflowException:
+            logger.info("%s: no challenger to score in shadow", model_name(outcome))
+            continue
+        if str(mv.version) != str(version):
+            pins.append(Pin(outcome, model_name(outcome), str(mv.version), mv.run_id))
+    return load_pins(pins)
 
 
 def _check_outcome(model, outcome: str, where: str) -> None:
@@ -238,7 +257,7 @@ def running_in_bento() -> bool:
     """True when this code runs from a built Bento (``<bento>/src/serving/...`` beside
     ``<bento>/bento.yaml``). ``bentoml serve <bento>`` does not apply the Bento's ``envs``
     outside a container, so the layout, not only the variable, says where we are."""
-    return (Path(__file__).resolve().parents[2] / "bento.yaml").exists()
+    return (Path(__file__).resolve().parents[3] / "bento.yaml").exists()  # <bento>/src/serving/scoring/
 
 
 def load_served_models(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:

@@ -140,20 +140,22 @@ async function initAuth() {
 }
 
 // ---------------------------------------------------------------- API
-async function authHeaders() {
-  const h = { "Content-Type": "application/json", Accept: "application/json" };
+// X-Refracture-Source: the prediction log stores the page's predictions as such; a what-if
+// request (a changed copy of the record) says so and is not logged as a prediction.
+async function authHeaders(extra) {
+  const h = { "Content-Type": "application/json", Accept: "application/json", "X-Refracture-Source": "page" };
   if (auth.config && auth.config.mode === "oidc") {
     const token = await currentToken();
     if (token) h.Authorization = "Bearer " + token;
-    return h;
+    return Object.assign(h, extra || {});
   }
   const key = $("#api-key").value.trim();
   if (key) h.Authorization = "Bearer " + key;
-  return h;
+  return Object.assign(h, extra || {});
 }
 
-async function call(path, body) {
-  const headers = await authHeaders();
+async function call(path, body, extra) {
+  const headers = await authHeaders(extra);
   const opts = body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) };
   const resp = await fetch(path, opts);
   let data = null;
@@ -166,7 +168,7 @@ const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
 // The body of /predict and /explain is the record itself (or a list of records).
 const api = {
   explain: (record, months) => call(BASE + "/explain?horizon_months=" + encodeURIComponent(months), record),
-  predict: (record) => call(BASE + "/predict", record),
+  predict: (record, extra) => call(BASE + "/predict", record, extra),
   model: () => call(BASE + "/model"),
 };
 
@@ -430,6 +432,18 @@ function renderContext(data) {
   box.hidden = false;
 }
 
+// Values the data contract finds implausible but possible: the record was scored with them
+// as entered; the page names them so they can be checked (nothing shows when there are none).
+function renderWarnings(data) {
+  const first = (data && data.predictions && data.predictions[0]) || {};
+  const warnings = Array.isArray(first.warnings) ? first.warnings : [];
+  const box = $("#results-warnings");
+  box.textContent = warnings.length
+    ? "Please check (scored as entered): " + warnings.map((w) => `${w.field}: ${w.warning}`).join("; ")
+    : "";
+  box.hidden = warnings.length === 0;
+}
+
 function renderResults(data) {
   const outcomes = outcomesOf(data);
   const cards = $("#outcome-cards");
@@ -472,6 +486,7 @@ function renderResults(data) {
     cards.appendChild(card);
   }
   renderContext(data);
+  renderWarnings(data);
   $("#results-meta").textContent = "Risk: the chance that the fracture happens by each time after surgery, counting " +
     "patients who die first as not having it." + (explained === null ? "" : ` Factors: each bar is the factor's ` +
     `contribution on the log-odds scale to the risk by ${explained} months, from the average risk (base) to this patient's.`);
@@ -588,7 +603,7 @@ function whatIfRecord() {
 }
 
 async function runWhatIf() {
-  const after = await api.predict(whatIfRecord());
+  const after = await api.predict(whatIfRecord(), { "X-Refracture-Purpose": "what-if" });
   const tbody = $("#what-if-table tbody");
   tbody.textContent = "";
   if (!after.ok) {
