@@ -14,7 +14,9 @@
 - ``REFRACTURE_CDS_CORS_ORIGINS``: comma-separated origins of browser-based CDS clients
   allowed to call ``/cds-services`` (``*`` for any); empty: no cross-origin access.
 - ``REFRACTURE_MODEL_CARD_URL``: where the cards' source links (the published model card of
-  the served versions); default ``<public URL>/model`` (versions, held-out metrics, estimand).
+  the served versions); default ``<public URL>/model`` (versions, held-out metrics, estimand),
+  which needs the ``model:read`` scope: a clinician's browser following the link gets a 401, so
+  a deployment sets this to the model card it publishes.
 
 Without clients, ``/cds-services`` refuses everyone (401), unless the service runs with
 ``--insecure-dev``, where anyone may call it (a local demonstration).
