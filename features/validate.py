@@ -177,6 +177,9 @@ def _cross_table(t: dict[str, pd.DataFrame], limit: int = MAX_REPORTED_PER_CHECK
            "death is before the surgery")
     report("patients", pt[pt["death_date"].notna() & (pt["death_date"] < pt["last_followup_date"])], ["patient_id"], "death_date",
            "death is before the last follow-up contact")
+    died = events.merge(patients[["patient_id", "death_date"]], on="patient_id", how="inner")
+    report("events", died[died["death_date"].notna() & (died["event_date"] > died["death_date"])], ["event_id"], "event_date",
+           lambda r: f"fracture {r['event_date']:%Y-%m-%d} is after the patient's death ({r['death_date']:%Y-%m-%d})")
 
     # The session's level count must match its rows, and no level is treated twice in a session.
     session = procedures.groupby(["patient_id", "surgery_date"])["procedure_id"].transform("size")

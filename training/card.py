@@ -176,6 +176,8 @@ def model_card(c: CardInputs) -> str:
         "validation. Published single-centre models lost much of their AUROC (0.52–0.74) and calibration "
         "when moved to another centre (Dai 2024): expect the same and recalibrate before use elsewhere.",
         "- Table 1 (`table1.md`) describes the cohort by outcome group.",
+        f"- Follow-up (`export.yaml`, `features.ascertainment`): {c.prep.ascertainment.describe()}."
+        + "".join(f" Note: {n}." for n in c.prep.followup_notes),
         "",
         "## Heterogeneity across centres (23b)",
         "Not assessed: the data are " + ("simulated" if c.prep.profile not in ("none", "") else "from a single export")

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import Ascertainment, checked, followup_notes
 from features.assemble import build_training_set
 from features.catalog import FEATURES_BY_NAME, feature_names
 from features.labels import EVENT, horizon_days
 from features.levels import is_thoracolumbar
 from features.records import tables_to_records
 from features.validate import validate_raw
-from features.io import read_raw
+from features.io import read_export_metadata, read_raw
 from training.competing_risks import censoring_survival, crude_label, ipcw_weights
 from training.config import TrainConfig
 from modelstore.estimand import horizon_column
@@ -53,6 +54,8 @@ class Prepared:
     truth: pd.DataFrame | None
     profile: str
     git_commit: str
+    ascertainment: Ascertainment = Ascertainment()
+    followup_notes: tuple[str, ...] = ()
 
 
 def subgroup_frame(records: pd.DataFrame) -> pd.DataFrame:
@@ -84,9 +87,17 @@ def check_feature_set(tables: dict[str, pd.DataFrame], training_set: pd.DataFram
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    """Read, validate and build features once. Raises RawDataError / TrainingRefused."""
+    """Read, validate and build features once. Raises RawDataError / TrainingRefused.
+
+    The labels follow the export's ``export.yaml`` (``features.ascertainment``; its default
+    when absent); what a reader must know about them is logged as warnings and kept in
+    ``followup_notes``."""
     tables = validate_raw(read_raw(cfg.raw_dir))
-    ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months)
+    asc = checked(read_export_metadata(cfg.raw_dir), tables)
+    notes = tuple(followup_notes(asc, tables))
+    for note in notes:
+        logger.warning("%s", note)
+    ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months, ascertainment=asc)
     ts.index = ts.index.astype(str)
     check_feature_set(tables, ts, cfg.feature_set)
     records = tables_to_records(tables)
@@ -96,7 +107,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         truth = pd.read_parquet(truth_path)
         truth = truth.set_index(truth["procedure_id"].astype(str))
     return Prepared(tables, ts, records, subgroup_frame(records), data_fingerprint(Path(cfg.raw_dir)),
-                    truth, read_profile(Path(cfg.raw_dir)), git_commit())
+                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), asc, notes)
 
 
 def horizon_targets(time_days: np.ndarray, status: np.ndarray, horizons_months, G) -> tuple[np.ndarray, np.ndarray]:

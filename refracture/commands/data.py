@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.ascertainment import Ascertainment, checked, followup_notes
 from features.assemble import build_training_set
 from features.catalog import FEATURE_SETS
 from features.dictionary import data_dictionary_markdown
-from features.io import read_raw, write_frame_atomic
+from features.io import read_export_metadata, read_raw, write_frame_atomic
 from features.validate import RawDataError, validate_raw
 from refracture.commands.synth import run_synth
 
@@ -37,11 +38,27 @@ def _load_valid(raw: Path):
         raise typer.Exit(code=1) from None
 
 
+def _load_ascertainment(raw: Path, tables) -> Ascertainment:
+    """The export's ``export.yaml`` checked against its validated tables (the default when
+    it has none), its notes printed; or print every problem and exit 1."""
+    try:
+        asc = checked(read_export_metadata(raw), tables)
+    except RawDataError as exc:
+        _report_violations(exc)
+        raise typer.Exit(code=1) from None
+    console.print(f"follow-up: {asc.describe()}")
+    for note in followup_notes(asc, tables):
+        console.print(f"[yellow]note[/yellow]: {note}")
+    return asc
+
+
 def validate(
-    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet).")],
+    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet), "
+                                      "and optionally export.yaml (how far deaths and fractures were ascertained).")],
 ) -> None:
     """Check a raw export against the data contract; list every violation by table, row and column."""
     tables = _load_valid(raw)
+    _load_ascertainment(raw, tables)
     counts = ", ".join(f"{name} {len(df)}" for name, df in tables.items())
     console.print(f"[green]valid[/green]: {counts} rows")
 
@@ -58,7 +75,8 @@ def features(
     if out.suffix != ".parquet":
         raise typer.BadParameter("the training set is written as Parquet: use a .parquet file name", param_hint="--out")
     tables = _load_valid(raw)
-    training_set = build_training_set(tables, feature_set, horizon_months=horizon_months)
+    training_set = build_training_set(tables, feature_set, horizon_months=horizon_months,
+                                      ascertainment=_load_ascertainment(raw, tables))
     write_frame_atomic(training_set.reset_index(), out)
     console.print(f"[green]wrote[/green] {out}: {len(training_set)} procedures, feature set {feature_set}, "
                   f"horizon {horizon_months:g} months")

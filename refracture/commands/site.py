@@ -11,7 +11,7 @@ from rich.console import Console
 from features.labels import OUTCOMES
 from modelstore.drift_reference import ReferenceMissing
 from modelstore.naming import ALIASES, CHAMPION
-from refracture.commands.data import _load_valid
+from refracture.commands.data import _load_ascertainment, _load_valid
 from training.site_eval import site_data
 from training.site_run import build_site_report, choose_versions, log_report, recalibrate_outcome, write_report
 from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _outcomes, _tracking_or_exit
@@ -38,13 +38,14 @@ def site_report(
     if version is not None and len(outcomes) != 1:
         raise typer.BadParameter("--version needs one --outcome (version numbers differ per outcome)", param_hint="--version")
     tables = _load_valid(raw)  # the contract's own errors, exactly as `refracture validate` prints them
+    ascertainment = _load_ascertainment(raw, tables)
     _tracking_or_exit(store)
     name = site or Path(raw).resolve().name
     with _exit_if_tracking_lost("writing the site report"):
         try:
             chosen = choose_versions(None if version is not None else alias,
                                      None if version is None else str(version), outcomes)
-            result = build_site_report(site_data(tables), chosen, name, n_boot=bootstrap)
+            result = build_site_report(site_data(tables, ascertainment), chosen, name, n_boot=bootstrap)
         except (ValueError, ReferenceMissing) as exc:
             console.print(f"[red]error[/red]: {exc}")
             raise typer.Exit(code=1) from None
@@ -70,10 +71,11 @@ def recalibrate(
     and register the result as `challenger`; promote it with `refracture promote`."""
 
     tables = _load_valid(raw)
+    ascertainment = _load_ascertainment(raw, tables)
     if pooled_with is not None and not Path(pooled_with).is_dir():
         raise typer.BadParameter(f"{pooled_with} is not a folder", param_hint="--pooled-with")
     _tracking_or_exit(store)
-    data = site_data(tables)
+    data = site_data(tables, ascertainment)
     pools: dict[Path, object] = {}
 
     def load_pool(folder: Path):
@@ -81,7 +83,8 @@ def recalibrate(
         key = Path(folder).resolve()
         if key not in pools:
             console.print(f"option (iii): reading the training export {folder}")
-            pools[key] = site_data(_load_valid(folder))
+            pool_tables = _load_valid(folder)
+            pools[key] = site_data(pool_tables, _load_ascertainment(folder, pool_tables))
         return pools[key]
     with _exit_if_tracking_lost("recalibrating"):
         try:
