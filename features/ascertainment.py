@@ -31,7 +31,8 @@ longer than the hospital saw them (the other choice would count every patient lo
 follow-up as fracture-free until the data cut, an understatement no figure in the export
 can reveal). Its price when deaths come after the last contact is that they do not
 compete, so the fracture risks are overstated: that is never silent (``followup_notes``
-counts those deaths and says which line of ``export.yaml`` changes it). Deaths until the
+counts those deaths, and any fracture recorded after the last contact, which is then not
+counted, and says which line of ``export.yaml`` changes it). Deaths until the
 last contact, unless the export itself records deaths after the last contact: those can
 only come from outside the clinic (a registry), so deaths are then taken as ascertained
 until the latest date the export holds (a lower bound of the data cut: no death after it
@@ -62,6 +63,17 @@ _KEYS = {"patients": ("patient_id",), "procedures": ("procedure_id",), "imaging"
          "events": ("event_id",)}
 
 
+#: What the labels assume when an export has no ``export.yaml`` (module docstring), in one
+#: sentence for the data dictionary.
+DEFAULT_WITHOUT_FILE = (
+    "Without the file, fractures are taken as ascertained until the last contact (true of every export: no patient "
+    "is counted fracture-free longer than the hospital saw them), and deaths until the last contact too, unless the "
+    "export records deaths after the last contact: those come from a registry, so deaths then count until the latest "
+    "date of the export. Deaths after the last contact that do not compete with the fractures, and fractures after "
+    "it that are not counted, are reported by `refracture validate`, `train` and `site-report` with the line of "
+    "`export.yaml` that changes them.")
+
+
 class ExportMetadata(BaseModel):
     """``export.yaml`` as written (module docstring). Unknown fields are refused, so a
     misspelt field cannot silently fall back to a default."""
@@ -69,13 +81,17 @@ class ExportMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     site: str | None = Field(None, min_length=1, max_length=200, description="Site name shown in reports.")
-    data_cut: date | None = Field(None, description="The date the export was drawn (YYYY-MM-DD).")
+    data_cut: date | None = Field(None, description="The date the export was drawn (YYYY-MM-DD): no date in the "
+                                  "tables may be after it. Required when deaths are ascertained until the data cut.")
     deaths_ascertained_until: Literal["last_contact", "data_cut"] = Field(
-        description="data_cut: every death until the data cut is recorded (death registry); last_contact: deaths are "
-                    "known only while the patient is in contact.")
+        description="data_cut: every death until the data cut is recorded (linked from a death registry), so a "
+                    "patient without a death date is alive at the data cut and a death after the last contact counts; "
+                    "last_contact: deaths are known only while the patient is in contact (a later death is not counted).")
     fractures_ascertained_until: Literal["last_contact", "death_or_data_cut"] = Field(
-        description="death_or_data_cut: any new fracture until death or the data cut is in events; last_contact: "
-                    "fractures are known only until the last contact.")
+        description="death_or_data_cut: any new fracture until death or the data cut is in events (a hospital that "
+                    "would have treated it; needs deaths_ascertained_until: data_cut), so every death competes with "
+                    "the fractures; last_contact: fractures are known only until the last contact (follow-up is "
+                    "censored there, a later death does not compete, a later fracture is not counted).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportMetadata:
@@ -208,11 +224,18 @@ def ascertainment_problems(asc: Ascertainment, tables: dict[str, pd.DataFrame],
     return out
 
 
+def _fractures_after_last_contact(tables: dict[str, pd.DataFrame]) -> int:
+    ev = tables["events"].merge(tables["patients"][["patient_id", "last_followup_date"]], on="patient_id", how="inner")
+    return int((ev["event_date"] > ev["last_followup_date"]).sum())
+
+
 def followup_notes(asc: Ascertainment, tables: dict[str, pd.DataFrame]) -> list[str]:
-    """What the reader must know about how the labels used the export's deaths: deaths
-    after the last contact that do not compete with the fractures (their risks may then be
-    overstated) or are not counted, and a data cut the default inferred."""
+    """What the reader must know about how the labels used the export's deaths and
+    fractures: deaths after the last contact that do not compete with the fractures (their
+    risks may then be overstated) or are not counted, fractures after the last contact not
+    counted, and a data cut the default inferred."""
     after = int(_deaths_after_last_contact(tables["patients"]).sum())
+    late_fractures = _fractures_after_last_contact(tables) if asc.fractures_until == LAST_CONTACT else 0
     notes = []
     if after and asc.deaths_until == DATA_CUT and asc.inferred_data_cut:
         notes.append(f"no {EXPORT_METADATA_FILE}: {after} deaths are recorded after the last contact, so deaths are "
@@ -227,6 +250,11 @@ def followup_notes(asc: Ascertainment, tables: dict[str, pd.DataFrame]) -> list[
                      "ascertained until the last contact): the fracture risks are overstated if these patients could "
                      "not have had a fracture unseen; if the hospital would have seen any new fracture until death or "
                      f"the data cut, write fractures_ascertained_until: death_or_data_cut in {EXPORT_METADATA_FILE}")
+    if late_fractures:
+        notes.append(f"{late_fractures} fractures recorded after the patient's last contact are not counted (fractures "
+                     "ascertained until the last contact: other patients' fractures after it are unknown); if the "
+                     "hospital would have seen any new fracture until death or the data cut, write "
+                     f"fractures_ascertained_until: death_or_data_cut in {EXPORT_METADATA_FILE}")
     return notes
 
 

@@ -40,7 +40,8 @@ How far follow-up reaches is the export's statement (``export.yaml``,
   ascertainment: death or the data cut when the hospital would have seen any new
   fracture until then (``fractures_ascertained_until: death_or_data_cut``: every death
   before the data cut competes), else the last contact (a death after it does not
-  compete: the fracture status between the last contact and death is unknown).
+  compete: the fracture status between the last contact and death is unknown; nor does a
+  fracture recorded after it count, for the same reason).
 
 ``followup_days`` is the days to the end of fracture follow-up (death or censoring).
 Months are 365.25/12 days.
@@ -116,6 +117,14 @@ def _follow_up(patients: pd.DataFrame, until_death_or_cut: bool, data_cut) -> pd
     return pd.DataFrame({"patient_id": patients["patient_id"], "end_date": end, "died": died})
 
 
+def _within(pairs: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+    """The (procedure, event) pairs whose event falls within the patient's fracture window:
+    a fracture after the end of ascertainment (after the last contact, when fractures are
+    ascertained until it) is not counted, as other patients' fractures then are unknown."""
+    end = pairs["patient_id"].map(window.set_index("patient_id")["end_date"])
+    return pairs[end.isna().to_numpy() | (pairs["event_date"] <= end).to_numpy()]
+
+
 def _per_procedure(procedures: pd.DataFrame, window: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
     """(days from surgery to the window's end, died within it) per procedure."""
     base = procedures[["procedure_id", "patient_id", "surgery_date"]].merge(window, on="patient_id", how="left")
@@ -140,11 +149,11 @@ def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAUL
     procedures, patients, events = tables["procedures"], tables["patients"], tables["events"]
     asc = resolve(ascertainment, tables)
     t_death_s, died_d = _per_procedure(procedures, _follow_up(patients, asc.deaths_until == DATA_CUT, asc.data_cut))
-    followup, died = _per_procedure(procedures, _follow_up(patients, asc.fractures_until == DEATH_OR_DATA_CUT,
-                                                           asc.data_cut))
+    window = _follow_up(patients, asc.fractures_until == DEATH_OR_DATA_CUT, asc.data_cut)
+    followup, died = _per_procedure(procedures, window)
     base = pd.DataFrame({"followup_days": followup})
 
-    pairs = _classify_events(procedures, events)
+    pairs = _within(_classify_events(procedures, events), window)
     pairs = pairs.assign(days=(pairs["event_date"] - pairs["surgery_date"]).dt.days.astype("float64"))
     first = pairs.groupby(["procedure_id", "outcome"])["days"].min().unstack("outcome")
 

@@ -53,6 +53,7 @@ SLOW_MODULES = frozenset({
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "training/test_registry_deaths.py",  # trains the four targets on 20,000 procedures, scores a fresh 20,000
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})

@@ -28,7 +28,8 @@ from features.levels import is_thoracolumbar
 from features.records import tables_to_records
 from features.validate import validate_raw
 from features.io import read_export_metadata, read_raw
-from training.competing_risks import censoring_survival, crude_label, ipcw_weights
+from training.censoring import censoring_model
+from training.competing_risks import crude_label, ipcw_weights
 from training.config import TrainConfig
 from modelstore.estimand import horizon_column
 from training.evaluation import age_band
@@ -124,7 +125,8 @@ class OutcomeData:
 
     ``X`` features; ``time_days``/``status`` (0 censored, 1 event, 2 death first);
     ``train``/``test`` positions (grouped by patient, stratified by the headline status);
-    ``folds``: positions *within* ``train``; ``G``: censoring survival of the training part;
+    ``folds``: positions *within* ``train``; ``G``: censoring survival fitted on the training part
+    (``training.censoring``: Kaplan-Meier, or given the patient's covariates, for every row);
     ``labels``/``weights`` (n, K) at ``horizons_months``; ``k``: the headline's column;
     ``feature_set``: the set ``X`` holds (``TrainConfig.feature_set_for``). For ``death``
     the status is 1 death, 0 censored alive (no competing event).
@@ -192,7 +194,7 @@ def outcome_data(prep: Prepared, outcome: str, cfg: TrainConfig) -> OutcomeData:
             f"({n_events} events among {len(rows)} overall); at least {cfg.min_test_events} are needed. Raise "
             "--test-size or use a larger export.")
     folds = cv_folds(strata[train], patients[train], cfg.cv_folds, cfg.seed)
-    G = censoring_survival(t[train], s[train])
+    G = censoring_model(cfg.censoring_model, t, s, rows, train, until=horizon_days(max(horizons)))
     labels, weights = horizon_targets(t, s, horizons, G)
     feature_set = cfg.feature_set_for(outcome)
     X = rows[feature_names(feature_set)]

@@ -86,7 +86,8 @@ def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
         "outcome": outcome, "feature_set": cfg.feature_set_for(outcome), "horizon_months": f"{cfg.horizon_months:g}",
         "horizons_months": horizons_text(cfg.horizons_months), "estimand": estimand_of(outcome),
         "schema_version": SCHEMA_VERSION, "data_fingerprint": prep.fingerprint, "git_commit": prep.git_commit,
-        "simulator_profile": prep.profile, "seed": str(cfg.seed), **prep.ascertainment.tags(), **cfg.tags,
+        "simulator_profile": prep.profile, "seed": str(cfg.seed), **prep.ascertainment.tags(),
+        "censoring_model": cfg.censoring_model, **cfg.tags,
     }
 
 

@@ -352,12 +352,17 @@ def remote_levels(profile: Profile, sessions: Sessions, rng: np.random.Generator
 def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Generator
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Months to the data cut, to the end of clinic contact (the data cut, or loss at a
-    uniform time for a share), and to death (Gompertz rising with age, higher in men,
-    times the profile's hazard ratios), in that draw order."""
+    uniform time for a share, optionally more often for frail patients), and to death
+    (Gompertz rising with age, higher in men, times the profile's hazard ratios), in that
+    draw order."""
     f = profile.followup
     n = len(patients["age_years"])
     planned = ((f.data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
-    lost = rng.random(n) < f.lost_to_followup.value
+    share = f.lost_to_followup.value
+    if f.lost_to_followup_frailty_odds_ratio_per_sd is not None and 0 < share < 1:
+        odds = share / (1 - share) * f.lost_to_followup_frailty_odds_ratio_per_sd.value ** frailty_score(patients)
+        share = odds / (1 + odds)
+    lost = rng.random(n) < share
     lost_at = rng.uniform(np.minimum(f.lost_min_months.value, planned), planned)
     contact_end = np.where(lost, lost_at, planned)
     gamma = f.mortality.gompertz_slope_per_year.value

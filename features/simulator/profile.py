@@ -444,6 +444,9 @@ class FollowUp(_Frozen):
     dates_source: str = Field(min_length=3)  # where the three dates come from
     lost_to_followup: Share  # share lost at a uniform time between lost_min_months and the planned end
     lost_min_months: Value
+    # Odds of being lost multiplied by this per SD of frailty (frail patients move to care
+    # homes); none: loss is independent of the patient (the published profiles).
+    lost_to_followup_frailty_odds_ratio_per_sd: Value | None = None
     mortality: Mortality
     recording: Recording = Recording()
     published_reference: str = ""  # the cohort's published follow-up, for the record

@@ -99,6 +99,9 @@ def train(
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
     shap_method: Annotated[str, typer.Option("--shap-method", help="How XGBoost models are explained: path_dependent "
                                              "(XGBoost's own TreeSHAP, fast; default) or interventional (against a training background, ~30x slower).")] = "path_dependent",
+    censoring_model: Annotated[str, typer.Option("--censoring-model", help="Censoring model of the training weights: km "
+                                                 "(one Kaplan-Meier for everyone; default) or cox (given age, sex, frailty and "
+                                                 "comorbidity: when the clinic loses frail patients more often). docs/estimand.md.")] = "km",
 ) -> None:
     """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."""
     try:
@@ -106,7 +109,7 @@ def train(
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
                           candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), n_bootstrap=bootstrap,
                           experiment_prefix=experiment_prefix, register=register, n_jobs=n_jobs, store_dir=store,
-                          shap_method=shap_method)
+                          shap_method=shap_method, censoring_model=censoring_model)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -145,3 +145,20 @@ def test_a_fracture_after_death_is_refused(raw):
         validate_raw(raw)
     assert [(v.table, v.row, v.column) for v in err.value.violations] == [("events", "E3", "event_date")]
     assert "after the patient's death (2021-10-01)" in err.value.violations[0].message
+
+
+def test_a_fracture_after_the_last_contact_counts_only_when_fractures_were_followed_further(raw):
+    """A1's refracture (2021-06-01) comes after a last contact of 2021-05-01: outside the
+    window of an export that ascertained fractures until the last contact (censored there,
+    as every other patient's unknown later fractures are), inside one that followed them to
+    the data cut."""
+    raw["patients"].loc[raw["patients"]["patient_id"] == "A1", "last_followup_date"] = "2021-05-01"
+    tables = validate_raw(raw)
+    until_contact = build_labels(tables)
+    assert until_contact.loc["A1-1", "cemented_refracture_status"] == 0
+    assert until_contact.loc["A1-1", "cemented_refracture_time_days"] == (pd.Timestamp("2021-05-01") - pd.Timestamp("2021-01-10")).days
+    assert any("1 fractures recorded after the patient's last contact are not counted" in n
+               for n in followup_notes(resolve(None, tables), tables))
+    followed = build_labels(tables, ascertainment=REGISTRY)
+    assert followed.loc["A1-1", "cemented_refracture_status"] == 1
+    assert followed.loc["A1-1", "cemented_refracture_time_days"] == 142
