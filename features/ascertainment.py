@@ -133,7 +133,7 @@ class Ascertainment:
         """MLflow tags (all text) recording the ascertainment the labels used."""
         return {f"{prefix}deaths_ascertained_until": self.deaths_until,
                 f"{prefix}fractures_ascertained_until": self.fractures_until,
-                f"{prefix}data_cut": "" if self.data_cut is None else f"{self.data_cut:%Y-%m-%d}"
+                f"{prefix}data_cut": "none" if self.data_cut is None else f"{self.data_cut:%Y-%m-%d}"
                 + (" (inferred)" if self.inferred_data_cut else ""),
                 f"{prefix}ascertainment_source": self.source}
 

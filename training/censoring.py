@@ -78,7 +78,7 @@ class CoxCensoring:
             censored = censored & (t <= until)
             t = np.minimum(t, until + 1.0)
         self.km_ = None
-        if Z.shape[1] == 0:  # no covariate varies: the marginal Kaplan-Meier is the model
+        if Z.shape[1] == 0 or not censored.any():  # nothing to model: the marginal Kaplan-Meier is G
             self.km_ = censoring_survival(t, np.where(censored, CENSORED, 1))
             return self
         shifted = t + _TIE_SHIFT_DAYS * censored

@@ -89,6 +89,9 @@ def test_the_censoring_survival_is_a_step_per_row_with_the_km_tie_rule():
         assert np.array_equal(km_like(t, before=left), km(t, before=left))
     with pytest.raises(ValueError, match="one time per row"):
         G(np.array([1.0]))
+    # No censoring before the longest horizon (only the data cut, after it): G is 1 there.
+    uncensored = CoxCensoring().fit(t, s, X, until=1.5).survival_for(X)
+    assert np.array_equal(uncensored(np.full(8, 1.5), before=True), np.ones(8))
 
 
 def test_the_design_imputes_flags_and_standardises_with_the_training_rows():
