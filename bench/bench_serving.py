@@ -126,7 +126,7 @@ def stop(proc) -> None:
 
 def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str,
                concurrency: tuple[int, ...] = CONCURRENCY, compare_thread: bool = False) -> dict:
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
     from serving_support import free_port, store_env
 
     body = json.dumps(example_record())

@@ -10,7 +10,7 @@ which values are refused and in which words. Two callers, one rule set:
 
 So the service and ``refracture validate`` refuse exactly the same values by construction
 (``tests/features/test_contract.py`` checks it over generated values). The service's request models
-(``serving.schemas``) document the same bounds, taken from here and from the schema.
+(``serving.http.schemas``) document the same bounds, taken from here and from the schema.
 
 Two kinds of rules:
 

@@ -104,7 +104,7 @@ class ServingSettings:
     #: Pin versions instead of resolving the champion alias (outcome -> registry version).
     model_versions: dict[str, str] = field(default_factory=dict)
     risk_bands: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
-    #: Score micro-batches in a child process of each worker (``serving.scoring_process``)
+    #: Score micro-batches in a child process of each worker (``serving.http.scoring_process``)
     #: rather than in a thread of it: on by default when the worker may use 2 or more CPUs.
     scoring_process: bool = False
 

@@ -4,19 +4,19 @@ Start it with ``refracture serve`` (or ``bentoml serve serving.service:Refractur
 At start the service reads its settings (``serving.config``: no API key and no
 ``--insecure-dev`` means no start), resolves the ``champion`` alias of each
 ``refracture-<outcome>`` to a concrete registry version and loads those versions once
-(``serving.loading``). Every answer names the versions that produced it.
+(``serving.scoring.loading``). Every answer names the versions that produced it.
 
 Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
 24-month headline; per record ``context.death``, the probability of death by 24 months,
 when a ``refracture-death`` champion is registered), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
 default 24) (bearer key); GET ``/model`` (versions,
 metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
+``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.http.docs_page``), all open.
 
 A request body is parsed here, per request (JSON, shape, value types:
-``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
-of concurrent requests (``serving.batcher``, ``serving.micro_batch``), in the worker's
-scoring process (``serving.scoring_process``: another core than the HTTP path) or, with
+``serving.http.validation.parse_body``); the contract checks and the scoring run per *batch*
+of concurrent requests (``serving.http.batcher``, ``serving.http.micro_batch``), in the worker's
+scoring process (``serving.http.scoring_process``: another core than the HTTP path) or, with
 ``REFRACTURE_SCORING_PROCESS=0``, in a thread of the worker. See docs/serving.md.
 """
 
@@ -40,21 +40,21 @@ from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, records_frame
 from features.schema import SCHEMA_VERSION
 from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
-from serving.batcher import MicroBatcher
 from serving.config import get_settings
-from serving.drift_metrics import DriftMetrics, served_reference
-from serving.examples import example_record, example_records
-from serving.guard import GuardMiddleware
-from serving.http_server import install
-from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
-from serving.micro_batch import process_batch
-from serving.openapi import patch_spec
-from serving.request_json import error_body
-from serving.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
-from serving.scoring import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
-from serving.scoring_process import ScoringProcess
+from serving.http.batcher import MicroBatcher
+from serving.http.guard import GuardMiddleware
+from serving.http.micro_batch import process_batch
+from serving.http.openapi import patch_spec
+from serving.http.request_json import error_body
+from serving.http.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
+from serving.http.scoring_process import ScoringProcess
+from serving.http.server import install
+from serving.http.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
+from serving.monitoring.drift_metrics import DriftMetrics, served_reference
+from serving.scoring.examples import example_record, example_records
+from serving.scoring.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
+from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
 from serving.ui.app import build_ui_app
-from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _ui_app():
     name="refracture-risk",
     workers=WORKERS,
     traffic={"timeout": TIMEOUT_S},
-    # The audit line (serving.guard) is the access log: BentoML's own would add a second
+    # The audit line (serving.http.guard) is the access log: BentoML's own would add a second
     # line per request, with the client's address, and cost ~10 % of throughput.
     logging={"access": {"enabled": False}},
 )
@@ -270,7 +270,7 @@ class RefractureRisk:
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the
-        scoring process when there is one (``serving.scoring_process``), else here; then
+        scoring process when there is one (``serving.http.scoring_process``), else here; then
         count the batch on the drift metrics."""
         batch = [(j.rows, j.procedure_ids, j.prior_errors) for j in jobs]
         self._batch_requests.labels(endpoint="explain" if explain else "predict").observe(len(jobs))
@@ -354,7 +354,7 @@ def _spec() -> dict[str, Any]:
 
 def _add_guard() -> None:
     RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
-    install()  # request-head limits and bounded metric labels (serving.http_server)
+    install()  # request-head limits and bounded metric labels (serving.http.server)
 
 
 _add_guard()

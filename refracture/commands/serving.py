@@ -16,9 +16,9 @@ from features.raw_records import scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
-from serving.batch import BatchInputError, score_file
+from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
-from serving.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
                       master: str | None) -> str:
     from pyspark.sql import SparkSession
 
-    from serving.batch_spark import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
+    from serving.batch.spark_engine import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
 
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
     # A session this command did not start (spark-submit's, a notebook's) is left running.

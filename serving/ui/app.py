@@ -16,12 +16,12 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving.examples import example_patients
-from serving.headers import PAGE_HEADERS
+from serving.http.headers import PAGE_HEADERS
+from serving.scoring.examples import example_patients
 from serving.ui.form import form_schema
 
 STATIC = Path(__file__).parent / "static"
-# One policy for every page of the service (serving.headers); static files get nosniff
+# One policy for every page of the service (serving.http.headers); static files get nosniff
 # from the guard, which applies it to every answer.
 SECURITY_HEADERS = PAGE_HEADERS
 

@@ -52,7 +52,7 @@ def export():
 
 def _json_frame(flat: pd.DataFrame) -> pd.DataFrame:
     """Records as the service holds them: one object column per field, JSON values."""
-    from serving.validation import parse_body, rows_frame
+    from serving.http.validation import parse_body, rows_frame
 
     parsed = [parse_body(json.dumps(json_record(row)).encode(), 10) for row in flat.to_dict("records")]
     return rows_frame([row for p in parsed for row in p.rows])

@@ -22,8 +22,8 @@ from features.labels import build_labels
 from features.records import RECORD_FIELDS, flatten_record
 from features.schema import EVENTS, IMAGING, PATIENTS, PROCEDURES
 from features.validate import RawDataError, validate_raw
-from serving.examples import example_record
-from serving.validation import parse_records
+from serving.http.validation import parse_records
+from serving.scoring.examples import example_record
 
 TODAY = dt.date.today()
 PROCEDURE_ID, PATIENT_ID = "example-0001", "P1"

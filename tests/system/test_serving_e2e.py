@@ -54,7 +54,7 @@ def flat(store):
 def test_sync_http_client_and_plain_http_agree(server):
     import bentoml
 
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     rec = example_record()
     with bentoml.SyncHTTPClient(server.url, token=API_KEY) as client:
@@ -65,7 +65,7 @@ def test_sync_http_client_and_plain_http_agree(server):
 
 
 def test_auth_over_http(server):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     assert httpx.post(f"{server.url}/predict", json=example_record(), timeout=30).status_code == 401
     wrong = {"Authorization": "Bearer not-the-key-0123456789"}
@@ -213,7 +213,7 @@ def test_restart_picks_up_a_new_champion(server, own_store, tmp_path):
     version; a restarted one serves the new champion and says so."""
     from mlflow.tracking import MlflowClient
 
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     uri = f"sqlite:///{own_store / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -237,7 +237,7 @@ def test_restart_picks_up_a_new_champion(server, own_store, tmp_path):
 def test_bento_runs_without_the_registry(store, server, tmp_path):
     """`refracture bento` pins the champions into a BentoML store and builds; the Bento then
     serves them with no MLflow registry at all, with the same answers."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     project = tmp_path / "project"  # build from a copy: the pin file is written into serving/
     for name in ("features", "modelstore", "training", "serving", "refracture"):

@@ -131,7 +131,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     then `refracture serve` pins the champions; `refracture promote` moves the champion to
     the other version while it runs; the running service keeps its version, a restarted
     one serves the new champion, and goes on serving while the tracking server is down."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     done = train_concurrently(cohort, env, ("remote_fracture",), ("adjacent_fracture", "--seed", "7"))
     for outcome, result in done.items():

@@ -14,7 +14,7 @@ import pytest
 from features.labels import horizon_days
 from features.simulator import load_profile, simulate
 from features.io import write_raw
-from serving.loading import ModelsUnavailable, _check_outcome
+from serving.scoring.loading import ModelsUnavailable, _check_outcome
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import MODEL_TYPES, expit, make_scorer
 from training.competing_risks import censoring_survival

@@ -218,7 +218,7 @@ def test_metrics_expose_input_histograms_without_identifiers():
     from prometheus_client import CollectorRegistry, generate_latest
 
     from features.records import inspect_records
-    from serving.drift_metrics import DriftMetrics
+    from serving.monitoring.drift_metrics import DriftMetrics
 
     reference, records = _reference()
     registry = CollectorRegistry()
@@ -269,7 +269,7 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
         "import numpy as np\n"
         "from tests.training.test_site import _reference\n"
         "from features.records import inspect_records\n"
-        "from serving.drift_metrics import DriftMetrics\n"
+        "from serving.monitoring.drift_metrics import DriftMetrics\n"
         "ref, rec = _reference()\n"
         "d = DriftMetrics(ref, ['adjacent_fracture'])\n"
         "d.observe(inspect_records(rec.head(20)).typed, [{'outcomes': {'adjacent_fracture': {'probability': 0.1, 'horizon_months': 24.0}}}] * 20)\n"
@@ -289,7 +289,7 @@ def test_metrics_merge_per_input_buckets_under_bentoml_multiprocess_mode(tmp_pat
 def test_bulk_histogram_update_matches_observe_one_by_one():
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from serving.drift_metrics import _add_buckets, _bucket_counts
+    from serving.monitoring.drift_metrics import _add_buckets, _bucket_counts
 
     x = np.array([0.5, 1.0, 1.0, 2.0, 3.5, 10.0, -4.0, 7.0])
     texts = []

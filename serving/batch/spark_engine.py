@@ -1,6 +1,6 @@
 """Batch scoring on Spark (``refracture predict --engine spark``).
 
-Every Arrow batch of every partition goes through ``serving.batch.check_and_score``, the
+Every Arrow batch of every partition goes through ``serving.batch.pandas_engine.check_and_score``, the
 very function ``--engine pandas`` runs on its chunks (``mapInPandas``), so the two engines
 cannot drift apart: same checks, same features, same models, same output columns.
 
@@ -8,7 +8,7 @@ cannot drift apart: same checks, same features, same models, same output columns
   the bytes; each executor Python worker unpickles them on its first batch and keeps them
   (``_WORKER_MODELS``) for every later batch and task (Spark reuses its Python workers).
   Executors need the project's packages, not access to the MLflow registry.
-- Output schema: taken from ``serving.batch.output_template`` (the scorer's own output on
+- Output schema: taken from ``serving.batch.pandas_engine.output_template`` (the scorer's own output on
   the example record), so it follows the scorer's columns whatever they become.
 - Record numbers in errors: the position in the input as ``--engine pandas`` reads it
   (files of a folder in path order, rows in file order), from Spark's ``_metadata``
@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from serving.batch import FLAT_NAMES, BatchInputError, check_and_score, output_template, use_threads
-from serving.scoring import LoadedModel
+from serving.batch.pandas_engine import FLAT_NAMES, BatchInputError, check_and_score, output_template, use_threads
+from serving.scoring.served_models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _numbered(spark, frame) -> tuple[Any, int]:
 
 def read_parquet_records(spark, path: str | Path):
     """Flat records from a Parquet file or a (partitioned) folder, each row numbered.
-    Raises BatchInputError as ``serving.batch.read_records`` does (unknown columns, unreadable)."""
+    Raises BatchInputError as ``serving.batch.pandas_engine.read_records`` does (unknown columns, unreadable)."""
     from pyspark.errors import PySparkException
 
     try:

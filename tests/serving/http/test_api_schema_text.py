@@ -7,7 +7,7 @@ find a 422 for schema-valid input (procedure_id "\\u001c")."""
 
 import re
 
-from serving.schemas import NOT_BLANK_PATTERN
+from serving.http.schemas import NOT_BLANK_PATTERN
 
 #: ECMA-262 WhiteSpace and LineTerminator: what ``\\s`` means in a JSON Schema pattern.
 ECMA_SPACE = "\\t\\n\\x0b\\x0c\\r \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"

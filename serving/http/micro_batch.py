@@ -1,10 +1,10 @@
-"""One micro-batch of requests, checked and scored together (``serving.batcher`` forms them).
+"""One micro-batch of requests, checked and scored together (``serving.http.batcher`` forms them).
 
 ``process_batch`` is the whole work of a batch, as a function of plain data: the requests'
 parsed rows in, one answer per request (HTTP status, JSON body, number of field errors)
 and the batch's drift counts out. It holds no state of the service, so the same function
 runs in a thread of the worker or in the worker's scoring process
-(``serving.scoring_process``), and both give the same bytes.
+(``serving.http.scoring_process``), and both give the same bytes.
 
 Per batch: one frame of every record, one ``inspect_records`` pass (field errors and typed
 values), each request's errors mapped back to its own record numbers, and one scoring call
@@ -24,11 +24,11 @@ import numpy as np
 import orjson
 
 from features.records import inspect_records
-from serving.drift_metrics import DriftCounter, DriftCounts
-from serving.request_json import error_body
-from serving.schemas import RESPONSE_SCHEMA_VERSION
-from serving.scoring import ServedModels
-from serving.validation import ParsedRequest, finish, rows_frame
+from serving.http.request_json import error_body
+from serving.http.schemas import RESPONSE_SCHEMA_VERSION
+from serving.http.validation import ParsedRequest, finish, rows_frame
+from serving.monitoring.drift_metrics import DriftCounter, DriftCounts
+from serving.scoring.served_models import ServedModels
 
 logger = logging.getLogger(__name__)
 

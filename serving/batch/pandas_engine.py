@@ -3,7 +3,7 @@
 Same models, same checks, same scorer as the service: a file is read as flat records,
 checked with ``features.records.inspect_records`` and scored chunk by chunk (one
 vectorised call per outcome per chunk, ``check_and_score``: the Spark engine,
-``serving.batch_spark``, runs the same function on its Arrow batches), with a progress bar
+``serving.batch.spark_engine``, runs the same function on its Arrow batches), with a progress bar
 on large files. As in the API, any field error refuses the whole file, listing the errors;
 nothing is written. An empty file gives an empty output with every column. (A raw export,
 ``refracture predict --raw``, is different: ``features.raw_records`` leaves out the broken
@@ -38,7 +38,7 @@ from features.records import RECORD_FIELDS, inspect_records, records_frame
 from modelstore.estimand import horizon_column
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.scoring import CONTEXT_HORIZON_MONTHS, LoadedModel, ServedModels, use_threads
+from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, LoadedModel, ServedModels, use_threads
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 MAX_LISTED_ERRORS = 50
@@ -153,7 +153,7 @@ def output_template(models: list[LoadedModel], explain: bool = False) -> pd.Data
     """The output's columns and dtypes as a zero-row frame: what ``check_and_score``
     returns for the documented example record, so it follows the scorer's columns
     whatever they become (empty inputs, the Spark schema)."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     scored, errors = check_and_score(models, records_frame([example_record()]), explain=explain)
     if errors:  # the example is valid by construction; a failure here is a bug, not bad input

@@ -11,7 +11,7 @@ So each worker starts one child process (``multiprocessing`` "spawn": a fresh
 interpreter, nothing inherited from the worker's threads) holding a copy of the served
 models, sent to it pickled at start (the same objects, not a second registry load: it
 cannot serve other versions). The batcher's thread hands a batch to the child
-(``serving.micro_batch.process_batch``: plain rows in, the answers' bytes and the drift
+(``serving.http.micro_batch.process_batch``: plain rows in, the answers' bytes and the drift
 counts out) and waits, without the GIL; the worker's event loop keeps parsing and
 answering meanwhile. The answers are the same bytes as in-thread scoring (tested).
 
@@ -41,9 +41,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from serving.drift_metrics import DriftCounter
-from serving.micro_batch import BatchJob, BatchResult, process_batch
-from serving.scoring import SERVING_THREADS, ServedModels, use_threads
+from serving.http.micro_batch import BatchJob, BatchResult, process_batch
+from serving.monitoring.drift_metrics import DriftCounter
+from serving.scoring.served_models import SERVING_THREADS, ServedModels, use_threads
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.records import RECORD_FIELDS, check_records, records_frame
-from serving import audit
+from serving.http import audit
 from modelstore.risk_bands import risk_band
 from serving.config import DEFAULT_RISK_BANDS, ConfigError, ServingSettings, parse_model_versions
-from serving.examples import example_record
-from serving.schemas import ProcedureRecord
-from serving.validation import parse_records
+from serving.http.schemas import ProcedureRecord
+from serving.http.validation import parse_records
+from serving.scoring.examples import example_record
 
 KEY = "k" * 24
 
@@ -334,7 +334,7 @@ def test_micro_batcher_scores_concurrent_requests_together_and_in_order():
     import asyncio
     import time
 
-    from serving.batcher import MicroBatcher
+    from serving.http.batcher import MicroBatcher
 
     sizes = []
 
@@ -356,7 +356,7 @@ def test_micro_batcher_scores_concurrent_requests_together_and_in_order():
 def test_a_failing_batch_fails_its_requests_not_the_batcher():
     import asyncio
 
-    from serving.batcher import MicroBatcher
+    from serving.http.batcher import MicroBatcher
 
     calls = []
 
@@ -378,6 +378,6 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
 def test_the_documented_curl_example_is_the_served_example():
     from pathlib import Path
 
-    text = (Path(__file__).parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[3] / "docs" / "serving.md").read_text(encoding="utf-8")
     body = text.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
     assert json.loads(body) == example_record()

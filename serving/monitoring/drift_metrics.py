@@ -234,7 +234,7 @@ def _present(values: np.ndarray) -> np.ndarray:
 
 def _risks(res: dict[str, Any]) -> list[tuple[float, float]]:
     """(horizon in months, risk) pairs of one outcome's result."""
-    curve = res.get("curve")  # {"3": p, "6": p, ...}: months -> risk (serving.schemas, version 2)
+    curve = res.get("curve")  # {"3": p, "6": p, ...}: months -> risk (serving.http.schemas, version 2)
     if isinstance(curve, dict) and curve:
         return [(float(k), float(v)) for k, v in curve.items()]
     if "probability" in res and "horizon_months" in res:
@@ -247,7 +247,7 @@ def served_reference(models) -> dict[str, Any] | None:
 
     A model that brought its reference along (``LoadedModel.drift_reference``: a Bento
     carries ``drift_reference.json`` beside each model's files, written by
-    ``serving.loading.export_to_bentoml``) gives it without any registry call. Otherwise
+    ``serving.scoring.loading.export_to_bentoml``) gives it without any registry call. Otherwise
     it is read from the version's run in the registry, except for Bento models: a Bento
     serves without the registry by design, and asking would stall the start on the client's
     retries to an unreachable server (a Bento built before the reference was packed then

@@ -10,7 +10,7 @@ server) swaps in small subclasses:
   arrive within ``HEAD_TIMEOUT_S`` of the connection opening or of the previous answer,
   else the connection is closed. uvicorn has no such timeout: an unfinished head held a
   connection open for ever. Bodies are limited by ``REFRACTURE_MAX_BODY_BYTES``
-  (``serving.guard``) and requests as a whole by ``REFRACTURE_TIMEOUT_S``.
+  (``serving.http.guard``) and requests as a whole by ``REFRACTURE_TIMEOUT_S``.
 - **Metrics** (``RouteLabelledMetrics``): BentoML labels its request counters and
   histograms with the raw path, so every path a client invents became new series on
   ``/metrics``. Labels are now the service's routes, and ``"other"`` for anything else.

@@ -24,8 +24,8 @@ from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import make_scorer
 from modelstore.model import RefractureModel
 from modelstore.risk_bands import risk_band
-from serving.scoring import LoadedModel, ServedModels
-from serving.validation import parse_body, rows_frame
+from serving.http.validation import parse_body, rows_frame
+from serving.scoring.served_models import LoadedModel, ServedModels
 
 OUTCOMES = ("adjacent_fracture", "remote_fracture")
 

@@ -4,7 +4,7 @@ Policy (docs/serving.md, "Validation"):
 
 - The body is one record (a JSON object) or a list of 1..``max_records`` records.
 - Malformed JSON (including ``NaN``/``Infinity``, which are not JSON), invalid Unicode
-  and duplicate keys are a 400 (``serving.request_json``).
+  and duplicate keys are a 400 (``serving.http.request_json``).
 - Any field error in any record refuses the **whole request** with 422 and lists every
   error of every record (record index, field path, what is wrong, what is allowed).
   Nothing is scored: a partial answer to a batch is easy to misfile against the wrong
@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from features.contract import allowed_text
 from features.records import RECORD_FIELDS, check_records, flatten_record
-from serving.request_json import BodyRefused, loads_strict
-from serving.schemas import ProcedureRecord
+from serving.http.request_json import BodyRefused, loads_strict
+from serving.http.schemas import ProcedureRecord
 
 _FIELDS_BY_PATH = {f.path: f for f in RECORD_FIELDS}
 _FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]

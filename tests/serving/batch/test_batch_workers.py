@@ -16,8 +16,8 @@ from features.validate import validate_raw
 from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import make_scorer
 from modelstore.model import RefractureModel
-from serving.batch import BatchInputError, score_file
-from serving.scoring import LoadedModel
+from serving.batch.pandas_engine import BatchInputError, score_file
+from serving.scoring.served_models import LoadedModel
 
 OUTCOME = "adjacent_fracture"
 

@@ -260,11 +260,6 @@ RESPONSE_SCHEMA_VERSION = 2
 CURVE_EXAMPLE = {"3": 0.004, "6": 0.009, "12": 0.018, "24": 0.031}
 
 
-def curve_key(months: float) -> str:
-    """The JSON key of a horizon in a curve: '6' for 6 months, '1.5' for 1.5."""
-    return f"{float(months):g}"
-
-
 class OutcomePrediction(BaseModel):
     """Calibrated risk of one outcome: the curve over the horizons and the headline horizon."""
 

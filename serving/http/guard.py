@@ -1,21 +1,23 @@
 """ASGI middleware in front of every route: API key, body-size limit, audit line.
 
-- **Auth.** Every path needs ``Authorization: Bearer <key>`` except the open ones
-  (``OPEN_PATHS``: health, readiness, metrics, ``GET /model`` and the API docs), so a
-  route added later is protected unless someone decides otherwise. Keys are compared
-  in constant time (``hmac.compare_digest``). A missing or wrong key is a 401 with
-  ``WWW-Authenticate: Bearer`` and is audited like any other request.
+- **Auth.** Every path is authenticated except the open ones (``OPEN_PATHS``: health,
+  readiness, metrics, ``GET /model`` and the API docs), so a route added later is
+  protected unless someone decides otherwise. How a caller proves who it is belongs to
+  the route's ``Authenticator`` (``serving.http.callers``; by default the API key,
+  compared in constant time); a refusal is a 401/403 with ``WWW-Authenticate`` and is
+  audited like any other request. The guard puts the ``Caller`` and the request id in
+  ``scope["state"]`` for what comes after it.
 - **Body size.** A body over ``max_body_bytes`` is a 413, decided on ``Content-Length``
   before reading, or while reading a chunked body; the body is then buffered and
   handed on, so the endpoint never sees a partial one.
-- **Audit.** One JSON line per request to a protected path (``serving.audit``). The
+- **Audit.** One JSON line per request to a protected path (``serving.http.audit``). The
   endpoint adds what only it knows (procedure ids, model versions) to
   ``scope["state"]["audit"]``; the ids are hashed here, never logged raw. The line is
   written before the answer leaves; if it cannot be, the answer is a 503 and the
   failure is logged. A client gone before the end of its body is audited as 499.
-- **Headers and docs.** Every answer gets ``serving.headers.secure_start`` (nosniff, the
+- **Headers and docs.** Every answer gets ``serving.http.headers.secure_start`` (nosniff, the
   page CSP on HTML, relative redirects); ``/`` and ``/docs`` are the service's own docs
-  page (``serving.docs_page``), not BentoML's.
+  page (``serving.http.docs_page``), not BentoML's.
 - **OpenAPI.** ``GET /docs.json`` is answered here with the service's spec plus what
   BentoML cannot know: the bearer scheme, the 401/413/415/422 answers and their body.
 """
@@ -28,9 +30,10 @@ import time
 import uuid
 from typing import Any, Callable
 
-from serving import audit, docs_page
 from serving.config import ServingSettings, get_settings
-from serving.headers import secure_start
+from serving.http import audit, docs_page
+from serving.http.callers import ApiKeyAuthenticator, Refusal, Route, header, route_for
+from serving.http.headers import secure_start
 
 logger = logging.getLogger(__name__)
 
@@ -52,38 +55,41 @@ def is_open(path: str) -> bool:
 
 async def _send_json(send: Callable, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    await _send_bytes(send, status, body, "application/json", headers)
+
+
+async def _send_bytes(send: Callable, status: int, body: bytes, media_type: str,
+                      headers: list[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                "headers": [(b"content-type", media_type.encode("latin-1")), (b"content-length", str(len(body)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def bearer_token(scope: Scope) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
-    value = _header(scope, b"authorization")
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+async def _send_error(send: Callable, route: Route, status: int, payload: dict[str, Any],
+                      headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A refusal of the guard's own (401, 413) in the route's error format (the service's
+    JSON error body unless the route renders its own, e.g. a FHIR OperationOutcome)."""
+    if route.render_error is None:
+        await _send_json(send, status, payload, headers)
+        return
+    body, media_type = route.render_error(status, payload["error"], payload.get("errors", []))
+    await _send_bytes(send, status, body, media_type, headers)
 
 
 class GuardMiddleware:
     """See the module docstring. ``settings`` defaults to the process's settings
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
-    def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None):
+    def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None,
+                 routes: tuple[Route, ...] = ()):
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider
+        #: Paths with their own authenticator or error format (``serving.http.callers``);
+        #: everything else is the default route: the API key.
+        self.routes = tuple(routes)
+        self.default_route = Route("/", ApiKeyAuthenticator(self.settings))
         self._spec: bytes | None = None
         audit.configure_audit_log(self.settings.audit_log_path)
 
@@ -124,6 +130,8 @@ class GuardMiddleware:
         info: dict[str, Any] = {}
         state["audit"] = info
         request_id = uuid.uuid4().hex[:16]
+        state["request_id"] = request_id
+        route = route_for(self.routes, self.default_route, scope.get("path", ""))
         status_box = {"status": 500}
         held: dict | None = None
         audited = False
@@ -166,15 +174,15 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            token = bearer_token(scope)
-            if self.settings.api_key is None:  # only possible with insecure_dev (ServingSettings.from_env)
-                auth = "insecure-dev"
-            elif not self.settings.key_matches(token):
-                auth = "missing" if token is None else "wrong"
-                await _send_json(send_wrapper, 401, {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
-                                 [(b"www-authenticate", b'Bearer realm="refracture-risk"')])
+            caller = route.authenticator.authenticate(scope)
+            if isinstance(caller, Refusal):
+                auth = caller.reason
+                await _send_error(send_wrapper, route, caller.status, {"error": caller.message},
+                                  [(b"www-authenticate", caller.www_authenticate.encode("latin-1"))])
                 return
-            body = await self._read_body(scope, receive, send_wrapper)
+            auth = "insecure-dev" if caller.method == "insecure-dev" else "ok"
+            state["caller"] = caller
+            body = await self._read_body(scope, receive, send_wrapper, route)
             if body is None:
                 return
             sent = False
@@ -210,15 +218,15 @@ class GuardMiddleware:
                                      "errors": [], "n_errors": 0},
                          [(b"x-request-id", request_id.encode()), (b"retry-after", b"30")])
 
-    async def _read_body(self, scope: Scope, receive: Callable, send: Callable) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Callable, send: Callable, route: Route) -> bytes | None:
         """The whole body, or None after answering 413 (too large). Raises
         ``ClientDisconnected`` when the client goes away before the end of the body."""
         limit = self.settings.max_body_bytes
         too_large = {"error": f"request body larger than {limit} bytes; send fewer records per request",
                      "errors": [{"record": None, "field": "", "error": "body too large", "allowed": f"at most {limit} bytes"}]}
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            await _send_error(send, route, 413, too_large, [(b"connection", b"close")])
             return None
         chunks: list[bytes] = []
         size = 0
@@ -229,7 +237,7 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_json(send, 413, too_large, [(b"connection", b"close")])
+                await _send_error(send, route, 413, too_large, [(b"connection", b"close")])
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -2,7 +2,7 @@
 
 The service is several ASGI apps (BentoML's routes, the model-info app, the clinician page
 and its static files); setting these headers in each one is how some answers ended up
-without them. ``secure_start`` is applied by ``serving.guard`` to every response start:
+without them. ``secure_start`` is applied by ``serving.http.guard`` to every response start:
 
 - ``X-Content-Type-Options: nosniff`` on everything, so a browser never runs a file as a
   type it was not served as.

@@ -38,14 +38,14 @@ def registry_env(store):
 
 @pytest.fixture(scope="module")
 def models(registry_env):
-    from serving.loading import load_from_registry
+    from serving.scoring.loading import load_from_registry
 
     return load_from_registry()
 
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    from serving.batch_spark import spark_session
+    from serving.batch.spark_engine import spark_session
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = spark_session("local[2]", app_name="refracture-tests", conf={
@@ -84,14 +84,14 @@ def flat(cohort):
 
 
 def run_pandas(models, path, out, explain=False, records=None):
-    from serving.batch import score_file
+    from serving.batch.pandas_engine import score_file
 
     score_file(models, path, out, explain=explain, records=records)
     return pd.read_parquet(out)
 
 
 def run_spark(spark, models, path, out, explain=False, records=None, chunk_size=50_000):
-    from serving.batch_spark import read_parquet_records, records_frame_on_spark, score_on_spark
+    from serving.batch.spark_engine import read_parquet_records, records_frame_on_spark, score_on_spark
 
     frame, n = read_parquet_records(spark, path) if records is None else records_frame_on_spark(spark, records)
     score_on_spark(spark, models, frame, n, out, explain=explain, chunk_size=chunk_size)
@@ -140,7 +140,7 @@ def test_partitioned_folder_is_read_as_one_input(spark, models, flat, tmp_path):
     got = run_spark(spark, models, tmp_path / "in", tmp_path / "spark-out")
     want = run_pandas(models, tmp_path / "in", tmp_path / "pandas.parquet")
     assert_same_output(want, got, len(part))
-    from serving.batch import score_frame
+    from serving.batch.pandas_engine import score_frame
 
     alone = score_frame(models, part).sort_values("procedure_id").reset_index(drop=True)
     np.testing.assert_allclose(want.sort_values("procedure_id")[f"{OUTCOMES[0]}_probability"],
@@ -148,7 +148,7 @@ def test_partitioned_folder_is_read_as_one_input(spark, models, flat, tmp_path):
 
 
 def test_bad_records_refuse_the_file_identically_and_nothing_is_written(spark, models, flat, tmp_path):
-    from serving.batch import BatchInputError
+    from serving.batch.pandas_engine import BatchInputError
 
     bad = flat.head(1_000).copy()
     bad.loc[2, "weight_kg"] = 900
@@ -173,7 +173,7 @@ def test_bad_records_refuse_the_file_identically_and_nothing_is_written(spark, m
 
 
 def test_empty_input_gives_an_empty_output_with_the_columns(spark, models, flat, tmp_path):
-    from serving.batch import output_template
+    from serving.batch.pandas_engine import output_template
 
     flat.head(0).to_parquet(tmp_path / "empty.parquet", index=False)
     for explain in (False, True):
@@ -267,7 +267,7 @@ def test_models_are_loaded_once_per_worker(spark, models, flat, tmp_path):
     def probe(_batches):
         import os as _os
 
-        from serving import batch_spark
+        from serving.batch import spark_engine as batch_spark
 
         for _ in _batches:
             pass

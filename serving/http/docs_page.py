@@ -4,7 +4,7 @@ BentoML's own index page loads Google Tag Manager, a third-party script running 
 origin of the API and of the clinician page (which keeps the key in ``sessionStorage``).
 This page replaces it: the HTML and its initialiser are ours (``docs_static/``), the
 Swagger UI bundle is the copy BentoML ships, served from here, and the page's
-Content-Security-Policy (``serving.headers.PAGE_CSP``) lets the browser load nothing from
+Content-Security-Policy (``serving.http.headers.PAGE_CSP``) lets the browser load nothing from
 anywhere else. ``/docs``, the address older notes gave, redirects here.
 """
 
@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving.headers import PAGE_HEADERS
+from serving.http.headers import PAGE_HEADERS
 
 STATIC = Path(__file__).parent / "docs_static"
 #: The Swagger UI files BentoML ships (swagger-ui-bundle.js, ...), found by package.

@@ -18,7 +18,7 @@ from serving_support import API_KEY
 
 def test_audit_line_is_ascii_for_any_identifier():
     """The audit writer itself must survive what the parser refuses (defence in depth)."""
-    from serving.audit import audit_line, key_hash
+    from serving.http.audit import audit_line, key_hash
 
     line = audit_line(endpoint="/predict", method="POST", status=200, latency_ms=1.0, salt=b"s",
                       procedure_ids=["\ud800", "é"])
@@ -41,7 +41,7 @@ class _App:
 
 def _guard(tmp_path, audit_path):
     from serving.config import ServingSettings
-    from serving.guard import GuardMiddleware
+    from serving.http.guard import GuardMiddleware
 
     settings = ServingSettings(api_key=API_KEY, audit_salt=b"salt", audit_salt_is_random=False, audit_log_path=audit_path)
     return GuardMiddleware(_App(), settings=settings)
@@ -65,7 +65,7 @@ def _call(app, messages):
 def test_a_failure_to_audit_answers_503_and_is_logged(tmp_path, caplog):
     """/dev/full accepts the open and fails every write: the answer must not go out unaudited."""
     guard = _guard(tmp_path, "/dev/full")
-    with caplog.at_level(logging.ERROR, logger="serving.guard"):
+    with caplog.at_level(logging.ERROR, logger="serving.http.guard"):
         sent = _call(guard, [{"type": "http.request", "body": b"{}", "more_body": False}])
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert [m["status"] for m in starts] == [503]
@@ -85,7 +85,7 @@ def test_a_client_that_leaves_mid_body_is_audited_as_a_disconnect(tmp_path):
 
 
 def test_metric_labels_do_not_grow_with_invented_paths():
-    from serving.http_server import route_label
+    from serving.http.server import route_label
 
     assert route_label("/predict") == "/predict"
     assert route_label("/ui/static/app.js") == "/ui"
@@ -104,7 +104,7 @@ def test_request_timeout_keeps_no_timer_alive_after_the_answer():
 
     from bentoml._internal.server.http import traffic
 
-    from serving.http_server import install
+    from serving.http.server import install
 
     install()  # what the service does where it is defined
     middleware = traffic.TimeoutMiddleware(_App(), timeout=120)

@@ -1,4 +1,4 @@
-"""The worker's scoring process (``serving.scoring_process``): the same answers, byte for
+"""The worker's scoring process (``serving.http.scoring_process``): the same answers, byte for
 byte, as scoring in the worker's thread; a child that dies is replaced and the batch scored
 again; a child whose worker is killed exits."""
 
@@ -18,17 +18,17 @@ import pytest
 from features.records import json_record
 from serving_support import ensure_trained_store, store_env, use_trained_store, valid_flat_records
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The served models and drift counter of the test store, and a batch of jobs: valid
     single records, a two-record request, and a request with a field error."""
-    from serving.drift_metrics import DriftMetrics, served_reference
-    from serving.loading import load_served_models
-    from serving.scoring import ServedModels
-    from serving.validation import parse_body
+    from serving.monitoring.drift_metrics import DriftMetrics, served_reference
+    from serving.scoring.loading import load_served_models
+    from serving.scoring.served_models import ServedModels
+    from serving.http.validation import parse_body
 
     use_trained_store(tmp_path_factory.getbasetemp())
     scorer = ServedModels(load_served_models(None))
@@ -48,7 +48,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def child(served):
-    from serving.scoring_process import ScoringProcess
+    from serving.http.scoring_process import ScoringProcess
 
     scorer, drift, jobs = served
     proc = ScoringProcess(scorer, drift.counter)
@@ -64,7 +64,7 @@ def child(served):
 
 @pytest.mark.parametrize("explain,horizon", [(False, None), (True, 24.0), (True, 6.0)])
 def test_the_child_answers_the_same_bytes_as_the_thread(served, child, explain, horizon):
-    from serving.micro_batch import process_batch
+    from serving.http.micro_batch import process_batch
 
     scorer, drift, jobs = served
     here = process_batch(scorer, drift.counter, jobs, explain, horizon)
@@ -101,9 +101,9 @@ def test_drift_counts_added_equal_observing_one_by_one(served):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from features.records import inspect_records
-    from serving.drift_metrics import DriftMetrics
-    from serving.micro_batch import process_batch
-    from serving.validation import rows_frame
+    from serving.monitoring.drift_metrics import DriftMetrics
+    from serving.http.micro_batch import process_batch
+    from serving.http.validation import rows_frame
 
     scorer, drift, jobs = served
     ok = [j for j in jobs if not j[2]][:3]
@@ -133,8 +133,8 @@ def test_drift_counts_added_equal_observing_one_by_one(served):
 CHILD_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from serving.scoring import ServedModels
-from serving.scoring_process import ScoringProcess
+from serving.http.scoring_process import ScoringProcess
+from serving.scoring.served_models import ServedModels
 proc = ScoringProcess(ServedModels([]), None)
 proc._pool = proc._new_pool()
 print(proc._pool.submit(int, "7").result(), proc.pid, flush=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS
-from serving.schemas import RESPONSE_SCHEMA_VERSION, ErrorResponse
-from serving.validation import HORIZON_FIELD
+from serving.http.schemas import RESPONSE_SCHEMA_VERSION, ErrorResponse
+from serving.http.validation import HORIZON_FIELD
+from serving.scoring.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS
 
 PROTECTED_ROUTES = ("/predict", "/explain")
 _ERRORS = {

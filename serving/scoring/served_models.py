@@ -27,7 +27,6 @@ from features.labels import CONTEXT_TARGETS, DEATH_TARGET
 from features.records import missing_fields
 from modelstore.risk_bands import bands_of
 from serving.config import DEFAULT_RISK_BANDS
-from serving.schemas import curve_key
 
 TOP_FACTORS = 3
 #: The horizon of the served death context (months): the headline of the fracture risks.
@@ -39,6 +38,11 @@ CONTEXT_HORIZON_MONTHS = 24.0
 #: its OpenMP waits cost the core the HTTP path needs (measured: /explain at 32 clients
 #: served 194-208 req/s on one thread, 92-144 on two; bench/README.md, issue 14).
 SERVING_THREADS = 1
+
+
+def curve_key(months: float) -> str:
+    """The JSON key of a horizon in a curve: '6' for 6 months, '1.5' for 1.5."""
+    return f"{float(months):g}"
 
 
 def use_threads(models: list["LoadedModel"], n_threads: int, explain_threads: int | None = None) -> None:
@@ -59,7 +63,7 @@ class LoadedModel:
     run_id: str | None = None
     source: str = "registry"
     #: The version's drift reference when it came with the model (a Bento carries it beside
-    #: the model files); None: ask the registry (``serving.drift_metrics.served_reference``).
+    #: the model files); None: ask the registry (``serving.monitoring.drift_metrics.served_reference``).
     drift_reference: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -73,7 +77,7 @@ class ServedModels:
     model (``death``): features, probabilities, risk bands, explanations and the death
     context for frames of flat records.
 
-    ``models`` may be given with the death model among them (as ``serving.loading``
+    ``models`` may be given with the death model among them (as ``serving.scoring.loading``
     returns them): it is moved to ``death`` at construction, so ``models`` holds only the
     outcome models. ``death`` is None when no death model is served; answers then carry no
     ``context``."""
@@ -139,7 +143,7 @@ class ServedModels:
     def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None,
               horizon_months: float | None = None) -> list[dict[str, Any]]:
-        """One result per record (dicts shaped as ``serving.schemas.RecordPrediction`` /
+        """One result per record (dicts shaped as ``serving.http.schemas.RecordPrediction`` /
         ``RecordExplanation``): per outcome the risk curve, the headline probability and
         band, and with ``explain`` the SHAP explanation at ``horizon_months`` (default: the
         headline, 24 months); ``context.death`` when a death model is served (never

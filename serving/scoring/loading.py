@@ -34,7 +34,7 @@ from features.labels import DEATH_TARGET, OUTCOMES
 from modelstore.drift_reference import REFERENCE_ARTIFACT, ReferenceMissing, load_reference
 from modelstore.naming import CHAMPION, model_name
 from modelstore.tracking import configure_tracking
-from serving.scoring import LoadedModel
+from serving.scoring.served_models import LoadedModel
 from modelstore.artifact import load_model
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, estimand_of, horizons_text
 from modelstore.model import ModelFormatError
