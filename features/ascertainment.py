@@ -23,7 +23,8 @@ file beside its tables, validated once here::
   death after the last contact competes with the fractures; ``last_contact`` when
   fractures are known only until the last contact (fracture follow-up is censored
   there, and a later death does not compete).
-- ``data_cut``: required when either reaches it; no date in the tables may be after it.
+- ``data_cut``: required when deaths are ascertained until it (and so when fractures
+  are); no date in the tables may be after it.
 
 **Without the file** (``resolve(None, tables)``): fractures until the last contact, the
 one statement true of every export, which never counts a patient fracture-free for
@@ -54,8 +55,6 @@ from features.validate import MAX_REPORTED_PER_CHECK, RawDataError, Violation
 #: The site metadata file of a raw export, beside its tables.
 EXPORT_METADATA_FILE = "export.yaml"
 LAST_CONTACT, DATA_CUT, DEATH_OR_DATA_CUT = "last_contact", "data_cut", "death_or_data_cut"
-DEATHS_UNTIL = (LAST_CONTACT, DATA_CUT)
-FRACTURES_UNTIL = (LAST_CONTACT, DEATH_OR_DATA_CUT)
 #: Every date of the contract, by table: none may be after the data cut.
 _DATES = {"patients": ("last_followup_date", "death_date"), "procedures": ("surgery_date",),
           "imaging": ("exam_date",), "events": ("event_date",)}
@@ -140,7 +139,7 @@ class Ascertainment:
 
 def metadata_text(meta: ExportMetadata) -> str:
     """``export.yaml`` text for ``meta`` (what the simulator writes)."""
-    lines = [f"# Site metadata of this export: how far its follow-up reaches (docs/estimand.md)."]
+    lines = ["# Site metadata of this export: how far its follow-up reaches (docs/estimand.md)."]
     if meta.site:
         lines.append(f"site: {meta.site}")
     if meta.data_cut is not None:

@@ -10,11 +10,12 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from features.ascertainment import (Ascertainment, checked, followup_notes, latest_date, metadata_text,
-                                    ExportMetadata, parse_metadata, resolve)
+from features.ascertainment import (Ascertainment, ExportMetadata, checked, followup_notes, latest_date,
+                                    metadata_text, resolve)
 from features.io import read_export_metadata
 from features.labels import DEATH, build_labels
 from features.validate import RawDataError, validate_raw
+from fixtures import raw_tables
 
 REGISTRY = Ascertainment("data_cut", "death_or_data_cut", date(2023, 6, 30), "export.yaml")
 CLINIC = Ascertainment("last_contact", "last_contact", None, "export.yaml")
@@ -79,7 +80,6 @@ def test_without_export_yaml_recorded_deaths_count_and_fractures_end_at_the_last
 
 
 def raw_fresh():
-    from fixtures import raw_tables  # noqa: PLC0415 - the shared hand-written export
     return raw_tables()
 
 
