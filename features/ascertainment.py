@@ -56,7 +56,7 @@ from features.validate import MAX_REPORTED_PER_CHECK, RawDataError, Violation
 EXPORT_METADATA_FILE = "export.yaml"
 LAST_CONTACT, DATA_CUT, DEATH_OR_DATA_CUT = "last_contact", "data_cut", "death_or_data_cut"
 #: Every date of the contract, by table: none may be after the data cut.
-_DATES = {"patients": ("last_followup_date", "death_date"), "procedures": ("surgery_date",),
+EXPORT_DATES = {"patients": ("last_followup_date", "death_date"), "procedures": ("surgery_date",),
           "imaging": ("exam_date",), "events": ("event_date",)}
 _KEYS = {"patients": ("patient_id",), "procedures": ("procedure_id",), "imaging": ("procedure_id", "timepoint"),
          "events": ("event_id",)}
@@ -160,7 +160,7 @@ def parse_metadata(raw: object) -> Ascertainment:
         meta = ExportMetadata.model_validate(raw)
     except ValidationError as exc:
         raise RawDataError([Violation(EXPORT_METADATA_FILE, "-", ".".join(str(p) for p in e["loc"]) or "-",
-                                      _message(e)) for e in exc.errors()]) from None
+                                      _message(e), rule="export_metadata") for e in exc.errors()]) from None
     return from_metadata(meta)
 
 
@@ -188,7 +188,7 @@ def _deaths_after_last_contact(patients: pd.DataFrame) -> pd.Series:
 
 def latest_date(tables: dict[str, pd.DataFrame]) -> date | None:
     """The latest date any table of the export holds (a lower bound of its data cut)."""
-    found = [tables[t][c].max() for t, cols in _DATES.items() for c in cols if t in tables and len(tables[t])]
+    found = [tables[t][c].max() for t, cols in EXPORT_DATES.items() for c in cols if t in tables and len(tables[t])]
     found = [d for d in found if pd.notna(d)]
     return max(found).date() if found else None
 
@@ -210,16 +210,17 @@ def ascertainment_problems(asc: Ascertainment, tables: dict[str, pd.DataFrame],
         return []
     cut = pd.Timestamp(asc.data_cut)
     out: list[Violation] = []
-    for table, columns in _DATES.items():
+    for table, columns in EXPORT_DATES.items():
         df = tables[table]
         for column in columns:
             late = df[df[column].notna() & (df[column] > cut)]
             for _, r in late.head(limit).iterrows():
                 out.append(Violation(table, "/".join(str(r[k]) for k in _KEYS[table]), column,
                                      f"{r[column]:%Y-%m-%d} is after the data cut {asc.data_cut:%Y-%m-%d} "
-                                     f"stated in {EXPORT_METADATA_FILE}"))
+                                     f"stated in {EXPORT_METADATA_FILE}", rule="after_data_cut"))
             if len(late) > limit:
-                out.append(Violation(table, "...", column, f"{len(late) - limit} more rows after the data cut"))
+                out.append(Violation(table, "...", column, f"{len(late) - limit} more rows after the data cut",
+                                     rule="after_data_cut"))
     return out
 
 

@@ -37,7 +37,8 @@ class TrainConfig:
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
     outcome with fewer events is refused. ``censoring_model``: the G of the training weights
     (``training.censoring``: ``km`` marginal Kaplan-Meier, or ``cox`` given the patient's
-    clinical covariates).
+    clinical covariates). ``exclude_invalid``: leave out the procedures holding errors
+    instead of refusing the export (``features.exclusion``).
     """
 
     raw_dir: Path
@@ -60,6 +61,7 @@ class TrainConfig:
     min_events: int = 20
     min_test_events: int = 5
     censoring_model: str = "km"
+    exclude_invalid: bool = False
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -25,8 +25,9 @@ from features.assemble import build_training_set
 from features.catalog import FEATURES_BY_NAME, feature_names
 from features.labels import EVENT, horizon_days
 from features.levels import is_thoracolumbar
+from features.exclusion import CheckedExport, ExclusionReport, checked_export
 from features.records import tables_to_records
-from features.validate import validate_raw
+from features.validate import check_raw
 from features.io import read_export_metadata, read_raw
 from training.censoring import censoring_model
 from training.competing_risks import crude_label, ipcw_weights
@@ -55,6 +56,7 @@ class Prepared:
     truth: pd.DataFrame | None
     profile: str
     git_commit: str
+    validation: ExclusionReport | None = None
     ascertainment: Ascertainment = Ascertainment()
     followup_notes: tuple[str, ...] = ()
 
@@ -87,13 +89,18 @@ def check_feature_set(tables: dict[str, pd.DataFrame], training_set: pd.DataFram
             + ". Use --feature-set preop, or export the immediate post-operative imaging and operative record.")
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+def prepare(cfg: TrainConfig, export: CheckedExport | None = None) -> Prepared:
     """Read, validate and build features once. Raises RawDataError / TrainingRefused.
 
+    ``export``: the export of ``cfg.raw_dir`` already read and checked under the policy
+    (the CLI does it, to print what `refracture validate` prints); else it is read here, with
+    ``cfg.exclude_invalid``. The exclusion report goes with the runs (``validation``).
     The labels follow the export's ``export.yaml`` (``features.ascertainment``; its default
     when absent); what a reader must know about them is logged as warnings and kept in
     ``followup_notes``."""
-    tables = validate_raw(read_raw(cfg.raw_dir))
+    if export is None:
+        export = checked_export(check_raw(read_raw(cfg.raw_dir)), cfg.exclude_invalid)
+    tables = export.tables
     asc = checked(read_export_metadata(cfg.raw_dir), tables)
     notes = tuple(followup_notes(asc, tables))
     for note in notes:
@@ -108,7 +115,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         truth = pd.read_parquet(truth_path)
         truth = truth.set_index(truth["procedure_id"].astype(str))
     return Prepared(tables, ts, records, subgroup_frame(records), data_fingerprint(Path(cfg.raw_dir)),
-                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), asc, notes)
+                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), export.report, asc, notes)
 
 
 def horizon_targets(time_days: np.ndarray, status: np.ndarray, horizons_months, G) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,8 @@ columns not measured at an imaging time point left empty.
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pandas as pd
 
@@ -40,19 +42,20 @@ def _binary_or_na(values: np.ndarray) -> pd.Series:
     return pd.Series(pd.arrays.IntegerArray(np.where(mask, 0, values).astype(np.int8), mask))
 
 
-def export_metadata(profile: Profile) -> ExportMetadata:
+def export_metadata(profile: Profile, data_cut: date | None = None) -> ExportMetadata:
     """The ``export.yaml`` of the profile's exports: how far they record deaths and
-    fractures (``Profile.followup.recording``) and their data cut."""
+    fractures (``Profile.followup.recording``) and their data cut (``data_cut``: an export
+    drawn on another date, ``simulate(..., data_cut=)``)."""
     rec = profile.followup.recording
-    return ExportMetadata(site=profile.name, data_cut=profile.followup.data_cut,
+    return ExportMetadata(site=profile.name, data_cut=data_cut or profile.followup.data_cut,
                           deaths_ascertained_until="data_cut" if rec.deaths == "registry" else "last_contact",
                           fractures_ascertained_until=rec.fractures_until)
 
 
-def ascertainment_of(profile: Profile) -> Ascertainment:
+def ascertainment_of(profile: Profile, data_cut: date | None = None) -> Ascertainment:
     """What the labels of the profile's exports follow (their ``export.yaml``), for code that
     simulates in memory without writing the file."""
-    return from_metadata(export_metadata(profile))
+    return from_metadata(export_metadata(profile, data_cut))
 
 
 def _days(months: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ data cut censor the observation, not the truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 
@@ -349,12 +350,17 @@ def remote_levels(profile: Profile, sessions: Sessions, rng: np.random.Generator
     return np.argmax(keys, axis=1)
 
 
-def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Generator
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                           data_cut: date | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Months to the data cut, to the end of clinic contact (the data cut, or loss at a
     uniform time for a share, optionally more often for frail patients), and to death
     (Gompertz rising with age, higher in men, times the profile's hazard ratios), in that
-    draw order."""
+    draw order.
+
+    ``data_cut`` (default the profile's): the export drawn on another date. Who is lost
+    and when is drawn against the profile's own cut, whatever the date, so the same seed
+    gives the same patients, losses, deaths and fractures at every cut: a later cut only
+    shows more of the same follow-up (a patient lost at month 5 stays lost at month 5)."""
     f = profile.followup
     n = len(patients["age_years"])
     planned = ((f.data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
@@ -364,6 +370,9 @@ def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Ge
         share = odds / (1 + odds)
     lost = rng.random(n) < share
     lost_at = rng.uniform(np.minimum(f.lost_min_months.value, planned), planned)
+    if data_cut is not None:
+        planned = ((data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
+        lost &= lost_at < planned
     contact_end = np.where(lost, lost_at, planned)
     gamma = f.mortality.gompertz_slope_per_year.value
     hazard_now = patient_death_hazard(f.mortality, patients)
@@ -371,14 +380,17 @@ def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Ge
     return planned, contact_end, death_years * 12
 
 
-def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                     data_cut: date | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Follow-up (months to the last contact) and death time (months, inf if not known).
 
     Follow-up runs to the data cut; a share is lost earlier; death follows a Gompertz
     hazard rising with age (higher in men). A death is recorded when it happens before the
     patient is lost or the data cut; the last contact is then the death date.
+    ``data_cut``: the export drawn on another date than the profile's
+    (``_planned_contact_death``).
     """
-    _, contact_end, death = _planned_contact_death(profile, patients, rng)
+    _, contact_end, death = _planned_contact_death(profile, patients, rng, data_cut)
     died_in_view = death <= contact_end
     followup = np.maximum(np.where(died_in_view, death, contact_end), 0.1)
     return followup, np.where(died_in_view, followup, np.inf)
@@ -399,7 +411,8 @@ class Observation:
     fracture_window: np.ndarray
 
 
-def observation_months(profile: Profile, patients: Arrays, rng: np.random.Generator) -> Observation:
+def observation_months(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                       data_cut: date | None = None) -> Observation:
     """Follow-up as the profile's export records it (``profile.followup.recording``).
 
     ``clinic``: ``censoring_months`` (a death is seen when it comes before loss or the data
@@ -409,13 +422,14 @@ def observation_months(profile: Profile, patients: Arrays, rng: np.random.Genera
     or the data cut: every ``visit_interval_months`` times
     ``visit_interval_ratio_per_frailty_sd`` per SD of frailty (``missingness.frailty_score``:
     frail patients are seen less often); fractures are seen until the last contact or,
-    with ``fractures_until: death_or_data_cut``, until death or the data cut.
+    with ``fractures_until: death_or_data_cut``, until death or the data cut. ``data_cut``:
+    the export drawn on another date than the profile's (``_planned_contact_death``).
     """
     rec = profile.followup.recording
     if rec.deaths == "clinic":
-        followup, death = censoring_months(profile, patients, rng)
+        followup, death = censoring_months(profile, patients, rng, data_cut)
         return Observation(followup, death, followup)
-    planned, contact_end, death = _planned_contact_death(profile, patients, rng)
+    planned, contact_end, death = _planned_contact_death(profile, patients, rng, data_cut)
     interval = rec.visit_interval_months.value * rec.visit_interval_ratio_per_frailty_sd.value ** frailty_score(patients)
     visits_end = np.minimum(contact_end, death)
     last_visit = np.floor(visits_end / interval) * interval

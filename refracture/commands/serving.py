@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
+from features.fhir.bulk import BulkInputError, read_bulk_ndjson
+from features.fhir.parse import record_frame
 from features.io import read_raw
-from features.raw_records import scorable_records
+from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
+from predictionlog.log import PredictionLog
+from predictionlog.settings import PredictionLogSettings
+from predictionlog.store import PredictionStore
+from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
-from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.batch.prediction_log import log_scored
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from refracture.commands.data import EXCLUDE_HELP, report_path, write_exclusion_report
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +53,13 @@ def serve(
         env[ENV_INSECURE_DEV] = "1"
     try:
         settings = ServingSettings.from_env(env)
+        log_settings = prediction_log_settings(env, settings.insecure_dev)
     except ConfigError as exc:
         _fail(str(exc), code=2)
+    if log_settings.enabled:
+        _migrate_prediction_store(log_settings)
+    else:
+        console.print("[yellow]prediction log off[/yellow]: predictions are not remembered (docs/prediction-log.md)")
     uri = configure_tracking()
     try:
         check_tracking(uri)
@@ -69,28 +85,55 @@ def serve(
     os.execve(sys.executable, cmd, env)
 
 
+def _migrate_prediction_store(log_settings) -> None:
+    """Bring the prediction store to the newest schema once, here, before the workers
+    start (they only check it). A store that does not answer yet is not a reason to stay
+    down: the workers spool until it does (migrate then with `refracture predictions migrate`)."""
+    store = PredictionStore(log_settings.url)
+    try:
+        store.migrate()
+    except SQLAlchemyError as exc:
+        console.print(f"[yellow]prediction store {store!r} not reachable[/yellow] ({type(exc).__name__}): predictions are "
+                      f"spooled to {log_settings.spool_dir} until it is; then run `refracture predictions migrate`")
+    finally:
+        store.dispose()
+
+
 def predict(
     output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
     input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Errors in rows a record uses stop the scoring (see --exclude-invalid); errors in what records do not use (events, follow-up) and warnings are reported.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
     master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
+    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help="With --raw: " + EXCLUDE_HELP + " The report "
+                                                  "is written beside --output (<name>.exclusions.csv) with its count and "
+                                                  "SHA-256 printed.")] = False,
+    fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
+    risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
 ) -> None:
     """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
     if engine not in ("pandas", "spark"):
         raise typer.BadParameter("use pandas or spark", param_hint="--engine")
-    if (input is None) == (raw is None):
-        raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
-    source = raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
+    if sum(x is not None for x in (input, raw, fhir_ndjson)) != 1:
+        raise typer.BadParameter("give one of --input FILE, --raw DIR or --fhir-ndjson DIR", param_hint="--input/--raw/--fhir-ndjson")
+    source = (fhir_ndjson or raw) if input is None else (input if engine == "spark" and "://" in input else Path(input))
     if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
         raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
     if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
     if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    records = _raw_records(raw) if raw is not None else None
+    if exclude_invalid and raw is None:
+        raise typer.BadParameter("--exclude-invalid leaves out broken procedures of a raw export: give --raw DIR "
+                                 "(a records file with a field error is refused whole)", param_hint="--exclude-invalid")
+    scorable = _raw_records(raw, exclude_invalid) if raw is not None else None
+    records = scorable.records if scorable is not None else None
+    sources = None
+    started = dt.datetime.now(dt.timezone.utc)
+    if fhir_ndjson is not None:
+        records, sources = _fhir_records(fhir_ndjson, started)
     try:
         check_tracking(configure_tracking())
         models = load_from_registry()
@@ -101,17 +144,83 @@ def predict(
             summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
                                         chunk_size, master)
         else:
-            summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size, console=console,
-                                 records=records)
+            log = _batch_prediction_log()
+            kind = "fhir" if fhir_ndjson is not None else "batch"
+            on_scored = (lambda flat, out: log_scored(log, models, flat, out, source=kind)) if log is not None else None
+            try:
+                summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size,
+                                     console=console, records=records, on_scored=on_scored)
+            finally:
+                if log is not None:
+                    log.close(timeout=600)
+                    c = log.counters()
+                    console.print(f"prediction log: {c['written']} written, {c['spooled']} spooled (replayed when the "
+                                  f"store is back), {c['dropped']} dropped")
     except BatchInputError as exc:
         for line in exc.lines():
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if scorable is not None and (exclude_invalid or scorable.violations):
+        if "://" in output:
+            console.print(f"exclusion report not written beside a remote output: {len(scorable.excluded)} procedures "
+                          f"excluded, sha256 {scorable.report.fingerprint} (`refracture validate --raw {raw} --report FILE` "
+                          "writes it)")
+        else:
+            write_exclusion_report(scorable.report, report_path(Path(output)))
+    if sources is not None:
+        target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
+        n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
+        console.print(f"[green]wrote[/green] {target}: {n} RiskAssessment resources")
 
 
-def _raw_records(raw: Path):
-    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
+def _fhir_records(folder: Path, now: dt.datetime):
+    """Flat records of a Bulk FHIR export's sound procedures and their sources; the refused
+    resources reported by file, line and element."""
+    try:
+        parsed = read_bulk_ndjson(folder, now=now)
+    except BulkInputError as exc:
+        _fail(str(exc))
+    if parsed.problems:
+        console.print(f"{len(parsed.problems)} problem(s) in {folder}:", markup=False, highlight=False)
+        for problem in parsed.problems[:200]:
+            console.print(f"  - {problem}", markup=False, highlight=False)
+        if len(parsed.problems) > 200:
+            console.print(f"  ... and {len(parsed.problems) - 200} more", markup=False, highlight=False)
+    records, sources = parsed.accepted()
+    console.print(f"{len(records)} of {len(parsed.records)} procedure records accepted from {folder}",
+                  markup=False, highlight=False)
+    return record_frame(parsed), {str(r["procedure"]["procedure_id"]): s for r, s in zip(records, sources)}
+
+
+def _read_scored(output: str, engine: str):
+    path = Path(output)
+    if engine == "pandas" and path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"procedure_id": str})
+    return pd.read_parquet(path)
+
+
+def _batch_prediction_log():
+    """The prediction log for a batch run (pandas engine), or None: off by setting, or no
+    site secret (said, and the file is still scored). Spark's executors do not log: a
+    cluster's output folder is scored far from the store; log it with the pandas engine."""
+    try:
+        settings = PredictionLogSettings.from_env(need_secret=False)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    if not settings.enabled:
+        return None
+    if settings.secret is None:
+        console.print("[yellow]prediction log off for this run[/yellow]: no site secret (REFRACTURE_PREDICTION_SECRET_FILE; "
+                      "docs/prediction-log.md)")
+        return None
+    _migrate_prediction_store(settings)
+    return PredictionLog.open(settings)
+
+
+def _raw_records(raw: Path, exclude_invalid: bool) -> ScorableRecords:
+    """A raw export's records: the sound procedures'; the others reported by table, row and
+    column, and left out with ``exclude_invalid`` (else nothing is scored)."""
     try:
         scorable = scorable_records(read_raw(raw))
     except RawDataError as exc:
@@ -119,9 +228,14 @@ def _raw_records(raw: Path):
         _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
     if scorable.violations:
         console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines():
+        for line in scorable.report_lines()[:-1]:
             console.print(line, markup=False, highlight=False)
-    return scorable.records
+    if scorable.excluded and not exclude_invalid:
+        _fail(f"{len(scorable.excluded)} of {scorable.n_procedures} procedure records hold errors: fix those rows, or run "
+              "again with --exclude-invalid to score the others (an exclusion report lists them); nothing was written")
+    if scorable.violations:
+        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
+    return scorable
 
 
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,

@@ -15,15 +15,17 @@ const HEADLINE_MONTHS = 24;
 const $ = (sel) => document.querySelector(sel);
 
 // ---------------------------------------------------------------- API
-function authHeaders() {
+// X-Refracture-Source: the prediction log stores the page's predictions as such; a what-if
+// request (a changed copy of the record) says so and is not logged as a prediction.
+function authHeaders(extra) {
   const key = $("#api-key").value.trim();
-  const h = { "Content-Type": "application/json", Accept: "application/json" };
+  const h = { "Content-Type": "application/json", Accept: "application/json", "X-Refracture-Source": "page" };
   if (key) h.Authorization = "Bearer " + key;
-  return h;
+  return Object.assign(h, extra || {});
 }
 
-async function call(path, body) {
-  const opts = body === undefined ? { headers: authHeaders() } : { method: "POST", headers: authHeaders(), body: JSON.stringify(body) };
+async function call(path, body, extra) {
+  const opts = body === undefined ? { headers: authHeaders(extra) } : { method: "POST", headers: authHeaders(extra), body: JSON.stringify(body) };
   const resp = await fetch(path, opts);
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
@@ -35,7 +37,7 @@ const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
 // The body of /predict and /explain is the record itself (or a list of records).
 const api = {
   explain: (record, months) => call(BASE + "/explain?horizon_months=" + encodeURIComponent(months), record),
-  predict: (record) => call(BASE + "/predict", record),
+  predict: (record, extra) => call(BASE + "/predict", record, extra),
   model: () => call(BASE + "/model"),
 };
 
@@ -299,6 +301,18 @@ function renderContext(data) {
   box.hidden = false;
 }
 
+// Values the data contract finds implausible but possible: the record was scored with them
+// as entered; the page names them so they can be checked (nothing shows when there are none).
+function renderWarnings(data) {
+  const first = (data && data.predictions && data.predictions[0]) || {};
+  const warnings = Array.isArray(first.warnings) ? first.warnings : [];
+  const box = $("#results-warnings");
+  box.textContent = warnings.length
+    ? "Please check (scored as entered): " + warnings.map((w) => `${w.field}: ${w.warning}`).join("; ")
+    : "";
+  box.hidden = warnings.length === 0;
+}
+
 function renderResults(data) {
   const outcomes = outcomesOf(data);
   const cards = $("#outcome-cards");
@@ -341,6 +355,7 @@ function renderResults(data) {
     cards.appendChild(card);
   }
   renderContext(data);
+  renderWarnings(data);
   $("#results-meta").textContent = "Risk: the chance that the fracture happens by each time after surgery, counting " +
     "patients who die first as not having it." + (explained === null ? "" : ` Factors: each bar is the factor's ` +
     `contribution on the log-odds scale to the risk by ${explained} months, from the average risk (base) to this patient's.`);
@@ -457,7 +472,7 @@ function whatIfRecord() {
 }
 
 async function runWhatIf() {
-  const after = await api.predict(whatIfRecord());
+  const after = await api.predict(whatIfRecord(), { "X-Refracture-Purpose": "what-if" });
   const tbody = $("#what-if-table tbody");
   tbody.textContent = "";
   if (!after.ok) {
