@@ -30,7 +30,7 @@ from features.validate import validate_raw
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.selection import select
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     print("| target | mean predicted | mean true | relative difference |\n|---|---|---|---|")
     for target in TARGETS:
         data = outcome_data(prep, target, cfg)
-        results = {m: fit_candidate(m, cfg, data, None, {}, _NullProgress()) for m in cfg.candidates}
+        results = {m: fit_candidate(m, cfg, data, None, {}, NullProgress()) for m in cfg.candidates}
         model = results[select(results)[0]].model
         p = model.curve_from_features(fresh[feature_names(model.feature_set)])[f"p_{args.months:g}m"].mean()
         true = truth[f"p_{target}_{args.months:g}m"].mean()

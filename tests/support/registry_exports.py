@@ -27,7 +27,7 @@ from features.validate import validate_raw
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.selection import select
 
 PROFILE = "site-d-frail-registry-pkp"
@@ -69,7 +69,7 @@ def train_targets(folder: Path, targets=TARGETS, **cfg_kwargs) -> dict:
     models = {}
     for target in targets:
         data = outcome_data(prep, target, cfg)
-        results = {m: fit_candidate(m, cfg, data, None, {}, _NullProgress()) for m in cfg.candidates}
+        results = {m: fit_candidate(m, cfg, data, None, {}, NullProgress()) for m in cfg.candidates}
         chosen, _ = select(results)
         models[target] = results[chosen].model
     return models
