@@ -25,6 +25,7 @@ from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
 from refracture.commands.data import load_checked
 from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _tracking_or_exit
+from training.calibration_cusum import calibration_charts, chart_alerts, chart_rows
 from training.provenance import data_fingerprint
 from training.realized import OE_BAND, calibration_alerts, gauge_rows, realized_performance, summary_records
 from training.realized_run import build_result, log_realized
@@ -149,8 +150,13 @@ def performance(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on standard output.")] = False,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.", min=0)] = 200,
     band: Annotated[str, typer.Option("--band", help="LOW,HIGH: realized O/E outside it, with an interval excluding 1 "
-                                                     "on >= 100 matured predictions, is an alert (as the Prometheus "
-                                                     "rules decide).")] = f"{OE_BAND[0]:g},{OE_BAND[1]:g}",
+                                                     "on >= 100 matured predictions, is printed as a finding to look "
+                                                     "at (not an alert: the calibration charts alert).")]
+    = f"{OE_BAND[0]:g},{OE_BAND[1]:g}",
+    chart_since: Annotated[dt.datetime | None, typer.Option(
+        "--chart-since", formats=["%Y-%m-%d"],
+        help="Restart the calibration charts on this date (YYYY-MM-DD): only follow-up maturing from then counts; "
+             "after the board has dealt with a signal.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Realized performance of every model version on its matured predictions: O/E,
@@ -166,22 +172,30 @@ def performance(
     realized = realized_performance(scores, linked, DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, n_boot=bootstrap)
     result = build_result(realized, site, HEADLINE_HORIZON_MONTHS)
     write_report(result, out)
+    charts, _ = calibration_charts(scores, linked, since=chart_since.date() if chart_since else None)
     now = dt.datetime.now(dt.timezone.utc)
-    pstore.replace_performance(gauge_rows(realized, scores, now))
+    pstore.replace_performance(gauge_rows(realized, scores, now), chart_rows(charts, scores, now))
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("logging the realized performance"):
         run_id = log_realized(out, realized, site)
-    alerts = calibration_alerts(realized.metrics, (low, high))
-    for _, a in alerts.iterrows():
-        console.print(f"[yellow]alert[/yellow] {a['outcome']} v{a['model_version']} ({a['role']}) by "
+    signals = chart_alerts(charts)
+    for _, c in signals.iterrows():
+        console.print(f"[red]alert[/red] {c['outcome']} v{c['model_version']}: {c['direction'].replace('_', ' ')} "
+                      f"(calibration chart {c['peak']:.1f} >= {c['threshold']:g} since {c['first_signal']}; "
+                      f"{c['observed_events']} events where {c['expected_events']:.1f} were expected)")
+    findings = calibration_alerts(realized.metrics, (low, high))
+    for _, a in findings.iterrows():
+        console.print(f"[yellow]look at[/yellow] {a['outcome']} v{a['model_version']} ({a['role']}) by "
                       f"{a['horizon_months']:g} months: {a['alert'].replace('_', ' ')}, {a['value']:.2f} "
-                      f"({a['ci_low']:.2f} to {a['ci_high']:.2f})")
+                      f"({a['ci_low']:.2f} to {a['ci_high']:.2f}; outside the band, not corrected for repeated looks)")
     n = int(realized.metrics["matured"].sum()) if len(realized.metrics) else 0
     console.print(f"[green]wrote[/green] {out / 'report.html'} ({n} matured prediction-horizons); MLflow run {run_id} "
                   "in experiment refracture-realized-performance")
     if as_json:
         payload = {"generated_at": now.isoformat(timespec="seconds"), "mlflow_run_id": run_id,
                    "performance": summary_records(realized),
-                   "alerts": json.loads(alerts.to_json(orient="records")),
+                   "alerts": json.loads(signals.to_json(orient="records", date_format="iso")),
+                   "charts": json.loads(charts.to_json(orient="records", date_format="iso")),
+                   "band_findings": json.loads(findings.to_json(orient="records")),
                    "paired": json.loads(realized.paired.to_json(orient="records")) if len(realized.paired) else []}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
