@@ -23,7 +23,9 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry_env(store):
-    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow")}
+    # The log off: only the pandas engine logs a batch run (docs/prediction-log.md), so with it
+    # on the two engines' reports differ by that line, whatever the worker's environment.
+    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow"), "REFRACTURE_PREDICTION_LOG": "0"}
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"]}
     for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"):
         os.environ.pop(k, None)
@@ -234,14 +236,13 @@ def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp
     written and the exclusion report beside the output."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
     from features.io import read_raw, write_raw
 
     tables = read_raw(cohort)
     tables["patients"].loc[0, "sex"] = "X"
     raw = tmp_path / "raw"
     write_raw(tables, raw, fmt="csv")
-    _register()
     runner = CliRunner()
     outputs, reports = {}, {}
     for engine, out in (("pandas", tmp_path / "p.parquet"), ("spark", tmp_path / "s-out")):
