@@ -22,8 +22,17 @@ mean(true risk) / mean(predicted risk) over those patients.
   ``simulate(..., data_cut=)`` draws it: same events, follow-up truncated; the linkage and
   store path is the coverage run's), and the estimator is ``evaluate_at_horizons``.
 
+- ``charts``: the calibration charts that raise the alerts (``training.calibration_cusum``)
+  over deployments of 2,200 procedures (so that the most frequent outcome's charts see about
+  the 200 expected events their false-alarm rate is stated over), on the final export:
+  null deployments (model = truth) with any of the six champion charts signalling (false
+  alarms, with a Wilson 95 % interval; target < 5 %), and shifted ones (true O/E 1.5) in the
+  same run, with when and after how many expected events the first under-prediction chart
+  signalled. The frames are the store's (``_frames_of``; the coverage mode runs the store).
+
     .venv/bin/python bench/bench_realized.py coverage --deployments 200 --jobs 2
     .venv/bin/python bench/bench_realized.py detection --deployments 100 --shifted 50 --jobs 2
+    .venv/bin/python bench/bench_realized.py charts --deployments 300 --shifted 100 --n 2200 --jobs 2
 
 Writes bench/out/bench_realized_<mode>.json and prints the summary.
 """
@@ -53,6 +62,7 @@ from predictionlog.keys import link_key  # noqa: E402
 from predictionlog.linkage import link_outcomes  # noqa: E402
 from predictionlog.rows import ModelScores, Predictions  # noqa: E402
 from predictionlog.store import PredictionStore  # noqa: E402
+from training.calibration_cusum import FAMILY_FALSE_ALARM, LIFE_EXPECTED_EVENTS, calibration_charts  # noqa: E402
 from training.realized import MIN_MATURED_ALERT, calibration_alerts, matured, realized_performance  # noqa: E402
 from training.time_metrics import evaluate_at_horizons  # noqa: E402
 
@@ -77,10 +87,10 @@ def _risks(procedures: pd.DataFrame, truth: pd.DataFrame, outcome: str, factor: 
 
 # ---------------------------------------------------------------- coverage
 
-def coverage_one(d: int, n: int, n_boot: int) -> list[dict]:
-    factor = (0.8, 1.0, 1.25)[d % 3]
-    profile = deployment_profile()
-    tables, truth = simulate(profile, n, seed=10_000 + d)
+def _logged_and_linked(tables: dict, truth: pd.DataFrame, profile, factor: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every procedure scored by the truth times ``factor`` (each outcome), logged in a
+    real SQLite store on its surgery date, the final export linked: the store's scores and
+    outcomes frames."""
     procs = tables["procedures"]
     with tempfile.TemporaryDirectory() as tmp:
         store = PredictionStore(f"sqlite:///{tmp}/p.db")
@@ -94,6 +104,15 @@ def coverage_one(d: int, n: int, n_boot: int) -> list[dict]:
         link_outcomes(store, validate_raw(tables), SECRET, profile.followup.data_cut, "bench")
         s, o = store.scores_frame(), store.outcomes_frame()
         store.dispose()
+    return s, o
+
+
+def coverage_one(d: int, n: int, n_boot: int) -> list[dict]:
+    factor = (0.8, 1.0, 1.25)[d % 3]
+    profile = deployment_profile()
+    tables, truth = simulate(profile, n, seed=10_000 + d)
+    procs = tables["procedures"]
+    s, o = _logged_and_linked(tables, truth, profile, factor)
     realized = realized_performance(s, o, (24,), 24, n_boot=n_boot, seed=d, by_month=False)
     rows = matured(s, o, 24)
     by_hash = {link_key(SECRET, p): p for p in procs["procedure_id"]}
@@ -183,6 +202,105 @@ def _first_alert(rows: pd.DataFrame, shift: float) -> dict | None:
                                                                           "observed_expected"]].items()}
 
 
+# ---------------------------------------------------------------- the calibration charts
+
+def charts_one(d: int, n: int, shift: float) -> dict:
+    """One deployment's calibration charts (``training.calibration_cusum``) on the store
+    after the final export is linked, its model the truth / ``shift`` (true O/E =
+    ``shift``). The charts take the trials in the order they mature, so each chart's
+    first crossing is the date an alert would first have been raised had the chart been
+    recomputed every day (looking less often can only miss a crossing the chart later
+    falls back from, never add one): the false-alarm rate measured here is an upper
+    bound for quarterly looks."""
+    profile = deployment_profile()
+    tables, truth = simulate(profile, n, seed=30_000 + d)
+    s, o = _frames_of(tables, truth, profile, 1 / shift)
+    charts, paths = calibration_charts(s, o)
+    out = {"deployment": d, "shift": shift, "charts": [], "first_signal": None}
+    for c in charts.itertuples():
+        row = {"outcome": c.outcome, "direction": c.direction, "expected_events": c.expected_events,
+               "observed_events": c.observed_events, "peak": c.peak, "threshold": c.threshold,
+               "first_signal": str(c.first_signal) if c.first_signal else None}
+        if c.first_signal:
+            p = paths[(paths["outcome"] == c.outcome)]
+            at = p[p[c.direction] >= c.threshold].iloc[0]
+            row.update({"months_to_signal": (pd.Timestamp(at["date"]) - pd.Timestamp(START)).days / 30.4375,
+                        "expected_at_signal": float(at["expected_events"]),
+                        "observed_at_signal": int(at["observed_events"])})
+        out["charts"].append(row)
+    signalled = [r for r in out["charts"] if r["first_signal"]]
+    if signalled:
+        out["first_signal"] = min(signalled, key=lambda r: r["first_signal"])
+    print(f"charts {d} shift {shift}: {out['first_signal']}", file=sys.stderr, flush=True)
+    return out
+
+
+def _frames_of(tables: dict, truth: pd.DataFrame, profile, factor: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The store's scores and outcomes frames (``PredictionStore.scores_frame`` /
+    ``outcomes_frame`` columns) of ``_logged_and_linked``, built directly from the labels
+    (the SQLite round trip is 3/4 of a deployment's time; the coverage mode runs it, and
+    tests/predictionlog test the linkage)."""
+    typed = validate_raw(tables)
+    labels = build_labels(typed)
+    procs = typed["procedures"].set_index("procedure_id").loc[labels.index.astype(str)].reset_index()
+    ids = np.arange(len(procs))
+    surgery = pd.to_datetime(procs["surgery_date"])
+    cols = [horizon_column(h) for h in DEFAULT_HORIZONS_MONTHS]
+    scores, outcomes = [], []
+    for outcome in OUTCOMES:
+        risk = _risks(procs, truth, outcome, factor)
+        scores.append(pd.DataFrame(risk, columns=cols).assign(
+            prediction_id=ids, outcome=outcome, role="champion", model_name=f"refracture-{outcome}", model_version="1",
+            key_hash=procs["procedure_id"].to_numpy(), logged_at=surgery.dt.tz_localize("UTC").to_numpy()))
+        outcomes.append(pd.DataFrame({"prediction_id": ids, "outcome": outcome, "surgery_date": surgery.dt.date,
+                                      "data_cut": profile.followup.data_cut,
+                                      "time_days": labels[f"{outcome}_time_days"].to_numpy(dtype="float64"),
+                                      "status": labels[f"{outcome}_status"].to_numpy(dtype="int64")}))
+    return pd.concat(scores, ignore_index=True), pd.concat(outcomes, ignore_index=True)
+
+
+def _wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95 % interval of a proportion k / n."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(max(mid - half, 0.0)), float(min(mid + half, 1.0))
+
+
+def _summary_charts(rows: list[dict], shift: float) -> dict:
+    k = sum(r["first_signal"] is not None for r in rows)
+    out = {"deployments": len(rows), "shift": shift, "any_chart_signalled": k, "share": k / len(rows),
+           "share_ci95": _wilson(k, len(rows)),
+           "expected_events_median": {o: float(np.median([c["expected_events"] for r in rows for c in r["charts"]
+                                                          if c["outcome"] == o and c["direction"] == "under_prediction"]))
+                                      for o in OUTCOMES}}
+    if shift != 1:
+        under = [min((c for c in r["charts"] if c["direction"] == "under_prediction" and c["first_signal"]),
+                     key=lambda c: c["first_signal"], default=None) for r in rows]
+        hit = [c for c in under if c]
+        out["under_prediction_signalled"] = len(hit)
+        out["under_prediction_share_ci95"] = _wilson(len(hit), len(rows))
+        out["over_prediction_signalled"] = sum(any(c["direction"] == "over_prediction" and c["first_signal"]
+                                                   for c in r["charts"]) for r in rows)
+        if hit:
+            for key in ("months_to_signal", "expected_at_signal", "observed_at_signal"):
+                vals = [c[key] for c in hit]
+                out[f"{key}_median"], out[f"{key}_p90"] = float(np.median(vals)), float(np.percentile(vals, 90))
+            out["first_signal_outcome"] = pd.Series([c["outcome"] for c in hit]).value_counts().to_dict()
+        per = {}
+        for o in OUTCOMES:
+            cs = [c for r in rows for c in r["charts"] if c["outcome"] == o and c["direction"] == "under_prediction"]
+            per[o] = {"signalled": sum(bool(c["first_signal"]) for c in cs),
+                      "months_to_signal_median": float(np.median([c["months_to_signal"] for c in cs if c["first_signal"]]))
+                      if any(c["first_signal"] for c in cs) else None}
+        out["per_outcome"] = per
+    else:
+        out["per_chart"] = {f"{c['outcome']} {c['direction']}": sum(bool(x["first_signal"]) for r in rows
+                                                                   for x in r["charts"] if x["outcome"] == c["outcome"]
+                                                                   and x["direction"] == c["direction"])
+                            for c in rows[0]["charts"]}
+    return out
+
+
 # ---------------------------------------------------------------- alert rules compared
 
 def _alerting(look_rows: pd.DataFrame, rule: str) -> pd.DataFrame:
@@ -266,7 +384,7 @@ def _summary_detection(rows: list[dict], shift: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["coverage", "detection", "rules"])
+    ap.add_argument("mode", choices=["coverage", "detection", "rules", "charts"])
     ap.add_argument("--deployments", type=int, default=200)
     ap.add_argument("--first", type=int, default=0, help="number of the first deployment (coverage: to extend a run)")
     ap.add_argument("--n", type=int, default=1000, help="procedures a deployment scores in its year")
@@ -286,6 +404,15 @@ def main(argv=None) -> int:
                              [args.bootstrap] * args.deployments)
             rows = [r for part in parts for r in part]
             result = {"summary": _summary_coverage(rows), "rows": rows}
+        elif args.mode == "charts":
+            k, j = args.deployments, args.shifted if args.shifted is not None else args.deployments
+            null = list(pool.map(charts_one, range(k), [args.n] * k, [1.0] * k))
+            shifted = list(pool.map(charts_one, range(k, k + j), [args.n] * j, [args.shift] * j))
+            result = {"summary": {"family_false_alarm_target": FAMILY_FALSE_ALARM,
+                                  "life_expected_events": LIFE_EXPECTED_EVENTS,
+                                  "null": _summary_charts(null, 1.0)}, "null": null, "shifted": shifted}
+            if shifted:
+                result["summary"]["shifted"] = _summary_charts(shifted, args.shift)
         else:
             k, j = args.deployments, args.shifted or args.deployments
             null = list(pool.map(detection_one, range(k), [args.n] * k, [args.bootstrap] * k, [1.0] * k))

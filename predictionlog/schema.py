@@ -20,6 +20,9 @@ compares it with ``METADATA`` (no difference allowed), so the two cannot drift.
   (``HORIZON_STATUSES``).
 - ``realized_performance``: the latest figures of ``refracture performance``, which the
   service exports as gauges without importing the evaluation code.
+- ``calibration_charts``: the latest state of the calibration charts (one per outcome,
+  role and direction: ``training.calibration_cusum``), exported the same way; the
+  Prometheus rules compare each chart's statistic with its threshold.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ ROLES = ("champion", "challenger")
 #: the horizon, so it cannot be judged yet (even when the event has already happened:
 #: counting early events before the non-events can be seen would bias every estimate).
 HORIZON_STATUSES = ("event", "death_first", "event_free", "censored", "not_mature")
+#: ``calibration_charts.direction``: the two charts of an outcome.
+CHART_DIRECTIONS = ("under_prediction", "over_prediction")
 #: The horizons stored as columns (months), fixed by the estimand: serving refuses models
 #: with other horizons (``serving.loading``), and a change of horizons is a migration.
 HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
@@ -136,4 +141,24 @@ realized_performance = Table(
     Column("events", Integer, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("outcome", "role", "horizon_months", "metric", name="pk_realized_performance"),
+)
+
+calibration_charts = Table(
+    "calibration_charts", METADATA,
+    Column("outcome", String(40), nullable=False),
+    Column("role", String(16), nullable=False, comment="the alias the version held when computed"),
+    Column("model_version", String(20), nullable=False),
+    Column("direction", String(20), nullable=False, comment="under_prediction or over_prediction"),
+    Column("statistic", Float, nullable=False, comment="the CUSUM after the last matured interval"),
+    Column("threshold", Float, nullable=False, comment="it signals at or above this"),
+    Column("peak", Float, nullable=False,
+           comment="the highest statistic since the chart started (the alert compares it)"),
+    Column("first_signal", Date, nullable=True,
+           comment="the maturity date of the trial that first reached the threshold"),
+    Column("expected_events", Float, nullable=False, comment="sum of the predicted interval probabilities"),
+    Column("observed_events", Integer, nullable=False),
+    Column("life_expected_events", Float, nullable=False, comment="expected events the false-alarm rate is stated over"),
+    Column("predictions", Integer, nullable=False, comment="matured predictions behind the chart"),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("outcome", "role", "direction", name="pk_calibration_charts"),
 )

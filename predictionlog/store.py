@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from predictionlog.rows import RowBatch
 from predictionlog.schema import (
     VERSION_TABLE,
+    calibration_charts,
     horizon_outcomes,
     linked_outcomes,
     prediction_scores,
@@ -226,17 +227,28 @@ class PredictionStore:
 
     # ------------------------------------------------------------------ realized performance
 
-    def replace_performance(self, rows: list[dict[str, Any]]) -> None:
-        """Replace the latest realized figures (``realized_performance``) with ``rows``."""
+    def replace_performance(self, rows: list[dict[str, Any]], charts: list[dict[str, Any]] | None = None) -> None:
+        """Replace the latest realized figures (``realized_performance``) with ``rows`` and,
+        when given, the calibration charts (``calibration_charts``) with ``charts``, in one
+        transaction (the service never exports figures and charts of two runs)."""
         with self.engine.begin() as conn:
             conn.execute(delete(realized_performance))
             if rows:
                 conn.execute(realized_performance.insert(), rows)
+            if charts is not None:
+                conn.execute(delete(calibration_charts))
+                if charts:
+                    conn.execute(calibration_charts.insert(), charts)
 
     def performance(self) -> list[dict[str, Any]]:
         """The latest realized figures, as ``refracture performance`` stored them."""
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(realized_performance))]
+
+    def charts(self) -> list[dict[str, Any]]:
+        """The latest calibration charts, as ``refracture performance`` stored them."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(calibration_charts))]
 
     # ------------------------------------------------------------------ retention
 

@@ -70,7 +70,8 @@ def site_data(tables: dict[str, pd.DataFrame], ascertainment: Ascertainment | No
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,
                      headline_months: float, groups: pd.DataFrame, *, cohort: str, outcome: str,
-                     n_boot: int = 200, n_boot_subgroups: int = 50, seed: int = 0) -> dict[str, pd.DataFrame]:
+                     n_boot: int = 200, n_boot_subgroups: int = 50, seed: int = 0,
+                     clusters: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
     """Every censoring-aware figure of one outcome's predicted ``curve`` (columns
     ``p_<m>m``, rows aligned with ``time_days``/``status``/``groups``).
 
@@ -79,10 +80,12 @@ def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndar
     (deciles at every horizon, observed with CI), ``decision`` (net benefit at the
     headline horizon, CIs from ``n_boot`` paired resamples) and ``subgroups`` (the headline
     horizon's metrics per level of each ``groups`` column, with CIs); each with ``outcome``
-    and ``cohort`` columns.
+    and ``cohort`` columns. ``clusters`` (optional, e.g. the patient of each row): the
+    ``metrics`` intervals resample clusters (``evaluate_at_horizons``); the calibration
+    deciles, decision curve and subgroups still resample rows.
     """
     risks = {horizon_days(h): curve[horizon_column(h)].to_numpy(dtype="float64") for h in horizons_months}
-    metrics = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed)
+    metrics = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed, clusters=clusters)
     calibration = pd.concat([calibration_table(time_days, status, r, h, n_boot=min(n_boot, 100), seed=seed)
                              .assign(horizon=h) for h, r in risks.items()], ignore_index=True)
     hd = horizon_days(headline_months)

@@ -400,7 +400,8 @@ def _ci(values: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: int = 1000, seed: int = 0,
-                         truth: dict[float, np.ndarray] | None = None, chunk: int = 200) -> pd.DataFrame:
+                         truth: dict[float, np.ndarray] | None = None, chunk: int = 200,
+                         clusters: np.ndarray | None = None) -> pd.DataFrame:
     """Every metric at every horizon with 95 % percentile bootstrap CIs.
 
     ``risks`` maps a horizon (unit of ``time``) to the predicted cumulative incidence of
@@ -408,6 +409,9 @@ def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: i
     resampled with replacement ``n_boot`` times (seeded by ``seed``); the same resamples
     serve every horizon, the model and the oracle (paired), and G is refitted on each.
     ``chunk`` resamples are held in memory at once (about chunk * n * 8 bytes per array).
+    ``clusters`` (optional, one label per row, e.g. the patient): resample clusters instead
+    of rows, each drawn cluster bringing all its rows (a patient's several treated levels
+    are correlated; resampling them as independent rows makes the intervals too narrow).
 
     Returns one row per horizon with ``horizon``, ``n``, ``events`` (observed by h),
     ``deaths_first`` (deaths by h), ``censored_before`` (censored before h), and for each
@@ -428,6 +432,14 @@ def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: i
         true = {h: _check_risk(truth[h], n, f"truth[{h:g}]") for h in horizons}
 
     cens = _Censoring(t, s)
+    codes = None
+    if clusters is not None:
+        labels = np.asarray(clusters)
+        if len(labels) != n:
+            raise ValueError(f"clusters has {len(labels)} labels for {n} rows")
+        codes = pd.factorize(labels[cens.order])[0]
+        if (codes < 0).any():
+            raise ValueError("clusters has missing labels")
     pred = {h: p[cens.order] for h, p in pred.items()}  # every array below in time order
     true = {h: p[cens.order] for h, p in true.items()} if true else None
     groups = {"": pred, "oracle_": true} if true else {"": pred}
@@ -458,11 +470,15 @@ def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: i
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
-        # Counts of n draws with replacement per replicate (a multinomial, drawn faster).
-        draws = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        # Counts of n draws with replacement per replicate (a multinomial, drawn faster);
+        # with clusters, of k clusters, each row weighted by its cluster's count.
+        k = n if codes is None else int(codes.max()) + 1
+        draws = rng.integers(0, k, size=(size, k)) + k * np.arange(size)[:, None]
         # float32 halves the memory traffic; its rounding (~1e-6 relative) is far below
         # any CI width. Point estimates stay in float64.
-        W = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype("float32")
+        W = np.bincount(draws.ravel(), minlength=size * k).reshape(size, k).astype("float32")
+        if codes is not None:
+            W = W[:, codes]
         n_w = W.sum(axis=1, dtype="float64")
         G = cens.G(W)
         for h in horizons:

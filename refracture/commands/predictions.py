@@ -25,6 +25,7 @@ from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
 from refracture.commands.data import load_ascertainment, load_checked
 from refracture.commands.training import _exit_if_tracking_lost, _tracking_or_exit
+from training.calibration_cusum import calibration_charts, chart_alerts, chart_rows
 from training.provenance import data_fingerprint
 from training.realized import calibration_alerts, gauge_rows, realized_performance, summary_records
 from training.realized_run import build_result, log_realized
@@ -123,30 +124,40 @@ def outcomes(*, raw: Path, data_cut: dt.datetime | None) -> None:
         console.print(table)
 
 
-def performance(*, out: Path, site: str, as_json: bool, bootstrap: int, band: str, store: Path | None) -> None:
-    """``refracture performance``: the realized report, MLflow run, /metrics gauges and alerts."""
+def performance(*, out: Path, site: str, as_json: bool, bootstrap: int, band: str, chart_since: dt.datetime | None,
+                store: Path | None) -> None:
+    """``refracture performance``: the realized report, MLflow run, /metrics gauges and
+    calibration charts, their alerts and the O/E-band findings."""
     low, high = (float(x) for x in band.split(","))  # checked by the options
     pstore = _store(_settings(need_secret=False))
     scores, linked = pstore.scores_frame(), pstore.outcomes_frame()
     realized = realized_performance(scores, linked, DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, n_boot=bootstrap)
     result = build_result(realized, site, HEADLINE_HORIZON_MONTHS)
     write_report(result, out)
+    charts, _ = calibration_charts(scores, linked, since=chart_since.date() if chart_since else None)
     now = dt.datetime.now(dt.timezone.utc)
-    pstore.replace_performance(gauge_rows(realized, scores, now))
+    pstore.replace_performance(gauge_rows(realized, scores, now), chart_rows(charts, scores, now))
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("logging the realized performance"):
         run_id = log_realized(out, realized, site)
-    alerts = calibration_alerts(realized.metrics, (low, high))
-    for _, a in alerts.iterrows():
-        console.print(f"[yellow]alert[/yellow] {a['outcome']} v{a['model_version']} ({a['role']}) by "
+    signals = chart_alerts(charts)
+    for _, c in signals.iterrows():
+        console.print(f"[red]alert[/red] {c['outcome']} v{c['model_version']}: {c['direction'].replace('_', ' ')} "
+                      f"(calibration chart {c['peak']:.1f} >= {c['threshold']:g} since {c['first_signal']}; "
+                      f"{c['observed_events']} events where {c['expected_events']:.1f} were expected)")
+    findings = calibration_alerts(realized.metrics, (low, high))
+    for _, a in findings.iterrows():
+        console.print(f"[yellow]look at[/yellow] {a['outcome']} v{a['model_version']} ({a['role']}) by "
                       f"{a['horizon_months']:g} months: {a['alert'].replace('_', ' ')}, {a['value']:.2f} "
-                      f"({a['ci_low']:.2f} to {a['ci_high']:.2f})")
+                      f"({a['ci_low']:.2f} to {a['ci_high']:.2f}; outside the band, not corrected for repeated looks)")
     n = int(realized.metrics["matured"].sum()) if len(realized.metrics) else 0
     console.print(f"[green]wrote[/green] {out / 'report.html'} ({n} matured prediction-horizons); MLflow run {run_id} "
                   "in experiment refracture-realized-performance")
     if as_json:
         payload = {"generated_at": now.isoformat(timespec="seconds"), "mlflow_run_id": run_id,
                    "performance": summary_records(realized),
-                   "alerts": json.loads(alerts.to_json(orient="records")),
+                   "alerts": json.loads(signals.to_json(orient="records", date_format="iso")),
+                   "charts": json.loads(charts.to_json(orient="records", date_format="iso")),
+                   "band_findings": json.loads(findings.to_json(orient="records")),
                    "paired": json.loads(realized.paired.to_json(orient="records")) if len(realized.paired) else []}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")

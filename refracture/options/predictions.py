@@ -38,8 +38,12 @@ def performance(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on standard output.")] = False,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.", min=0)] = 200,
     band: Annotated[str, typer.Option("--band", help="LOW,HIGH: realized O/E outside it, with an interval excluding 1 "
-                                                     "on >= 100 matured predictions, is an alert (as the Prometheus "
-                                                     "rules decide).")] = OE_BAND_TEXT,
+                                                     "on >= 100 matured predictions, is printed as a finding to look "
+                                                     "at (not an alert: the calibration charts alert).")] = OE_BAND_TEXT,
+    chart_since: Annotated[datetime | None, typer.Option(
+        "--chart-since", formats=["%Y-%m-%d"],
+        help="Restart the calibration charts on this date (YYYY-MM-DD): only follow-up maturing from then counts; "
+             "after the board has dealt with a signal.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help=STORE_HELP)] = None,
 ) -> None:
     """Realized performance of every model version on its matured predictions: O/E,

@@ -1,7 +1,7 @@
 """The prediction log on ``/metrics``: the writer's counters
 (``refracture_prediction_log_records`` by state: written, spooled, replayed, dropped) and
-the latest realized figures ``refracture performance`` stored (``refracture_realized_*``
-gauges; bounded labels: outcome, horizon, role), re-read from the store every
+the latest realized figures and calibration charts ``refracture performance`` stored
+(``refracture_realized_*`` gauges; bounded labels: outcome, horizon or direction, role), re-read from the store every
 ``REFRESH_S`` seconds (docs/monitoring.md, section 7).
 """
 
@@ -16,6 +16,15 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two readings of the realized figures from the store.
 REFRESH_S = 600.0
+#: The calibration charts' gauges (``predictionlog.schema.calibration_charts`` columns),
+#: ``refracture_realized_cusum`` for the statistic, ``refracture_realized_cusum_<key>`` else.
+CHART_GAUGES = {
+    "statistic": "Calibration chart (risk-adjusted CUSUM) after the last matured follow-up (refracture performance).",
+    "peak": "Highest value of the calibration chart since it started; the alert compares it with the threshold.",
+    "threshold": "The calibration chart signals at or above this (its false-alarm rate: docs/prediction-log.md).",
+    "expected_events": "Events the model predicted over the chart's matured follow-up.",
+    "observed_events": "Events seen over the chart's matured follow-up.",
+}
 
 
 class PredictionLogMetrics:
@@ -40,6 +49,10 @@ class PredictionLogMetrics:
         for name in ("matured", "events"):
             self.gauges[name] = pc.Gauge(f"refracture_realized_{name}", f"Matured predictions ({name}) behind the "
                                          "realized figures.", labels, registry=None, multiprocess_mode="max")
+        chart_labels = ["outcome", "role", "direction"]
+        for key, help_text in CHART_GAUGES.items():
+            self.gauges["chart_" + key] = pc.Gauge(f"refracture_realized_cusum{'' if key == 'statistic' else '_' + key}",
+                                                   help_text, chart_labels, registry=None, multiprocess_mode="max")
         self.computed = pc.Gauge("refracture_realized_computed_timestamp_seconds", "When refracture performance ran.",
                                  registry=None, multiprocess_mode="max")
         self._stop = threading.Event()
@@ -51,7 +64,7 @@ class PredictionLogMetrics:
     def refresh(self, store) -> None:
         """Set the gauges from the store's latest realized figures (nothing when unreadable)."""
         try:
-            rows = store.performance()
+            rows, charts = store.performance(), store.charts()
         except Exception as exc:  # noqa: BLE001 - /metrics must not fail with the store
             logger.warning("realized performance not read from the prediction store (%s)", type(exc).__name__)
             return
@@ -62,8 +75,12 @@ class PredictionLogMetrics:
                                ("events", r["events"])):
                 if value is not None and key in self.gauges:
                     self.gauges[key].labels(**labels).set(float(value))
-        if rows:
-            latest = max(r["computed_at"] for r in rows)
+        for c in charts:
+            labels = {"outcome": c["outcome"], "role": c["role"], "direction": c["direction"]}
+            for key in CHART_GAUGES:
+                self.gauges["chart_" + key].labels(**labels).set(float(c[key]))
+        if rows or charts:
+            latest = max(r["computed_at"] for r in rows + charts)
             if latest.tzinfo is None:  # SQLite hands UTC back without its zone
                 latest = latest.replace(tzinfo=dt.timezone.utc)
             self.computed.set(latest.timestamp())

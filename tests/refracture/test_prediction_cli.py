@@ -50,6 +50,12 @@ def test_outcomes_and_performance_from_the_command_line(tmp_path, env):
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
     gauges = store.performance()
     assert {g["metric"] for g in gauges} == {"observed_expected", "calibration_slope", "td_auroc"}
+    # the calibration charts: reported, stored for /metrics; a calibrated model raises no alert
+    assert {(c["outcome"], c["direction"]) for c in payload["charts"]} == {
+        (o, d) for o in ("cemented_refracture", "adjacent_fracture", "remote_fracture")
+        for d in ("under_prediction", "over_prediction")}
+    assert payload["alerts"] == [] and len(store.charts()) == 6
+    assert all(c["expected_events"] > 0 for c in store.charts())
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     run = mlflow.get_run(payload["mlflow_run_id"])

@@ -19,6 +19,7 @@ from training.realized import (
     Realized,
     gauge_rows,
     matured,
+    patients,
     promotion_evidence,
     realized_performance,
     summary_records,
@@ -59,13 +60,17 @@ def test_the_figures_are_the_site_reports_on_the_matured_rows(store, realized):
     assert set(part["prediction_id"]) <= set(scores[scores["source"] == "batch"]["prediction_id"])
     expected = evaluate_outcome(part[["p_24m"]], part["time_days"].to_numpy(), part["status"].to_numpy(), [24], 24,
                                 pd.DataFrame(index=part.index), cohort="x", outcome="adjacent_fracture",
-                                n_boot=N_BOOT)["metrics"].iloc[0]
+                                n_boot=N_BOOT, clusters=patients(part))["metrics"].iloc[0]
     m = realized.metrics
     got = m[(m["outcome"] == "adjacent_fracture") & (m["role"] == "champion") & (m["horizon_months"] == 24)].iloc[0]
     for k in ("n", "events", "observed_expected", "observed_expected_ci_low", "calibration_slope",
               "calibration_slope_ci_high", "td_auroc", "td_auroc_ci_low"):
         assert got[k] == pytest.approx(expected[k]), k
     assert got["matured"] == len(part)
+    # the intervals resample patients (the keyed patient hash of the export)
+    assert part["patient_hash"].notna().all()
+    assert (patients(part) == part["patient_hash"].to_numpy()).all()
+    assert (patients(part.assign(patient_hash=None)) == part["key_hash"].to_numpy()).all()  # none named: procedures
 
 
 def test_a_challenger_predicting_half_as_much_again_has_two_thirds_the_o_e(realized):

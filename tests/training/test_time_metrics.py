@@ -308,3 +308,30 @@ def test_truth_must_cover_the_same_horizons():
         evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={3.0: RISK})
     with pytest.raises(ValueError, match=r"truth\[4.5\]: row 0"):
         evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={H: RISK + 0.5})
+
+
+def test_cluster_resampling_widens_intervals_of_duplicated_rows_and_is_the_row_bootstrap_for_singletons():
+    """Each patient counted 4 times: resampled as rows, the O/E interval is about half as
+    wide as the patients' own (sqrt 4); resampled by patient, about as wide. One row per
+    cluster gives the row bootstrap (the same draws)."""
+    rng = np.random.default_rng(3)
+    n, h = 800, 365.0
+    p = rng.uniform(0.05, 0.4, n)
+    t = np.where(rng.random(n) < p, rng.uniform(1, h, n), h + 30)
+    s = (t <= h).astype(int)
+    once = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1)
+    same = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1, clusters=np.arange(n).astype(str))
+    for k in ("observed_expected_ci_low", "observed_expected_ci_high", "td_auroc_ci_low"):  # float32 sums: 1e-7
+        assert same[k].iat[0] == pytest.approx(once[k].iat[0], rel=1e-5), k
+    T, S, P, ids = (np.repeat(x, 4) for x in (t, s, p, np.arange(n)))
+    rows = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1)
+    patients = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1, clusters=ids)
+
+    def width(r):
+        return r["observed_expected_ci_high"].iat[0] - r["observed_expected_ci_low"].iat[0]
+
+    assert patients["observed_expected"].iat[0] == pytest.approx(once["observed_expected"].iat[0])
+    assert 0.4 < width(rows) / width(once) < 0.65
+    assert 0.8 < width(patients) / width(once) < 1.25
+    with pytest.raises(ValueError, match="clusters has 3 labels"):
+        evaluate_at_horizons(t, s, {h: p}, n_boot=10, clusters=np.arange(3))
