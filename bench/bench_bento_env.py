@@ -117,7 +117,7 @@ def serves(venv: Path, tag: str, env: dict[str, str], work: Path) -> dict:
     run_env.update(REFRACTURE_API_KEY=API_KEY, REFRACTURE_AUDIT_SALT="bench-salt", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
                    REFRACTURE_MLFLOW_DIR=str(work / "no-registry"))
     with BentoFrom(venv, run_env, bento=tag, cwd=work, log=work / f"serve-{tag.replace(':', '-')}.log") as server:
-        example = httpx.get(f"{server.url}/model", timeout=30).json()["example_request"]
+        example = httpx.get(f"{server.url}/model", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).json()["example_request"]
         answer = httpx.post(f"{server.url}/predict", json=example, headers={"Authorization": f"Bearer {API_KEY}"},
                             timeout=60)
     return {"status": answer.status_code,

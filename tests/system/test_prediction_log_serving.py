@@ -61,7 +61,7 @@ def test_every_answered_record_is_logged_once(store, logged):
         deadline = time.monotonic() + 30
         while db.count() < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        metrics = httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
     frame = db.scores_frame()
     preds = frame.drop_duplicates("prediction_id")
     assert len(preds) == 4  # 3 + 1; neither the what-if copy nor the refused request
@@ -150,7 +150,7 @@ def test_challengers_are_scored_in_shadow_and_never_returned(store, with_challen
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not db.exists() or db.count("prediction_scores") < 3 * 4 + 3):
             time.sleep(0.3)
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        metrics = httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
     got = answer.json()["predictions"]
     assert {p["outcomes"]["adjacent_fracture"]["model"]["version"] for p in got} == {champion}  # never returned
     frame = db.scores_frame()
