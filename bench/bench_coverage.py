@@ -63,7 +63,7 @@ from modelstore.candidates import logit
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.time_metrics import evaluate_at_horizons
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def train_models(profile, n: int, trials: int, folder: Path, targets=TARGETS) ->
                       n_bootstrap=50, n_jobs=1)
     prep = prepare(cfg)
     return {target: fit_candidate("elastic_net", cfg, outcome_data(prep, target, cfg), None, {},
-                                  _NullProgress()).model for target in targets}
+                                  NullProgress()).model for target in targets}
 
 
 def cohort(profile, n: int, seed: int, models: dict) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, dict]:

@@ -1,4 +1,4 @@
-"""Batch explanation on both cores (issue 14): ``serving.batch.score_file`` in-process on
+"""Batch explanation on both cores (issue 14): ``serving.batch.pandas_engine.score_file`` in-process on
 the serving benchmark's XGBoost champions (``bench/out/serving-store``), with and without
 ``--explain``, for each way of using the two cores: one chunk at a time with XGBoost on
 both cores (``workers=1``) or two chunks at once with one XGBoost thread each (``workers=2``).
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="explain", help="comma-separated: explain, plain")
     args = ap.parse_args(argv)
     store = use_trained_store(OUT)
-    from serving.batch import score_file
-    from serving.loading import load_from_registry
+    from serving.batch.pandas_engine import score_file
+    from serving.scoring.loading import load_from_registry
 
     models = load_from_registry()
     source = records_file(store, args.records)

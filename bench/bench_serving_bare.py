@@ -25,7 +25,7 @@ import bentoml
 from _bentoml_sdk.io_models import IORootModel
 from pydantic import Field
 
-from serving.schemas import ProcedureRecord
+from serving.http.schemas import ProcedureRecord
 
 Body = Annotated[ProcedureRecord | list[ProcedureRecord], Field(description="One record or a list.")]
 WORKERS = int(os.environ.get("REFRACTURE_WORKERS", "1") or 1)

@@ -1,6 +1,6 @@
 """The strict floor for the serving benchmark: ``bench_serving_bare.BareCached`` (the same
 echo, request model and cached schema) on the service's own HTTP server classes
-(``serving.http_server.install``: the request-head limits, the bounded metric labels and
+(``serving.http.server.install``: the request-head limits, the bounded metric labels and
 BentoML's request timeout without its leak of one live timer per request).
 
 With stock BentoML the echo floor slows down as it serves: each request's timer keeps its
@@ -17,7 +17,7 @@ from __future__ import annotations
 import bentoml
 
 from bench.bench_serving_bare import WORKERS, CachedBody, _maybe_freeze_gc
-from serving.http_server import install
+from serving.http.server import install
 
 install()  # as serving.service does where the service is defined, before the worker builds its server
 

@@ -116,7 +116,7 @@ def main() -> None:
         from bentoml._internal.server.http import traffic
 
         original = traffic.TimeoutMiddleware
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
     from serving.service import RefractureRisk
 
     if args.without_fix:

@@ -5,7 +5,7 @@ It loads the bench store's champions (``bench/out/serving-store``, trained by
 ``bench_serving.py`` on first use) and times, for a batch of B single-record requests as
 the micro-batcher sees them at B concurrent clients:
 
-- ``parse``: ``serving.validation.parse_body`` of each request body (per request, on the
+- ``parse``: ``serving.http.validation.parse_body`` of each request body (per request, on the
   event loop);
 - ``process``: the batch as ``RefractureRisk._process`` runs it (contract checks, features,
   three models, missing-input reports, explanations, JSON), split into its stages.
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: v for k, v in store_env(store).items() if k.startswith(("REFRACTURE", "BENTOML", "MLFLOW"))})
 
     from features.records import inspect_records, json_record, missing_fields, records_frame
-    from serving.loading import load_served_models
-    from serving.scoring import SERVING_THREADS, ServedModels, use_threads
-    from serving.validation import parse_body, rows_frame
+    from serving.scoring.loading import load_served_models
+    from serving.scoring.served_models import SERVING_THREADS, ServedModels, use_threads
+    from serving.http.validation import parse_body, rows_frame
     from serving_support import valid_flat_records
 
     models = load_served_models(None)

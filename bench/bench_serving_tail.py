@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--connections", default="1,32")
     args = ap.parse_args()
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
     from serving_support import free_port
 
     conns = [int(c) for c in args.connections.split(",")]

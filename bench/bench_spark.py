@@ -7,8 +7,8 @@ records, Spark ``local[1]`` and ``local[2]``, and how it grows from 1 to 2 cores
    procedure ids up to ``--n`` records, written as a folder of 8 Parquet files (what a
    registry extract on a data lake looks like).
 3. Each engine scores the whole folder (read, check, score, write), ``--repeats`` times:
-   ``--engine pandas`` (``serving.batch.score_file``, one process, XGBoost on every core)
-   and ``--engine spark`` (``serving.batch_spark``) on ``local[1]`` and ``local[2]``, a
+   ``--engine pandas`` (``serving.batch.pandas_engine.score_file``, one process, XGBoost on every core)
+   and ``--engine spark`` (``serving.batch.spark_engine``) on ``local[1]`` and ``local[2]``, a
    fresh session per master; its start-up (JVM) is timed apart.
 
 Medians; raw rows in ``bench/out/bench_spark.json``.
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     store = use_trained_store(OUT)
 
-    from serving.batch import score_file
-    from serving.batch_spark import read_parquet_records, score_on_spark, spark_session
-    from serving.loading import load_from_registry
+    from serving.batch.pandas_engine import score_file
+    from serving.batch.spark_engine import read_parquet_records, score_on_spark, spark_session
+    from serving.scoring.loading import load_from_registry
 
     models = load_from_registry()
     work = OUT / "spark-bench"

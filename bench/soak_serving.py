@@ -140,7 +140,7 @@ def main() -> None:
     minutes = args.minutes or (10 if args.mode == "soak" else 2)
 
     from bench_serving import OUT, ensure_store, start, stop
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
     from serving_support import free_port, store_env
 
     store = ensure_store()

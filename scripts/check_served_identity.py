@@ -8,8 +8,8 @@ with the code after, then compare::
     PYTHONPATH=<new tree> python scripts/check_served_identity.py score DIR new.json
     python scripts/check_served_identity.py compare old.json new.json
 
-``score`` takes the service's own path: JSON bodies -> ``serving.validation.parse_body``
--> ``features.records.inspect_records`` -> ``serving.scoring.ServedModels.score(explain=True)``,
+``score`` takes the service's own path: JSON bodies -> ``serving.http.validation.parse_body``
+-> ``features.records.inspect_records`` -> ``serving.scoring.served_models.ServedModels.score(explain=True)``,
 with the champions loaded from the store's registry. ``compare`` prints the largest
 absolute difference of any probability, base value or SHAP contribution and exits 1 if it
 is above 1e-12. The imports work with both the old and the new module layout.
@@ -70,12 +70,12 @@ def score(base: Path, out: Path) -> None:
     os.environ["REFRACTURE_MLFLOW_DIR"] = str(base / "mlflow")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from features.records import inspect_records
-    from serving.loading import load_from_registry
+    from serving.scoring.loading import load_from_registry
     try:
-        from serving.scoring import ServedModels
+        from serving.scoring.served_models import ServedModels
     except ImportError:  # the name before the refactor
-        from serving.scoring import Scorer as ServedModels
-    from serving.validation import finish, parse_body
+        from serving.scoring.served_models import Scorer as ServedModels
+    from serving.http.validation import finish, parse_body
 
     scorer = ServedModels(load_from_registry())
     results = []

@@ -4,19 +4,23 @@ Start it with ``refracture serve`` (or ``bentoml serve serving.service:Refractur
 At start the service reads its settings (``serving.config``: no API key and no
 ``--insecure-dev`` means no start), resolves the ``champion`` alias of each
 ``refracture-<outcome>`` to a concrete registry version and loads those versions once
-(``serving.loading``). Every answer names the versions that produced it.
+(``serving.scoring.loading``). Every answer names the versions that produced it.
 
 Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
 24-month headline; per record ``context.death``, the probability of death by 24 months,
 when a ``refracture-death`` champion is registered), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
-default 24) (bearer key); GET ``/model`` (versions,
-metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.docs_page``), all open.
+default 24) (scopes predict, explain); GET ``/model`` (versions,
+metrics, horizon, schema, example request; scope model:read), ``/metrics`` (scope
+metrics:read); ``/healthz``, ``/livez``, ``/readyz`` (with the identity provider's state),
+``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.http.docs_page``), open. Who may
+call is decided by the guard (``serving.http.guard``: named clients' keys, the identity
+provider's tokens; docs/security.md). With ``REFRACTURE_TLS_CERT`` and ``REFRACTURE_TLS_KEY``
+(``refracture serve --tls-cert/--tls-key``) the server speaks HTTPS itself.
 
 A request body is parsed here, per request (JSON, shape, value types:
-``serving.validation.parse_body``); the contract checks and the scoring run per *batch*
-of concurrent requests (``serving.batcher``, ``serving.micro_batch``), in the worker's
-scoring process (``serving.scoring_process``: another core than the HTTP path) or, with
+``serving.http.validation.parse_body``); the contract checks and the scoring run per *batch*
+of concurrent requests (``serving.http.batcher``, ``serving.http.micro_batch``), in the worker's
+scoring process (``serving.http.scoring_process``: another core than the HTTP path) or, with
 ``REFRACTURE_SCORING_PROCESS=0``, in a thread of the worker. See docs/serving.md.
 """
 
@@ -40,21 +44,31 @@ from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, records_frame
 from features.schema import SCHEMA_VERSION
 from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
-from serving.batcher import MicroBatcher
-from serving.config import get_settings
-from serving.drift_metrics import DriftMetrics, served_reference
-from serving.examples import example_record, example_records
-from serving.guard import GuardMiddleware
-from serving.http_server import install
-from serving.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
-from serving.micro_batch import process_batch
-from serving.openapi import patch_spec
-from serving.request_json import error_body
-from serving.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
-from serving.scoring import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
-from serving.scoring_process import ScoringProcess
+from predictionlog.log import PredictionLog
+from serving.config import get_settings, prediction_log_settings
+from serving.http.answer_log import PAGE_SOURCE, WHAT_IF, AnsweredPredictions
+from serving.http.batcher import MicroBatcher
+from serving.http.guard import GuardMiddleware
+from serving.http.micro_batch import process_batch
+from serving.http.openapi import patch_spec
+from serving.http.request_json import error_body
+from serving.http.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
+from serving.http.scoring_process import ScoringProcess
+from serving.http.shadow import ShadowScorer
+from serving.http.server import install
+from serving.http.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
+from serving.monitoring.drift_metrics import DriftMetrics, served_reference
+from serving.monitoring.prediction_log import PredictionLogMetrics
+from serving.scoring.examples import example_record, example_records
+from serving.scoring.loading import (
+    SERVED_HEADLINE_MONTHS,
+    SERVED_HORIZONS_MONTHS,
+    load_challengers,
+    load_served_models,
+    read_manifest,
+)
+from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
 from serving.ui.app import build_ui_app
-from serving.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +77,18 @@ logger = logging.getLogger(__name__)
 WORKERS = int(os.environ.get("REFRACTURE_WORKERS", "1") or 1)
 #: Longest a request may take (seconds) before BentoML answers 504.
 TIMEOUT_S = int(os.environ.get("REFRACTURE_TIMEOUT_S", "120") or 120)
+#: TLS, read where the service is defined (BentoML takes it from the service's config):
+#: certificate chain and private key files (PEM), or nothing for plain HTTP.
+TLS_CERT = os.environ.get("REFRACTURE_TLS_CERT") or None
+TLS_KEY = os.environ.get("REFRACTURE_TLS_KEY") or None
+#: TLS 1.2 with forward-secret AEAD suites, and TLS 1.3 (whose suites OpenSSL sets itself).
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _ssl_config() -> dict[str, Any]:
+    if not TLS_CERT:
+        return {}
+    return {"enabled": True, "certfile": TLS_CERT, "keyfile": TLS_KEY, "ciphers": TLS_CIPHERS}
 
 RecordsBody = Annotated[
     ProcedureRecord | Annotated[list[ProcedureRecord], Field(min_length=1)],
@@ -154,9 +180,10 @@ def _ui_app():
     name="refracture-risk",
     workers=WORKERS,
     traffic={"timeout": TIMEOUT_S},
-    # The audit line (serving.guard) is the access log: BentoML's own would add a second
+    # The audit line (serving.http.guard) is the access log: BentoML's own would add a second
     # line per request, with the client's address, and cost ~10 % of throughput.
     logging={"access": {"enabled": False}},
+    ssl=_ssl_config(),
 )
 @_declare_bundled_models
 class RefractureRisk:
@@ -179,6 +206,28 @@ class RefractureRisk:
         self._batch_requests = prometheus_client.Histogram(
             "refracture_batch_requests", "Requests scored together in one micro-batch.", ["endpoint"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=None)
+        # The prediction log (docs/prediction-log.md): every answered record remembered,
+        # written by a thread off the answer's path; its counters and the realized
+        # figures on /metrics.
+        log_settings = prediction_log_settings(insecure_dev=self.settings.insecure_dev)
+        if not log_settings.enabled:
+            logger.warning("prediction log off: predictions are not remembered (REFRACTURE_PREDICTION_LOG=0, or "
+                           "--insecure-dev without REFRACTURE_PREDICTION_SECRET_FILE)")
+        self.log_metrics = PredictionLogMetrics()
+        self.prediction_log = PredictionLog.open(log_settings, observer=self.log_metrics.count)
+        if self.prediction_log is not None:
+            self.log_metrics.start_refreshing(self.prediction_log.store)
+        self.shadow: ShadowScorer | None = None
+        if self.settings.shadow_challengers:
+            if self.prediction_log is None:
+                logger.warning("REFRACTURE_SHADOW_CHALLENGERS ignored: shadow scores are only logged, and the log is off")
+            else:
+                challengers = load_challengers(self.scorer.versions)
+                use_threads(challengers, SERVING_THREADS)
+                if challengers:
+                    self.shadow = ShadowScorer(challengers, self.prediction_log, self.settings.risk_bands)
+                    logger.info("scoring in shadow (logged, never returned): %s",
+                                ", ".join(f"{m.name} v{m.version}" for m in challengers))
         self._scoring_process: ScoringProcess | None = None
         if self.settings.scoring_process:
             # Started first: the child's imports overlap the rest of the start-up.
@@ -219,6 +268,11 @@ class RefractureRisk:
     def _stop_scoring_process(self) -> None:
         if self._scoring_process is not None:
             self._scoring_process.close()
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.prediction_log is not None:  # what is queued is written (or spooled) before the exit
+            self.log_metrics.stop()
+            self.prediction_log.close(timeout=20)
 
     def _warm_up(self) -> None:
         """Score and explain the example record once: the first real request is then not
@@ -266,11 +320,27 @@ class RefractureRisk:
         info["procedure_ids"] = [p for p in parsed.procedure_ids if p]
         info["n_errors"] = n_errors
         ctx.response.status_code = status
+        if status == 200 and self.prediction_log is not None:
+            self._log_answer(ctx, parsed, payload)
         return Response(payload, status_code=status, media_type="application/json")
+
+    def _log_answer(self, ctx: bentoml.Context, parsed: ParsedRequest, payload: bytes) -> None:
+        """Queue the answer for the prediction log (returns at once; the page's what-if
+        copies of a record are not predictions and are left out)."""
+        headers = ctx.request.headers
+        if headers.get("x-refracture-purpose") == WHAT_IF:
+            return
+        state = ctx.request.scope.get("state", {})
+        source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
+        caller = state.get("caller")  # serving.http.callers.Caller: its client's name, never a secret
+        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
+                                       getattr(caller, "client", None), self.prediction_log.settings.store_inputs)
+        if self.prediction_log.submit(answered) and self.shadow is not None:
+            self.shadow.submit(parsed.rows, answered.prediction_ids)
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the
-        scoring process when there is one (``serving.scoring_process``), else here; then
+        scoring process when there is one (``serving.http.scoring_process``), else here; then
         count the batch on the drift metrics."""
         batch = [(j.rows, j.procedure_ids, j.prior_errors) for j in jobs]
         self._batch_requests.labels(endpoint="explain" if explain else "predict").observe(len(jobs))
@@ -354,7 +424,7 @@ def _spec() -> dict[str, Any]:
 
 def _add_guard() -> None:
     RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
-    install()  # request-head limits and bounded metric labels (serving.http_server)
+    install()  # request-head limits and bounded metric labels (serving.http.server)
 
 
 _add_guard()

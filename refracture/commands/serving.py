@@ -1,24 +1,38 @@
-"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento)."""
+"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento); options and
+help: ``refracture.options.serving``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
+from features.fhir.bulk import BulkInputError, read_bulk_ndjson
+from features.fhir.parse import record_frame
 from features.io import read_raw
-from features.raw_records import scorable_records
+from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
-from serving.batch import BatchInputError, score_file
-from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
-from serving.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from predictionlog.log import PredictionLog
+from predictionlog.settings import PredictionLogSettings
+from predictionlog.store import PredictionStore
+from refracture.options.serving import source_of
+from serving.auth.clients import RegistryError, read_registry
+from serving.batch.fhir_output import write_risk_assessments
+from serving.batch.pandas_engine import BatchInputError, score_file
+from serving.batch.prediction_log import log_scored
+from serving.config import (ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings,
+                            prediction_log_settings)
+from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from refracture.commands.data import report_path, write_exclusion_report
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -30,20 +44,24 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code=code)
 
 
-def serve(
-    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 3000,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service beyond this machine.")] = "127.0.0.1",
-    insecure_dev: Annotated[bool, typer.Option("--insecure-dev", help="Run without an API key (local development only).")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
-) -> None:
-    """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
+def serve(*, port: int, host: str, insecure_dev: bool, workers: int, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """``refracture serve``: resolve the champion versions once, then become the BentoML server (exec)."""
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
+    if tls_cert is not None:  # both given and files (the options checked them)
+        env[ENV_TLS_CERT], env[ENV_TLS_KEY] = str(tls_cert.resolve()), str(tls_key.resolve())
     try:
         settings = ServingSettings.from_env(env)
-    except ConfigError as exc:
+        log_settings = prediction_log_settings(env, settings.insecure_dev)
+        if settings.clients_file is not None:
+            read_registry(settings.clients_file)  # an invalid registry stops here, not in every worker
+    except (ConfigError, RegistryError) as exc:
         _fail(str(exc), code=2)
+    if log_settings.enabled:
+        _migrate_prediction_store(log_settings)
+    else:
+        console.print("[yellow]prediction log off[/yellow]: predictions are not remembered (docs/prediction-log.md)")
     uri = configure_tracking()
     try:
         check_tracking(uri)
@@ -57,8 +75,9 @@ def serve(
     env["REFRACTURE_WORKERS"] = str(workers)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     served = ", ".join(f"{p.name} v{p.version}" for p in pins)
-    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key required"
-    console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
+    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key or token required"
+    scheme = "https" if env.get(ENV_TLS_CERT) else "http"
+    console.print(f"serving {served} on {scheme}://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
     # Become the server (exec) rather than start it as a child: a process manager or a
@@ -69,28 +88,31 @@ def serve(
     os.execve(sys.executable, cmd, env)
 
 
-def predict(
-    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
-    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
-    master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
-) -> None:
-    """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
-    if engine not in ("pandas", "spark"):
-        raise typer.BadParameter("use pandas or spark", param_hint="--engine")
-    if (input is None) == (raw is None):
-        raise typer.BadParameter("give either --input FILE or --raw DIR", param_hint="--input/--raw")
-    source = raw if input is None else (input if engine == "spark" and "://" in input else Path(input))
-    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
-        raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
-    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
-        raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
-    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
-        raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    records = _raw_records(raw) if raw is not None else None
+def _migrate_prediction_store(log_settings) -> None:
+    """Bring the prediction store to the newest schema once, here, before the workers
+    start (they only check it). A store that does not answer yet is not a reason to stay
+    down: the workers spool until it does (migrate then with `refracture predictions migrate`)."""
+    store = PredictionStore(log_settings.url)
+    try:
+        store.migrate()
+    except SQLAlchemyError as exc:
+        console.print(f"[yellow]prediction store {store!r} not reachable[/yellow] ({type(exc).__name__}): predictions are "
+                      f"spooled to {log_settings.spool_dir} until it is; then run `refracture predictions migrate`")
+    finally:
+        store.dispose()
+
+
+def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, engine: str, master: str | None,
+            chunk_size: int, exclude_invalid: bool, fhir_ndjson: Path | None, risk_assessments: Path | None) -> None:
+    """``refracture predict``: score ``input``, ``raw`` or ``fhir_ndjson`` with the champions into ``output``
+    (the options were checked by ``refracture.options.serving.predict``)."""
+    source = source_of(input, raw, engine, fhir_ndjson)
+    scorable = _raw_records(raw, exclude_invalid) if raw is not None else None
+    records = scorable.records if scorable is not None else None
+    sources = None
+    started = dt.datetime.now(dt.timezone.utc)
+    if fhir_ndjson is not None:
+        records, sources = _fhir_records(fhir_ndjson, started)
     try:
         check_tracking(configure_tracking())
         models = load_from_registry()
@@ -101,17 +123,83 @@ def predict(
             summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
                                         chunk_size, master)
         else:
-            summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size, console=console,
-                                 records=records)
+            log = _batch_prediction_log()
+            kind = "fhir" if fhir_ndjson is not None else "batch"
+            on_scored = (lambda flat, out: log_scored(log, models, flat, out, source=kind)) if log is not None else None
+            try:
+                summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size,
+                                     console=console, records=records, on_scored=on_scored)
+            finally:
+                if log is not None:
+                    log.close(timeout=600)
+                    c = log.counters()
+                    console.print(f"prediction log: {c['written']} written, {c['spooled']} spooled (replayed when the "
+                                  f"store is back), {c['dropped']} dropped")
     except BatchInputError as exc:
         for line in exc.lines():
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if scorable is not None and (exclude_invalid or scorable.violations):
+        if "://" in output:
+            console.print(f"exclusion report not written beside a remote output: {len(scorable.excluded)} procedures "
+                          f"excluded, sha256 {scorable.report.fingerprint} (`refracture validate --raw {raw} --report FILE` "
+                          "writes it)")
+        else:
+            write_exclusion_report(scorable.report, report_path(Path(output)))
+    if sources is not None:
+        target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
+        n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
+        console.print(f"[green]wrote[/green] {target}: {n} RiskAssessment resources")
 
 
-def _raw_records(raw: Path):
-    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
+def _fhir_records(folder: Path, now: dt.datetime):
+    """Flat records of a Bulk FHIR export's sound procedures and their sources; the refused
+    resources reported by file, line and element."""
+    try:
+        parsed = read_bulk_ndjson(folder, now=now)
+    except BulkInputError as exc:
+        _fail(str(exc))
+    if parsed.problems:
+        console.print(f"{len(parsed.problems)} problem(s) in {folder}:", markup=False, highlight=False)
+        for problem in parsed.problems[:200]:
+            console.print(f"  - {problem}", markup=False, highlight=False)
+        if len(parsed.problems) > 200:
+            console.print(f"  ... and {len(parsed.problems) - 200} more", markup=False, highlight=False)
+    records, sources = parsed.accepted()
+    console.print(f"{len(records)} of {len(parsed.records)} procedure records accepted from {folder}",
+                  markup=False, highlight=False)
+    return record_frame(parsed), {str(r["procedure"]["procedure_id"]): s for r, s in zip(records, sources)}
+
+
+def _read_scored(output: str, engine: str):
+    path = Path(output)
+    if engine == "pandas" and path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"procedure_id": str})
+    return pd.read_parquet(path)
+
+
+def _batch_prediction_log():
+    """The prediction log for a batch run (pandas engine), or None: off by setting, or no
+    site secret (said, and the file is still scored). Spark's executors do not log: a
+    cluster's output folder is scored far from the store; log it with the pandas engine."""
+    try:
+        settings = PredictionLogSettings.from_env(need_secret=False)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    if not settings.enabled:
+        return None
+    if settings.secret is None:
+        console.print("[yellow]prediction log off for this run[/yellow]: no site secret (REFRACTURE_PREDICTION_SECRET_FILE; "
+                      "docs/prediction-log.md)")
+        return None
+    _migrate_prediction_store(settings)
+    return PredictionLog.open(settings)
+
+
+def _raw_records(raw: Path, exclude_invalid: bool) -> ScorableRecords:
+    """A raw export's records: the sound procedures'; the others reported by table, row and
+    column, and left out with ``exclude_invalid`` (else nothing is scored)."""
     try:
         scorable = scorable_records(read_raw(raw))
     except RawDataError as exc:
@@ -119,16 +207,21 @@ def _raw_records(raw: Path):
         _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
     if scorable.violations:
         console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines():
+        for line in scorable.report_lines()[:-1]:
             console.print(line, markup=False, highlight=False)
-    return scorable.records
+    if scorable.excluded and not exclude_invalid:
+        _fail(f"{len(scorable.excluded)} of {scorable.n_procedures} procedure records hold errors: fix those rows, or run "
+              "again with --exclude-invalid to score the others (an exclusion report lists them); nothing was written")
+    if scorable.violations:
+        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
+    return scorable
 
 
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
                       master: str | None) -> str:
     from pyspark.sql import SparkSession
 
-    from serving.batch_spark import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
+    from serving.batch.spark_engine import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
 
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
     # A session this command did not start (spark-submit's, a notebook's) is left running.
@@ -142,10 +235,8 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
             spark.stop()
 
 
-def bento(
-    build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
-) -> None:
-    """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
+def bento(*, build: bool) -> None:
+    """``refracture bento``: pin the champions into the BentoML model store, then (``build``) ``bentoml build``."""
     try:
         check_tracking(configure_tracking())
         pins = resolve_pins()

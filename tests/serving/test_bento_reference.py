@@ -24,7 +24,7 @@ import json, sys
 from modelstore.tracking import configure_tracking
 from modelstore.drift_reference import load_reference
 from mlflow.tracking import MlflowClient
-from serving.loading import export_to_bentoml, resolve_pins
+from serving.scoring.loading import export_to_bentoml, resolve_pins
 configure_tracking()
 pins = resolve_pins()
 export_to_bentoml(pins, manifest_path=__import__('pathlib').Path(sys.argv[1]))
@@ -37,11 +37,11 @@ import json, sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from features.records import inspect_records
-from serving.drift_metrics import DriftMetrics, served_reference
+from serving.monitoring.drift_metrics import DriftMetrics, served_reference
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
 from features.records import tables_to_records
-from serving.loading import load_from_bento, read_manifest
+from serving.scoring.loading import load_from_bento, read_manifest
 import pandas as pd
 models = load_from_bento(read_manifest(Path(sys.argv[1])))
 assert all(m.source.startswith('bento:') for m in models)

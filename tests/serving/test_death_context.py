@@ -27,7 +27,7 @@ from modelstore.calibration import HorizonCalibration
 from modelstore.candidates import make_scorer, monotone_constraints
 from modelstore.estimand import DEATH_ESTIMAND, ESTIMAND
 from modelstore.model import RefractureModel
-from serving.loading import ModelsUnavailable, _check_outcome
+from serving.scoring.loading import ModelsUnavailable, _check_outcome
 from training.competing_risks import aalen_johansen, censoring_survival
 from training.config import TrainConfig
 
@@ -176,14 +176,14 @@ def test_service_without_a_death_model_serves_the_outcomes_and_no_context(store_
         assert r.status_code == 200, r.text
         for item in r.json()["predictions"]:
             assert "context" not in item and set(item["outcomes"]) == set(OUTCOMES)
-        assert httpx.get(f"{server.url}/model", timeout=10).json()["context"] == {}
+        assert httpx.get(f"{server.url}/model", headers=AUTH, timeout=10).json()["context"] == {}
         assert "serving without the death context" in server.log_text()
 
 
 def test_batch_output_has_the_death_column_only_with_a_death_model(store, store_without_death):
-    from serving.batch import check_and_score, output_template
-    from serving.loading import load_from_registry
-    from serving.scoring import ServedModels
+    from serving.batch.pandas_engine import check_and_score, output_template
+    from serving.scoring.loading import load_from_registry
+    from serving.scoring.served_models import ServedModels
 
     flat = valid_flat_records(store, 15)
     keys = ("MLFLOW_TRACKING_URI", "REFRACTURE_MLFLOW_DIR")

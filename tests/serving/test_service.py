@@ -36,6 +36,7 @@ def service_env(store, tmp_path_factory):
         "REFRACTURE_AUDIT_LOG": str(audit_log),
         "REFRACTURE_MAX_RECORDS": str(MAX_RECORDS),
         "REFRACTURE_MAX_BODY_BYTES": str(MAX_BODY),
+        "REFRACTURE_PREDICTION_LOG": "0",
     }
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"]}
     for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"):
@@ -89,7 +90,7 @@ def post(client, path, payload, headers=AUTH):
 def test_predict_one_record_names_versions_horizon_and_band(client, champions):
     from modelstore.risk_bands import risk_band
     from serving.config import DEFAULT_RISK_BANDS
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     r = post(client, "/predict", example_record())
     assert r.status_code == 200, r.text
@@ -112,7 +113,7 @@ def test_predict_one_record_names_versions_horizon_and_band(client, champions):
         assert answer["model"] == {"name": f"refracture-{outcome}", "version": str(champions[outcome].version),
                                    "run_id": champions[outcome].run_id}
         assert answer["missing_inputs"] == []
-    from serving.schemas import PredictResponse
+    from serving.http.schemas import PredictResponse
 
     PredictResponse.model_validate(r.json())
 
@@ -151,7 +152,7 @@ def test_list_order_is_kept_and_each_record_scores_as_alone(client, flat):
 
 
 def test_missing_inputs_are_reported_with_handling(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     rec = example_record()
     del rec["imaging"]["preop"]["hu_upper_adjacent"], rec["imaging"]["preop"]["hu_lower_adjacent"]
@@ -165,7 +166,7 @@ def test_missing_inputs_are_reported_with_handling(client):
 
 @pytest.mark.parametrize("horizon", [None, 3, 6, 12, 24])
 def test_explain_is_additive_at_the_chosen_horizon_and_in_plain_words(client, flat, horizon):
-    from serving.schemas import ExplainResponse
+    from serving.http.schemas import ExplainResponse
 
     records = to_json_records(flat.head(4))
     path = "/explain" if horizon is None else f"/explain?horizon_months={horizon}"
@@ -207,7 +208,7 @@ def test_explained_base_value_rises_with_the_horizon(client, flat):
 @pytest.mark.parametrize("query", ["horizon_months=5", "horizon_months=abc", "horizon_months=", "horizon_months=nan",
                                    "horizon_months=24&horizon_months=6", "horizon_months=1e400"])
 def test_a_horizon_that_is_not_served_is_a_400_naming_the_field(client, service_env, query):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     before = _n_lines(service_env)
     r = post(client, f"/explain?{query}", example_record())
@@ -218,7 +219,7 @@ def test_a_horizon_that_is_not_served_is_a_400_naming_the_field(client, service_
 
 
 def test_predict_refuses_a_horizon_because_it_returns_them_all(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     r = post(client, "/predict?horizon_months=6", example_record())
     assert r.status_code == 400
@@ -228,7 +229,7 @@ def test_predict_refuses_a_horizon_because_it_returns_them_all(client):
 def test_high_risk_example_scores_above_the_typical_one(client):
     """The documented examples: the typical patient and the same patient with a cleft and a
     spike-type disc leak (both monotone-constrained risk factors)."""
-    from serving.examples import EXAMPLES, example_record
+    from serving.scoring.examples import EXAMPLES, example_record
 
     assert list(EXAMPLES) == ["typical", "high_risk"]
     typical = example_record()
@@ -240,8 +241,9 @@ def test_high_risk_example_scores_above_the_typical_one(client):
     assert answers["high_risk"]["cemented_refracture"]["probability"] > answers["typical"]["cemented_refracture"]["probability"]
 
 
-def test_model_info_is_open_and_its_example_is_accepted_as_is(client, champions):
-    r = client.get("/model")
+def test_model_info_needs_model_read_and_its_example_is_accepted_as_is(client, champions):
+    assert client.get("/model").status_code == 401
+    r = client.get("/model", headers=AUTH)
     assert r.status_code == 200
     info = r.json()
     assert info["horizon_months"] == 24.0 and info["horizons_months"] == [3.0, 6.0, 12.0, 24.0]
@@ -292,7 +294,7 @@ def test_openapi_documents_auth_and_error_answers(client):
                                      {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"}])
 @pytest.mark.parametrize("path", ["/predict", "/explain"])
 def test_missing_or_wrong_key_is_401(client, headers, path):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     r = post(client, path, example_record(), headers=headers)
     assert r.status_code == 401
@@ -327,7 +329,7 @@ def test_batch_with_bad_records_is_refused_whole(client, flat):
 
 
 def test_too_many_records_is_422(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     r = post(client, "/predict", [example_record()] * (MAX_RECORDS + 1))
     assert r.status_code == 422
@@ -351,7 +353,7 @@ def test_body_over_the_limit_is_413_declared_or_streamed(client):
 
 
 def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_env, flat):
-    from serving.audit import key_hash
+    from serving.http.audit import key_hash
 
     log = service_env["audit_log"]
     before = log.read_text().splitlines() if log.exists() else []
@@ -380,14 +382,14 @@ def test_one_audit_line_per_request_without_raw_ids_or_values(client, service_en
 # ------------------------------------------------------- hardening (issue 9), in-process
 # Invalid Unicode, duplicate keys, bounded error lists, security headers, relative
 # redirects, the docs page and the documented addresses. The guard-only and server-level
-# regression tests are in serving/test_hardening.py and system/test_serving_faults.py.
+# regression tests are in serving/http/test_hardening.py and system/test_serving_faults.py.
 
 JSON = {"Content-Type": "application/json"}
 
 
 def _example_text(procedure_id_json: str) -> bytes:
     """The example record as JSON text with ``procedure_id`` replaced by raw JSON text."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     text = json.dumps(example_record())
     return text.replace('"example-0001"', procedure_id_json).encode("utf-8")
@@ -416,7 +418,7 @@ def test_invalid_unicode_is_a_400_naming_the_field_and_is_audited(client, servic
     assert [(e["endpoint"], e["status"]) for e in lines] == [("/predict", 400)]
 
 def test_invalid_unicode_in_a_key_or_a_later_record_is_located(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     good = json.dumps(example_record())
     bad_key = good.replace('"level"', '"lev\\udc00el"')
@@ -426,7 +428,7 @@ def test_invalid_unicode_in_a_key_or_a_later_record_is_located(client):
     assert error["record"] == 1 and error["field"].startswith("procedure.lev") and "Unicode" in error["error"]
 
 def test_duplicate_keys_are_refused_naming_the_field(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     text = json.dumps(example_record()).replace('"age_years": 78.0', '"age_years": 78.0, "age_years": 40.0')
     r = client.post("/predict", content=text.encode(), headers={**AUTH, **JSON})
@@ -435,7 +437,7 @@ def test_duplicate_keys_are_refused_naming_the_field(client):
     assert "duplicate" in r.json()["errors"][0]["error"]
 
 def test_error_list_is_capped_and_states_the_total(client):
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     record = example_record()
     record["patient"].update({f"unknown_{i}": 1 for i in range(5000)})
@@ -454,7 +456,7 @@ def test_every_page_and_static_file_has_the_security_headers(client):
         assert "frame-ancestors" in csp and "default-src 'self'" in csp, path
         assert r.headers.get("x-content-type-options") == "nosniff", path
     for path in ("/ui/static/app.js", "/ui/static/style.css", "/docs-static/swagger-ui-bundle.js", "/model", "/healthz"):
-        r = client.get(path)
+        r = client.get(path, headers=AUTH)
         assert r.status_code == 200, path
         assert r.headers.get("x-content-type-options") == "nosniff", path
 
@@ -516,7 +518,7 @@ def test_service_fills_the_death_context_from_the_champion(client, store):
             assert death["model"] == {"name": "refracture-death", "version": str(champion.version),
                                       "run_id": champion.run_id}
             assert set(item["outcomes"]) == set(OUTCOMES)  # death is context, not an outcome
-    info = client.get("/model").json()
+    info = client.get("/model", headers=AUTH).json()
     assert info["context"]["death"]["estimand"] == DEATH_ESTIMAND
     assert info["context"]["death"]["model"]["version"] == str(champion.version)
     assert "death" not in info["outcomes"]
@@ -528,7 +530,7 @@ def test_service_fills_the_death_context_from_the_champion(client, store):
 def test_an_unknown_query_parameter_is_a_400_naming_it(client, path):
     """As an unknown field of a record: a misspelt ``horizon`` silently ignored would have
     answered at the headline horizon."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     r = post(client, path, example_record())
     assert r.status_code == 400, r.text

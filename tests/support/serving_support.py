@@ -60,12 +60,15 @@ def ensure_trained_store(base: Path) -> Path:
 
 
 def store_env(store: Path, **extra: str) -> dict[str, str]:
-    """Environment pointing every MLflow call at the temporary store."""
+    """Environment pointing every MLflow call at the temporary store (the prediction log
+    off unless ``extra`` turns it on)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REFRACTURE_API_KEY", "REFRACTURE_INSECURE_DEV")}
     env["REFRACTURE_MLFLOW_DIR"] = str(store / "mlflow")
     env["BENTOML_HOME"] = str(store / "bentoml")
     env["BENTOML_DO_NOT_TRACK"] = "True"
     env["PYTHONPATH"] = str(ROOT)
+    # The prediction log is off unless a test turns it on (with its own store and secret).
+    env["REFRACTURE_PREDICTION_LOG"] = "0"
     env.update(extra)
     return env
 
@@ -103,15 +106,19 @@ class Server:
     """``refracture serve`` in a subprocess on 127.0.0.1:<free port>; stopped on exit."""
 
     def __init__(self, env: dict[str, str], *extra_args: str, log: Path | None = None, bento: str | None = None,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, tls: tuple[Path, Path] | None = None, ready_timeout: float = 90):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        #: What httpx checks the server's certificate against (its own, self-signed, for TLS).
+        self.verify: str | bool = str(tls[0]) if tls else True
         self.env = env
-        self.args = extra_args
+        self.args = (*extra_args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else extra_args
         self.log = log
         self.bento = bento
         self.cwd = cwd
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
+        self.ready_timeout = ready_timeout
 
     def command(self) -> list[str]:
         if self.bento:  # a built Bento, served by BentoML itself
@@ -122,7 +129,11 @@ class Server:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.__exit__()  # a server that never became ready is stopped too, not left running
+            raise
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:
@@ -131,7 +142,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

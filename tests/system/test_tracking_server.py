@@ -131,7 +131,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     then `refracture serve` pins the champions; `refracture promote` moves the champion to
     the other version while it runs; the running service keeps its version, a restarted
     one serves the new champion, and goes on serving while the tracking server is down."""
-    from serving.examples import example_record
+    from serving.scoring.examples import example_record
 
     done = train_concurrently(cohort, env, ("remote_fracture",), ("adjacent_fracture", "--seed", "7"))
     for outcome, result in done.items():
@@ -145,7 +145,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     after = "2" if before == "1" else "1"
 
     def served_version(url):
-        info = httpx.get(f"{url}/model", timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
+        info = httpx.get(f"{url}/model", headers=AUTH, timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
         answer = httpx.post(f"{url}/predict", json=example_record(), headers=AUTH, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["outcomes"]["adjacent_fracture"]["model"]["version"] == info
@@ -155,7 +155,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     with Server(serve_env, log=tmp_path / "serve.log") as server:
         assert served_version(server.url) == before
         moved = refracture("promote", "--outcome", "adjacent_fracture", "--version", after, "--reason", "review board",
-                           env=env)
+                           "--yes", env=env)
         assert moved.returncode == 0, moved.stderr
         assert str(client.get_registered_model(name).aliases["champion"]) == after
         assert client.get_model_version(name, after).tags["alias.champion.reason"] == "refracture promote: review board"
@@ -200,5 +200,15 @@ def test_server_stopped_mid_training_gives_a_clear_error_and_leaves_the_registry
     assert registry_state(client) == before
     unfinished = [r for r in parent_runs(client, "cemented_refracture") if r.info.run_id not in known]
     assert len(unfinished) == 1 and unfinished[0].info.status == "RUNNING"  # left as it was when the server went
+    run_id = unfinished[0].info.run_id
+    assert f"`refracture close-runs {run_id}`" in text  # said on the way out, with the run it could not close
     listed = refracture("models", env=env)
     assert listed.returncode == 0 and "refracture-cemented_refracture" in listed.stdout
+    said = " ".join(listed.stderr.split())
+    assert "1 run(s) marked RUNNING, their process is gone" in said and f"close them: refracture close-runs {run_id}" in said
+    closed = refracture("close-runs", run_id, env=env)
+    assert closed.returncode == 0 and "as FAILED" in closed.stderr, closed.stderr
+    assert client.get_run(run_id).info.status == "FAILED"
+    exp = client.get_experiment_by_name("refracture-cemented_refracture").experiment_id
+    assert not client.search_runs([exp], filter_string="attributes.status = 'RUNNING'")  # its nested run too
+    assert "marked RUNNING" not in refracture("models", env=env).stderr

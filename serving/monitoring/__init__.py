@@ -1,0 +1,1 @@
+"""What the service exports for monitoring on ``/metrics``: input and prediction drift."""
