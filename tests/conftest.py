@@ -59,6 +59,7 @@ SLOW_MODULES = frozenset({
     "refracture/test_training_interrupts.py",  # real trainings stopped by SIGINT, SIGTERM and SIGKILL
     "modelstore/test_runs.py",  # a real SQLite MLflow store
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "training/test_registry_deaths.py",  # trains the four targets on 20,000 procedures, scores a fresh 20,000
     "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
