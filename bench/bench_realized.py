@@ -150,6 +150,7 @@ def detection_one(d: int, n: int, n_boot: int, shift: float) -> dict:
     procs = typed["procedures"].set_index("procedure_id").loc[labels.index.astype(str)]
     surgery = procs["surgery_date"]
     risks = {o: _risks(procs.reset_index(), truth, o, 1 / shift) for o in OUTCOMES}
+    patient_ids = procs["patient_id"].to_numpy()
     out = {"deployment": d, "shift": shift, "first_alert": None, "series": []}
     started = time.perf_counter()
     last: dict[tuple, dict] = {}
@@ -171,7 +172,7 @@ def detection_one(d: int, n: int, n_boot: int, shift: float) -> dict:
                     row = dict(last[key], look_month=look)
                 else:
                     table = evaluate_at_horizons(t_c[m], s_c[m], {horizon_days(h): risks[outcome][m, j]},
-                                                 n_boot=n_boot, seed=d)
+                                                 n_boot=n_boot, seed=d, patients=patient_ids[m])
                     r = table.iloc[0]
                     row = {"look_month": look, "outcome": outcome, "horizon_months": h, "matured": int(m.sum()),
                            "events": int(r["events"]), "role": "champion", "model_version": "1",

@@ -243,8 +243,8 @@ def model_card(c: CardInputs) -> str:
         "censoring weights correct a bias, they do not rebalance classes). AUROC is reported with calibration.",
         "",
         "## Performance on the held-out test set (12e, 23a)",
-        f"Point estimate (95 % bootstrap CI, {cfg.n_bootstrap} resamples, seed {cfg.seed}; censoring weights refitted "
-        "per resample). Time-dependent AUROC: cases have the event by the horizon, controls are all others whose "
+        f"Point estimate (95 % bootstrap CI, {cfg.n_bootstrap} resamples of the test patients, each with all its "
+        f"procedures, seed {cfg.seed}; censoring weights refitted per resample). Time-dependent AUROC: cases have the event by the horizon, controls are all others whose "
         "status is known (deaths first included). Observed risk: Aalen-Johansen."
         + (" Oracle = the simulator's true cumulative incidence on the same test rows." if oracle else ""),
         "",
@@ -266,7 +266,8 @@ def model_card(c: CardInputs) -> str:
         "## Subgroups (14, 23a)",
         "Same metrics (IPCW-weighted, headline horizon) by sex, age band, region (thoracolumbar junction T10–L2 vs "
         "other) and technique (PVP vs PKP) on the test set; metrics are omitted where a subgroup has fewer than 5 "
-        "events or non-events. 95 % bootstrap CIs are in `subgroups.csv`; small subgroups have wide CIs.",
+        "events or non-events. 95 % bootstrap CIs (patients resampled) are in `subgroups.csv`; small subgroups have "
+        "wide CIs.",
         "",
         markdown_table(c.subgroup_table),
         "",

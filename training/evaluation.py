@@ -12,15 +12,18 @@ Metrics (all on probabilities of the event within the horizon):
 - clinical utility: ``net_benefit_<t>`` at thresholds t = 5 %, 10 %, ... 30 % (decision
   curve analysis, Vickers 2006: TP/n − FP/n · t/(1 − t)), with ``treat_all_<t>``.
 
-The bootstrap resamples rows with replacement (``n_boot`` replicates, percentile CI) and
-is vectorised: replicate counts form a (B, n) weight matrix and every metric is computed
-for all replicates at once from weighted sums.
+The bootstrap resamples patients with replacement, each with all of its rows
+(``training.resampling``: ``n_boot`` replicates, percentile CI), and is vectorised:
+replicate counts form a (B, n) weight matrix and every metric is computed for all
+replicates at once from weighted sums.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from training.resampling import patient_codes, patient_counts
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
 N_BINS = 10
@@ -159,20 +162,16 @@ def _bins(p: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, p, side="right").clip(0, N_BINS - 1)
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) resampling counts (rows drawn with replacement), seeded."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype("float64")
-
-
-def replicates(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, chunk: int = 250,
+def replicates(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, *, patients, chunk: int = 250,
                weight: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point estimates and bootstrap replicate arrays of every metric.
 
+    ``patients``: the patient id of each row; every replicate resamples patients with all
+    their rows (``training.resampling``); None only when each row is its own patient.
     ``weight``: case weights (e.g. inverse-probability-of-censoring weights of crude labels
     at a horizon, which makes the AUROC the IPCW time-dependent AUROC with the censoring
     distribution held fixed); each resample multiplies them by its counts. The same
-    ``seed`` and ``n`` give the same resamples, so replicates of two models on the same
+    ``seed`` and patients give the same resamples, so replicates of two models on the same
     rows are paired (used for differences, e.g. model vs oracle).
     """
     y = np.asarray(y, dtype="float64")
@@ -186,12 +185,13 @@ def replicates(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, chunk: int 
         lp = np.log(pc) - np.log1p(-pc)
         start = (point["calibration_slope"], float(_weighted_logistic(lp, y, base[None, :], slope=True)[1][0]),
                  point["calibration_intercept"])
+    codes = patient_codes(patients, len(y))
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {}
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
-        W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=size).astype("float64") * base
+        W = patient_counts(rng, codes, size) * base
         for k, v in _weighted_metrics(y, p, W, bins, start).items():
             parts.setdefault(k, []).append(v)
         done += size
@@ -213,17 +213,19 @@ def with_ci(point: dict[str, float], reps: dict[str, np.ndarray], prefix: str = 
     return out
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Every metric with its 95 % bootstrap CI, as a flat dict (see module docstring)."""
-    point, reps = replicates(y, p, n_boot, seed)
+def evaluate(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, *, patients) -> dict[str, float]:
+    """Every metric with its 95 % bootstrap CI, as a flat dict (see module docstring;
+    ``patients`` as ``replicates``)."""
+    point, reps = replicates(y, p, n_boot, seed, patients=patients)
     return with_ci(point, reps)
 
 
 def paired_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, metrics: tuple[str, ...],
-                      n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Metric(a) − metric(b) on the same rows with paired-bootstrap 95 % CIs."""
-    pa, ra = replicates(y, p_a, n_boot, seed)
-    pb, rb = replicates(y, p_b, n_boot, seed)
+                      n_boot: int = 1000, seed: int = 0, *, patients) -> dict[str, float]:
+    """Metric(a) − metric(b) on the same rows with paired-bootstrap 95 % CIs (the same
+    patients drawn for both; ``patients`` as ``replicates``)."""
+    pa, ra = replicates(y, p_a, n_boot, seed, patients=patients)
+    pb, rb = replicates(y, p_b, n_boot, seed, patients=patients)
     out: dict[str, float] = {}
     for m in metrics:
         d = ra[m] - rb[m]
@@ -247,10 +249,12 @@ def age_band(age_years: pd.Series) -> pd.Series:
 
 
 def subgroup_metrics(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame, n_boot: int = 300, seed: int = 0,
-                     weight: np.ndarray | None = None) -> pd.DataFrame:
+                     weight: np.ndarray | None = None, *, patients) -> pd.DataFrame:
     """Metrics with CIs per level of each subgroup column of ``groups`` (row-aligned with y, p).
 
     ``weight``: case weights (IPCW weights of crude labels; rows weighing 0 are left out).
+    ``patients``: patient id per row; a level's CIs resample its patients (with their rows
+    in that level), as ``replicates``.
     Returns one row per (subgroup, level) with n, events, and ``SUBGROUP_METRICS`` (+ CIs);
     metrics are NaN when the level has fewer than ``MIN_SUBGROUP_EVENTS`` events or non-events.
     """
@@ -258,6 +262,7 @@ def subgroup_metrics(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame, n_boot:
     y = np.asarray(y, dtype="float64")
     p = np.asarray(p, dtype="float64")
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype="float64")
+    ids = np.arange(len(y)) if patients is None else np.asarray(patients)
     for col in groups.columns:
         values = groups[col].to_numpy()
         for level in pd.unique(values[pd.notna(values)]):
@@ -265,7 +270,7 @@ def subgroup_metrics(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame, n_boot:
             yy, pp = y[mask], p[mask]
             row: dict[str, object] = {"subgroup": col, "level": str(level), "n": int(mask.sum()), "events": int(yy.sum())}
             if yy.sum() >= MIN_SUBGROUP_EVENTS and (1 - yy).sum() >= MIN_SUBGROUP_EVENTS:
-                point, reps = replicates(yy, pp, n_boot, seed, weight=w[mask])
+                point, reps = replicates(yy, pp, n_boot, seed, patients=ids[mask], weight=w[mask])
                 flat = with_ci({k: point[k] for k in SUBGROUP_METRICS}, reps)
                 row.update(flat)
             rows.append(row)

@@ -77,11 +77,14 @@ def cross_fitted_headline(oof: np.ndarray, data: OutcomeData) -> np.ndarray:
 
 
 def cv_metrics(oof: np.ndarray, data: OutcomeData, n_boot: int, seed: int) -> dict[str, float]:
-    """IPCW-weighted cross-validated metrics at the headline horizon, with bootstrap CIs."""
+    """IPCW-weighted cross-validated metrics at the headline horizon, with bootstrap CIs
+    (training patients resampled with all their rows: the AUROC's lower bound is the
+    selection's floor, ``training.selection``)."""
     y, w = data.headline(data.train)
     p = cross_fitted_headline(oof, data)
     keep = w > 0
-    point, reps = replicates(y[keep], p[keep], n_boot=n_boot, seed=seed, weight=w[keep])
+    point, reps = replicates(y[keep], p[keep], n_boot=n_boot, seed=seed, weight=w[keep],
+                             patients=data.patient_ids[data.train][keep])
     return with_ci({k: point[k] for k in CV_METRICS}, reps)
 
 
@@ -91,7 +94,8 @@ def test_evaluation(model: RefractureModel, data: OutcomeData, truth: dict[float
     te = data.test
     curve = model.curve_from_features(data.X.iloc[te])
     truth_test = None if truth is None else {h: v[te] for h, v in truth.items()}
-    table = evaluate_curve(data.time_days[te], data.status[te], curve, data.horizons_months, n_boot, seed, truth_test)
+    table = evaluate_curve(data.time_days[te], data.status[te], curve, data.horizons_months, n_boot, seed, truth_test,
+                           patients=data.patient_ids[te])
     metrics = flat_metrics(table, model.horizon_months)
     y, w = data.headline(te)
     metrics["log_loss"] = weighted_log_loss(y, curve.iloc[:, data.k].to_numpy(), w)

@@ -1,7 +1,6 @@
 """Test-set evaluation of risk curves, on the model's horizons (months), with the simulator's
 oracle when it is known. Adapts ``training.time_metrics`` (days, competing risks, IPCW,
-bootstrap) to the model's outputs; computes nothing of its own except the decision
-curve's bootstrap interval.
+bootstrap over patients) to the model's outputs; computes nothing of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import pandas as pd
 from features.labels import horizon_days
 from modelstore.estimand import horizon_column
 from training.evaluation import THRESHOLDS
-from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit
+from training.time_metrics import calibration_table, evaluate_at_horizons, net_benefit, net_benefit_replicates
 
 #: Columns of ``evaluate_at_horizons`` reported per horizon, and the short names used in
 #: flat MLflow metrics (``auroc`` is the time-dependent AUROC).
@@ -22,12 +21,14 @@ REPORTED = {"td_auroc": "auroc", "brier": "brier", "calibration_slope": "calibra
 
 
 def evaluate_curve(time_days: np.ndarray, status: np.ndarray, curve: pd.DataFrame, horizons_months,
-                   n_boot: int, seed: int, truth: dict[float, np.ndarray] | None = None) -> pd.DataFrame:
+                   n_boot: int, seed: int, truth: dict[float, np.ndarray] | None = None, *,
+                   patients: np.ndarray) -> pd.DataFrame:
     """One row per horizon (``horizon_months`` first) of ``evaluate_at_horizons`` for the
-    curve's columns ``p_<m>m``; with ``truth`` (months -> true risk) the oracle columns too."""
+    curve's columns ``p_<m>m``; with ``truth`` (months -> true risk) the oracle columns too.
+    ``patients``: the patient id of each row (the bootstrap resamples patients)."""
     risks = {horizon_days(h): curve[horizon_column(h)].to_numpy(dtype="float64") for h in horizons_months}
     true = None if truth is None else {horizon_days(h): np.asarray(truth[h], dtype="float64") for h in horizons_months}
-    table = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed, truth=true)
+    table = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed, truth=true, patients=patients)
     months = {round(horizon_days(h), 6): float(h) for h in horizons_months}
     table.insert(0, "horizon_months", [months[round(float(d), 6)] for d in table["horizon"]])
     return table
@@ -57,32 +58,26 @@ def flat_metrics(table: pd.DataFrame, headline_months: float, prefix: str = "") 
 
 
 def calibration_tables(time_days: np.ndarray, status: np.ndarray, curve: pd.DataFrame, horizons_months,
-                       n_boot: int, seed: int) -> pd.DataFrame:
-    """Aalen-Johansen observed vs mean predicted risk by risk decile, at every horizon."""
+                       n_boot: int, seed: int, *, patients: np.ndarray) -> pd.DataFrame:
+    """Aalen-Johansen observed vs mean predicted risk by risk decile, at every horizon
+    (CIs resample the patients of each decile: ``patients`` one id per row)."""
     parts = []
     for h in horizons_months:
         t = calibration_table(time_days, status, curve[horizon_column(h)].to_numpy(), horizon_days(h),
-                              bins=10, n_boot=n_boot, seed=seed)
+                              bins=10, n_boot=n_boot, seed=seed, patients=patients)
         t.insert(0, "horizon_months", float(h))
         parts.append(t)
     return pd.concat(parts, ignore_index=True)
 
 
 def decision_curve(time_days: np.ndarray, status: np.ndarray, risk: np.ndarray, horizon_months: float,
-                   n_boot: int, seed: int, thresholds=THRESHOLDS) -> pd.DataFrame:
+                   n_boot: int, seed: int, thresholds=THRESHOLDS, *, patients: np.ndarray) -> pd.DataFrame:
     """Net benefit at ``horizon_months`` (``time_metrics.net_benefit``) at each threshold,
-    with 95 % percentile bootstrap CIs of the net benefit and of treat-all (rows resampled,
-    seeded)."""
+    with 95 % percentile bootstrap CIs of the net benefit and of treat-all (patients
+    resampled with all their rows, ``patients`` one id per row; seeded)."""
     h = horizon_days(horizon_months)
     point = net_benefit(time_days, status, risk, h, thresholds)
-    rng = np.random.default_rng(seed)
-    n = len(risk)
-    nb = np.empty((n_boot, len(point)))
-    all_ = np.empty((n_boot, len(point)))
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        rep = net_benefit(time_days[idx], status[idx], risk[idx], h, thresholds)
-        nb[b], all_[b] = rep["net_benefit"].to_numpy(), rep["treat_all"].to_numpy()
+    nb, all_ = net_benefit_replicates(time_days, status, risk, h, thresholds, n_boot, seed, patients=patients)
     point["net_benefit_ci_low"], point["net_benefit_ci_high"] = np.percentile(nb, [2.5, 97.5], axis=0)
     point["treat_all_ci_low"], point["treat_all_ci_high"] = np.percentile(all_, [2.5, 97.5], axis=0)
     point.insert(0, "horizon_months", float(horizon_months))

@@ -105,15 +105,17 @@ def compare_on_test(best: CandidateResult, data: OutcomeData, cfg: TrainConfig, 
     """Calibration by decile at every horizon and the decision curve at the headline, for the
     selected model and (when known) the oracle on the same test rows."""
     te = data.test
-    t, s = data.time_days[te], data.status[te]
+    t, s, ids = data.time_days[te], data.status[te], data.patient_ids[te]
     n_boot = min(cfg.n_bootstrap, 200)
-    calibration = {best.model_type: calibration_tables(t, s, best.curve_test, data.horizons_months, n_boot, cfg.seed)}
-    decision = {best.model_type: decision_curve(t, s, best.p_test, cfg.horizon_months, n_boot, cfg.seed)}
+    calibration = {best.model_type: calibration_tables(t, s, best.curve_test, data.horizons_months, n_boot, cfg.seed,
+                                                       patients=ids)}
+    decision = {best.model_type: decision_curve(t, s, best.p_test, cfg.horizon_months, n_boot, cfg.seed, patients=ids)}
     if truth is not None:
         oracle_curve = pd.DataFrame({c: truth[h][te] for h, c in zip(data.horizons_months, best.curve_test.columns)})
-        calibration["oracle (true risk)"] = calibration_tables(t, s, oracle_curve, data.horizons_months, n_boot, cfg.seed)
+        calibration["oracle (true risk)"] = calibration_tables(t, s, oracle_curve, data.horizons_months, n_boot,
+                                                               cfg.seed, patients=ids)
         decision["oracle (true risk)"] = decision_curve(t, s, truth[cfg.horizon_months][te], cfg.horizon_months,
-                                                        n_boot, cfg.seed)
+                                                        n_boot, cfg.seed, patients=ids)
     return calibration, decision
 
 
@@ -178,7 +180,8 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress: Prog
 
         y, w = data.headline(data.test)
         sub = prep.subgroups.reindex(data.ids[data.test])
-        subgroups = subgroup_metrics(y, best.p_test, sub, n_boot=min(cfg.n_bootstrap, 300), seed=cfg.seed, weight=w)
+        subgroups = subgroup_metrics(y, best.p_test, sub, n_boot=min(cfg.n_bootstrap, 300), seed=cfg.seed, weight=w,
+                                     patients=data.patient_ids[data.test])
         log_text(subgroups.to_csv(index=False), "subgroups.csv")
         cand_table = candidate_table(out.candidates, out.oracle_metrics)
         log_text(cand_table.to_csv(index=False), "candidates.csv")

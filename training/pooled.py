@@ -153,7 +153,7 @@ def decide_with_pool(model_type: str, params: dict[str, Any], outcome: str, cali
     ``calibration``/``eta_site``: the champion's calibration and its scores of the site's
     rows; ``pool``: (features, time, status) of the training export, or None when it is not
     at hand (``pool_note`` says why). Returns a ``training.recalibrate.Decision``."""
-    d = decide(calibration, eta_site, t_site, s_site, headline_months)
+    d = decide(calibration, eta_site, t_site, s_site, headline_months, patients=groups_site)
     if d.events < MIN_EVENTS_REFIT:
         d.note += f"; (iii) not considered: {d.events} local events < {MIN_EVENTS_REFIT}"
         return d

@@ -69,11 +69,12 @@ def matured(scores: pd.DataFrame, outcomes: pd.DataFrame, horizon_months: float)
     return linked[first].reset_index(drop=True)
 
 
-def patients(rows: pd.DataFrame) -> np.ndarray:
-    """The resampling unit of the intervals: the keyed patient hash of the linked export,
-    the procedure's own hash where the export named no patient. A patient's treated levels
-    are correlated; resampled as independent predictions, the intervals are too narrow."""
-    return rows["patient_hash"].fillna(rows["key_hash"]).astype(str).to_numpy()
+def patients(part: pd.DataFrame) -> np.ndarray:
+    """The patient of each linked row, for the intervals (``training.resampling``: patients
+    are resampled with all their procedures): its ``patient_hash``, or, where the export
+    gave none, the row's own procedure key (that row then stands alone)."""
+    own = "procedure:" + part["key_hash"].astype(str)
+    return part["patient_hash"].where(part["patient_hash"].notna(), own).astype(str).to_numpy()
 
 
 @dataclass
@@ -122,9 +123,8 @@ def realized_performance(scores: pd.DataFrame, outcomes: pd.DataFrame, horizons_
             t, s = part["time_days"].to_numpy(dtype="float64"), part["status"].to_numpy(dtype="int64")
             tag = {"model_name": part["model_name"].iat[0], "model_version": version, "role": role,
                    "horizon_months": float(h)}
-            res = evaluate_outcome(part[[col]], t, s, [h], h, pd.DataFrame(index=part.index),
-                                   cohort=cohort_name(outcome, version, role), outcome=outcome, n_boot=n_boot, seed=seed,
-                                   clusters=patients(part))
+            res = evaluate_outcome(part[[col]], t, s, [h], h, pd.DataFrame(index=part.index), patients=patients(part),
+                                   cohort=cohort_name(outcome, version, role), outcome=outcome, n_boot=n_boot, seed=seed)
             parts["metrics"].append(res["metrics"].assign(matured=len(part), **tag))
             parts["calibration"].append(res["calibration"].assign(**tag))
             if abs(h - headline_months) < 1e-9:
@@ -147,7 +147,7 @@ def _by_month(part: pd.DataFrame, col: str, horizon_months: float, seed: int) ->
         t = part["time_days"].to_numpy(dtype="float64")[sel]
         s = part["status"].to_numpy(dtype="int64")[sel]
         table = evaluate_at_horizons(t, s, {hd: part[col].to_numpy(dtype="float64")[sel]}, n_boot=N_BOOT_MONTHS,
-                                     seed=seed, clusters=patients(part)[sel])
+                                     seed=seed, patients=patients(part)[sel])
         row = table.iloc[0].to_dict()
         rows.append({"month": m, **{k: row[k] for k in ("horizon", "n", "events", "mean_predicted", "observed_risk")},
                      **{f"{k}{suffix}": row[f"{k}{suffix}"] for k in HEADLINE_METRICS
@@ -173,8 +173,8 @@ def _paired(rows: pd.DataFrame, col: str, horizon_months: float, n_boot: int, se
     for (outcome, v1, v2), part in both.groupby(["outcome", "model_version", "model_version_challenger"], sort=True):
         t, s = part["time_days"].to_numpy(dtype="float64"), part["status"].to_numpy(dtype="int64")
         table = evaluate_at_horizons(t, s, {hd: part[col].to_numpy(dtype="float64")}, n_boot=n_boot, seed=seed,
-                                     truth={hd: part[f"{col}_challenger"].to_numpy(dtype="float64")},
-                                     clusters=patients(part))
+                                     patients=patients(part),
+                                     truth={hd: part[f"{col}_challenger"].to_numpy(dtype="float64")})
         r = table.iloc[0]
         row = {"outcome": outcome, "champion_version": v1, "challenger_version": v2, "horizon_months": float(horizon_months),
                "matured": int(r["n"]), "events": int(r["events"])}

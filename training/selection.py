@@ -3,7 +3,7 @@ numbers stay an honest estimate of the selected model.
 
 1. each candidate's out-of-fold scores are calibrated by *cross-fitted* horizon
    calibration (fold k calibrated on the other folds), giving honest cross-validated (CV)
-   IPCW-weighted log loss, AUROC (bootstrap CI) and calibration slope at the headline
+   IPCW-weighted log loss, AUROC (bootstrap CI over training patients) and calibration slope at the headline
    horizon (``training.fitting``);
 2. eligible: CV calibration slope within ``SLOPE_RANGE`` and CV AUROC at or above the
    lower 95 % CI bound of the best CV AUROC (not clearly worse at discrimination);

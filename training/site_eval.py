@@ -34,14 +34,15 @@ class SiteData:
     """A site's records (index procedure_id, one row per treated level as serving sees
     them), the follow-up per outcome (``<o>_time_days``, ``<o>_status``: 0 censored, 1
     event, 2 death first), the subgroups (sex, age band, region, technique) and each
-    record's patient id (``patients``, aligned with ``records``; folds group by it), and
-    how far the export ascertained deaths and fractures (``ascertainment``, which the
-    labels followed, with ``followup_notes`` on what that means for them)."""
+    record's patient id (``patients``, aligned with ``records``; folds group by it and the
+    bootstraps resample it), and how far the export ascertained deaths and fractures
+    (``ascertainment``, which the labels followed, with ``followup_notes`` on what that means
+    for them)."""
 
     records: pd.DataFrame
     labels: pd.DataFrame
     subgroups: pd.DataFrame
-    patients: np.ndarray | None = None
+    patients: np.ndarray | None = None  # None: every record its own patient
     ascertainment: Ascertainment = Ascertainment()
     followup_notes: tuple[str, ...] = ()
 
@@ -69,11 +70,11 @@ def site_data(tables: dict[str, pd.DataFrame], ascertainment: Ascertainment | No
 
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,
-                     headline_months: float, groups: pd.DataFrame, *, cohort: str, outcome: str,
-                     n_boot: int = 200, n_boot_subgroups: int = 50, seed: int = 0,
-                     clusters: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+                     headline_months: float, groups: pd.DataFrame, *, patients: np.ndarray, cohort: str, outcome: str,
+                     n_boot: int = 200, n_boot_subgroups: int = 50, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Every censoring-aware figure of one outcome's predicted ``curve`` (columns
-    ``p_<m>m``, rows aligned with ``time_days``/``status``/``groups``).
+    ``p_<m>m``, rows aligned with ``time_days``/``status``/``groups``/``patients``, the
+    patient id of each row: every interval resamples patients with all their rows).
 
     Returns ``metrics`` (``evaluate_at_horizons`` per horizon: td-AUROC, O/E, calibration
     slope/intercept, Brier, with 95 % bootstrap CIs; ``horizon`` in days), ``calibration``
@@ -85,15 +86,16 @@ def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndar
     deciles, decision curve and subgroups still resample rows.
     """
     risks = {horizon_days(h): curve[horizon_column(h)].to_numpy(dtype="float64") for h in horizons_months}
-    metrics = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed, clusters=clusters)
-    calibration = pd.concat([calibration_table(time_days, status, r, h, n_boot=min(n_boot, 100), seed=seed)
+    metrics = evaluate_at_horizons(time_days, status, risks, n_boot=n_boot, seed=seed, patients=patients)
+    calibration = pd.concat([calibration_table(time_days, status, r, h, n_boot=min(n_boot, 100), seed=seed,
+                                               patients=patients)
                              .assign(horizon=h) for h, r in risks.items()], ignore_index=True)
     hd = horizon_days(headline_months)
     p = risks[hd]
     decision = net_benefit(time_days, status, p, hd, DECISION_THRESHOLDS).assign(horizon=hd)
     b = min(n_boot, N_BOOT_CURVES)
     if b:
-        reps = net_benefit_replicates(time_days, status, p, hd, DECISION_THRESHOLDS, b, seed)
+        reps, _ = net_benefit_replicates(time_days, status, p, hd, DECISION_THRESHOLDS, b, seed, patients=patients)
         decision["net_benefit_ci_low"], decision["net_benefit_ci_high"] = np.percentile(reps, [2.5, 97.5], axis=0)
     rows = []
     for col in groups.columns:
@@ -103,7 +105,8 @@ def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndar
             events = int(((status[m] == 1) & (time_days[m] <= hd)).sum())
             row = {"subgroup": col, "level": str(level), "n": int(m.sum()), "events": events}
             if events >= MIN_SUBGROUP_EVENTS and m.sum() - events >= MIN_SUBGROUP_EVENTS:
-                t = evaluate_at_horizons(time_days[m], status[m], {hd: p[m]}, n_boot=n_boot_subgroups, seed=seed)
+                t = evaluate_at_horizons(time_days[m], status[m], {hd: p[m]}, n_boot=n_boot_subgroups, seed=seed,
+                                         patients=np.asarray(patients)[m])
                 row.update({k: v for k, v in t.iloc[0].items() if k not in ("horizon", "n", "events")})
             rows.append(row)
     subgroups = pd.DataFrame(rows)

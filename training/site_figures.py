@@ -33,7 +33,7 @@ def _figure(n_panels: int = 1, width: float = 4.2, height: float = 4.0) -> tuple
 
 
 def calibration_figure(calibration: pd.DataFrame, outcome: str, cohorts: list[str]) -> Figure:
-    """Observed (Aalen-Johansen, 95 % bootstrap CI) vs mean predicted risk per risk decile,
+    """Observed (Aalen-Johansen, 95 % patient-bootstrap CI) vs mean predicted risk per risk decile,
     one panel per horizon, one series per cohort, for one outcome. Risks in %."""
     rows = calibration[calibration["outcome"] == outcome]
     horizons = sorted(rows["horizon"].unique())

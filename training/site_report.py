@@ -204,7 +204,8 @@ def _performance_section(metrics, calibration, decision, cohorts, decision_horiz
            "<p class=note>Each risk is the probability of the fracture <i>by</i> the stated time after the "
            "operation, with death counted as a competing event. Observed risks are Aalen-Johansen estimates, "
            "which use every patient for as long as they were followed. Brackets are 95 % bootstrap "
-           "intervals. <b>Observed/expected</b> below 1 means the model predicts more fractures than occur; "
+           "intervals that resample patients, each with all its treated levels (the levels of one patient share "
+           "death, follow-up and part of the fracture risk, so they are not counted as independent). <b>Observed/expected</b> below 1 means the model predicts more fractures than occur; "
            "a <b>calibration slope</b> below 1 means its predictions are too extreme; <b>AUROC</b> (0.5 = chance, "
            "1 = perfect) measures how well it ranks patients who fracture above those who do not; the <b>Brier</b> "
            "score is the mean squared error of the predicted risk (lower is better).</p>"]

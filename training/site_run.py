@@ -125,7 +125,7 @@ def _build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_b
         t1 = time.perf_counter()
         cohort = f"{label} (v{c.version})"
         res = evaluate_outcome(curve, t, s, c.model.horizons_months, c.model.horizon_months, site.subgroups[ok],
-                               cohort=cohort, outcome=c.outcome, n_boot=n_boot, seed=seed)
+                               patients=site.patients[ok], cohort=cohort, outcome=c.outcome, n_boot=n_boot, seed=seed)
         for k, v in res.items():
             parts[k].append(v)
         stages["evaluate"] += time.perf_counter() - t1
@@ -133,7 +133,8 @@ def _build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_b
         if parent:  # a recalibrated version: its parent on the same rows shows what changed
             before = registry.load_version(c.outcome, parent).predict_curve(records)
             res = evaluate_outcome(before, t, s, c.model.horizons_months, c.model.horizon_months,
-                                   site.subgroups[ok].iloc[:, :0], cohort=f"{label} (parent v{parent})",
+                                   site.subgroups[ok].iloc[:, :0], patients=site.patients[ok],
+                                   cohort=f"{label} (parent v{parent})",
                                    outcome=c.outcome, n_boot=n_boot, seed=seed)
             for k in ("metrics", "calibration", "decision"):
                 parts[k].append(res[k])
@@ -289,7 +290,7 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
                 pok, pt, ps = data.follow_up(c.outcome)
                 pool_records = data.records[pok]
                 pool = (model.features(pool_records), pt, ps)
-    groups = site.patients[ok] if site.patients is not None else np.asarray(site.records.index[ok])
+    groups = site.patients[ok]
     d = decide_with_pool(model.model_type, model.params, model.outcome, model.calibration, eta, X_site, t, s,
                          groups, model.horizon_months, pool, pool_note, n_jobs=n_jobs)
     if pool is not None:

@@ -34,8 +34,13 @@ Metrics:
   the bin with a percentile-bootstrap 95 % CI.
 - ``net_benefit``: survival decision curve (Vickers et al. 2008, BMC Med Inform Decis
   Mak 8:53) with the Kaplan-Meier replaced by the Aalen-Johansen cumulative incidence.
-- ``evaluate_at_horizons``: all of the above per horizon with paired bootstrap CIs (rows
-  resampled, G refitted per resample), next to the oracle when the true risk is known.
+- ``evaluate_at_horizons``: all of the above per horizon with paired bootstrap CIs
+  (patients resampled with all their rows, ``training.resampling``; G refitted per
+  resample), next to the oracle when the true risk is known.
+
+Every bootstrap here takes ``patients`` (one id per row): a replicate draws patients, not
+rows, because a patient's levels share death, censoring and part of their fracture risk.
+``patients=None`` treats each row as its own patient (only right when no patient has two).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import pandas as pd
 
 from training.competing_risks import CENSORED, DEATH, EVENT, _as_arrays, aalen_johansen, ipcw_weights
 from training.evaluation import _weighted_logistic
+from training.resampling import patient_codes, patient_counts
 
 _EPS = 1e-15
 #: Metrics of ``evaluate_at_horizons`` that get an ``oracle_`` twin when the truth is known.
@@ -294,18 +300,20 @@ def _bin_index(risk: np.ndarray, bins: int) -> np.ndarray:
 
 
 def calibration_table(time, status, risk, horizon: float, bins: int = 10, n_boot: int = 200,
-                      seed: int = 0) -> pd.DataFrame:
+                      seed: int = 0, *, patients) -> pd.DataFrame:
     """Observed vs predicted risk at ``horizon`` per quantile bin of ``risk``.
 
     Returns one row per non-empty bin: ``bin`` (0 = lowest risk), ``n``, ``events`` (events
     by h), ``risk_low``/``risk_high`` (range of predictions), ``mean_predicted``,
     ``observed`` (Aalen-Johansen cumulative incidence of the rows in the bin) and
     ``observed_ci_low``/``observed_ci_high``: 95 % percentile bootstrap interval
-    (``n_boot`` resamples of the bin's rows, seeded by ``seed``, Aalen-Johansen refitted
-    on each through its IPCW form).
+    (``n_boot`` resamples of the patients with rows in the bin, each with those rows;
+    ``patients`` one id per row; seeded by ``seed``, Aalen-Johansen refitted on each
+    through its IPCW form).
     """
     t, s = _check(time, status, horizon)
     r = _check_risk(risk, len(t))
+    ids = np.arange(len(t)) if patients is None else np.asarray(patients)
     b = _bin_index(r, bins)
     rng = np.random.default_rng(seed)
     rows = []
@@ -313,9 +321,9 @@ def calibration_table(time, status, risk, horizon: float, bins: int = 10, n_boot
         m = b == k
         tk, sk = t[m], s[m]
         n = int(m.sum())
-        W = _resample_counts(rng, n, n_boot)
+        W = patient_counts(rng, patient_codes(ids[m], n), n_boot)
         y = ((sk == EVENT) & (tk <= horizon)).astype("float64")
-        reps = (_bootstrap_ipcw(tk, sk, horizon, W) @ y) / n
+        reps = (_bootstrap_ipcw(tk, sk, horizon, W) @ y) / W.sum(axis=1)
         lo, hi = np.percentile(reps, [2.5, 97.5]) if n_boot > 10 else (np.nan, np.nan)
         rows.append({"bin": int(k), "n": n, "events": int(y.sum()), "risk_low": float(r[m].min()),
                      "risk_high": float(r[m].max()), "mean_predicted": float(r[m].mean()),
@@ -351,42 +359,45 @@ def net_benefit(time, status, risk, horizon: float, thresholds) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
-    """(n_boot, n) float64 counts of n draws with replacement per replicate (a multinomial,
-    drawn as integers and counted: several times faster than ``rng.multinomial``)."""
-    draws = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype("float64")
-
-
 def net_benefit_replicates(time, status, risk, horizon: float, thresholds, n_boot: int,
-                           seed: int = 0) -> np.ndarray:
-    """Net benefit (``net_benefit``'s column) of ``n_boot`` bootstrap resamples of the rows
-    (with replacement, seeded by ``seed``): an array (n_boot, len(thresholds)).
+                           seed: int = 0, chunk: int = 100, *, patients) -> tuple[np.ndarray, np.ndarray]:
+    """Net benefit and treat-all (``net_benefit``'s columns) of ``n_boot`` bootstrap
+    resamples of the patients (``patients``: one id per row; each drawn patient brings all
+    its rows; seeded by ``seed``): two arrays (n_boot, len(thresholds)).
 
-    Each replicate's Aalen-Johansen among the treated is its IPCW form with the censoring
-    Kaplan-Meier refitted on that replicate's treated rows (``_bootstrap_ipcw``; equal to
-    ``net_benefit`` on the expanded resample), all replicates at once per threshold.
+    Each replicate's Aalen-Johansen among the treated (and among all, for treat-all) is its
+    IPCW form with the censoring Kaplan-Meier refitted on that replicate's rows
+    (``_bootstrap_ipcw``; equal to ``net_benefit`` on the expanded resample), all
+    replicates of a chunk at once per threshold.
     """
     t, s = _check(time, status, horizon)
     r = _check_risk(risk, len(t))
     pts = np.asarray(thresholds, dtype="float64")
     if ((pts <= 0) | (pts >= 1)).any():
         raise ValueError("thresholds must lie strictly between 0 and 1")
-    n = len(t)
-    W = _resample_counts(np.random.default_rng(seed), n, n_boot)
+    codes = patient_codes(patients, len(t))
+    rng = np.random.default_rng(seed)
     y = ((s == EVENT) & (t <= horizon)).astype("float64")
-    out = np.zeros((n_boot, len(pts)))
-    for j, pt in enumerate(pts):
-        above = r >= pt
-        if not above.any():
-            continue  # nobody treated: net benefit 0, as net_benefit
-        Wa = W[:, above]
-        n_a = Wa.sum(axis=1)
+    odds = pts / (1 - pts)
+    nb, treat_all = np.zeros((n_boot, len(pts))), np.zeros((n_boot, len(pts)))
+    for lo in range(0, n_boot, chunk):
+        W = patient_counts(rng, codes, min(chunk, n_boot - lo))
+        part = slice(lo, lo + len(W))
+        n_w = W.sum(axis=1)  # rows in each replicate: varies when patients have several
         with np.errstate(divide="ignore", invalid="ignore"):
-            cif = np.where(n_a > 0, (_bootstrap_ipcw(t[above], s[above], horizon, Wa) @ y[above]) / n_a, 0.0)
-        frac = n_a / n
-        out[:, j] = frac * cif - frac * (1 - cif) * (pt / (1 - pt))
-    return out
+            cif_all = (_bootstrap_ipcw(t, s, horizon, W) @ y) / n_w
+        treat_all[part] = cif_all[:, None] - (1 - cif_all[:, None]) * odds[None, :]
+        for j, pt in enumerate(pts):
+            above = r >= pt
+            if not above.any():
+                continue  # nobody treated: net benefit 0, as net_benefit
+            Wa = W[:, above]
+            n_a = Wa.sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cif = np.where(n_a > 0, (_bootstrap_ipcw(t[above], s[above], horizon, Wa) @ y[above]) / n_a, 0.0)
+            frac = n_a / n_w
+            nb[part, j] = frac * cif - frac * (1 - cif) * odds[j]
+    return nb, treat_all
 
 
 # ---------------------------------------------------------------- all horizons, bootstrap
@@ -400,18 +411,16 @@ def _ci(values: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: int = 1000, seed: int = 0,
-                         truth: dict[float, np.ndarray] | None = None, chunk: int = 200,
-                         clusters: np.ndarray | None = None) -> pd.DataFrame:
+                         truth: dict[float, np.ndarray] | None = None, chunk: int = 200, *,
+                         patients) -> pd.DataFrame:
     """Every metric at every horizon with 95 % percentile bootstrap CIs.
 
     ``risks`` maps a horizon (unit of ``time``) to the predicted cumulative incidence of
-    each row; ``truth`` (optional, same keys) to the true one (the simulator's). Rows are
-    resampled with replacement ``n_boot`` times (seeded by ``seed``); the same resamples
-    serve every horizon, the model and the oracle (paired), and G is refitted on each.
+    each row; ``truth`` (optional, same keys) to the true one (the simulator's);
+    ``patients`` the patient id of each row. Patients are resampled with replacement
+    ``n_boot`` times, each with all its rows (seeded by ``seed``); the same resamples serve
+    every horizon, the model and the oracle (paired), and G is refitted on each.
     ``chunk`` resamples are held in memory at once (about chunk * n * 8 bytes per array).
-    ``clusters`` (optional, one label per row, e.g. the patient): resample clusters instead
-    of rows, each drawn cluster bringing all its rows (a patient's several treated levels
-    are correlated; resampling them as independent rows makes the intervals too narrow).
 
     Returns one row per horizon with ``horizon``, ``n``, ``events`` (observed by h),
     ``deaths_first`` (deaths by h), ``censored_before`` (censored before h), and for each
@@ -432,14 +441,9 @@ def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: i
         true = {h: _check_risk(truth[h], n, f"truth[{h:g}]") for h in horizons}
 
     cens = _Censoring(t, s)
-    codes = None
-    if clusters is not None:
-        labels = np.asarray(clusters)
-        if len(labels) != n:
-            raise ValueError(f"clusters has {len(labels)} labels for {n} rows")
-        codes = pd.factorize(labels[cens.order])[0]
-        if (codes < 0).any():
-            raise ValueError("clusters has missing labels")
+    # Patients numbered in time order: with one row each, the resamples are those of rows.
+    codes = patient_codes(patients, n)  # checked in the caller's order, then renumbered in time order
+    codes = pd.factorize(codes[cens.order])[0]
     pred = {h: p[cens.order] for h, p in pred.items()}  # every array below in time order
     true = {h: p[cens.order] for h, p in true.items()} if true else None
     groups = {"": pred, "oracle_": true} if true else {"": pred}
@@ -470,15 +474,9 @@ def evaluate_at_horizons(time, status, risks: dict[float, np.ndarray], n_boot: i
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
-        # Counts of n draws with replacement per replicate (a multinomial, drawn faster);
-        # with clusters, of k clusters, each row weighted by its cluster's count.
-        k = n if codes is None else int(codes.max()) + 1
-        draws = rng.integers(0, k, size=(size, k)) + k * np.arange(size)[:, None]
         # float32 halves the memory traffic; its rounding (~1e-6 relative) is far below
         # any CI width. Point estimates stay in float64.
-        W = np.bincount(draws.ravel(), minlength=size * k).reshape(size, k).astype("float32")
-        if codes is not None:
-            W = W[:, codes]
+        W = patient_counts(rng, codes, size, "float32")
         n_w = W.sum(axis=1, dtype="float64")
         G = cens.G(W)
         for h in horizons:

@@ -239,9 +239,9 @@ def performance():
     for cohort, seed, scale in [("Site B", 1, 1.7), ("training site", 2, 1.0)]:
         t, s, cif = _cohort(1500, seed, scale)
         risks = {h: cif(h) for h in horizons}
-        metrics.append(evaluate_at_horizons(t, s, risks, n_boot=30, seed=0).assign(outcome="cemented_refracture", cohort=cohort))
+        metrics.append(evaluate_at_horizons(t, s, risks, n_boot=30, seed=0, patients=None).assign(outcome="cemented_refracture", cohort=cohort))
         for h in horizons:
-            calibration.append(calibration_table(t, s, risks[h], h, n_boot=30)
+            calibration.append(calibration_table(t, s, risks[h], h, n_boot=30, patients=None)
                                .assign(outcome="cemented_refracture", cohort=cohort, horizon=h))
         decision.append(net_benefit(t, s, risks[horizons[-1]], horizons[-1], np.linspace(0.01, 0.3, 15))
                         .assign(outcome="cemented_refracture", cohort=cohort, horizon=horizons[-1]))

@@ -23,7 +23,7 @@ def preds():
 
 def test_point_metrics_match_scikit_learn(preds):
     y, p = preds
-    point, _ = replicates(y, p, n_boot=0, seed=0)
+    point, _ = replicates(y, p, n_boot=0, seed=0, patients=None)
     assert point["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert point["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
     assert point["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
@@ -32,26 +32,26 @@ def test_point_metrics_match_scikit_learn(preds):
 
 def test_calibration_of_true_probabilities_is_near_ideal(preds):
     y, p = preds
-    m = evaluate(y, p, n_boot=200, seed=1)
+    m = evaluate(y, p, n_boot=200, seed=1, patients=None)
     assert m["calibration_slope_ci_low"] < 1 < m["calibration_slope_ci_high"]
     assert m["calibration_intercept_ci_low"] < 0 < m["calibration_intercept_ci_high"]
     assert m["auroc_ci_low"] < m["auroc"] < m["auroc_ci_high"]
     # Over-confident predictions (log-odds doubled) give a slope near 1/2.
     sharp = expit(2 * logit(p))
-    assert evaluate(y, sharp, n_boot=50, seed=1)["calibration_slope"] == pytest.approx(0.5, abs=0.1)
+    assert evaluate(y, sharp, n_boot=50, seed=1, patients=None)["calibration_slope"] == pytest.approx(0.5, abs=0.1)
 
 
 def test_bootstrap_is_seeded_and_paired(preds):
     y, p = preds
-    assert evaluate(y, p, 100, seed=3) == evaluate(y, p, 100, seed=3)
-    d = paired_difference(y, p, p, ("auroc", "log_loss"), n_boot=100, seed=3)
+    assert evaluate(y, p, 100, seed=3, patients=None) == evaluate(y, p, 100, seed=3, patients=None)
+    d = paired_difference(y, p, p, ("auroc", "log_loss"), n_boot=100, seed=3, patients=None)
     assert d["auroc_diff"] == 0 and d["auroc_diff_ci_low"] == 0 and d["auroc_diff_ci_high"] == 0
 
 
 def test_net_benefit_by_hand():
     y = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=float)
     p = np.array([0.5, 0.4, 0.02, 0.03, 0.2, 0.01, 0.01, 0.01, 0.01, 0.01])
-    point, _ = replicates(y, p, 0, 0)
+    point, _ = replicates(y, p, 0, 0, patients=None)
     # At 10 %: treated = {0.5, 0.4, 0.2}: TP 1, FP 2 -> 1/10 - 2/10 * (0.1/0.9)
     assert point["net_benefit_10"] == pytest.approx(0.1 - 0.2 / 9)
     assert point["treat_all_10"] == pytest.approx(0.2 - 0.8 / 9)
@@ -96,7 +96,7 @@ def test_subgroups_report_counts_and_skip_tiny_groups(preds):
     y, p = preds
     groups = pd.DataFrame({"sex": np.where(np.arange(len(y)) % 2, "F", "M"),
                            "technique": np.where(np.arange(len(y)) < 20, "PKP", "PVP")})
-    out = subgroup_metrics(y, p, groups, n_boot=50, seed=0)
+    out = subgroup_metrics(y, p, groups, n_boot=50, seed=0, patients=None)
     assert set(out["subgroup"]) == {"sex", "technique"}
     assert out["n"].sum() == 2 * len(y)
     tiny = out[(out.subgroup == "technique") & (out.level == "PKP")].iloc[0]

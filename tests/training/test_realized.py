@@ -59,8 +59,8 @@ def test_the_figures_are_the_site_reports_on_the_matured_rows(store, realized):
     assert part["key_hash"].is_unique  # once per procedure: the repeated request left out
     assert set(part["prediction_id"]) <= set(scores[scores["source"] == "batch"]["prediction_id"])
     expected = evaluate_outcome(part[["p_24m"]], part["time_days"].to_numpy(), part["status"].to_numpy(), [24], 24,
-                                pd.DataFrame(index=part.index), cohort="x", outcome="adjacent_fracture",
-                                n_boot=N_BOOT, clusters=patients(part))["metrics"].iloc[0]
+                                pd.DataFrame(index=part.index), patients=patients(part), cohort="x",
+                                outcome="adjacent_fracture", n_boot=N_BOOT)["metrics"].iloc[0]
     m = realized.metrics
     got = m[(m["outcome"] == "adjacent_fracture") & (m["role"] == "champion") & (m["horizon_months"] == 24)].iloc[0]
     for k in ("n", "events", "observed_expected", "observed_expected_ci_low", "calibration_slope",

@@ -58,7 +58,7 @@ def test_recalibration_fixes_calibration_on_held_out_data_of_the_site():
     slope0, _ = calibration_slope_intercept(held_t, held_s, _headline(parent, held_eta), h)
     assert oe0 > 1.3 and slope0 < 0.7  # the site is miscalibrated before anything is done
 
-    d = decide(parent, *local, headline_months=24)
+    d = decide(parent, *local, headline_months=24, patients=None)
     assert d.choice == "intercept_slope" and d.stats["p_ii_vs_i"] < 0.05
     p = _headline(d.calibration, held_eta)
     oe = observed_expected(held_t, held_s, p, h)
@@ -75,11 +75,11 @@ def test_intercept_only_keeps_the_order_and_few_events_change_nothing():
     rng = np.random.default_rng(7)
     parent = _fit(*_cohort(rng, 20_000, 0.05, 1.0))
     small = _cohort(rng, 120, 0.05, 1.0)
-    d = decide(parent, *small, headline_months=24)
+    d = decide(parent, *small, headline_months=24, patients=None)
     assert d.events < MIN_EVENTS_INTERCEPT and d.choice == "none" and d.calibration == parent
     # A pure shift in rate with the same effect and too few events to estimate a slope: intercept only.
     shifted = _cohort(rng, 700, 0.12, 1.0)
-    d = decide(parent, *shifted, headline_months=24)
+    d = decide(parent, *shifted, headline_months=24, patients=None)
     assert d.choice == "intercept", d.note
     diffs = np.array(d.calibration.intercepts) - np.array(parent.intercepts)
     assert np.allclose(diffs, diffs[0]) and diffs[0] > 0 and d.calibration.slope == parent.slope

@@ -100,12 +100,15 @@ def test_many_events_and_a_different_effect_choose_the_pooled_refit_which_is_bet
     loss = {name: float(row_loss(np.log(p / (1 - p))[:, None], labels[:, -1:], w[:, -1:]).mean())
             for name, p in (("recal", p_recal), ("refit", p_refit))}
     assert loss["refit"] < loss["recal"] - 0.02, loss
-    # Calibration at 24 months no worse than the recalibration's. Both over-predict by ~10 %
-    # here: one common slope over the horizons (modelstore.calibration) does not fit these
-    # constant-hazard data exactly at 24 months (the fresh cohort's own stacked fit on the
-    # true score gives O/E 1.00, so this is the calibration form, not the refit).
+    # Calibration at 24 months: the refit over-predicts by ~11 % here (O/E 0.89): one common
+    # slope over the horizons (modelstore.calibration) does not fit these constant-hazard data
+    # exactly at 24 months (the fresh cohort's own stacked fit on the true score gives O/E
+    # 1.00, so this is the calibration form, not the refit). The recalibration the closed
+    # test now chooses, (ii) (its patient-clustered score test finds the slope change that
+    # the old likelihood ratio / K missed, p 0.11, choosing (i)), reaches O/E 0.92 on
+    # these rows; the rule compares held-out log scores, where the refit wins (above).
     oe = {name: observed_expected(tf, sf, p, h) for name, p in (("recal", p_recal), ("refit", p_refit))}
-    assert abs(np.log(oe["refit"])) <= abs(np.log(oe["recal"])) + 0.02 and 0.8 < oe["refit"] < 1.2, oe
+    assert recal.choice == "intercept_slope" and 0.85 < oe["refit"] < 1.15 and 0.85 < oe["recal"] < 1.15, oe
     slope, _ = calibration_slope_intercept(tf, sf, p_refit, h)
     assert 0.8 < slope < 1.2, slope
 

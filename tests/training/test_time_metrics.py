@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from training.competing_risks import aalen_johansen, censoring_survival, ipcw_weights
+from training.resampling import patient_codes, patient_counts
 from training.time_metrics import (
     _bootstrap_ipcw,
     _Ranked,
@@ -14,7 +15,6 @@ from training.time_metrics import (
     calibration_slope_intercept,
     calibration_table,
     evaluate_at_horizons,
-    _resample_counts,
     net_benefit,
     net_benefit_replicates,
     observed_expected,
@@ -131,23 +131,28 @@ def test_bootstrap_weights_match_ipcw_on_the_expanded_resample():
         np.testing.assert_allclose(got[b], expanded, rtol=1e-12)
 
 
-def test_net_benefit_replicates_equal_net_benefit_on_the_expanded_resamples():
+@pytest.mark.parametrize("clustered", [False, True])
+def test_net_benefit_replicates_equal_net_benefit_on_the_expanded_resamples(clustered):
     t, s, truth, _ = simulate(1500, seed=8)  # whole days: tied times, as in the data
     risk = np.clip(truth(365.0) * np.random.default_rng(9).lognormal(0, 0.3, len(t)), 0, 0.9)
     thresholds = (0.02, 0.05, 0.1, 0.2, 0.99)
-    got = net_benefit_replicates(t, s, risk, 365.0, thresholds, n_boot=4, seed=3)
-    W = _resample_counts(np.random.default_rng(3), len(t), 4)
+    # Clustered: 1,500 rows of about 900 patients (the replicates' sizes then vary).
+    patients = np.random.default_rng(10).integers(0, 900, len(t)).astype(str) if clustered else None
+    got, treat_all = net_benefit_replicates(t, s, risk, 365.0, thresholds, n_boot=4, seed=3, patients=patients)
+    W = patient_counts(np.random.default_rng(3), patient_codes(patients, len(t)), 4)
     assert got.shape == (4, 5) and np.all(got[:, -1] == 0)  # nobody above 99 %: 0, as net_benefit
+    assert (len(np.unique(W.sum(axis=1))) > 1) == clustered
     for b in range(4):
         rows = np.repeat(np.arange(len(t)), W[b].astype(int))
-        expected = net_benefit(t[rows], s[rows], risk[rows], 365.0, thresholds)["net_benefit"].to_numpy()
-        np.testing.assert_allclose(got[b], expected, rtol=1e-9, atol=1e-12)
+        expected = net_benefit(t[rows], s[rows], risk[rows], 365.0, thresholds)
+        np.testing.assert_allclose(got[b], expected["net_benefit"].to_numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(treat_all[b], expected["treat_all"].to_numpy(), rtol=1e-9, atol=1e-12)
     assert np.ptp(got[:, 1]) > 0  # the replicates differ
 
 
 def test_observed_risk_is_aalen_johansen_with_ties():
     t, s, truth, _ = simulate(3000, seed=5)
-    out = evaluate_at_horizons(t, s, {180.0: truth(180.0), 365.0: truth(365.0)}, n_boot=0)
+    out = evaluate_at_horizons(t, s, {180.0: truth(180.0), 365.0: truth(365.0)}, n_boot=0, patients=None)
     for h, row in zip((180.0, 365.0), out.itertuples()):
         assert row.observed_risk == pytest.approx(aalen_johansen(t, s, h), rel=1e-12)
         assert row.observed_expected == pytest.approx(observed_expected(t, s, truth(h), h), rel=1e-12)
@@ -156,7 +161,7 @@ def test_observed_risk_is_aalen_johansen_with_ties():
 def test_evaluate_point_estimates_equal_the_single_metrics():
     t, s, truth, _ = simulate(3000, seed=6)
     risk = np.clip(truth(365.0) * 1.3, 0, 1)
-    row = evaluate_at_horizons(t, s, {365.0: risk}, n_boot=0).iloc[0]
+    row = evaluate_at_horizons(t, s, {365.0: risk}, n_boot=0, patients=None).iloc[0]
     assert row.td_auroc == pytest.approx(td_auroc(t, s, risk, 365.0), rel=1e-12)
     assert row.brier == pytest.approx(brier_ipcw(t, s, risk, 365.0), rel=1e-12)
     slope, intercept = calibration_slope_intercept(t, s, risk, 365.0)
@@ -189,12 +194,12 @@ def test_binned_bootstrap_logistic_matches_exact_refits():
 def test_oracle_against_itself_has_zero_difference_and_is_reproducible():
     t, s, truth, _ = simulate(2000, seed=9)
     risks = {182.0: truth(182.0), 365.0: truth(365.0)}
-    a = evaluate_at_horizons(t, s, risks, n_boot=50, seed=1, truth=risks)
-    b = evaluate_at_horizons(t, s, risks, n_boot=50, seed=1, truth=risks)
+    a = evaluate_at_horizons(t, s, risks, n_boot=50, seed=1, truth=risks, patients=None)
+    b = evaluate_at_horizons(t, s, risks, n_boot=50, seed=1, truth=risks, patients=None)
     pd.testing.assert_frame_equal(a, b)
     assert (a[["td_auroc_diff", "td_auroc_diff_ci_low", "td_auroc_diff_ci_high", "mean_abs_diff_truth"]] == 0).all().all()
     np.testing.assert_allclose(a["td_auroc"], a["oracle_td_auroc"])
-    c = evaluate_at_horizons(t, s, risks, n_boot=50, seed=2, truth=risks)
+    c = evaluate_at_horizons(t, s, risks, n_boot=50, seed=2, truth=risks, patients=None)
     assert not np.allclose(a["td_auroc_ci_low"], c["td_auroc_ci_low"])
     assert list(a["horizon"]) == [182.0, 365.0]
     assert (a["n"] == 2000).all() and (a["events"] == [((s == 1) & (t <= h)).sum() for h in (182, 365)]).all()
@@ -210,7 +215,7 @@ def big_cohort():
     horizons = (182.0, 730.0)
     rng = np.random.default_rng(12)
     risks = {h: np.clip(truth(h) * np.exp(rng.normal(0, 0.5, len(t))), 0, 1) for h in horizons}
-    out = evaluate_at_horizons(t, s, risks, n_boot=200, seed=13, truth={h: truth(h) for h in horizons})
+    out = evaluate_at_horizons(t, s, risks, n_boot=200, seed=13, truth={h: truth(h) for h in horizons}, patients=None)
     return t, s, truth, label, risks, out
 
 
@@ -256,7 +261,7 @@ def test_true_risk_is_calibrated_and_noisy_risk_is_not(big_cohort):
 def test_calibration_table_on_true_risk(big_cohort):
     t, s, truth, _, _, _ = big_cohort
     p = truth(730.0)
-    table = calibration_table(t, s, p, 730.0, bins=10, n_boot=200, seed=0)
+    table = calibration_table(t, s, p, 730.0, bins=10, n_boot=200, seed=0, patients=None)
     assert len(table) == 10 and table["n"].sum() == len(t)
     assert table["n"].min() >= 0.09 * len(t)
     assert table["mean_predicted"].is_monotonic_increasing
@@ -277,10 +282,10 @@ def test_net_benefit_of_true_risk_beats_both_defaults(big_cohort):
 
 
 def test_undefined_metrics_are_nan_not_numbers():
-    no_event = evaluate_at_horizons(TIME, np.array([0, 0, 2, 0, 0]), {H: RISK}, n_boot=20).iloc[0]
+    no_event = evaluate_at_horizons(TIME, np.array([0, 0, 2, 0, 0]), {H: RISK}, n_boot=20, patients=None).iloc[0]
     assert np.isnan([no_event.td_auroc, no_event.calibration_slope, no_event.calibration_intercept]).all()
     assert no_event.observed_risk == 0 and no_event.brier > 0
-    all_censored = evaluate_at_horizons(TIME, np.zeros(5, int), {10.0: RISK}, n_boot=20).iloc[0]
+    all_censored = evaluate_at_horizons(TIME, np.zeros(5, int), {10.0: RISK}, n_boot=20, patients=None).iloc[0]
     assert np.isnan([all_censored.brier, all_censored.observed_risk, all_censored.td_auroc]).all()
 
 
@@ -305,9 +310,9 @@ def test_bad_input_is_named(kwargs, message):
 
 def test_truth_must_cover_the_same_horizons():
     with pytest.raises(ValueError, match="truth has horizons"):
-        evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={3.0: RISK})
+        evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={3.0: RISK}, patients=None)
     with pytest.raises(ValueError, match=r"truth\[4.5\]: row 0"):
-        evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={H: RISK + 0.5})
+        evaluate_at_horizons(TIME, STATUS, {H: RISK}, n_boot=0, truth={H: RISK + 0.5}, patients=None)
 
 
 def test_cluster_resampling_widens_intervals_of_duplicated_rows_and_is_the_row_bootstrap_for_singletons():
@@ -319,13 +324,13 @@ def test_cluster_resampling_widens_intervals_of_duplicated_rows_and_is_the_row_b
     p = rng.uniform(0.05, 0.4, n)
     t = np.where(rng.random(n) < p, rng.uniform(1, h, n), h + 30)
     s = (t <= h).astype(int)
-    once = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1)
-    same = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1, clusters=np.arange(n).astype(str))
+    once = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1, patients=None)
+    same = evaluate_at_horizons(t, s, {h: p}, n_boot=300, seed=1, patients=np.arange(n).astype(str))
     for k in ("observed_expected_ci_low", "observed_expected_ci_high", "td_auroc_ci_low"):  # float32 sums: 1e-7
         assert same[k].iat[0] == pytest.approx(once[k].iat[0], rel=1e-5), k
     T, S, P, ids = (np.repeat(x, 4) for x in (t, s, p, np.arange(n)))
-    rows = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1)
-    patients = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1, clusters=ids)
+    rows = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1, patients=None)
+    patients = evaluate_at_horizons(T, S, {h: P}, n_boot=300, seed=1, patients=ids)
 
     def width(r):
         return r["observed_expected_ci_high"].iat[0] - r["observed_expected_ci_low"].iat[0]
@@ -333,5 +338,5 @@ def test_cluster_resampling_widens_intervals_of_duplicated_rows_and_is_the_row_b
     assert patients["observed_expected"].iat[0] == pytest.approx(once["observed_expected"].iat[0])
     assert 0.4 < width(rows) / width(once) < 0.65
     assert 0.8 < width(patients) / width(once) < 1.25
-    with pytest.raises(ValueError, match="clusters has 3 labels"):
-        evaluate_at_horizons(t, s, {h: p}, n_boot=10, clusters=np.arange(3))
+    with pytest.raises(ValueError, match="one id per row"):
+        evaluate_at_horizons(t, s, {h: p}, n_boot=10, patients=np.arange(3))
