@@ -1,4 +1,5 @@
-"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento)."""
+"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento); options and
+help: ``refracture.options.serving``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import typer
@@ -17,18 +17,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.parse import record_frame
 from features.io import read_raw
-from features.raw_records import scorable_records
+from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from predictionlog.log import PredictionLog
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore
+from refracture.options.serving import source_of
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
+from refracture.commands.data import report_path, write_exclusion_report
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +42,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code=code)
 
 
-def serve(
-    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 3000,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service beyond this machine.")] = "127.0.0.1",
-    insecure_dev: Annotated[bool, typer.Option("--insecure-dev", help="Run without an API key (local development only).")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
-) -> None:
-    """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
+def serve(*, port: int, host: str, insecure_dev: bool, workers: int) -> None:
+    """``refracture serve``: resolve the champion versions once, then become the BentoML server (exec)."""
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
@@ -98,30 +95,13 @@ def _migrate_prediction_store(log_settings) -> None:
         store.dispose()
 
 
-def predict(
-    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
-    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
-    master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
-    fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
-    risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
-) -> None:
-    """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
-    if engine not in ("pandas", "spark"):
-        raise typer.BadParameter("use pandas or spark", param_hint="--engine")
-    if sum(x is not None for x in (input, raw, fhir_ndjson)) != 1:
-        raise typer.BadParameter("give one of --input FILE, --raw DIR or --fhir-ndjson DIR", param_hint="--input/--raw/--fhir-ndjson")
-    source = (fhir_ndjson or raw) if input is None else (input if engine == "spark" and "://" in input else Path(input))
-    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
-        raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
-    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
-        raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
-    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
-        raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    records = _raw_records(raw) if raw is not None else None
+def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, engine: str, master: str | None,
+            chunk_size: int, exclude_invalid: bool, fhir_ndjson: Path | None, risk_assessments: Path | None) -> None:
+    """``refracture predict``: score ``input``, ``raw`` or ``fhir_ndjson`` with the champions into ``output``
+    (the options were checked by ``refracture.options.serving.predict``)."""
+    source = source_of(input, raw, engine, fhir_ndjson)
+    scorable = _raw_records(raw, exclude_invalid) if raw is not None else None
+    records = scorable.records if scorable is not None else None
     sources = None
     started = dt.datetime.now(dt.timezone.utc)
     if fhir_ndjson is not None:
@@ -153,6 +133,13 @@ def predict(
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if scorable is not None and (exclude_invalid or scorable.violations):
+        if "://" in output:
+            console.print(f"exclusion report not written beside a remote output: {len(scorable.excluded)} procedures "
+                          f"excluded, sha256 {scorable.report.fingerprint} (`refracture validate --raw {raw} --report FILE` "
+                          "writes it)")
+        else:
+            write_exclusion_report(scorable.report, report_path(Path(output)))
     if sources is not None:
         target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
         n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
@@ -203,8 +190,9 @@ def _batch_prediction_log():
     return PredictionLog.open(settings)
 
 
-def _raw_records(raw: Path):
-    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
+def _raw_records(raw: Path, exclude_invalid: bool) -> ScorableRecords:
+    """A raw export's records: the sound procedures'; the others reported by table, row and
+    column, and left out with ``exclude_invalid`` (else nothing is scored)."""
     try:
         scorable = scorable_records(read_raw(raw))
     except RawDataError as exc:
@@ -212,9 +200,14 @@ def _raw_records(raw: Path):
         _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
     if scorable.violations:
         console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines():
+        for line in scorable.report_lines()[:-1]:
             console.print(line, markup=False, highlight=False)
-    return scorable.records
+    if scorable.excluded and not exclude_invalid:
+        _fail(f"{len(scorable.excluded)} of {scorable.n_procedures} procedure records hold errors: fix those rows, or run "
+              "again with --exclude-invalid to score the others (an exclusion report lists them); nothing was written")
+    if scorable.violations:
+        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
+    return scorable
 
 
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
@@ -235,10 +228,8 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
             spark.stop()
 
 
-def bento(
-    build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
-) -> None:
-    """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
+def bento(*, build: bool) -> None:
+    """``refracture bento``: pin the champions into the BentoML model store, then (``build``) ``bentoml build``."""
     try:
         check_tracking(configure_tracking())
         pins = resolve_pins()

@@ -23,7 +23,9 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry_env(store):
-    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow")}
+    # The log off: only the pandas engine logs a batch run (docs/prediction-log.md), so with it
+    # on the two engines' reports differ by that line, whatever the worker's environment.
+    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow"), "REFRACTURE_PREDICTION_LOG": "0"}
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"]}
     for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"):
         os.environ.pop(k, None)
@@ -194,7 +196,8 @@ def test_raw_export_scores_the_sound_records_and_names_the_others(spark, models,
     from features.io import read_raw
 
     clean = scorable_records(read_raw(cohort))
-    assert clean.violations == [] and clean.excluded == [] and len(clean.records) == clean.n_procedures
+    # A simulated export carries measurement error: warnings, which exclude nothing; no error.
+    assert clean.errors == [] and clean.excluded == [] and len(clean.records) == clean.n_procedures
     tables = read_raw(cohort)
     procedures, patients, imaging = tables["procedures"], tables["patients"], tables["imaging"]
     proc_bad = procedures.at[5, "procedure_id"]
@@ -228,24 +231,29 @@ def test_raw_export_scores_the_sound_records_and_names_the_others(spark, models,
 
 
 def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp_path):
-    """The real command (typer's runner, in-process) with --raw: the same report printed by
-    both engines, the sound records written."""
+    """The real command (typer's runner, in-process) with --raw: an error stops both engines
+    unless --exclude-invalid, then the same report printed by both, the sound records
+    written and the exclusion report beside the output."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
     from features.io import read_raw, write_raw
 
     tables = read_raw(cohort)
     tables["patients"].loc[0, "sex"] = "X"
     raw = tmp_path / "raw"
     write_raw(tables, raw, fmt="csv")
-    _register()
     runner = CliRunner()
     outputs, reports = {}, {}
     for engine, out in (("pandas", tmp_path / "p.parquet"), ("spark", tmp_path / "s-out")):
-        result = runner.invoke(app, ["predict", "--raw", str(raw), "--output", str(out), "--engine", engine,
-                                     "--master", "local[2]"])
+        args = ["predict", "--raw", str(raw), "--output", str(out), "--engine", engine, "--master", "local[2]"]
+        stopped = runner.invoke(app, args)  # by default an error stops the scoring, nothing written
+        assert stopped.exit_code == 1 and "--exclude-invalid" in " ".join(stopped.output.split()) and not out.exists()
+        result = runner.invoke(app, [*args, "--exclude-invalid"])
         assert result.exit_code == 0, result.output
+        report = pd.read_csv(tmp_path / f"{out.name.removesuffix('.parquet')}.exclusions.csv", dtype=str,
+                             keep_default_na=False)
+        assert report[["table", "column", "severity"]].values.tolist()[0] == ["patients", "sex", "error"]
         lines = result.output.splitlines()
         reports[engine] = lines[:next(i for i, line in enumerate(lines) if line.startswith("wrote"))]
         outputs[engine] = pd.read_parquet(out)
