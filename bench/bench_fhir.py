@@ -20,8 +20,8 @@
    --fhir-ndjson``'s pandas steps end to end (read, flat frame, ``score_file``,
    RiskAssessment.ndjson written by the builder per resource, as before; vs from its
    templates). Each run's outputs are checked equal (records, problems; the RiskAssessment
-   bytes). One process both ways: the reference's worker processes would hand records back
-   in another order, and scoring another order changes the last bits of some probabilities.
+   bytes). One process both ways (the reference's workers hand patients back in another
+   order; comparing them in one order keeps the check byte for byte).
 
 Medians; raw rows in ``bench/out/bench_fhir.json`` (``bench_fhir_compare.json`` for ``--compare``).
 
@@ -183,8 +183,8 @@ def _cpu() -> float:
 
 
 def _same(parsed) -> tuple:
-    """What must be equal before and after, in an order the reference's worker processes
-    do not change (they hand back patients in another order than one process reads them)."""
+    """What must be equal before and after, sorted (records by procedure, problems by
+    where), so that the order patients are handed back in does not matter."""
     records = sorted(parsed.records, key=lambda r: str(r["procedure"]["procedure_id"]))
     return records, sorted((p.source, p.expression, p.message, p.severity) for p in parsed.problems)
 

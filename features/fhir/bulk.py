@@ -69,15 +69,20 @@ def _read(directory: Path, now: dt.datetime, validate: bool, workers: int | None
     # Two passes on the workers: which patient each line is about, then whole patients parsed.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        shares = [lines[i::workers * 4] for i in range(workers * 4)]
+        k = workers * 4
+        shares = [lines[i::k] for i in range(k)]
         keyed = list(pool.map(_line_keys, shares))
-        groups: dict[str | None, list[tuple[bytes, str]]] = {}
+        keys_in_order: list[Any] = [None] * len(lines)
         problems: list[FhirProblem] = []
-        for share, (keys, share_problems) in zip(shares, keyed):
+        for i, (keys, share_problems) in enumerate(keyed):
             problems.extend(share_problems)
-            for (line, src, _), key in zip(share, keys):
-                if key is not False:
-                    groups.setdefault(key, []).append((line, src))
+            keys_in_order[i::k] = keys
+        # Each patient's lines in the export's order, as one process reads them (the order
+        # values were sent in orders a record's basis and breaks ties).
+        groups: dict[str | None, list[tuple[bytes, str]]] = {}
+        for (line, src, _), key in zip(lines, keys_in_order):
+            if key is not False:
+                groups.setdefault(key, []).append((line, src))
         patient_groups = [g for key, g in groups.items() if key is not None]
         chunks = _chunks(patient_groups, workers * 4)
         parts = list(pool.map(_parse_chunk, chunks, [now] * len(chunks), [validate] * len(chunks)))
