@@ -14,10 +14,20 @@
    and write RiskAssessment.ndjson; procedures per second end to end, and per stage. The
    FHIR reading runs on the driver for both engines (Spark scores; it does not parse FHIR).
 
-Medians; raw rows in ``bench/out/bench_fhir.json``.
+5. With ``--compare``: before vs after the Bulk fast path, alternated in the same run on the
+   same export: the read alone (``read_bulk_ndjson(fast=False, workers=1)``, the per-resource
+   parser in this process, as before on one core; vs the default fast path), and ``predict
+   --fhir-ndjson``'s pandas steps end to end (read, flat frame, ``score_file``,
+   RiskAssessment.ndjson written by the builder per resource, as before; vs from its
+   templates). Each run's outputs are checked equal (records, problems; the RiskAssessment
+   bytes). One process both ways (the reference's workers hand patients back in another
+   order; comparing them in one order keeps the check byte for byte).
+
+Medians; raw rows in ``bench/out/bench_fhir.json`` (``bench_fhir_compare.json`` for ``--compare``).
 
     .venv/bin/python bench/bench_fhir.py --n 20000 --repeats 3
     .venv/bin/python bench/bench_fhir.py --n 20000 --repeats 3 --predict
+    .venv/bin/python bench/bench_fhir.py --n 5000 --repeats 3 --compare
 """
 
 from __future__ import annotations
@@ -64,7 +74,10 @@ def main() -> None:
     parser.add_argument("--profile", default="xiong2021-pvp")
     parser.add_argument("--predict", action="store_true", help="also score end to end (pandas, Spark local[1]/[2])")
     parser.add_argument("--masters", default="local[1],local[2]")
+    parser.add_argument("--compare", action="store_true", help="before vs after the Bulk fast path (read, pandas predict)")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args)
 
     from features.fhir.bulk import read_bulk_ndjson
 
@@ -161,6 +174,88 @@ def predict_runs(folder: Path, tmp: Path, args) -> list[dict]:
         finally:
             spark.stop()
     return rows
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the reference's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _same(parsed) -> tuple:
+    """What must be equal before and after, sorted (records by procedure, problems by
+    where), so that the order patients are handed back in does not matter."""
+    records = sorted(parsed.records, key=lambda r: str(r["procedure"]["procedure_id"]))
+    return records, sorted((p.source, p.expression, p.message, p.severity) for p in parsed.problems)
+
+
+def compare(args) -> None:
+    """Before (per-resource parser, builder per resource) vs after (fast path, templates)."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from serving_support import use_trained_store
+
+    use_trained_store(OUT)
+    import datetime as dt
+
+    import pandas as pd
+
+    from features.fhir.bulk import read_bulk_ndjson
+    from features.fhir.parse import record_frame
+    from serving.batch.fhir_output import write_risk_assessments
+    from serving.batch.pandas_engine import score_file
+    from serving.scoring.loading import load_from_registry
+
+    models = load_from_registry()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "bulk"
+        write_bulk(folder, args.profile, args.n, seed=19)
+        now = dt.datetime.now(dt.timezone.utc)
+        occurrence = now.isoformat(timespec="seconds")
+        outputs: dict[str, tuple] = {}
+
+        def predict(fast: bool) -> tuple[float, float, float, float]:
+            t0, c0 = time.perf_counter(), _cpu()
+            parsed = read_bulk_ndjson(folder, now=now, fast=fast, workers=1)
+            t_read = time.perf_counter() - t0
+            records, sources = parsed.accepted()
+            sources = {str(r["procedure"]["procedure_id"]): s for r, s in zip(records, sources)}
+            score_file(models, folder, tmp / "scored.parquet", records=record_frame(parsed))
+            target = tmp / f"RiskAssessment-{fast}.ndjson"
+            write_risk_assessments(pd.read_parquet(tmp / "scored.parquet"), sources, target, occurrence, reference=not fast)
+            outputs[f"predict {fast}"] = (*_same(parsed), sorted(target.read_bytes().splitlines()))
+            return time.perf_counter() - t0, _cpu() - c0, t_read, len(parsed.records)
+
+        predict(True)  # warm-up (imports, models)
+        for r in range(args.repeats):
+            for fast in ((False, True) if r % 2 == 0 else (True, False)):
+                t0, c0 = time.perf_counter(), _cpu()
+                parsed = read_bulk_ndjson(folder, now=now, fast=fast, workers=1)
+                wall, cpu = time.perf_counter() - t0, _cpu() - c0
+                assert not parsed.errors and len(parsed.records) == args.n
+                outputs[f"read {fast}"] = _same(parsed)
+                rows.append({"step": "read", "fast": fast, "wall_s": wall, "cpu_s": cpu})
+                wall, cpu, t_read, n = predict(fast)
+                rows.append({"step": "predict pandas", "fast": fast, "wall_s": wall, "cpu_s": cpu, "read_s": t_read})
+                print(rows[-2], rows[-1], flush=True)
+            assert outputs["read True"] == outputs["read False"], "the two readers' records or problems differ"
+            assert outputs["predict True"] == outputs["predict False"], "the RiskAssessment lines differ"
+    summary: dict[str, object] = {"n": args.n, "profile": args.profile, "repeats": args.repeats,
+                                  "load_1min": os.getloadavg()[0], "outputs_equal": True}
+    for step in ("read", "predict pandas"):
+        for fast in (False, True):
+            mine = [r for r in rows if r["step"] == step and r["fast"] == fast]
+            wall, cpu = statistics.median(r["wall_s"] for r in mine), statistics.median(r["cpu_s"] for r in mine)
+            summary[f"{step} {'after' if fast else 'before'}"] = {
+                "median_wall_s": wall, "procedures_per_s": args.n / wall,
+                "median_cpu_s": cpu, "procedures_per_cpu_s": args.n / cpu}
+        summary[f"{step} speedup (wall, CPU)"] = (
+            summary[f"{step} before"]["median_wall_s"] / summary[f"{step} after"]["median_wall_s"],
+            summary[f"{step} before"]["median_cpu_s"] / summary[f"{step} after"]["median_cpu_s"])
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "bench_fhir_compare.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2))
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

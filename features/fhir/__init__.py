@@ -12,7 +12,10 @@ Modules
 ``parse``       FHIR -> records + problems (FHIRPath ``expression`` per problem): the public API;
                 ``read`` (problems, sources, dates, codings), ``history`` (Conditions,
                 MedicationStatements) and ``measures`` (Observations) are its parts
-``bulk``        a Bulk Data export folder (NDJSON) -> records + problems by file and line
+``bulk``        a Bulk Data export folder (NDJSON) -> records + problems by file and line;
+                ``ndjson`` (files, lines, refused lines) is shared by its two readers: the
+                per-resource one (the reference) and ``bulk_fast`` (the default: the same
+                records and problems, Observations decoded by ``fast_observations``)
 ``export``      raw tables -> FHIR resources, Bundles (``refracture fhir-export``)
 ``codesystem``  the project CodeSystem resource the service publishes
 ``docs``        docs/fhir.md (``refracture fhir-docs``)
@@ -29,8 +32,9 @@ API (all pure; ``now`` is the request time, default now in UTC: anything dated a
 ``parse.parse_resources(items, *, now=None, validate=False, one_patient=True, source_of=None, check=True) -> FhirRecords``
     The core: resources, or (resource, FHIRPath base[, fullUrl]) tuples. With
     ``one_patient=False`` resources are grouped by patient (Bulk).
-``bulk.read_bulk_ndjson(directory: Path, *, now=None, validate=False) -> FhirRecords``
+``bulk.read_bulk_ndjson(directory: Path, *, now=None, validate=False, workers=None, fast=True) -> FhirRecords``
     Every ``*.ndjson`` file of a folder; problems carry ``source='<file>:<line>'``.
+    ``fast=False`` (or ``validate=True``) reads every resource with the per-resource parser.
 ``parse.record_frame(parsed: FhirRecords) -> pandas.DataFrame``
     The accepted records as the flat frame batch scoring takes.
 ``parse.model_problems(resource: dict, base: str) -> list[FhirProblem]``

@@ -17,53 +17,37 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from features.fhir.bulk_fast import read_bulk_fast
+from features.fhir.ndjson import BulkInputError, base_of, expected_type, line_keys, ndjson_files
 from features.fhir.parse import FhirProblem, FhirRecords, merge, parse_resources, paused_gc
 
-_TYPE_OF_FILE = re.compile(r"^([A-Z][A-Za-z]+)(?:[_.-]\d+)?\.ndjson$")
+__all__ = ["BulkInputError", "PARALLEL_FROM", "ndjson_files", "read_bulk_ndjson"]
+
 #: Below this many resources one process parses everything (starting workers costs more).
 PARALLEL_FROM = 20_000
 
 
-class BulkInputError(ValueError):
-    """The folder cannot be read as a Bulk Data export at all (no NDJSON files)."""
-
-
-def ndjson_files(directory: Path) -> list[Path]:
-    """The export's NDJSON files, in name order."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise BulkInputError(f"{directory} is not a folder")
-    files = sorted(p for p in directory.iterdir() if p.suffix == ".ndjson" and p.is_file())
-    if not files:
-        raise BulkInputError(f"{directory} holds no .ndjson files (a FHIR Bulk Data export: one <ResourceType>.ndjson per type)")
-    return files
-
-
-def _patient_key(resource: dict[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient":
-        rid = resource.get("id")
-        return f"Patient/{rid}" if isinstance(rid, str) else None
-    subject = resource.get("subject")
-    ref = subject.get("reference") if isinstance(subject, dict) else None
-    return "/".join(ref.rstrip("/").split("/")[-2:]) if isinstance(ref, str) else None
-
-
 def read_bulk_ndjson(directory: Path, *, now: dt.datetime | None = None, validate: bool = False,
-                     workers: int | None = None) -> FhirRecords:
+                     workers: int | None = None, fast: bool = True) -> FhirRecords:
     """Every record of a Bulk Data export, with every problem by ``file:line`` and FHIRPath.
 
-    ``validate``: also check every resource against the FHIR R4 models (fhir.resources; about
-    half a millisecond per resource, so off by default for large exports: the elements the
-    mapping reads are checked either way). ``workers``: processes that parse (default: one
-    per core for exports of ``PARALLEL_FROM`` resources or more).
+    ``fast``: read with the fast path (``features.fhir.bulk_fast``: the same records and
+    problems, its Observations decoded without a dict per element; patients it does not
+    cover are read by the per-resource parser). ``fast=False`` is the reference: every
+    resource through the per-resource parser. ``validate``: also check every resource
+    against the FHIR R4 models (fhir.resources; about half a millisecond per resource, so
+    off by default for large exports: the elements the mapping reads are checked either
+    way; implies the reference path). ``workers``: processes the reference path parses with
+    (default: one per core for exports of ``PARALLEL_FROM`` resources or more).
     """
+    if fast and not validate:
+        return read_bulk_fast(directory, now=now)
     with paused_gc():  # the whole read: every allocation here is live data (see paused_gc)
         return _read(directory, now or dt.datetime.now(dt.timezone.utc), validate, workers)
 
@@ -71,30 +55,34 @@ def read_bulk_ndjson(directory: Path, *, now: dt.datetime | None = None, validat
 def _read(directory: Path, now: dt.datetime, validate: bool, workers: int | None) -> FhirRecords:
     lines: list[tuple[bytes, str, str | None]] = []  # (line, file:line, the file's resource type)
     for path in ndjson_files(directory):
-        m = _TYPE_OF_FILE.match(path.name)
-        expected = m.group(1) if m else None
+        expected = expected_type(path)
         lines.extend((line, f"{path.name}:{number}", expected)
                      for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip())
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
     if workers == 1 or len(lines) < PARALLEL_FROM:
-        keys, problems, resources = _keys(lines, keep=True)
+        keys, problems, resources = line_keys(lines, keep=True)
         items = [(resources[i], lines[i][1]) for i in range(len(lines)) if keys[i] is not False]
-        out = parse_resources([(r, r.get("resourceType", "resource"), "") for r, _ in items], now=now, validate=validate,
+        out = parse_resources([(r, base_of(r), "") for r, _ in items], now=now, validate=validate,
                               one_patient=False, source_of={i: src for i, (_, src) in enumerate(items)})
         out.problems[:0] = problems
         return out
     # Two passes on the workers: which patient each line is about, then whole patients parsed.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        shares = [lines[i::workers * 4] for i in range(workers * 4)]
-        keyed = list(pool.map(_keys, shares))
-        groups: dict[str | None, list[tuple[bytes, str]]] = {}
+        k = workers * 4
+        shares = [lines[i::k] for i in range(k)]
+        keyed = list(pool.map(_line_keys, shares))
+        keys_in_order: list[Any] = [None] * len(lines)
         problems: list[FhirProblem] = []
-        for share, (keys, share_problems) in zip(shares, keyed):
+        for i, (keys, share_problems) in enumerate(keyed):
             problems.extend(share_problems)
-            for (line, src, _), key in zip(share, keys):
-                if key is not False:
-                    groups.setdefault(key, []).append((line, src))
+            keys_in_order[i::k] = keys
+        # Each patient's lines in the export's order, as one process reads them (the order
+        # values were sent in orders a record's basis and breaks ties).
+        groups: dict[str | None, list[tuple[bytes, str]]] = {}
+        for (line, src, _), key in zip(lines, keys_in_order):
+            if key is not False:
+                groups.setdefault(key, []).append((line, src))
         patient_groups = [g for key, g in groups.items() if key is not None]
         chunks = _chunks(patient_groups, workers * 4)
         parts = list(pool.map(_parse_chunk, chunks, [now] * len(chunks), [validate] * len(chunks)))
@@ -105,37 +93,17 @@ def _read(directory: Path, now: dt.datetime, validate: bool, workers: int | None
     return out
 
 
-def _keys(lines: list[tuple[bytes, str, str | None]], keep: bool = False) -> tuple[Any, ...]:
-    """Per line: the patient it is about (None: none found; False: the line is refused), and
-    the problems of refused lines (and, with ``keep``, the parsed resources)."""
-    keys: list[str | None | bool] = []
-    problems: list[FhirProblem] = []
-    resources: list[Any] = []
-    with paused_gc():
-        for line, src, expected in lines:
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                problems.append(FhirProblem("resource", f"not JSON: {exc}"[:200], code="structure", source=src))
-                keys.append(False)
-                resources.append(None)
-                continue
-            resources.append(resource)
-            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-            if expected and rtype != expected:
-                problems.append(FhirProblem(f"{rtype or 'resource'}.resourceType",
-                                            f"resourceType {rtype!r} in {src.split(':')[0]} (expected {expected})", source=src))
-                keys.append(False)
-                continue
-            keys.append(_patient_key(resource))
-    return (keys, problems, resources) if keep else (keys, problems)
-
-
 def _parse_lines(items: list[tuple[bytes, str]], now: dt.datetime, validate: bool) -> FhirRecords:
     with paused_gc():
         resources = [orjson.loads(line) for line, _ in items]
-    return parse_resources([(r, r.get("resourceType", "resource"), "") for r in resources], now=now, validate=validate,
+    return parse_resources([(r, base_of(r), "") for r in resources], now=now, validate=validate,
                            one_patient=False, source_of={i: src for i, (_, src) in enumerate(items)})
+
+
+def _line_keys(lines: list[tuple[bytes, str, str | None]]) -> tuple[Any, ...]:
+    """In a worker: ``ndjson.line_keys`` with the collector paused."""
+    with paused_gc():
+        return line_keys(lines)
 
 
 def _parse_chunk(groups: list[list[tuple[bytes, str]]], now: dt.datetime, validate: bool) -> FhirRecords:

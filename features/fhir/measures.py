@@ -135,6 +135,14 @@ def observations(ctx: Ctx, rec: dict, el: dict, src: RecordSource, mine: list[Re
                     value, element = _imaging_value(ctx, obs, f".component[{j}]" if panel else "", item, code)
                 if value is not None:
                     imaging[code].append(Measure(code, value, day, moment, base, j, element, ref, stated))
+    vitals_and_dxa(ctx, P, el, src, vitals, dxa, surgery)
+    imaging_fields(ctx, rec, el, src, imaging, proc, surgery)
+
+
+def vitals_and_dxa(ctx: Ctx, P: dict, el: dict, src: RecordSource, vitals: dict[str, list[Measure]],
+                   dxa: list[tuple[str, str, Measure]], surgery: dt.date) -> None:
+    """Height, weight (``vitals``: field -> its values, in the order first sent) and DXA
+    (``dxa``: (site, 'bmd' or 't', value)) chosen by the mapping's rules for one record."""
     for field_name, measures in vitals.items():
         chosen = _pick_before(ctx, measures, surgery, VITALS_DAYS)
         P[field_name] = chosen.value if chosen else None
@@ -144,7 +152,6 @@ def observations(ctx: Ctx, rec: dict, el: dict, src: RecordSource, mine: list[Re
     P.setdefault("height_cm", None)
     P.setdefault("weight_kg", None)
     _dxa(ctx, P, el, src, dxa, surgery)
-    _imaging(ctx, rec, el, src, imaging, proc, surgery)
 
 
 def _quantity(ctx: Ctx, obs: Res, path: str, quantity: Any, unit: str, field_name: str) -> float | None:
@@ -266,34 +273,59 @@ def _dxa(ctx: Ctx, P: dict, el: dict, src: RecordSource, dxa: list[tuple[str, st
             src.basis.append(m.ref)
 
 
-def _imaging(ctx: Ctx, rec: dict, el: dict, src: RecordSource, imaging: dict[str, list[Measure]], proc: Res,
-             surgery: dt.date) -> None:
+#: ``imaging_timepoint``'s answers for an imaging value it cannot place (each a problem).
+STATED_ELSEWHEN, SAME_DAY = "stated-elsewhen", "same-day"
+
+
+def imaging_timepoint(stated: str | None, day: dt.date, moment: dt.datetime | None, surgery: dt.date,
+                      surgery_at: dt.datetime | None) -> str | None:
+    """The time point an imaging value counts at (``mapping.RULE_PREOP``, ``RULE_POSTOP``,
+    ``RULE_SAME_DAY``): its stated time point (the imaging-timepoint extension) if it agrees
+    with the date, else before or after the surgery by date (by time on the surgery day). 'preop' or 'postop' if used; None if it
+    is outside the unstated window (``PREOP_IMAGING_DAYS``, ``POSTOP_IMAGING_DAYS``);
+    ``STATED_ELSEWHEN`` (stated pre-operative but dated after surgery, or the reverse) or
+    ``SAME_DAY`` (the surgery day without a time) if it cannot be placed."""
+    tp = stated
+    if tp is not None:
+        if tp == "preop" and day > surgery or tp != "preop" and day < surgery:
+            return STATED_ELSEWHEN
+    elif day < surgery:
+        tp = "preop"
+    elif day > surgery:
+        tp = "postop"
+    elif moment is not None and surgery_at is not None:
+        tp = "preop" if moment < surgery_at else "postop"
+    else:
+        return SAME_DAY
+    if tp == "preop" and (stated or (surgery - day).days <= PREOP_IMAGING_DAYS):
+        return "preop"
+    if tp == "postop" and (stated or (day - surgery).days <= POSTOP_IMAGING_DAYS):
+        return "postop"
+    return None
+
+
+def imaging_fields(ctx: Ctx, rec: dict, el: dict, src: RecordSource, imaging: dict[str, list[Measure]], proc: Res,
+                   surgery: dt.date) -> None:
+    """The imaging values of one record (``imaging``: code -> its values from the Observations
+    that belong to ``proc``, in the order sent) chosen by the pre-/post-operative rules;
+    then the record's basis without repeats."""
     moment = surgery_moment(proc)
     for code, measures in imaging.items():
         pre: list[Measure] = []
         post: list[Measure] = []
         for m in measures:
-            tp = m.timepoint
-            if tp is not None:
-                if tp == "preop" and m.day > surgery or tp != "preop" and m.day < surgery:
-                    ctx.patient_errors.append(FhirProblem(m.expression, f"{code}: stated {tp} but dated {m.day} "
-                                                                        f"(surgery {surgery})", code="business-rule"))
-                    continue
-            elif m.day < surgery:
-                tp = "preop"
-            elif m.day > surgery:
-                tp = "postop"
-            elif m.moment is not None and moment is not None:
-                tp = "preop" if m.moment < moment else "postop"
-            else:
+            tp = imaging_timepoint(m.timepoint, m.day, m.moment, surgery, moment)
+            if tp == STATED_ELSEWHEN:
+                ctx.patient_errors.append(FhirProblem(m.expression, f"{code}: stated {m.timepoint} but dated {m.day} "
+                                                                    f"(surgery {surgery})", code="business-rule"))
+            elif tp == SAME_DAY:
                 ctx.patient_errors.append(FhirProblem(
                     m.expression, f"{code}: dated the surgery day ({surgery}) without a time, so it cannot be told "
                                   "pre- from post-operative: send the time, or the imaging-timepoint extension",
                     code="business-rule"))
-                continue
-            if tp == "preop" and (m.timepoint or (surgery - m.day).days <= PREOP_IMAGING_DAYS):
+            elif tp == "preop":
                 pre.append(m)
-            elif tp == "postop" and (m.timepoint or (m.day - surgery).days <= POSTOP_IMAGING_DAYS):
+            elif tp == "postop":
                 post.append(m)
         # Pre-operative: the latest before surgery; post-operative: the first after it.
         for tp, candidates, latest in (("preop", pre, True), ("postop", post, False)):

@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import gc
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 from fhir.resources.R4B import get_fhir_model_class
@@ -290,7 +290,11 @@ def _by_patient(resources: list[Res], problems: list[FhirProblem]) -> Iterator[l
     yield from patients.values()
 
 
-def _parse_patient(resources: list[Res], now: dt.datetime, out: FhirRecords, input_level: bool) -> None:
+def _parse_patient(resources: list[Res], now: dt.datetime, out: FhirRecords, input_level: bool,
+                   observe: Callable[..., None] = observations) -> None:
+    """One patient's resources -> its records (and problems) in ``out``. ``observe``: what
+    fills a record's measured fields (``measures.observations``; the Bulk fast path,
+    ``features.fhir.bulk_fast``, passes its own reader of pre-digested Observations)."""
     ctx = Ctx(out, now, input_level)
     patients = [r for r in resources if r.type == "Patient"]
     if not patients:
@@ -338,7 +342,7 @@ def _parse_patient(resources: list[Res], now: dt.datetime, out: FhirRecords, inp
     records, sources = [], []
     for proc in completed:
         day = surgery[id(proc)]
-        rec, src = _procedure_record(ctx, patient, patient_fields, proc, day, completed, surgery, mine, by_ref)
+        rec, src = _procedure_record(ctx, patient, patient_fields, proc, day, completed, surgery, mine, by_ref, observe)
         records.append(rec)
         sources.append(src)
     _finish(ctx, records, sources)
@@ -422,7 +426,8 @@ def _technique(proc: Res) -> str | None:
 
 def _procedure_record(ctx: Ctx, patient: Res, pvals: dict[str, tuple[Any, str]], proc: Res, surgery: dt.date | None,
                       completed: list[Res], surgery_of: dict[int, dt.date | None], mine: list[Res],
-                      by_ref: dict[str, Res]) -> tuple[dict[str, Any], RecordSource]:
+                      by_ref: dict[str, Res], observe: Callable[..., None] = observations
+                      ) -> tuple[dict[str, Any], RecordSource]:
     src = RecordSource(patient=patient.ref, procedure=proc.ref, source=proc.source)
     src.basis = [patient.ref, proc.ref]
     el = src._elements
@@ -466,7 +471,7 @@ def _procedure_record(ctx: Ctx, patient: Res, pvals: dict[str, tuple[Any, str]],
     if surgery is not None:
         conditions(ctx, P, el, src, mine, surgery, index_refs, treated_levels)
         medications(ctx, P, el, src, mine, surgery)
-        observations(ctx, rec, el, src, mine, proc, surgery, completed, surgery_of)
+        observe(ctx, rec, el, src, mine, proc, surgery, completed, surgery_of)
     return rec, src
 
 

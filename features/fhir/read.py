@@ -105,11 +105,15 @@ def ref_keys(res: Res) -> list[str]:
 
 def reference(value: Any) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("reference"), str):
-        ref = value["reference"]
-        if not ref.startswith("urn:") and ref.count("/") > 1:  # absolute URL -> Type/id
-            ref = "/".join(ref.rstrip("/").split("/")[-2:])
-        return ref
+        return normal_reference(value["reference"])
     return None
+
+
+def normal_reference(ref: str) -> str:
+    """A Reference.reference as the parser keys resources: an absolute URL -> ``Type/id``."""
+    if not ref.startswith("urn:") and ref.count("/") > 1:
+        ref = "/".join(ref.rstrip("/").split("/")[-2:])
+    return ref
 
 
 def date_of(value: Any) -> tuple[dt.date, dt.datetime | None] | None:

@@ -13,7 +13,6 @@ Every resource of the first ``VALIDATE_FIRST`` records is checked against the FH
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,20 +23,17 @@ import pandas as pd
 from features.fhir.parse import RecordSource
 from features.labels import DEATH_TARGET
 from modelstore.naming import model_name
+from serving.batch.risk_assessment_lines import risk_assessment_lines, scored_layout
 from serving.fhir.risk_assessment import risk_assessments, validate
 from serving.scoring.served_models import TOP_FACTORS
 
 VALIDATE_FIRST = 20
-_CURVE = re.compile(r"^(?P<outcome>.+)_p_(?P<months>\d+(?:\.\d+)?)m$")
 
 
 def predictions_from_scored(scored: pd.DataFrame) -> Iterator[dict[str, Any]]:
     """Rows of a scored table (``serving.batch.pandas_engine`` columns) as ``/predict`` answers."""
-    outcomes = [col[: -len("_model_version")] for col in scored.columns
-                if col.endswith("_model_version") and not col.startswith(f"{DEATH_TARGET}_")]
-    curves = {o: [(m.group("months"), col) for col in scored.columns if (m := _CURVE.match(col)) and m.group("outcome") == o]
-              for o in outcomes}
-    contrib = {o: [col for col in scored.columns if col.startswith(f"{o}__")] for o in outcomes}
+    layout = scored_layout(scored)
+    outcomes, curves, contrib = layout.outcomes, layout.curves, layout.contributions
     columns = {col: scored[col].to_numpy() for col in scored.columns}
     death = f"{DEATH_TARGET}_p_24m" in columns
     for i in range(len(scored)):
@@ -74,21 +70,43 @@ def _explanation(outcome: str, cols: list[str], columns: dict[str, np.ndarray], 
             "lowering": [factor(j) for j in order[::-1][:TOP_FACTORS] if values[j] < -1e-9]}
 
 
-def write_risk_assessments(scored: pd.DataFrame, sources: dict[str, RecordSource], path: Path, occurrence: str) -> int:
+def write_risk_assessments(scored: pd.DataFrame, sources: dict[str, RecordSource], path: Path, occurrence: str,
+                           reference: bool = False) -> int:
     """Write one RiskAssessment per outcome (and the death context) per scored procedure to
     ``path`` (NDJSON, atomically); returns how many. ``sources``: procedure_id -> the
-    record's source (``features.fhir.parse.FhirRecords.accepted``)."""
+    record's source (``features.fhir.parse.FhirRecords.accepted``). The lines come from the
+    builder's templates (``risk_assessment_lines``); ``reference=True`` builds and serialises
+    every resource with the builder instead (the same bytes, slower)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
     with tmp.open("wb") as fh:
-        for k, answer in enumerate(predictions_from_scored(scored)):
-            for resource in risk_assessments(answer, sources[answer["procedure_id"]], occurrence):
-                if k < VALIDATE_FIRST:
-                    validate(resource)
-                fh.write(orjson.dumps(resource))
-                fh.write(b"\n")
-                n += 1
+        for k, lines in enumerate(_reference_lines(scored, sources, occurrence) if reference else
+                                  risk_assessment_lines(scored, sources, occurrence, _explainer(scored))):
+            if k < VALIDATE_FIRST:
+                for line in lines:
+                    validate(orjson.loads(line))
+            fh.write(b"\n".join(lines))
+            fh.write(b"\n")
+            n += len(lines)
     tmp.replace(path)
     return n
+
+
+def _reference_lines(scored: pd.DataFrame, sources: dict[str, RecordSource], occurrence: str) -> Iterator[list[bytes]]:
+    """Per row, its resources built by the builder and serialised one by one."""
+    for answer in predictions_from_scored(scored):
+        yield [orjson.dumps(r) for r in risk_assessments(answer, sources[answer["procedure_id"]], occurrence)]
+
+
+def _explainer(scored: pd.DataFrame):
+    """(outcome, row) -> the row's explanation, as ``predictions_from_scored`` gives it."""
+    layout = scored_layout(scored)
+    columns = {col: scored[col].to_numpy() for col in scored.columns}
+    horizon = scored["horizon_months"].to_numpy(dtype=float) if "horizon_months" in scored.columns else None
+
+    def explanation(outcome: str, i: int) -> dict[str, Any]:
+        return _explanation(outcome, layout.contributions[outcome], columns, i, float(horizon[i]))
+
+    return explanation

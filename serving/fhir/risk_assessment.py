@@ -127,3 +127,8 @@ def risk_assessments(prediction: dict[str, Any], source: RecordSource, occurrenc
 def validate(resource: dict[str, Any]) -> None:
     """Raise pydantic's ValidationError unless ``resource`` is a valid FHIR R4 RiskAssessment."""
     RiskAssessment.model_validate(resource)
+
+
+def explanation_extension(explanation: dict[str, Any]) -> dict[str, Any]:
+    """The explanation's extension (``EXT_FACTORS``) as ``risk_assessments`` writes it."""
+    return _factors(explanation)

@@ -70,3 +70,9 @@ def test_parallel_workers_give_the_same_records_and_problems(tmp_path, monkeypat
     assert len(one.refused) == len(two.refused) >= 1
     by_id = {r["procedure"]["procedure_id"]: r for r in two.records}
     assert all(by_id[r["procedure"]["procedure_id"]] == r for r in one.records)
+    # The same sources too: each patient's resources read in the export's order (the basis
+    # of a RiskAssessment lists them in that order).
+    def sources(parsed):
+        return {r["procedure"]["procedure_id"]: (s.patient, s.procedure, list(s.basis), s.source, s.elements)
+                for r, s in zip(parsed.records, parsed.sources)}
+    assert sources(one) == sources(two)
