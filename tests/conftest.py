@@ -56,7 +56,8 @@ SLOW_MODULES = frozenset({
     "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
-SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
+SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store",
+                        "fresh_copy"})  # the docs tier: a copy of the checkout, guides run as written
 
 
 def _needs(item) -> set[str]:
