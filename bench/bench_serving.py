@@ -124,8 +124,30 @@ def stop(proc) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def ensure_challenger(store: Path) -> str:
+    """A ``challenger`` for the adjacent-fracture model of the bench store (a new version of
+    the champion's own model, so shadow scoring costs what a real challenger costs);
+    returns its version."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = "refracture-adjacent_fracture"
+    champion = client.get_model_version_by_alias(name, "champion")
+    try:
+        current = client.get_model_version_by_alias(name, "challenger")
+        if str(current.version) != str(champion.version):
+            return str(current.version)
+    except Exception:  # noqa: BLE001 - no challenger yet
+        pass
+    new = client.create_model_version(name, champion.source, run_id=champion.run_id, tags=champion.tags)
+    client.set_registered_model_alias(name, "challenger", new.version)
+    return str(new.version)
+
+
 def http_bench(store: Path, duration: int, repeats: int, options: str, workers: int, tag: str,
-               concurrency: tuple[int, ...] = CONCURRENCY, compare_thread: bool = False) -> dict:
+               concurrency: tuple[int, ...] = CONCURRENCY, compare_thread: bool = False,
+               compare_log: bool = False) -> dict:
     from serving.scoring.examples import example_record
     from serving_support import free_port, store_env
 
@@ -134,7 +156,7 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
     script = work / "post.lua"
     script.write_text(LUA % {"key": KEY, "body": body})
     env = store_env(store, REFRACTURE_API_KEY=KEY, REFRACTURE_AUDIT_SALT="bench", REFRACTURE_WORKERS=str(workers),
-                    REFRACTURE_AUDIT_LOG=str(work / "audit.jsonl"))
+                    REFRACTURE_AUDIT_LOG=str(work / "audit.jsonl"))  # the prediction log off (store_env)
     svc_env, bare_env = dict(env), dict(env)
     bare_env["REFRACTURE_GC_FREEZE"] = "1"  # the service freezes its start-up heap; so does the floor
     if options:
@@ -168,6 +190,16 @@ def http_bench(store: Path, duration: int, repeats: int, options: str, workers: 
             f"http://127.0.0.1:{p_thread}")
         targets["predict_thread"] = f"http://127.0.0.1:{p_thread}/predict"
         targets["explain_thread"] = f"http://127.0.0.1:{p_thread}/explain"
+    if compare_log:  # the same service with the prediction log on (SQLite), and with challengers in shadow too
+        ensure_challenger(store)
+        log_env = {**svc_env, "REFRACTURE_PREDICTION_LOG": "1", "REFRACTURE_PREDICTION_SECRET": KEY * 2}
+        for name, extra in (("predict_log", {}), ("predict_shadow", {"REFRACTURE_SHADOW_CHALLENGERS": "1"})):
+            port = free_port()
+            servers[name] = start([sys.executable, "-c", "from refracture.cli import main; main()", "serve", "--port",
+                                   str(port), "--workers", str(workers)],
+                                  {**log_env, **extra, "REFRACTURE_PREDICTION_DB": f"sqlite:///{work / name}.db"},
+                                  work / f"service-{name}.log", f"http://127.0.0.1:{port}")
+            targets[name] = f"http://127.0.0.1:{port}/predict"
     runs: dict = {t: {c: [] for c in concurrency} for t in targets}
     try:
         for name, url in targets.items():  # warm-up
@@ -262,6 +294,9 @@ def main() -> None:
     ap.add_argument("--explain-records", type=int, default=None, help="records for refracture predict --explain "
                     "(default --records; 0 = skip)")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--compare-log", action="store_true", help="also serve with the prediction log on (predict_log) "
+                    "and with a challenger scored in shadow (predict_shadow), measured in the same runs as predict "
+                    "(log off)")
     ap.add_argument("--compare-thread", action="store_true", help="also serve with REFRACTURE_SCORING_PROCESS=0 "
                     "(scoring in the worker's thread) and measure it in the same runs")
     args = ap.parse_args()
@@ -271,7 +306,8 @@ def main() -> None:
     result: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "args": vars(args)}
     if not args.skip_http:
         result["http"] = http_bench(store, args.duration, args.repeats, args.bento_options, args.workers, args.tag,
-                                    tuple(int(c) for c in args.concurrency.split(",")), args.compare_thread)
+                                    tuple(int(c) for c in args.concurrency.split(",")), args.compare_thread,
+                                    args.compare_log)
         print()
         print(table(result["http"]))
         print("\nAgainst the strict floor (bare_fixed):\n")

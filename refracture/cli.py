@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-#: (module, function, command name). Order is the order shown in --help.
+#: (module, function or typer app of subcommands, command name). Order is the order shown in --help.
 COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.data", "synth", "synth"),
     ("refracture.commands.data", "validate", "validate"),
@@ -36,6 +36,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.training", "promote", "promote"),
     ("refracture.commands.site", "site_report", "site-report"),
     ("refracture.commands.site", "recalibrate", "recalibrate"),
+    ("refracture.commands.predictions", "outcomes", "outcomes"),
+    ("refracture.commands.predictions", "performance", "performance"),
+    ("refracture.commands.predictions", "predictions_app", "predictions"),
     ("refracture.commands.training", "ui", "ui"),
 ]
 
@@ -43,7 +46,11 @@ COMMANDS: list[tuple[str, str, str]] = [
 def _register() -> None:
     for module_name, func_name, command_name in COMMANDS:
         module = importlib.import_module(module_name)
-        app.command(command_name)(getattr(module, func_name))
+        target = getattr(module, func_name)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=command_name)
+        else:
+            app.command(command_name)(target)
 
 
 @app.callback()

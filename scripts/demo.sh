@@ -34,6 +34,14 @@ if [ -z "${REFRACTURE_AUDIT_SALT:-}" ]; then
   [ -s "$saltfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$saltfile")
   REFRACTURE_AUDIT_SALT=$(cat "$saltfile"); export REFRACTURE_AUDIT_SALT
 fi
+# The prediction log's site secret (docs/prediction-log.md): drawn once, kept out of git;
+# the demo's predictions go to the embedded store, data/predictions.db.
+if [ -z "${REFRACTURE_PREDICTION_SECRET:-}${REFRACTURE_PREDICTION_SECRET_FILE:-}" ]; then
+  secretfile="$DATA/prediction-secret"
+  [ -s "$secretfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(48))' > "$secretfile")
+  export REFRACTURE_PREDICTION_SECRET_FILE="$PWD/$secretfile"
+  echo "demo: predictions logged to data/predictions.db (site secret in $secretfile; later: refracture outcomes, refracture performance)"
+fi
 echo "demo: serving on http://127.0.0.1:$PORT  (clinician page: http://127.0.0.1:$PORT/ui/, API docs: http://127.0.0.1:$PORT/, OpenAPI: /docs.json)"
 echo "demo: MLflow UI in another shell: .venv/bin/refracture ui"
 exec $R serve --port "$PORT"

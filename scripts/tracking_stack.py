@@ -6,7 +6,9 @@ For development and the tests, the same stack a team runs for real (docs/deploym
     scripts/tracking-stack.sh --data data/stack --port 5000      # keep it, until Ctrl-C
 
 It starts a PostgreSQL cluster (``initdb``/``pg_ctl``) in a folder of its own, listening on
-127.0.0.1 and a free port with a random password, creates the ``mlflow`` database, starts
+127.0.0.1 and a free port with a random password, creates the ``mlflow`` database and the
+prediction log's ``predictions`` database (``REFRACTURE_PREDICTION_DB`` is set for the
+command; ``--postgres-only`` starts the cluster without MLflow), starts
 ``mlflow server --backend-store-uri postgresql+psycopg://… --artifacts-destination
 <folder>/artifacts --serve-artifacts`` on 127.0.0.1, waits until ``/health`` answers, then
 runs the given command with ``MLFLOW_TRACKING_URI`` set (or waits for Ctrl-C without one).
@@ -45,6 +47,8 @@ logger = logging.getLogger("tracking-stack")
 ROOT = Path(__file__).resolve().parents[1]
 PG_USER = "refracture"
 PG_DATABASE = "mlflow"
+#: The prediction log's own database in the same cluster (predictionlog.store).
+PG_PREDICTIONS_DATABASE = "predictions"
 #: Seconds to wait for PostgreSQL / the MLflow server (the first start migrates the schema).
 PG_START_TIMEOUT_S = 60
 MLFLOW_START_TIMEOUT_S = 180
@@ -129,6 +133,11 @@ class TrackingStack:
     def backend_uri(self) -> str:
         return f"postgresql+psycopg://{PG_USER}:{self._password}@127.0.0.1:{self.pg_port}/{PG_DATABASE}"
 
+    @property
+    def predictions_uri(self) -> str:
+        """SQLAlchemy URL of the prediction log's database (``REFRACTURE_PREDICTION_DB``)."""
+        return f"postgresql+psycopg://{PG_USER}:{self._password}@127.0.0.1:{self.pg_port}/{PG_PREDICTIONS_DATABASE}"
+
     def start(self) -> "TrackingStack":
         try:
             self.start_postgres()
@@ -152,9 +161,11 @@ class TrackingStack:
         self.stop()
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default os.environ) with MLFLOW_TRACKING_URI pointing at the server."""
+        """``base`` (default os.environ) with MLFLOW_TRACKING_URI pointing at the server and
+        REFRACTURE_PREDICTION_DB at the prediction log's database."""
         env = dict(os.environ if base is None else base)
         env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        env["REFRACTURE_PREDICTION_DB"] = self.predictions_uri
         return env
 
     # ------------------------------------------------------------------ PostgreSQL
@@ -187,7 +198,7 @@ class TrackingStack:
                             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-locale")
             if done.returncode:
                 raise StackError(f"initdb failed in {self.pg_data}:\n{done.stdout}{done.stderr}")
-        self.pg_port = free_port()
+        self.pg_port = self.pg_port or free_port()  # a restart keeps the port: clients' URLs stay valid
         options = f"-c listen_addresses=127.0.0.1 -p {self.pg_port} -c unix_socket_directories={self.pg_dir}"
         done = self._pg("pg_ctl", "start", "-D", str(self.pg_data), "-l", str(self.pg_log), "-o", options, "-w",
                         "-t", str(PG_START_TIMEOUT_S))
@@ -202,8 +213,9 @@ class TrackingStack:
 
         with psycopg.connect(host="127.0.0.1", port=self.pg_port, user=PG_USER, password=self._password,
                              dbname="postgres", autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
-                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+            for name in (PG_DATABASE, PG_PREDICTIONS_DATABASE):
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                    conn.execute(f'CREATE DATABASE "{name}"')
 
     def stop_postgres(self) -> None:
         if self._pg_started:
@@ -278,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "temporary folder, deleted on exit)")
     parser.add_argument("--port", type=int, default=0, help="port of the MLflow server (default: a free one)")
     parser.add_argument("--workers", type=int, default=1, help="MLflow server worker processes (default 1)")
+    parser.add_argument("--postgres-only", action="store_true",
+                        help="start PostgreSQL only (the prediction log's database), no MLflow server")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -286,13 +300,21 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _raise_on_signal)
     stack = TrackingStack(args.data, port=args.port, workers=args.workers)
     try:
-        stack.start()
-        logger.info("MLFLOW_TRACKING_URI=%s", stack.tracking_uri)
+        if args.postgres_only:
+            stack.start_postgres()
+        else:
+            stack.start()
+            logger.info("MLFLOW_TRACKING_URI=%s", stack.tracking_uri)
+        logger.info("REFRACTURE_PREDICTION_DB=postgresql+psycopg://%s:***@127.0.0.1:%s/%s", PG_USER, stack.pg_port,
+                    PG_PREDICTIONS_DATABASE)
         if not command:
             logger.info("running until Ctrl-C")
             while True:
                 time.sleep(3600)
-        child = subprocess.Popen(command, env=stack.env())
+        env = stack.env()
+        if args.postgres_only:
+            env.pop("MLFLOW_TRACKING_URI")
+        child = subprocess.Popen(command, env=env)
         try:
             return child.wait()
         except BaseException:

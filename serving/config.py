@@ -18,6 +18,7 @@ from typing import Mapping
 
 from modelstore.errors import ConfigError
 from modelstore.risk_bands import RISK_BANDS
+from predictionlog.settings import ENV_ENABLED, PredictionLogSettings, read_secret
 
 
 #: The served risk bands (``modelstore.risk_bands``, shared with the model card).
@@ -32,6 +33,7 @@ ENV_MAX_RECORDS = "REFRACTURE_MAX_RECORDS"
 ENV_MAX_BODY_BYTES = "REFRACTURE_MAX_BODY_BYTES"
 ENV_MODEL_VERSIONS = "REFRACTURE_MODEL_VERSIONS"
 ENV_SCORING_PROCESS = "REFRACTURE_SCORING_PROCESS"
+ENV_SHADOW_CHALLENGERS = "REFRACTURE_SHADOW_CHALLENGERS"
 
 
 def _truthy(value: str | None) -> bool:
@@ -107,6 +109,9 @@ class ServingSettings:
     #: Score micro-batches in a child process of each worker (``serving.http.scoring_process``)
     #: rather than in a thread of it: on by default when the worker may use 2 or more CPUs.
     scoring_process: bool = False
+    #: Score each outcome's ``challenger`` alongside the champion and log it, never
+    #: return it (``serving.http.shadow``; needs the prediction log). Off by default.
+    shadow_challengers: bool = False
 
     def __repr__(self) -> str:  # never print the key or the salt
         return (f"ServingSettings(api_key={'set' if self.api_key else 'none'}, insecure_dev={self.insecure_dev}, "
@@ -145,6 +150,7 @@ class ServingSettings:
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, 4 * 1024 * 1024),
             model_versions=parse_model_versions(env.get(ENV_MODEL_VERSIONS)),
             scoring_process=_scoring_process(env.get(ENV_SCORING_PROCESS)),
+            shadow_challengers=_truthy(env.get(ENV_SHADOW_CHALLENGERS)),
         )
 
     def key_matches(self, presented: str | None) -> bool:
@@ -154,6 +160,16 @@ class ServingSettings:
         if presented is None:
             return False
         return hmac.compare_digest(presented.encode("utf-8"), self.api_key.encode("utf-8"))
+
+
+def prediction_log_settings(env: Mapping[str, str] | None = None, insecure_dev: bool = False) -> PredictionLogSettings:
+    """The prediction log's settings for the service (``predictionlog.settings``): an
+    enabled log without its site secret refuses the start (ConfigError saying how to give
+    one), except on an ``--insecure-dev`` server, which then runs with the log off."""
+    env = os.environ if env is None else env
+    if insecure_dev and read_secret(env) is None:
+        return PredictionLogSettings.from_env({**env, ENV_ENABLED: "0"})
+    return PredictionLogSettings.from_env(env)
 
 
 _SETTINGS: ServingSettings | None = None

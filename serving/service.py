@@ -40,7 +40,9 @@ from features.labels import OUTCOMES
 from features.records import RECORD_FIELDS, records_frame
 from features.schema import SCHEMA_VERSION
 from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
-from serving.config import get_settings
+from predictionlog.log import PredictionLog
+from serving.config import get_settings, prediction_log_settings
+from serving.http.answer_log import PAGE_SOURCE, WHAT_IF, AnsweredPredictions
 from serving.http.batcher import MicroBatcher
 from serving.http.guard import GuardMiddleware
 from serving.http.micro_batch import process_batch
@@ -48,11 +50,19 @@ from serving.http.openapi import patch_spec
 from serving.http.request_json import error_body
 from serving.http.schemas import RESPONSE_SCHEMA_VERSION, ExplainResponse, PredictResponse, ProcedureRecord
 from serving.http.scoring_process import ScoringProcess
+from serving.http.shadow import ShadowScorer
 from serving.http.server import install
 from serving.http.validation import HORIZON_FIELD, ParsedRequest, _body_error, parse_body, parse_horizon
 from serving.monitoring.drift_metrics import DriftMetrics, served_reference
+from serving.monitoring.prediction_log import PredictionLogMetrics
 from serving.scoring.examples import example_record, example_records
-from serving.scoring.loading import SERVED_HEADLINE_MONTHS, SERVED_HORIZONS_MONTHS, load_served_models, read_manifest
+from serving.scoring.loading import (
+    SERVED_HEADLINE_MONTHS,
+    SERVED_HORIZONS_MONTHS,
+    load_challengers,
+    load_served_models,
+    read_manifest,
+)
 from serving.scoring.served_models import CONTEXT_HORIZON_MONTHS, SERVING_THREADS, ServedModels, use_threads
 from serving.ui.app import build_ui_app
 
@@ -179,6 +189,28 @@ class RefractureRisk:
         self._batch_requests = prometheus_client.Histogram(
             "refracture_batch_requests", "Requests scored together in one micro-batch.", ["endpoint"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=None)
+        # The prediction log (docs/prediction-log.md): every answered record remembered,
+        # written by a thread off the answer's path; its counters and the realized
+        # figures on /metrics.
+        log_settings = prediction_log_settings(insecure_dev=self.settings.insecure_dev)
+        if not log_settings.enabled:
+            logger.warning("prediction log off: predictions are not remembered (REFRACTURE_PREDICTION_LOG=0, or "
+                           "--insecure-dev without REFRACTURE_PREDICTION_SECRET_FILE)")
+        self.log_metrics = PredictionLogMetrics()
+        self.prediction_log = PredictionLog.open(log_settings, observer=self.log_metrics.count)
+        if self.prediction_log is not None:
+            self.log_metrics.start_refreshing(self.prediction_log.store)
+        self.shadow: ShadowScorer | None = None
+        if self.settings.shadow_challengers:
+            if self.prediction_log is None:
+                logger.warning("REFRACTURE_SHADOW_CHALLENGERS ignored: shadow scores are only logged, and the log is off")
+            else:
+                challengers = load_challengers(self.scorer.versions)
+                use_threads(challengers, SERVING_THREADS)
+                if challengers:
+                    self.shadow = ShadowScorer(challengers, self.prediction_log, self.settings.risk_bands)
+                    logger.info("scoring in shadow (logged, never returned): %s",
+                                ", ".join(f"{m.name} v{m.version}" for m in challengers))
         self._scoring_process: ScoringProcess | None = None
         if self.settings.scoring_process:
             # Started first: the child's imports overlap the rest of the start-up.
@@ -219,6 +251,11 @@ class RefractureRisk:
     def _stop_scoring_process(self) -> None:
         if self._scoring_process is not None:
             self._scoring_process.close()
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.prediction_log is not None:  # what is queued is written (or spooled) before the exit
+            self.log_metrics.stop()
+            self.prediction_log.close(timeout=20)
 
     def _warm_up(self) -> None:
         """Score and explain the example record once: the first real request is then not
@@ -266,7 +303,23 @@ class RefractureRisk:
         info["procedure_ids"] = [p for p in parsed.procedure_ids if p]
         info["n_errors"] = n_errors
         ctx.response.status_code = status
+        if status == 200 and self.prediction_log is not None:
+            self._log_answer(ctx, parsed, payload)
         return Response(payload, status_code=status, media_type="application/json")
+
+    def _log_answer(self, ctx: bentoml.Context, parsed: ParsedRequest, payload: bytes) -> None:
+        """Queue the answer for the prediction log (returns at once; the page's what-if
+        copies of a record are not predictions and are left out)."""
+        headers = ctx.request.headers
+        if headers.get("x-refracture-purpose") == WHAT_IF:
+            return
+        state = ctx.request.scope.get("state", {})
+        source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
+        caller = state.get("caller")  # serving.http.callers.Caller: its client's name, never a secret
+        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
+                                       getattr(caller, "client", None), self.prediction_log.settings.store_inputs)
+        if self.prediction_log.submit(answered) and self.shadow is not None:
+            self.shadow.submit(parsed.rows, answered.prediction_ids)
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the

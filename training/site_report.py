@@ -350,7 +350,11 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
                  "metrics), never a patient's record. The training reference stores, per input, the share of "
                  "procedures in bins of at least 10 patients. Risks are predictions for groups of similar "
                  "patients; how they relate to an input is an association, not a cause.</p>")
-    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>Site report: {_e(site)}</title><style>{_CSS}</style></head><body>"
-            + "".join(parts) + "</body></html>")
-    return SiteReport(page, figures)
+    return SiteReport(html_page(f"Site report: {site}", parts), figures)
+
+
+def html_page(title: str, parts: list[str]) -> str:
+    """One self-contained page in the reports' style: ``title`` (plain text) and the
+    ``parts`` (HTML) in order."""
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title><style>{_CSS}</style>"
+            "</head><body>" + "".join(parts) + "</body></html>")

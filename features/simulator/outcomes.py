@@ -40,6 +40,7 @@ data cut censor the observation, not the truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 
@@ -332,18 +333,27 @@ def remote_levels(profile: Profile, sessions: Sessions, rng: np.random.Generator
     return np.argmax(keys, axis=1)
 
 
-def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                     data_cut: date | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Follow-up (months to the last contact) and death time (months, inf if not known).
 
     Follow-up runs to the data cut; a share is lost earlier; death follows a Gompertz
     hazard rising with age (higher in men). A death is recorded when it happens before the
     patient is lost or the data cut; the last contact is then the death date.
+
+    ``data_cut`` (default the profile's): the export drawn on another date. Who is lost
+    and when is drawn against the profile's own cut, whatever the date, so the same seed
+    gives the same patients, losses, deaths and fractures at every cut: a later cut only
+    shows more of the same follow-up (a patient lost at month 5 stays lost at month 5).
     """
     f = profile.followup
     n = len(patients["age_years"])
     planned = ((f.data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
     lost = rng.random(n) < f.lost_to_followup.value
     lost_at = rng.uniform(np.minimum(f.lost_min_months.value, planned), planned)
+    if data_cut is not None:
+        planned = ((data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
+        lost &= lost_at < planned
     contact_end = np.where(lost, lost_at, planned)
 
     gamma = f.mortality.gompertz_slope_per_year.value

@@ -7,6 +7,7 @@ once written). Nothing here reads or writes files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def _match_net_means(base: _Baseline, intercepts: dict[str, float], targets: dic
 
 
 def simulate(profile: Profile | str | Path, n_procedures: int, seed: int,
-             effects_seed: int | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+             effects_seed: int | None = None, data_cut: date | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Simulate ``n_procedures`` treated levels (in as many sessions as it takes).
 
     ``profile`` is a loaded ``Profile`` or a name/path for ``load_profile``; ``seed`` seeds
@@ -111,6 +112,12 @@ def simulate(profile: Profile | str | Path, n_procedures: int, seed: int,
     3, 6, 12, 24 months, death competing), ``p_death_<m>m`` (death from any cause by m
     months), and ``p_<outcome>``
     (deprecated alias of ``p_<outcome>_24m``).
+
+    ``data_cut`` (optional): the export as the hospital would draw it on that date instead
+    of the profile's cut: the same patients, inputs, fractures and deaths as with the same
+    seed at any other cut (``outcomes.censoring_months``), the procedures done at least
+    ``MIN_DAYS_BEFORE_CUT`` days before it, and their follow-up to it. Simulating a
+    deployment, exports cut months apart show the same procedures' outcomes maturing.
     """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
@@ -129,13 +136,41 @@ def simulate(profile: Profile | str | Path, n_procedures: int, seed: int,
         intercepts = _match_net_means(base, intercepts, targets, ceilings_of(profile))
     r = risks(base.sessions, base.etas, intercepts, ceilings_of(profile))
     truth = truth_table(profile, base.sessions, base.patients, r)
-    followup, death = censoring_months(profile, base.patients, rng)
+    followup, death = censoring_months(profile, base.patients, rng, data_cut)
     events = draw_events(profile, base.sessions, r, followup, rng)
     followup_imaging = draw_followup_imaging(profile, base.imaging, events.cemented_observed, rng)
     missing = draw_missingness(profile, base.patients, rng)
     measured = draw_measurement(profile, base.patients, rng)
-    return build_tables(profile, base.sessions, base.patients, base.procedures, base.imaging, followup_imaging,
-                        followup, death, events, truth, missing, measured, rng)
+    tables, truth_df = build_tables(profile, base.sessions, base.patients, base.procedures, base.imaging,
+                                    followup_imaging, followup, death, events, truth, missing, measured, rng)
+    return (tables, truth_df) if data_cut is None else cut_export(tables, truth_df, data_cut)
+
+
+#: Days between a procedure and the data cut for it to be in a cut export: its post-operative
+#: images (taken up to 2 days after surgery) and its first contact are then before the cut.
+MIN_DAYS_BEFORE_CUT = 3
+
+
+def cut_export(tables: dict[str, pd.DataFrame], truth: pd.DataFrame,
+               data_cut: date) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The export and truth restricted to the patients operated at least
+    ``MIN_DAYS_BEFORE_CUT`` days before ``data_cut`` (a patient's levels are treated in
+    one session); their rows in every table, in the same order."""
+    last_day = pd.Timestamp(data_cut) - pd.Timedelta(days=MIN_DAYS_BEFORE_CUT)
+    procedures = tables["procedures"]
+    keep = procedures["surgery_date"] <= last_day
+    patients = set(procedures.loc[keep, "patient_id"])
+    procedure_ids = set(procedures.loc[keep, "procedure_id"])
+    out = {
+        "patients": tables["patients"][tables["patients"]["patient_id"].isin(patients)],
+        "procedures": procedures[keep],
+        "imaging": tables["imaging"][tables["imaging"]["procedure_id"].isin(procedure_ids)],
+        "events": tables["events"][tables["events"]["patient_id"].isin(patients)],
+    }
+    out = {name: df.reset_index(drop=True) for name, df in out.items()}
+    kept_truth = truth[truth["procedure_id"].isin(procedure_ids)].reset_index(drop=True)
+    kept_truth.attrs = dict(truth.attrs)
+    return out, kept_truth
 
 
 def calibrate_intercepts(profile: Profile, n_procedures: int = 200_000, seed: int = 0) -> dict[str, float]:

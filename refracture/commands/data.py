@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from features.catalog import FEATURE_SETS
 from features.dictionary import data_dictionary_markdown
 from features.io import read_raw, write_frame_atomic
 from features.validate import RawDataError, validate_raw
-from refracture.commands.synth import run_synth
+from refracture.commands.synth import DataCutError, run_synth
 
 console = Console(stderr=True)
 
@@ -88,8 +89,17 @@ def synth(
     profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, or a YAML path.")] = "xiong2021-pvp",
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
+    data_cut: Annotated[datetime | None, typer.Option(
+        "--data-cut", formats=["%Y-%m-%d"],
+        help="Draw the export on this date (YYYY-MM-DD) instead of the profile's cut: the same patients and outcomes "
+             "as with this seed at any cut, the procedures done before it, follow-up to it (a later export of the "
+             "same site).")] = None,
 ) -> None:
     """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("choose csv or parquet", param_hint="--format")
-    run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects)
+    try:
+        run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects,
+                  data_cut=data_cut.date() if data_cut else None)
+    except DataCutError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data-cut") from None

@@ -12,6 +12,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.parse import record_frame
@@ -20,9 +21,13 @@ from features.raw_records import scorable_records
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
+from predictionlog.log import PredictionLog
+from predictionlog.settings import PredictionLogSettings
+from predictionlog.store import PredictionStore
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
-from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings
+from serving.batch.prediction_log import log_scored
+from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
@@ -47,8 +52,13 @@ def serve(
         env[ENV_INSECURE_DEV] = "1"
     try:
         settings = ServingSettings.from_env(env)
+        log_settings = prediction_log_settings(env, settings.insecure_dev)
     except ConfigError as exc:
         _fail(str(exc), code=2)
+    if log_settings.enabled:
+        _migrate_prediction_store(log_settings)
+    else:
+        console.print("[yellow]prediction log off[/yellow]: predictions are not remembered (docs/prediction-log.md)")
     uri = configure_tracking()
     try:
         check_tracking(uri)
@@ -72,6 +82,20 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)
+
+
+def _migrate_prediction_store(log_settings) -> None:
+    """Bring the prediction store to the newest schema once, here, before the workers
+    start (they only check it). A store that does not answer yet is not a reason to stay
+    down: the workers spool until it does (migrate then with `refracture predictions migrate`)."""
+    store = PredictionStore(log_settings.url)
+    try:
+        store.migrate()
+    except SQLAlchemyError as exc:
+        console.print(f"[yellow]prediction store {store!r} not reachable[/yellow] ({type(exc).__name__}): predictions are "
+                      f"spooled to {log_settings.spool_dir} until it is; then run `refracture predictions migrate`")
+    finally:
+        store.dispose()
 
 
 def predict(
@@ -112,8 +136,18 @@ def predict(
             summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
                                         chunk_size, master)
         else:
-            summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size, console=console,
-                                 records=records)
+            log = _batch_prediction_log()
+            kind = "fhir" if fhir_ndjson is not None else "batch"
+            on_scored = (lambda flat, out: log_scored(log, models, flat, out, source=kind)) if log is not None else None
+            try:
+                summary = score_file(models, source, Path(output), explain=explain, chunk_size=chunk_size,
+                                     console=console, records=records, on_scored=on_scored)
+            finally:
+                if log is not None:
+                    log.close(timeout=600)
+                    c = log.counters()
+                    console.print(f"prediction log: {c['written']} written, {c['spooled']} spooled (replayed when the "
+                                  f"store is back), {c['dropped']} dropped")
     except BatchInputError as exc:
         for line in exc.lines():
             console.print(line, markup=False, highlight=False)
@@ -149,6 +183,24 @@ def _read_scored(output: str, engine: str):
     if engine == "pandas" and path.suffix == ".csv":
         return pd.read_csv(path, dtype={"procedure_id": str})
     return pd.read_parquet(path)
+
+
+def _batch_prediction_log():
+    """The prediction log for a batch run (pandas engine), or None: off by setting, or no
+    site secret (said, and the file is still scored). Spark's executors do not log: a
+    cluster's output folder is scored far from the store; log it with the pandas engine."""
+    try:
+        settings = PredictionLogSettings.from_env(need_secret=False)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    if not settings.enabled:
+        return None
+    if settings.secret is None:
+        console.print("[yellow]prediction log off for this run[/yellow]: no site secret (REFRACTURE_PREDICTION_SECRET_FILE; "
+                      "docs/prediction-log.md)")
+        return None
+    _migrate_prediction_store(settings)
+    return PredictionLog.open(settings)
 
 
 def _raw_records(raw: Path):

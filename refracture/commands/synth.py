@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 from rich.console import Console
@@ -30,9 +31,14 @@ from features.validate import validate_raw
 logger = logging.getLogger(__name__)
 
 
+class DataCutError(ValueError):
+    """The data cut asked for is before anyone could have been treated."""
+
+
 def simulation_metadata(profile_name: str, seed: int, n: int, draw_effects: bool, effects_seed: int | None,
-                        horizons_months: list[int]) -> dict:
-    """The provenance record written to ``simulation.json``."""
+                        horizons_months: list[int], data_cut: date | None = None) -> dict:
+    """The provenance record written to ``simulation.json`` (``data_cut`` only when the
+    export was drawn on another date than the profile's)."""
     return {
         "profile": profile_name,
         "seed": seed,
@@ -41,6 +47,7 @@ def simulation_metadata(profile_name: str, seed: int, n: int, draw_effects: bool
         "effects_seed": effects_seed,
         "truth_horizons_months": horizons_months,
         "estimand": "crude cumulative incidence, death as a competing risk",
+        **({"data_cut": data_cut.isoformat()} if data_cut else {}),
     }
 
 
@@ -56,11 +63,13 @@ def _write_json_atomic(data: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
-def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw_effects: bool = False) -> None:
+def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw_effects: bool = False,
+              data_cut: date | None = None) -> None:
     """Simulate ``n`` treated levels from ``profile`` (a shipped name or a YAML path) with
     ``seed``, validate, and write ``<table>.<fmt>``, ``truth.parquet`` and
     ``simulation.json`` to ``out``. ``draw_effects``: draw every odds ratio with a
     published CI from that CI first (seeded by ``seed``: the same seed gives the same world).
+    ``data_cut``: draw the export on that date (``features.simulator.simulate``).
 
     Raises ``features.validate.RawDataError`` (and writes nothing) if the simulated export
     breaks the contract. Prints a one-line summary.
@@ -72,12 +81,15 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
     started = time.perf_counter()
     spec = load_profile(profile)
     effects_seed = seed if draw_effects else None
-    tables, truth = simulate(spec, n_procedures=n, seed=seed, effects_seed=effects_seed)
+    if data_cut is not None and data_cut <= spec.followup.enrolment_start:
+        raise DataCutError(f"{data_cut} is not after the profile's enrolment start {spec.followup.enrolment_start}")
+    tables, truth = simulate(spec, n_procedures=n, seed=seed, effects_seed=effects_seed, data_cut=data_cut)
     validate_raw(tables)  # raises RawDataError listing every violation; nothing written yet
     out = Path(out)
     write_raw(tables, out, fmt)
     write_frame_atomic(truth, out / "truth.parquet")
-    _write_json_atomic(simulation_metadata(spec.name, seed, n, draw_effects, effects_seed, list(TRUTH_HORIZONS_MONTHS)),
+    _write_json_atomic(simulation_metadata(spec.name, seed, n, draw_effects, effects_seed, list(TRUTH_HORIZONS_MONTHS),
+                                           data_cut),
                        out / "simulation.json")
     elapsed = time.perf_counter() - started
     logger.info("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)

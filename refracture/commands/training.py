@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,16 +12,19 @@ from pathlib import Path
 from typing import Annotated
 
 import mlflow
+import pandas as pd
 import typer
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from features.labels import TARGETS
 from features.validate import RawDataError
 from modelstore.errors import ConfigError
+from modelstore.estimand import DEFAULT_HORIZONS_MONTHS
 from modelstore.tracking import (
     TrackingUnavailable,
     check_tracking,
@@ -29,10 +33,13 @@ from modelstore.tracking import (
     local_store,
     lost_connection_reason,
 )
+from predictionlog.settings import PredictionLogSettings
+from predictionlog.store import PredictionStore, SchemaOutOfDate
 from refracture.commands.data import _report_violations
 from training import registry
 from training.config import TrainConfig
 from training.pipeline import TrainingRefused, run
+from training.realized import promotion_evidence
 
 console = Console(stderr=True)
 logger = logging.getLogger(__name__)
@@ -181,9 +188,16 @@ def promote(
     version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
     alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Move without asking for confirmation.")] = False,
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
-    """Move an alias (champion/challenger) to a version by hand; the move is recorded."""
+    """Move an alias (champion/challenger) to a version by hand; the move is recorded.
+
+    Moving the champion first shows the realized comparison of the current champion and
+    the candidate on the linked outcomes of the prediction log (the candidate scored in
+    shadow as the challenger: O/E, slope and AUROC with 95 % CIs, the number of matured
+    outcomes behind them), asks for confirmation unless --yes, and records that evidence
+    on the version (tag ``promotion_evidence``)."""
     (name,) = _outcomes(outcome) if outcome != "all" else (None,)
     if name is None:
         raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
@@ -198,8 +212,77 @@ def promote(
                 raise
             console.print(f"[red]error[/red]: {registry.model_name(name)} has no version {version} (see `refracture models`)")
             raise typer.Exit(code=1) from None
+        evidence, summary = pd.DataFrame(), "no realized comparison"
+        current = registry.current_version(name, alias)
+        if alias == registry.CHAMPION and current is not None and str(current.version) != str(version):
+            evidence, summary = _realized_evidence(name, str(current.version), str(version))
+        if not yes and not typer.confirm(f"Move {alias} of {registry.model_name(name)} "
+                                         f"{'from v' + str(current.version) + ' ' if current else ''}to v{version}?"):
+            console.print("not moved")
+            raise typer.Exit(code=1)
         registry.set_alias(name, str(version), alias, f"refracture promote: {reason}")
+        if alias == registry.CHAMPION:
+            MlflowClient().set_model_version_tag(registry.model_name(name), str(version), "promotion_evidence",
+                                                 _evidence_tag(evidence, summary))
     console.print(f"[green]moved[/green] {alias} of {registry.model_name(name)} to v{version}")
+
+
+def _realized_evidence(outcome: str, current: str, candidate: str) -> tuple[pd.DataFrame, str]:
+    """The realized comparison from the prediction log (printed), and a one-line summary;
+    an empty frame and the reason when there is none."""
+    try:
+        settings = PredictionLogSettings.from_env(need_secret=False)
+    except ConfigError as exc:
+        return pd.DataFrame(), f"prediction log not usable ({exc})"
+    if not settings.enabled:
+        return pd.DataFrame(), "prediction log off (REFRACTURE_PREDICTION_LOG=0)"
+    store = PredictionStore(settings.url, create=False)
+    if not store.exists():
+        console.print(f"[yellow]no realized comparison[/yellow]: no prediction store at {store.path}")
+        return pd.DataFrame(), "no prediction store"
+    try:
+        store.require_current()
+        scores, linked = store.scores_frame(), store.outcomes_frame()
+    except (SchemaOutOfDate, SQLAlchemyError) as exc:
+        console.print(f"[yellow]no realized comparison[/yellow]: the prediction store is not readable ({type(exc).__name__})")
+        return pd.DataFrame(), "prediction store not readable"
+    finally:
+        store.dispose()
+    evidence = promotion_evidence(scores, linked, outcome, current, candidate, DEFAULT_HORIZONS_MONTHS) \
+        if len(scores) and len(linked) else pd.DataFrame()
+    if evidence.empty:
+        console.print(f"[yellow]no realized comparison[/yellow]: v{candidate} was not scored in shadow on predictions of "
+                      f"v{current} whose outcome has matured (0 matured outcomes). The decision rests on the "
+                      "site report and the registry's figures.")
+        return evidence, "0 matured outcomes: v{candidate} not scored in shadow on matured predictions".format(
+            candidate=candidate)
+    table = Table(title=f"{outcome}: champion v{current} and candidate v{candidate} on the same patients (realized)")
+    for col in ("horizon", "matured", "events", f"O/E v{current}", f"O/E v{candidate}", f"slope v{current}",
+                f"slope v{candidate}", f"AUROC v{current}", f"AUROC v{candidate}", "AUROC difference"):
+        table.add_column(col, justify="right")
+    ci = lambda r, k: f"{r[k]:.2f} ({r[k + '_ci_low']:.2f}-{r[k + '_ci_high']:.2f})"  # noqa: E731
+    for _, r in evidence.iterrows():
+        table.add_row(f"{r['horizon_months']:g} months", str(int(r["matured"])), str(int(r["events"])),
+                      ci(r, "champion_observed_expected"), ci(r, "challenger_observed_expected"),
+                      ci(r, "champion_calibration_slope"), ci(r, "challenger_calibration_slope"),
+                      ci(r, "champion_td_auroc"), ci(r, "challenger_td_auroc"), ci(r, "td_auroc_diff"))
+    Console(width=200).print(table)
+    last = evidence.sort_values("horizon_months").iloc[-1]
+    return evidence, (f"{int(last['matured'])} matured outcomes by {last['horizon_months']:g} months "
+                      f"({int(last['events'])} events)")
+
+
+def _evidence_tag(evidence: pd.DataFrame, summary: str) -> str:
+    """The evidence as a compact JSON tag value (MLflow tags hold up to 5,000 characters)."""
+    rows = []
+    for _, r in evidence.iterrows():
+        row = {"horizon_months": float(r["horizon_months"]), "matured": int(r["matured"]), "events": int(r["events"])}
+        for k in ("observed_expected", "td_auroc"):
+            for who in ("champion", "challenger"):
+                row[f"{who}_{k}"] = [round(float(r[f"{who}_{k}{s}"]), 4) for s in ("", "_ci_low", "_ci_high")]
+        row["td_auroc_diff"] = [round(float(r[f"td_auroc_diff{s}"]), 4) for s in ("", "_ci_low", "_ci_high")]
+        rows.append(row)
+    return json.dumps({"summary": summary, "by_horizon": rows}, separators=(",", ":"))[:5000]
 
 
 def ui(

@@ -173,11 +173,12 @@ def batch_workers() -> int:
 
 def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, explain: bool = False,
                chunk_size: int = 50_000, console=None, records: pd.DataFrame | None = None,
-               workers: int | None = None) -> str:
+               workers: int | None = None, on_scored=None) -> str:
     """Read, check and score ``input_path`` (or the flat ``records`` given instead, e.g.
     from a raw export); write ``output_path`` atomically. ``workers``: chunks scored
     concurrently (threads; default ``batch_workers``), each with ``cores // workers``
-    XGBoost threads. Returns a summary."""
+    XGBoost threads. ``on_scored(flat, output)``: called once the output is written (the
+    prediction log). Returns a summary."""
     start = time.perf_counter()
     workers = batch_workers() if workers is None else max(1, int(workers))
     use_threads(models, max(1, (os.cpu_count() or 1) // workers))
@@ -206,6 +207,8 @@ def score_file(models: list[LoadedModel], input_path: Path, output_path: Path, e
         raise BatchInputError(errors, n)
     result = pd.concat(parts, ignore_index=True) if parts else output_template(models, explain)
     write_frame_atomic(result, output_path)
+    if on_scored is not None:
+        on_scored(flat, result)
     seconds = time.perf_counter() - start
     versions = ", ".join(f"{m.outcome} v{m.version}" for m in models)
     return f"{n} records in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} records/s); models {versions}"

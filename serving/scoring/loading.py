@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from features.drift import REFERENCE_FORMAT
 from features.labels import DEATH_TARGET, OUTCOMES
 from modelstore.drift_reference import REFERENCE_ARTIFACT, ReferenceMissing, load_reference
-from modelstore.naming import CHAMPION, model_name
+from modelstore.naming import CHALLENGER, CHAMPION, model_name
 from modelstore.tracking import configure_tracking
 from serving.scoring.served_models import LoadedModel
 from modelstore.artifact import load_model
@@ -115,6 +115,25 @@ def load_pins(pins: list[Pin]) -> list[LoadedModel]:
         loaded.append(LoadedModel(pin.outcome, pin.name, pin.version, model, pin.run_id, source=uri))
         logger.info("loaded %s (run %s)", uri, pin.run_id)
     return loaded
+
+
+def load_challengers(served: dict[str, str]) -> list[LoadedModel]:
+    """The ``challenger`` version of each served outcome (``served``: outcome -> served
+    version), for shadow scoring; outcomes without one, or whose challenger is the served
+    version, are left out (said in the log)."""
+    client = MlflowClient()
+    pins = []
+    for outcome, version in served.items():
+        if outcome not in OUTCOMES:
+            continue
+        try:
+            mv = client.get_model_version_by_alias(model_name(outcome), CHALLENGER)
+        except MlflowException:
+            logger.info("%s: no challenger to score in shadow", model_name(outcome))
+            continue
+        if str(mv.version) != str(version):
+            pins.append(Pin(outcome, model_name(outcome), str(mv.version), mv.run_id))
+    return load_pins(pins)
 
 
 def _check_outcome(model, outcome: str, where: str) -> None:

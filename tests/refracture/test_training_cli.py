@@ -130,9 +130,14 @@ def test_second_run_is_compared_with_the_champion_and_promote_records_the_move(c
     assert "vs" in parent.data.tags["alias_decision"]  # the current champion was re-scored
 
     other = "1" if aliases["champion"] == "2" else "2"
-    result = runner.invoke(app, ["promote", "--outcome", OUTCOME, "--version", other, "--reason", "clinical review",
-                                 "--store", str(store)])
+    args = ["promote", "--outcome", OUTCOME, "--version", other, "--reason", "clinical review", "--store", str(store)]
+    result = runner.invoke(app, args, input="n\n")  # asked, and answered no: nothing moves
+    assert result.exit_code == 1 and "not moved" in result.output, result.output
+    assert str(client.get_registered_model(name).aliases["champion"]) != other
+    result = runner.invoke(app, [*args, "--yes"])
     assert result.exit_code == 0, result.output
+    assert "no realized comparison" in result.output  # no prediction store here
+    assert json.loads(client.get_model_version(name, other).tags["promotion_evidence"])["by_horizon"] == []
     assert str(client.get_registered_model(name).aliases["champion"]) == other
     tags = client.get_model_version(name, other).tags
     assert tags["alias.champion.reason"] == "refracture promote: clinical review" and tags["alias.champion.set_at"]

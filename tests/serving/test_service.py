@@ -36,6 +36,7 @@ def service_env(store, tmp_path_factory):
         "REFRACTURE_AUDIT_LOG": str(audit_log),
         "REFRACTURE_MAX_RECORDS": str(MAX_RECORDS),
         "REFRACTURE_MAX_BODY_BYTES": str(MAX_BODY),
+        "REFRACTURE_PREDICTION_LOG": "0",
     }
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"]}
     for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_INSECURE_DEV", "REFRACTURE_MODEL_VERSIONS"):

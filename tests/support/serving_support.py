@@ -60,12 +60,15 @@ def ensure_trained_store(base: Path) -> Path:
 
 
 def store_env(store: Path, **extra: str) -> dict[str, str]:
-    """Environment pointing every MLflow call at the temporary store."""
+    """Environment pointing every MLflow call at the temporary store (the prediction log
+    off unless ``extra`` turns it on)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REFRACTURE_API_KEY", "REFRACTURE_INSECURE_DEV")}
     env["REFRACTURE_MLFLOW_DIR"] = str(store / "mlflow")
     env["BENTOML_HOME"] = str(store / "bentoml")
     env["BENTOML_DO_NOT_TRACK"] = "True"
     env["PYTHONPATH"] = str(ROOT)
+    # The prediction log is off unless a test turns it on (with its own store and secret).
+    env["REFRACTURE_PREDICTION_LOG"] = "0"
     env.update(extra)
     return env
 
@@ -103,7 +106,7 @@ class Server:
     """``refracture serve`` in a subprocess on 127.0.0.1:<free port>; stopped on exit."""
 
     def __init__(self, env: dict[str, str], *extra_args: str, log: Path | None = None, bento: str | None = None,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, ready_timeout: float = 90):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
@@ -111,6 +114,7 @@ class Server:
         self.log = log
         self.bento = bento
         self.cwd = cwd
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -122,7 +126,11 @@ class Server:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.__exit__()  # a server that never became ready is stopped too, not left running
+            raise
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:

@@ -155,7 +155,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     with Server(serve_env, log=tmp_path / "serve.log") as server:
         assert served_version(server.url) == before
         moved = refracture("promote", "--outcome", "adjacent_fracture", "--version", after, "--reason", "review board",
-                           env=env)
+                           "--yes", env=env)
         assert moved.returncode == 0, moved.stderr
         assert str(client.get_registered_model(name).aliases["champion"]) == after
         assert client.get_model_version(name, after).tags["alias.champion.reason"] == "refracture promote: review board"

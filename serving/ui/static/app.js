@@ -15,15 +15,17 @@ const HEADLINE_MONTHS = 24;
 const $ = (sel) => document.querySelector(sel);
 
 // ---------------------------------------------------------------- API
-function authHeaders() {
+// X-Refracture-Source: the prediction log stores the page's predictions as such; a what-if
+// request (a changed copy of the record) says so and is not logged as a prediction.
+function authHeaders(extra) {
   const key = $("#api-key").value.trim();
-  const h = { "Content-Type": "application/json", Accept: "application/json" };
+  const h = { "Content-Type": "application/json", Accept: "application/json", "X-Refracture-Source": "page" };
   if (key) h.Authorization = "Bearer " + key;
-  return h;
+  return Object.assign(h, extra || {});
 }
 
-async function call(path, body) {
-  const opts = body === undefined ? { headers: authHeaders() } : { method: "POST", headers: authHeaders(), body: JSON.stringify(body) };
+async function call(path, body, extra) {
+  const opts = body === undefined ? { headers: authHeaders(extra) } : { method: "POST", headers: authHeaders(extra), body: JSON.stringify(body) };
   const resp = await fetch(path, opts);
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
@@ -35,7 +37,7 @@ const BASE = location.pathname.replace(/\/ui\/?.*$/, "");
 // The body of /predict and /explain is the record itself (or a list of records).
 const api = {
   explain: (record, months) => call(BASE + "/explain?horizon_months=" + encodeURIComponent(months), record),
-  predict: (record) => call(BASE + "/predict", record),
+  predict: (record, extra) => call(BASE + "/predict", record, extra),
   model: () => call(BASE + "/model"),
 };
 
@@ -457,7 +459,7 @@ function whatIfRecord() {
 }
 
 async function runWhatIf() {
-  const after = await api.predict(whatIfRecord());
+  const after = await api.predict(whatIfRecord(), { "X-Refracture-Purpose": "what-if" });
   const tbody = $("#what-if-table tbody");
   tbody.textContent = "";
   if (!after.ok) {
