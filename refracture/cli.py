@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("refracture.commands.data", "synth", "synth"),
     ("refracture.commands.data", "validate", "validate"),
     ("refracture.commands.data", "features", "features"),
+    ("refracture.commands.data", "records", "records"),
     ("refracture.commands.data", "dictionary", "dictionary"),
     ("refracture.commands.fhir", "fhir_export", "fhir-export"),
     ("refracture.commands.fhir", "fhir_records", "fhir-records"),

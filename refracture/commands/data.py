@@ -1,4 +1,4 @@
-"""Data commands: synth, validate, features, dictionary."""
+"""Data commands: synth, validate, features, records, dictionary."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from rich.table import Table
 from features.assemble import build_training_set
 from features.catalog import FEATURE_SETS
 from features.dictionary import data_dictionary_markdown
-from features.io import read_raw, write_frame_atomic
+from features.io import read_raw, write_frame_atomic, write_records
+from features.raw_records import scorable_records
 from features.validate import RawDataError, validate_raw
 from refracture.commands.synth import DataCutError, run_synth
 
@@ -63,6 +64,44 @@ def features(
     write_frame_atomic(training_set.reset_index(), out)
     console.print(f"[green]wrote[/green] {out}: {len(training_set)} procedures, feature set {feature_set}, "
                   f"horizon {horizon_months:g} months")
+
+
+def scorable_or_exit(raw: Path):
+    """Flat records of a raw export's sound procedures, the others reported by table, row
+    and column as ``refracture validate`` prints them (``features.raw_records``); exit 1
+    when the export as a whole cannot be used (a table or column missing, a file unreadable).
+    The one report of ``records`` and ``predict --raw``."""
+    try:
+        scorable = scorable_records(read_raw(raw))
+    except RawDataError as exc:
+        console.print(str(exc), markup=False, highlight=False)
+        console.print(f"[red]error[/red]: {raw}: the export cannot be used as a whole; nothing was written")
+        raise typer.Exit(code=1) from None
+    if scorable.violations:
+        console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
+        for line in scorable.report_lines():
+            console.print(line, markup=False, highlight=False)
+    return scorable
+
+
+def records(
+    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (patients, procedures, imaging, events).")],
+    out: Annotated[Path, typer.Option("--out", help="A .parquet or .csv file, or a folder (any other name) of Parquet parts, "
+                                                    "as `refracture predict --input` and both engines read them.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Write a raw export's procedures as flat records (one row per procedure, one column per
+    record field, in its contract type; dates as calendar dates), for `refracture predict
+    --input` on either engine and for the API's record shape. Procedures whose rows break
+    the contract are reported, as by `predict --raw`, and left out."""
+    if out.suffix not in (".parquet", ".csv", "") and not out.is_dir():
+        raise typer.BadParameter("write a .parquet or .csv file, or a folder (a name without a suffix)", param_hint="--out")
+    if out.exists() and not overwrite:
+        raise typer.BadParameter(f"{out} exists: give --overwrite to replace it", param_hint="--out")
+    scorable = scorable_or_exit(raw)
+    written = write_records(scorable.records, out, overwrite=overwrite)
+    where = f"{len(written)} Parquet part(s) in {out}" if out.suffix == "" else str(out)
+    console.print(f"[green]wrote[/green] {where}: {len(scorable.records)} of {scorable.n_procedures} procedure records")
 
 
 def dictionary(

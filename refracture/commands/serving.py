@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -16,9 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.parse import record_frame
-from features.io import read_raw
-from features.raw_records import scorable_records
-from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from predictionlog.log import PredictionLog
@@ -28,6 +26,7 @@ from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
+from refracture.commands.data import scorable_or_exit
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
@@ -108,6 +107,7 @@ def predict(
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
     fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
     risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and RiskAssessment file); without it an existing one is refused before anything is scored.")] = False,
 ) -> None:
     """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
     if engine not in ("pandas", "spark"):
@@ -121,7 +121,11 @@ def predict(
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
     if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    records = _raw_records(raw) if raw is not None else None
+    ra_target = (risk_assessments or Path(output).parent / "RiskAssessment.ndjson") if fhir_ndjson is not None else None
+    for target, hint in ((output, "--output"), (ra_target, "--risk-assessments")):
+        if target is not None and "://" not in str(target) and Path(target).exists() and not overwrite:
+            raise typer.BadParameter(f"{target} exists: give --overwrite to replace it", param_hint=hint)
+    records = scorable_or_exit(raw).records if raw is not None else None
     sources = None
     started = dt.datetime.now(dt.timezone.utc)
     if fhir_ndjson is not None:
@@ -134,7 +138,7 @@ def predict(
     try:
         if engine == "spark":
             summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
-                                        chunk_size, master)
+                                        chunk_size, master, overwrite)
         else:
             log = _batch_prediction_log()
             kind = "fhir" if fhir_ndjson is not None else "batch"
@@ -152,11 +156,12 @@ def predict(
         for line in exc.lines():
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
+    except FileExistsError as exc:  # a URI output Spark found in place
+        _fail(f"{exc}: give --overwrite to replace it", code=2)
     console.print(f"[green]wrote[/green] {output}: {summary}")
     if sources is not None:
-        target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
-        n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
-        console.print(f"[green]wrote[/green] {target}: {n} RiskAssessment resources")
+        n = write_risk_assessments(_read_scored(output, engine), sources, ra_target, started.isoformat(timespec="seconds"))
+        console.print(f"[green]wrote[/green] {ra_target}: {n} RiskAssessment resources")
 
 
 def _fhir_records(folder: Path, now: dt.datetime):
@@ -203,22 +208,8 @@ def _batch_prediction_log():
     return PredictionLog.open(settings)
 
 
-def _raw_records(raw: Path):
-    """Flat records of a raw export's sound procedures; the others reported by table, row and column."""
-    try:
-        scorable = scorable_records(read_raw(raw))
-    except RawDataError as exc:
-        console.print(str(exc), markup=False, highlight=False)
-        _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
-    if scorable.violations:
-        console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines():
-            console.print(line, markup=False, highlight=False)
-    return scorable.records
-
-
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
-                      master: str | None) -> str:
+                      master: str | None, overwrite: bool = False) -> str:
     from pyspark.sql import SparkSession
 
     from serving.batch.spark_engine import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
@@ -226,10 +217,13 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
     # A session this command did not start (spark-submit's, a notebook's) is left running.
     ours = SparkSession.getActiveSession() is None and not under_submit
-    spark = spark_session(master or (None if under_submit else "local[*]"))
+    # py4j logs every command it sends the JVM (DEBUG) and every connection it closes (INFO).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # `refracture --verbose`: Spark's own log as it is
+    spark = spark_session(master or (None if under_submit else "local[*]"), quiet=not verbose)
     try:
         frame, n = read_parquet_records(spark, input) if records is None else records_frame_on_spark(spark, records)
-        return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size)
+        return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size, overwrite=overwrite)
     finally:
         if ours:
             spark.stop()
