@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from features.catalog import FEATURES, feature_names
-from features.contract import MAX_TEXT_CHARS, PLAUSIBILITY_RULES
+from features.contract import COLUMN_RULES, MAX_TEXT_CHARS, MEASUREMENT_ERRORS, PLAUSIBILITY_RULES
 from features.labels import OUTCOMES
 from features.levels import THORACOLUMBAR_DEFINITION
 from features.sarcopenia import SARCOPENIA_SOURCE
 from features.schema import SCHEMA_VERSION, TABLES
+from features.validate import TABLE_RULES
 
 
 def _cell(text: str) -> str:
@@ -40,11 +41,31 @@ def data_dictionary_markdown() -> str:
             )
         lines.append("")
     lines += [
-        "### Rules between values",
+        "### Errors and warnings",
         "",
-        "Checked by `features.contract` on every procedure, the same for `refracture validate` and the service:",
+        "Every rule reports an **error** (the value cannot be used: wrong type, impossible, broken keys, a unit slip) "
+        "or a **warning** (implausible but possible: the value is used, the warning counted and reported). "
+        "`refracture validate` lists both and exits 1 only on errors. `train`, `site-report`, `recalibrate`, "
+        "`features` and `predict --raw` stop on errors, or with `--exclude-invalid` leave out the procedures the "
+        "errors touch (a patient's or an event's error: all that patient's procedures; an imaging row's: its "
+        "procedure) and write an exclusion report (table, row key, column, rule, severity, message, excluded "
+        "procedures) whose count and SHA-256 go with the output or the MLflow run. The service refuses a record "
+        "with an error and scores one with warnings.",
         "",
-        *[f"- {' '.join(rule.__doc__.split())}" for rule in PLAUSIBILITY_RULES],
+        "| rule | severity | checks |",
+        "|---|---|---|",
+        *[f"| `{name}` | error | {_cell(text)} |" for name, text in COLUMN_RULES.items()],
+        *[f"| `{name}` | error | {_cell(text)} |" for name, text in TABLE_RULES.items()],
+        *[f"| `{rule.name}` | {' or '.join(rule.severities)} | {_cell(rule.description)} |" for rule in PLAUSIBILITY_RULES],
+        "",
+        "### Measurement error the rules allow for",
+        "",
+        "Rules between values (`features.contract`) compare measurements only beyond the error of the instrument:",
+        "",
+        "| constant | value | unit | meaning | source |",
+        "|---|---|---|---|---|",
+        *[f"| `{m.name}` | {m.value:g} | {_cell(m.unit)} | {_cell(m.meaning)} | {_cell(m.source)} |"
+          for m in MEASUREMENT_ERRORS],
         "",
         f"Also: no date after today; text at most {MAX_TEXT_CHARS} characters; CSV flags may be written `True`/`False`; "
         "a semicolon-separated CSV is read with decimal commas in its number columns; sacral events (S1–S5) are "

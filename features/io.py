@@ -147,17 +147,39 @@ def write_raw(tables: dict[str, pd.DataFrame], out_dir: str | Path, fmt: str = "
                 tmp.unlink()
 
 
-def write_frame_atomic(df: pd.DataFrame, path: str | Path) -> None:
-    """Write one DataFrame (format from the suffix) so that a reader never sees half a file."""
+def write_frame_atomic(df: pd.DataFrame, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write one DataFrame (format from the suffix) so that a reader never sees half a file.
+
+    ``metadata``: key-value pairs stored in a Parquet file's schema metadata (e.g. the
+    exclusion report's count and fingerprint, ``features.exclusion``); refused for CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_file_beside(path)
     try:
-        _write_frame(df, tmp, path.suffix.lstrip("."))
+        _write_frame(df, tmp, path.suffix.lstrip("."), metadata)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_file_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def parquet_metadata(path: str | Path) -> dict[str, str]:
+    """The key-value metadata of a Parquet file written by ``write_frame_atomic`` (pandas' own key left out)."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
 
 
 def umask() -> int:
@@ -196,9 +218,17 @@ def tmp_dir_beside(path: Path) -> Path:
     return tmp
 
 
-def _write_frame(df: pd.DataFrame, path: Path, fmt: str) -> None:
+def _write_frame(df: pd.DataFrame, path: Path, fmt: str, metadata: dict[str, str] | None = None) -> None:
+    if metadata and fmt != "parquet":
+        raise ValueError("only a Parquet file holds metadata")
     if fmt == "parquet":
-        df.to_parquet(path, index=False)
+        if metadata:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
+                                                                                         for k, v in metadata.items()}})
+            pq.write_table(table, path)
+        else:
+            df.to_parquet(path, index=False)
     elif fmt == "csv":
         df.to_csv(path, index=False, lineterminator="\n")
     else:

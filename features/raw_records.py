@@ -4,8 +4,8 @@
 not learn from a broken table. Scoring is different: a hospital scoring its monthly export
 wants every sound record scored and the broken ones named. ``scorable_records`` therefore
 
-1. validates the tables with ``features.validate.validate_raw`` (the contract, every
-   violation by table, row key and column, none left out);
+1. checks the tables with ``features.validate.check_raw`` (the contract, every
+   violation by table, row key and column, none left out; warnings exclude nothing);
 2. refuses the whole export only for problems no single record owns (a missing table or
    column, an unreadable file): then nothing is scored, as before;
 3. otherwise maps each violation to the procedures whose record it touches (a patient's
@@ -17,19 +17,23 @@ wants every sound record scored and the broken ones named. ``scorable_records`` 
    same ``features.coerce`` rules as for any other input, and checks the kept records with
    ``features.records.inspect_records`` as a last guard (its errors exclude too).
 
+Whether broken records are left out or stop the scoring is the caller's policy
+(``refracture predict --raw --exclude-invalid``); ``ScorableRecords.report`` is the
+exclusion report (``features.exclusion.ExclusionReport``) either way.
+
 Pure: tables in, records and violations out. Reading the files is ``features.io.read_raw``.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from features.exclusion import ExclusionReport
 from features.records import RECORD_FIELDS, RECORD_TIMEPOINTS, inspect_records, tables_to_records
-from features.validate import RawDataError, Violation, validate_raw
+from features.validate import BySeverity, RawDataError, Violation, capped, check_raw
 
 #: Columns of each table that feed a record (its fields, its keys, and the exam date that
 #: dates the imaging values): a violation there excludes the record.
@@ -41,25 +45,29 @@ _RECORD_COLUMNS: dict[str, set[str]] = {
 
 
 @dataclass
-class ScorableRecords:
+class ScorableRecords(BySeverity):
     """What a raw export gives to scoring.
 
     ``records``: flat records (raw cells) of the procedures that pass, in the order of the
-    procedures table. ``violations``: every violation found (by table, row key, column).
-    ``excluded``: procedure ids left out because a violation touches their record.
-    ``n_procedures``: rows of the procedures table.
+    procedures table. ``violations``: every violation found (by table, row key, column),
+    errors and warnings. ``excluded``: procedure ids left out because an error touches
+    their record. ``n_procedures``: rows of the procedures table. ``report``: the
+    exclusion report (every violation with the procedures it left out).
     """
 
     records: pd.DataFrame
     violations: list[Violation] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     n_procedures: int = 0
+    report: ExclusionReport = field(default_factory=ExclusionReport)
 
     def report_lines(self, limit: int = 200) -> list[str]:
-        """The violations as ``refracture validate`` prints them, then what was left out."""
-        lines = [f"  - {v}" for v in self.violations[:limit]]
-        if len(self.violations) > limit:
-            lines.append(f"  ... and {len(self.violations) - limit} more")
+        """The violations as ``refracture validate`` prints them (capped per rule and column,
+        errors then warnings), then what was left out."""
+        shown = capped(self.errors) + capped(self.warnings)
+        lines = [f"  - {v}" for v in shown[:limit]]
+        if len(shown) > limit:
+            lines.append(f"  ... and {len(shown) - limit} more")
         lines.append(f"{len(self.excluded)} of {self.n_procedures} procedure records not scored "
                      "(their rows break the contract); the others were scored.")
         return lines
@@ -73,21 +81,24 @@ def scorable_records(tables: dict[str, pd.DataFrame]) -> ScorableRecords:
     a table or column missing, a file unreadable, an empty table.
     """
     violations = _all_violations(tables)
-    whole = [v for v in violations if v.row == "-" and v.table in _RECORD_COLUMNS]
+    errors = [v for v in violations if v.severity == "error"]
+    whole = [v for v in errors if v.row == "-" and v.table in _RECORD_COLUMNS]
     if whole:
-        raise RawDataError(violations)
+        raise RawDataError(errors)
     procedures = tables["procedures"]
     ids = _text(procedures["procedure_id"])
-    bad = _touched_procedures(violations, tables, ids)
+    touches = _Touches(tables, ids)
+    bad = touches.all(errors)
     # Rows whose key is missing or repeated cannot be joined one-to-one; their procedures
     # are already among the excluded (the duplicate / missing key is a violation).
     kept_tables = _joinable(tables, ids, bad)
-    if violations:
-        # validate_raw checks the rules between tables only on tables that pass their own
-        # checks: check them again on what is kept.
-        again = [v for v in _all_violations(_record_rows_only(kept_tables)) if not _level_count_artifact(v, tables, bad)]
+    if errors:
+        # Check the kept rows again: a rule between tables may read differently once the
+        # broken rows are gone.
+        again = [v for v in _all_violations(_record_rows_only(kept_tables))
+                 if v.severity == "error" and not _level_count_artifact(v, tables, bad)]
         violations = violations + [v for v in again if v not in violations]
-        more = _touched_procedures(again, kept_tables, _text(kept_tables["procedures"]["procedure_id"]))
+        more = _Touches(kept_tables, _text(kept_tables["procedures"]["procedure_id"])).all(again)
         if more - bad:
             bad |= more
             kept_tables = _joinable(tables, ids, bad)
@@ -100,17 +111,15 @@ def scorable_records(tables: dict[str, pd.DataFrame]) -> ScorableRecords:
         records = records[~records["procedure_id"].astype(str).isin(bad)].reset_index(drop=True)
     excluded = [i for i in dict.fromkeys(ids.dropna()) if i in bad]
     excluded += [f"row {i + 1}" for i in np.flatnonzero(ids.isna().to_numpy())]
-    return ScorableRecords(records, violations, excluded, len(procedures))
+    touched = [sorted(touches.of(v) & bad) if v.severity == "error" else [] for v in violations]
+    report = ExclusionReport(violations, touched, excluded, len(procedures))
+    return ScorableRecords(records, violations, excluded, len(procedures), report)
 
 
 def _all_violations(tables: dict[str, pd.DataFrame]) -> list[Violation]:
-    """Every violation of the export: validation lists at most a few per rule (enough to
-    fix a file), but leaving out a record needs them all."""
-    try:
-        validate_raw(tables, max_per_check=sys.maxsize)
-    except RawDataError as exc:
-        return exc.violations
-    return []
+    """Every violation of the export, errors and warnings, uncapped (leaving out a record
+    needs them all)."""
+    return check_raw(tables).violations
 
 
 def _record_rows_only(kept: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -150,24 +159,29 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype("string").str.strip().astype(object).where(values.notna(), None)
 
 
-def _touched_procedures(violations: list[Violation], tables: dict[str, pd.DataFrame], ids: pd.Series) -> set[str]:
-    """Procedure ids whose record uses a row and column named by a violation."""
-    procedures = tables["procedures"]
-    by_patient = pd.Series(ids.to_numpy(), index=_text(procedures["patient_id"]).to_numpy())
-    bad: set[str] = set()
-    for v in violations:
+class _Touches:
+    """Which procedure ids' records use the row and column a violation names."""
+
+    def __init__(self, tables: dict[str, pd.DataFrame], ids: pd.Series):
+        procedures = tables["procedures"]
+        self.by_patient: dict[str, list[str]] = {}
+        for patient, pid in zip(_text(procedures["patient_id"]).tolist(), ids.tolist()):
+            if patient is not None and pid is not None:
+                self.by_patient.setdefault(patient, []).append(str(pid))
+
+    def of(self, v: Violation) -> set[str]:
         if v.table not in _RECORD_COLUMNS or not (set(v.column.split("+")) & _RECORD_COLUMNS[v.table]):
-            continue
+            return set()
         row = v.row.strip()
         if v.table == "patients":
-            bad.update(str(i) for i in by_patient[by_patient.index == row] if i is not None)
-        elif v.table == "procedures":
-            bad.add(row)
-        else:
-            procedure, _, timepoint = row.rpartition("/")
-            if timepoint in RECORD_TIMEPOINTS or timepoint == "?":
-                bad.add(procedure.strip())
-    return bad
+            return set(self.by_patient.get(row, []))
+        if v.table == "procedures":
+            return {row}
+        procedure, _, timepoint = row.rpartition("/")
+        return {procedure.strip()} if timepoint in RECORD_TIMEPOINTS or timepoint == "?" else set()
+
+    def all(self, violations: list[Violation]) -> set[str]:
+        return set().union(*(self.of(v) for v in violations)) if violations else set()
 
 
 def _joinable(tables: dict[str, pd.DataFrame], ids: pd.Series, bad: set[str]) -> dict[str, pd.DataFrame]:

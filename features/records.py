@@ -19,14 +19,14 @@ contract's rules (``features.contract``), the ones ``refracture validate`` appli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from features.coerce import NUMERIC_KINDS, coerce_array, coerce_numbers, typed_missing
-from features.contract import ColumnScreen, allowed_text, column_problems, plausibility_problems, without
+from features.contract import ERROR, ColumnScreen, allowed_text, column_problems, plausibility_problems, without
 from features.schema import ColumnSpec, IMAGING, IMAGING_BY_TIMEPOINT, PATIENTS, PROCEDURES
 from features.wide import procedure_index, table_columns, wide_frame
 
@@ -188,11 +188,15 @@ def record_columns(flat: pd.DataFrame, typed: dict[str, np.ndarray] | None = Non
 
 @dataclass
 class InspectedRecords:
-    """Flat records read once: every field's typed values (``records_to_wide`` takes them)
-    and every field error (``check_records``)."""
+    """Flat records read once: every field's typed values (``records_to_wide`` takes them),
+    every field error (``check_records``: the record is refused; ``{'record': i, 'field':
+    path, 'error': text, 'allowed': text}``, the service's error shape) and every warning
+    (implausible but possible: the record is scored, the warning reported; ``{'record',
+    'field', 'warning', 'allowed', 'rule'}``)."""
 
     typed: dict[str, np.ndarray]
     errors: list[dict[str, Any]]
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def subset(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         """Typed values of the records at ``positions`` (in that order)."""
@@ -202,16 +206,18 @@ class InspectedRecords:
 def check_records(flat: pd.DataFrame) -> list[dict[str, Any]]:
     """Every field error in flat records: [{'record': i, 'field': path, 'error': ..., 'allowed': ...}].
 
-    Empty list when all records are acceptable. Uses the contract's types, ranges and
-    allowed values, so the service refuses exactly what validation would refuse.
+    Empty list when all records are acceptable (warnings are not errors: ``inspect_records``
+    lists them). Uses the contract's types, ranges and allowed values, so the service
+    refuses exactly what validation would refuse.
     """
     return inspect_records(flat).errors
 
 
 def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
-    """Read every field of flat records as its contract type and list every field error
-    (``features.contract``: per field, then between the fields of each record)."""
+    """Read every field of flat records as its contract type and list every field error and
+    warning (``features.contract``: per field, then between the fields of each record)."""
     errors: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
     # Cells are read by position (``_raw_columns``): the frame's index plays no part.
     columns = _raw_columns(flat)
     read = _read_fields(columns)
@@ -221,14 +227,19 @@ def inspect_records(flat: pd.DataFrame) -> InspectedRecords:
     for f in RECORD_FIELDS:
         values, bad = read[f.flat_name]
         problems = column_problems(columns[f.flat_name], values, bad, f.spec, f.required) if f.flat_name in to_check else []
-        errors.extend(_err(i, f, message) for i, message in problems)
-        acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
+        errors.extend(_err(p.position, f, p.message) for p in problems)
+        acceptable[f.flat_name] = without(values, {p.position for p in problems}) if problems else values
     for problem in plausibility_problems(acceptable, len(flat)):
-        field = RECORD_FIELDS_BY_FLAT[problem.field]
-        errors.append({"record": problem.position, "field": field.path, "error": problem.message,
-                       "allowed": problem.allowed})
+        path = RECORD_FIELDS_BY_FLAT[problem.field].path
+        if problem.severity == ERROR:
+            errors.append({"record": problem.position, "field": path, "error": problem.message,
+                           "allowed": problem.allowed})
+        else:
+            warnings.append({"record": problem.position, "field": path, "warning": problem.message,
+                             "allowed": problem.allowed, "rule": problem.rule})
     errors.sort(key=lambda e: e["record"])
-    return InspectedRecords(typed, errors)
+    warnings.sort(key=lambda w: w["record"])
+    return InspectedRecords(typed, errors, warnings)
 
 
 _SCREEN = ColumnScreen(tuple(f.spec for f in RECORD_FIELDS), tuple(f.required for f in RECORD_FIELDS))

@@ -110,8 +110,9 @@ def _binary(name: str, definition: str, timing: Timing = "preop", nullable: bool
 
 HEIGHT_HINT = "vertebral heights are in mm; values this small look like cm (multiply by 10)"
 #: Lowest vertebral height accepted, in mm: a vertebra plana or a near-complete collapse at
-#: follow-up measures 1-3 mm. Heights written in cm are caught by the contract's rule on a
-#: whole examination (``features.contract.CM_LIKE_HEIGHT_MM``), not by this bound.
+#: follow-up measures 1-3 mm. Heights written in cm are caught by the contract's rules on a
+#: whole examination (``features.contract.CM_LIKE_HEIGHT_MM``) and on the same vertebra
+#: before and after surgery (``features.contract.CM_SLIP_RATIO``), not by this bound.
 MIN_HEIGHT_MM = 1.0
 
 PATIENTS = TableSpec(

@@ -146,6 +146,21 @@ class CardInputs:
     schema_version: str
 
 
+def exclusion_lines(prep: Prepared) -> list[str]:
+    """What the contract's check left out of, and questioned in, the export (``features.exclusion``)."""
+    report = prep.validation
+    if report is None or not report.violations:
+        return ["- The export passed the data contract with no error and no warning."]
+    out = []
+    if report.excluded:
+        out.append(f"- {len(report.excluded)} of {report.n_procedures} procedures were left out for errors in their rows "
+                   f"(`--exclude-invalid`; `validation/exclusions.csv`, SHA-256 `{report.fingerprint[:16]}…`).")
+    if report.warnings:
+        out.append(f"- {len(report.warnings)} implausible but possible values (warnings) were used as they are; "
+                   "`validation/exclusions.csv` lists them.")
+    return out
+
+
 def model_card(c: CardInputs) -> str:
     """The model card in markdown (module docstring)."""
     cfg, data, best, model = c.cfg, c.data, c.best, c.best.model
@@ -176,6 +191,7 @@ def model_card(c: CardInputs) -> str:
         "validation. Published single-centre models lost much of their AUROC (0.52–0.74) and calibration "
         "when moved to another centre (Dai 2024): expect the same and recalibrate before use elsewhere.",
         "- Table 1 (`table1.md`) describes the cohort by outcome group.",
+        *exclusion_lines(c.prep),
         "",
         "## Heterogeneity across centres (23b)",
         "Not assessed: the data are " + ("simulated" if c.prep.profile not in ("none", "") else "from a single export")
@@ -255,8 +271,9 @@ def model_card(c: CardInputs) -> str:
         "",
         "## Missing or poor-quality inputs in use (27a)",
         missing_description(best.model_type, data.X.iloc[data.train]),
-        "Out-of-range values are refused by the service (`features.records.check_records`); each prediction lists the "
-        "inputs that were missing and how they were handled (`RefractureModel.missing_inputs`).",
+        "Values the contract calls errors (out of range, impossible, unit slips) are refused by the service "
+        "(`features.records.check_records`); implausible but possible values (warnings) are scored. Each prediction "
+        "lists the inputs that were missing and how they were handled (`RefractureModel.missing_inputs`).",
         "",
         "## How users interact with the model (27b)",
         "Clinicians or the hospital system send one record per treated level to the service (`serving/`), which "

@@ -34,7 +34,8 @@ class TrainConfig:
     context model: probability of death from any cause, trained on the pre-operative
     features whatever ``feature_set`` says, ``feature_set_for``).
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
-    outcome with fewer events is refused.
+    outcome with fewer events is refused. ``exclude_invalid``: leave out the procedures
+    holding errors instead of refusing the export (``features.exclusion``).
     """
 
     raw_dir: Path
@@ -56,6 +57,7 @@ class TrainConfig:
     register: bool = True
     min_events: int = 20
     min_test_events: int = 5
+    exclude_invalid: bool = False
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -24,8 +24,9 @@ from features.assemble import build_training_set
 from features.catalog import FEATURES_BY_NAME, feature_names
 from features.labels import EVENT, horizon_days
 from features.levels import is_thoracolumbar
+from features.exclusion import CheckedExport, ExclusionReport, checked_export
 from features.records import tables_to_records
-from features.validate import validate_raw
+from features.validate import check_raw
 from features.io import read_raw
 from training.competing_risks import censoring_survival, crude_label, ipcw_weights
 from training.config import TrainConfig
@@ -53,6 +54,7 @@ class Prepared:
     truth: pd.DataFrame | None
     profile: str
     git_commit: str
+    validation: ExclusionReport | None = None
 
 
 def subgroup_frame(records: pd.DataFrame) -> pd.DataFrame:
@@ -83,9 +85,15 @@ def check_feature_set(tables: dict[str, pd.DataFrame], training_set: pd.DataFram
             + ". Use --feature-set preop, or export the immediate post-operative imaging and operative record.")
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Read, validate and build features once. Raises RawDataError / TrainingRefused."""
-    tables = validate_raw(read_raw(cfg.raw_dir))
+def prepare(cfg: TrainConfig, export: CheckedExport | None = None) -> Prepared:
+    """Read, validate and build features once. Raises RawDataError / TrainingRefused.
+
+    ``export``: the export of ``cfg.raw_dir`` already read and checked under the policy
+    (the CLI does it, to print what `refracture validate` prints); else it is read here, with
+    ``cfg.exclude_invalid``. The exclusion report goes with the runs (``validation``)."""
+    if export is None:
+        export = checked_export(check_raw(read_raw(cfg.raw_dir)), cfg.exclude_invalid)
+    tables = export.tables
     ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months)
     ts.index = ts.index.astype(str)
     check_feature_set(tables, ts, cfg.feature_set)
@@ -96,7 +104,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         truth = pd.read_parquet(truth_path)
         truth = truth.set_index(truth["procedure_id"].astype(str))
     return Prepared(tables, ts, records, subgroup_frame(records), data_fingerprint(Path(cfg.raw_dir)),
-                    truth, read_profile(Path(cfg.raw_dir)), git_commit())
+                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), export.report)
 
 
 def horizon_targets(time_days: np.ndarray, status: np.ndarray, horizons_months, G) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.drift import build_reference
+from features.exclusion import VALIDATION_ARTIFACT, CheckedExport
 from features.schema import SCHEMA_VERSION
 from training import registry
 from training.card import CardInputs, candidate_table, model_card
@@ -80,8 +81,10 @@ class _NullProgress:
 
 def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
     """Tags of every run and of the registered version (estimand and horizons included;
-    death, the context model, has its own estimand and the pre-operative feature set)."""
-    return {
+    death, the context model, has its own estimand and the pre-operative feature set; the
+    export's exclusion counts and report fingerprint, ``features.exclusion``)."""
+    validation = prep.validation.summary() if prep.validation is not None else {}
+    return {**validation,
         "outcome": outcome, "feature_set": cfg.feature_set_for(outcome), "horizon_months": f"{cfg.horizon_months:g}",
         "horizons_months": horizons_text(cfg.horizons_months), "estimand": estimand_of(outcome),
         "schema_version": SCHEMA_VERSION, "data_fingerprint": prep.fingerprint, "git_commit": prep.git_commit,
@@ -154,6 +157,8 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
     created_version = None
     try:
         log_setup(cfg, data, tags)
+        if prep.validation is not None:
+            log_text(prep.validation.csv_bytes().decode("utf-8"), VALIDATION_ARTIFACT)
         t1 = table_one(prep.training_set.loc[data.ids], outcome, list(data.X.columns), cfg.horizon_months)
         log_text(markdown_table(t1), "table1.md")
         log_text(t1.to_csv(index=False), "table1.csv")
@@ -229,12 +234,13 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
         raise
 
 
-def run(cfg: TrainConfig, progress=None) -> list[OutcomeResult]:
+def run(cfg: TrainConfig, progress=None, export: CheckedExport | None = None) -> list[OutcomeResult]:
     """Train every outcome of ``cfg``. Too-few-event outcomes are refused (``refused`` set)
-    and the others still trained; data and tracking problems raise."""
+    and the others still trained; data and tracking problems raise. ``export``: the export
+    already read and checked (``training.data.prepare``)."""
     uri = configure_tracking(cfg.store_dir)
     check_tracking(uri)
-    prep = prepare(cfg)
+    prep = prepare(cfg, export)
     results = []
     for outcome in cfg.outcomes:
         try:

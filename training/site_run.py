@@ -23,6 +23,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from features.drift import build_reference, drift_table
+from features.exclusion import VALIDATION_ARTIFACT, ExclusionReport
 from features.io import tmp_dir_beside
 from features.labels import OUTCOMES, horizon_days
 from modelstore.artifact import log_model
@@ -162,13 +163,16 @@ def _build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_b
     return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0, stages)
 
 
-def write_report(result: SiteResult, out_dir: Path) -> None:
-    """report.html, figures/*.png and one CSV per table into ``out_dir``, all or nothing."""
+def write_report(result: SiteResult, out_dir: Path, extra: dict[str, bytes] | None = None) -> None:
+    """report.html, figures/*.png, one CSV per table and the ``extra`` files (name -> bytes,
+    e.g. the exclusion report) into ``out_dir``, all or nothing."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir_beside(out_dir)
     try:
         (tmp / "report.html").write_text(result.html, encoding="utf-8")
+        for name, data in (extra or {}).items():
+            (tmp / name).write_bytes(data)
         (tmp / "figures").mkdir()
         for name, fig in result.figures.items():
             png = getattr(fig, "png_bytes", None)
@@ -186,11 +190,14 @@ def write_report(result: SiteResult, out_dir: Path) -> None:
         raise
 
 
-def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: SiteResult) -> str:
-    """An MLflow run in ``refracture-site-reports`` holding the report folder; returns its id."""
+def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: SiteResult,
+               validation: dict[str, str] | None = None) -> str:
+    """An MLflow run in ``refracture-site-reports`` holding the report folder; returns its id.
+    ``validation``: the export's exclusion counts and report fingerprint
+    (``features.exclusion.ExclusionReport.summary``), set as tags."""
     exp = get_or_create_experiment(SITE_REPORT_EXPERIMENT)
     with mlflow.start_run(experiment_id=exp, run_name=f"{site_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}") as run:
-        mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}})
+        mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}, **(validation or {})})
         m = result.frames["metrics"]
         for c in chosen:
             rows = m[(m["outcome"] == c.outcome) & ~m["cohort"].str.startswith("training")]
@@ -230,10 +237,14 @@ def training_export(c: Chosen, pooled_with: Path | None) -> tuple[Path | None, s
 
 
 def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: Path | None = None,
-                        load_pool=None, n_jobs: int = 2) -> tuple[Decision, str | None]:
+                        load_pool=None, n_jobs: int = 2, validation: ExclusionReport | None = None
+                        ) -> tuple[Decision, str | None]:
     """Apply the rule to one champion; register a ``challenger`` unless it says 'none'.
     ``load_pool(folder) -> SiteData`` reads and validates the training export for option
-    (iii) (only called with enough local events). Returns (decision, new version or None)."""
+    (iii) (only called with enough local events). ``validation``: the site export's
+    exclusion report, logged with the new version's run (``validation/exclusions.csv``)
+    and its counts and fingerprint as tags of the run and the version. Returns (decision,
+    new version or None)."""
     ok, t, s = site.follow_up(c.outcome)
     model = c.model
     X_site = model.features(site.records[ok])
@@ -275,7 +286,7 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
                 "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
                 "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", ""),
-                **(pool_tags if d.choice == "refit_pooled" else {})}
+                **(pool_tags if d.choice == "refit_pooled" else {}), **(validation.summary() if validation else {})}
         if d.choice == "refit_pooled":
             # A new score model fitted on the pooled rows: its reference is theirs.
             reference = build_reference(pd.concat([pool_records, site.records[ok]], ignore_index=True))
@@ -286,6 +297,8 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
         mlflow.set_tags(tags)
         mlflow.log_dict({"parent": c.model.calibration.to_dict(), "recalibrated": d.calibration.to_dict()},
                         "calibration.json")
+        if validation is not None:
+            mlflow.log_text(validation.csv_bytes().decode("utf-8"), VALIDATION_ARTIFACT)
         uri = log_model(new, example_records(site.records[ok]))
         tags["run_id"] = run.info.run_id
     mv = registry.register(uri, c.outcome, tags, description=f"Recalibrated for {site_name}: {d.choice} ({d.note})")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.contract import HEIGHT_READING_SD_MM
 from features.simulator.anatomy import N_LEVELS, NORMAL_HEIGHT_MM, REFERENCE_BODY_HEIGHT_CM, REGIONAL_KYPHOSIS_DEG
 from features.simulator.cohort import Arrays, Sessions, bernoulli, categorical, normal
 from features.simulator.profile import Profile
 
-#: Measurement error of a height on a lateral radiograph, mm (assumption).
-HEIGHT_READ_SD_MM = 0.3
+#: Measurement error of one height read on a lateral radiograph, mm: the contract's
+#: (``features.contract.HEIGHT_READING_SD_MM``, Alanay 2007), so the simulated exports carry
+#: the error real ones do. Each examination's neighbours are read anew: an untreated
+#: neighbour's height before and after surgery differs by SD 2.3 mm.
+HEIGHT_READ_SD_MM = HEIGHT_READING_SD_MM
 
 
 def compression_rate_pct(height: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
@@ -52,6 +56,12 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
                            rng: np.random.Generator) -> Arrays:
     """Pre-op and post-op measurements of each treated level, plus measured derived values.
 
+    The pre-operative compression rate is drawn as recorded: up to ~110 %, because painful
+    fractures with little or no height loss (oedema on MRI) are augmented too and a height
+    read on a radiograph carries ~1.6 mm of error, so a fractured body may read at or
+    slightly above its neighbours (issue 22). Each neighbour is read with that error on
+    every examination.
+
     Structure (clinical-evidence.md §2, §4): a cleft (IVC) sits in a more collapsed body,
     raises height restoration (Xiong 2021: +7.2-12.6 points) and makes cement miss the
     endplates (NPEC 94.7 % vs 78.4 %); PKP restores more height than PVP; endplate
@@ -74,7 +84,9 @@ def draw_operative_imaging(profile: Profile, patients: Arrays, sessions: Session
     rr_true = rng.normal(im.reduction_rate_pct.mean, im.reduction_rate_pct.sd, n) \
         + normal(rng, im.ivc_extra_reduction_pct, n) * ivc + im.pkp_extra_reduction_pct.value * procedures["pkp"]
     rr_true = np.clip(rr_true, im.reduction_rate_pct.min, im.reduction_rate_pct.max)
-    cr_post_true = np.minimum(cr_pre_true + rr_true, 102.0)
+    # Restoration stops at about the neighbours' height; a body read above it before surgery
+    # (little height loss plus reading error) keeps at least its pre-operative reading.
+    cr_post_true = np.minimum(cr_pre_true + rr_true, np.maximum(102.0, cr_pre_true))
 
     up_pre, lo_pre = _adjacent_heights(upper_true, lower_true, rng)
     up_post, lo_post = _adjacent_heights(upper_true, lower_true, rng)

@@ -23,7 +23,7 @@ from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
 from predictionlog.linkage import data_cut_of, link_outcomes
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
-from refracture.commands.data import _load_valid
+from refracture.commands.data import load_checked
 from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _tracking_or_exit
 from training.provenance import data_fingerprint
 from training.realized import OE_BAND, calibration_alerts, gauge_rows, realized_performance, summary_records
@@ -116,7 +116,7 @@ def outcomes(
     """Link the outcomes of a later export to the logged predictions (by the keyed hash of
     the procedure key) and store each one's status at every horizon that has matured."""
     settings = _settings(need_secret=True)
-    tables = _load_valid(raw)  # the contract's own errors, as `refracture validate` prints them
+    tables = load_checked(raw).tables  # the contract's own errors, as `refracture validate` prints them
     store = _store(settings)
     cut = data_cut.date() if data_cut else data_cut_of(tables)
     try:

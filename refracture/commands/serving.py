@@ -22,11 +22,11 @@ from modelstore.tracking import TrackingUnavailable, check_tracking, configure_t
 from predictionlog.log import PredictionLog
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore
+from refracture.commands.data import EXCLUDE_HELP, report_path, scorable_or_exit, write_exclusion_report
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
 from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
-from refracture.commands.data import scorable_or_exit
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
@@ -100,11 +100,14 @@ def _migrate_prediction_store(log_settings) -> None:
 def predict(
     output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
     input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Records whose rows break the contract are reported and left out; the rest are scored.")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Errors in rows a record uses stop the scoring (see --exclude-invalid); errors in what records do not use (events, follow-up) and warnings are reported.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
     master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
+    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help="With --raw: " + EXCLUDE_HELP + " The report "
+                                                  "is written beside --output (<name>.exclusions.csv) with its count and "
+                                                  "SHA-256 printed.")] = False,
     fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
     risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and RiskAssessment file); without it an existing one is refused before anything is scored.")] = False,
@@ -121,11 +124,15 @@ def predict(
         raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
     if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
         raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
+    if exclude_invalid and raw is None:
+        raise typer.BadParameter("--exclude-invalid leaves out broken procedures of a raw export: give --raw DIR "
+                                 "(a records file with a field error is refused whole)", param_hint="--exclude-invalid")
     ra_target = (risk_assessments or Path(output).parent / "RiskAssessment.ndjson") if fhir_ndjson is not None else None
     for target, hint in ((output, "--output"), (ra_target, "--risk-assessments")):
         if target is not None and "://" not in str(target) and Path(target).exists() and not overwrite:
             raise typer.BadParameter(f"{target} exists: give --overwrite to replace it", param_hint=hint)
-    records = scorable_or_exit(raw).records if raw is not None else None
+    scorable = scorable_or_exit(raw, exclude_invalid) if raw is not None else None
+    records = scorable.records if scorable is not None else None
     sources = None
     started = dt.datetime.now(dt.timezone.utc)
     if fhir_ndjson is not None:
@@ -159,6 +166,13 @@ def predict(
     except FileExistsError as exc:  # a URI output Spark found in place
         _fail(f"{exc}: give --overwrite to replace it", code=2)
     console.print(f"[green]wrote[/green] {output}: {summary}")
+    if scorable is not None and (exclude_invalid or scorable.violations):
+        if "://" in output:
+            console.print(f"exclusion report not written beside a remote output: {len(scorable.excluded)} procedures "
+                          f"excluded, sha256 {scorable.report.fingerprint} (`refracture validate --raw {raw} --report FILE` "
+                          "writes it)")
+        else:
+            write_exclusion_report(scorable.report, report_path(Path(output)))
     if sources is not None:
         n = write_risk_assessments(_read_scored(output, engine), sources, ra_target, started.isoformat(timespec="seconds"))
         console.print(f"[green]wrote[/green] {ra_target}: {n} RiskAssessment resources")

@@ -35,7 +35,7 @@ from modelstore.tracking import (
 )
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
-from refracture.commands.data import _report_violations
+from refracture.commands.data import EXCLUDE_HELP, _report_violations, load_checked
 from training import registry
 from training.config import TrainConfig
 from training.pipeline import TrainingRefused, run
@@ -106,6 +106,9 @@ def train(
     store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
     shap_method: Annotated[str, typer.Option("--shap-method", help="How XGBoost models are explained: path_dependent "
                                              "(XGBoost's own TreeSHAP, fast; default) or interventional (against a training background, ~30x slower).")] = "path_dependent",
+    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is logged "
+                                                  "with every outcome's parent run (validation/exclusions.csv); its "
+                                                  "count and SHA-256 are tags of the runs and the registered versions.")] = False,
 ) -> None:
     """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best.
 
@@ -117,14 +120,15 @@ def train(
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
                           candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), n_bootstrap=bootstrap,
                           experiment_prefix=experiment_prefix, register=register, n_jobs=n_jobs, store_dir=store,
-                          shap_method=shap_method)
+                          shap_method=shap_method, exclude_invalid=exclude_invalid)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+    export = load_checked(raw, exclude_invalid)  # errors printed as `refracture validate` prints them; nothing run
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True)
     try:
         with progress, _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
-            results = run(cfg, progress)
+            results = run(cfg, progress, export)
     except RawDataError as exc:
         _report_violations(exc)
         raise typer.Exit(code=1) from None

@@ -5,9 +5,10 @@ checked with ``features.records.inspect_records`` and scored chunk by chunk (one
 vectorised call per outcome per chunk, ``check_and_score``: the Spark engine,
 ``serving.batch.spark_engine``, runs the same function on its Arrow batches), with a progress bar
 on large files. As in the API, any field error refuses the whole file, listing the errors;
-nothing is written. An empty file gives an empty output with every column. (A raw export,
-``refracture predict --raw``, is different: ``features.raw_records`` leaves out the broken
-records and the rest are scored.)
+nothing is written; warnings (implausible but possible values) never refuse. An empty file
+gives an empty output with every column. (A raw export, ``refracture predict --raw
+--exclude-invalid``, is different: ``features.raw_records`` leaves out the broken records
+and the rest are scored.)
 
 Output, one row per input record, in input order: ``procedure_id``, ``horizon_months``
 (the headline horizon), and per outcome ``<outcome>_probability`` (risk by the headline

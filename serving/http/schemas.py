@@ -228,6 +228,16 @@ class FieldError(BaseModel):
     allowed: str = Field(description="What the contract allows (range with unit, or the allowed values); '' if not applicable.")
 
 
+class FieldWarning(BaseModel):
+    """A value of one field the contract finds implausible but possible (``features.contract``,
+    severity ``warning``): the record was scored with it as sent."""
+
+    field: str = Field(description="JSON path of the field, e.g. 'imaging.postop.upper_adjacent_height_mm'.")
+    warning: str = Field(description="What is implausible, with the values involved, and what to check.")
+    allowed: str = Field(description="What the contract expects.")
+    rule: str = Field(description="The contract's rule (docs/data-dictionary.md, 'Errors and warnings').")
+
+
 class ErrorResponse(BaseModel):
     """The request was refused; nothing was scored."""
 
@@ -344,6 +354,10 @@ OutcomeExplanations = _outcomes_model("OutcomeExplanations", OutcomeExplanation)
 _CONTEXT = Field(default=None, description="Optional context: the probability of death (any cause) by 24 months, "
                  "with its model version. Present when the service has a death model (refracture-death), left out "
                  "otherwise.")
+_WARNINGS = Field(default_factory=list, description="Values of this record the data contract finds implausible but "
+                  "possible (e.g. a neighbour's height that differs before and after surgery by more than measurement "
+                  "error); the record was scored with them as sent. Empty when there are none. Values that cannot be "
+                  "used (errors) refuse the request instead (422).")
 
 
 class RecordPrediction(BaseModel):
@@ -351,6 +365,7 @@ class RecordPrediction(BaseModel):
     procedure_id: str
     outcomes: OutcomePredictions  # type: ignore[valid-type]
     context: RecordContext | None = _CONTEXT
+    warnings: list[FieldWarning] = _WARNINGS
 
 
 class RecordExplanation(BaseModel):
@@ -358,6 +373,7 @@ class RecordExplanation(BaseModel):
     procedure_id: str
     outcomes: OutcomeExplanations  # type: ignore[valid-type]
     context: RecordContext | None = _CONTEXT
+    warnings: list[FieldWarning] = _WARNINGS
 
 
 class PredictResponse(BaseModel):

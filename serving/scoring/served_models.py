@@ -142,12 +142,15 @@ class ServedModels:
 
     def score(self, flat: pd.DataFrame, procedure_ids: list[str], explain: bool = False,
               first_index: int = 0, typed: dict[str, np.ndarray] | None = None,
-              horizon_months: float | None = None) -> list[dict[str, Any]]:
+              horizon_months: float | None = None, warnings: list[list[dict[str, Any]]] | None = None
+              ) -> list[dict[str, Any]]:
         """One result per record (dicts shaped as ``serving.http.schemas.RecordPrediction`` /
         ``RecordExplanation``): per outcome the risk curve, the headline probability and
         band, and with ``explain`` the SHAP explanation at ``horizon_months`` (default: the
         headline, 24 months); ``context.death`` when a death model is served (never
-        explained). ``flat`` holds valid flat records (``check_records`` clean)."""
+        explained); ``warnings``, per record, the contract's warnings about its values
+        (``features.records.inspect_records``; empty lists when not given). ``flat`` holds
+        valid flat records (``check_records`` clean)."""
         flat = _positional(flat)
         feats = self.features(flat, typed)
         absent = missing_fields(typed) if typed is not None else None
@@ -190,7 +193,8 @@ class ServedModels:
         context = self.death_context(feats)
         answers = [
             {"record": first_index + i, "procedure_id": procedure_ids[i],
-             "outcomes": {o: per_outcome[o][i] for o in per_outcome}}
+             "outcomes": {o: per_outcome[o][i] for o in per_outcome},
+             "warnings": warnings[i] if warnings is not None else []}
             for i in range(len(flat))
         ]
         if context is not None:

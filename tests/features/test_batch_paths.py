@@ -98,24 +98,26 @@ def test_each_record_alone_gets_its_row_of_the_batch(export):
 
 def _field_by_field(flat: pd.DataFrame):
     """``inspect_records`` without its shortcuts: every field read by ``coerce_array`` and
-    checked by ``column_problems``, then the rules between fields."""
-    errors, typed, acceptable = [], {}, {}
+    checked by ``column_problems``, then the rules between fields (their errors; warnings
+    are listed apart)."""
+    errors, warnings, typed, acceptable = [], [], {}, {}
     for f in RECORD_FIELDS:
         raw = flat[f.flat_name].to_numpy(dtype=object) if (flat.dtypes == object).all() else flat[f.flat_name]
         values, bad = coerce_array(raw, f.spec.kind)
         typed[f.flat_name] = values
         problems = column_problems(raw, values, bad, f.spec, f.required)
-        errors += [(i, f.path, message) for i, message in problems]
-        acceptable[f.flat_name] = without(values, {i for i, _ in problems}) if problems else values
-    errors += [(p.position, RECORD_FIELDS_BY_FLAT[p.field].path, p.message)
-               for p in plausibility_problems(acceptable, len(flat))]
-    return sorted(errors, key=lambda e: e[0]), typed
+        errors += [(p.position, f.path, p.message) for p in problems]
+        acceptable[f.flat_name] = without(values, {p.position for p in problems}) if problems else values
+    for p in plausibility_problems(acceptable, len(flat)):
+        (errors if p.severity == "error" else warnings).append((p.position, RECORD_FIELDS_BY_FLAT[p.field].path, p.message))
+    return sorted(errors, key=lambda e: e[0]), sorted(warnings, key=lambda w: w[0]), typed
 
 
 def _assert_same_reading(flat: pd.DataFrame) -> int:
     inspected = inspect_records(flat)
-    expected_errors, expected_typed = _field_by_field(flat)
+    expected_errors, expected_warnings, expected_typed = _field_by_field(flat)
     assert [(e["record"], e["field"], e["error"]) for e in inspected.errors] == expected_errors
+    assert [(w["record"], w["field"], w["warning"]) for w in inspected.warnings] == expected_warnings
     assert list(inspected.typed) == list(expected_typed)
     for name, values in expected_typed.items():
         got = inspected.typed[name]

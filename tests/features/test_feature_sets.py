@@ -6,7 +6,7 @@ import pytest
 
 from features.assemble import build_feature_table
 from features.catalog import FEATURES, FEATURES_BY_NAME, feature_names
-from features.contract import NATIVE_BONE_MAX_HU
+from features.contract import COLLAPSED_NEIGHBOUR_MM, NATIVE_BONE_MAX_HU
 from features.schema import IMAGING_BY_TIMEPOINT, TABLES
 from features.validate import validate_raw
 
@@ -52,7 +52,9 @@ def _scramble_after_surgery(raw: dict[str, pd.DataFrame], rng: np.random.Generat
         elif col.kind == "float":
             # Neighbours' HU as native bone: above it they would need a cemented neighbour.
             hi = min(col.max, NATIVE_BONE_MAX_HU) if col.name.startswith("hu_") and "adjacent" in col.name else col.max
-            img.loc[post_rows, col.name] = [f"{rng.uniform(col.min, hi):.2f}" for _ in range(post_rows.sum())]
+            # Heights of normal vertebrae: a lower one could read as the pre-operative height in cm (a contract rule).
+            lo = max(col.min, COLLAPSED_NEIGHBOUR_MM) if col.name.endswith("height_mm") else col.min
+            img.loc[post_rows, col.name] = [f"{rng.uniform(lo, hi):.2f}" for _ in range(post_rows.sum())]
         elif col.kind == "binary":
             img.loc[post_rows, col.name] = [str(rng.integers(0, 2)) for _ in range(post_rows.sum())]
         elif col.allowed:

@@ -46,3 +46,86 @@ def test_data_dictionary_is_generated_and_current():
     path = Path(__file__).parents[2] / "docs" / "data-dictionary.md"
     result = runner.invoke(app, ["dictionary", "--out", str(path), "--check"])
     assert result.exit_code == 0, "docs/data-dictionary.md is stale: run `refracture dictionary`\n" + result.output
+
+
+# ------------------------------------------------ errors, warnings and the --exclude-invalid policy (issue 22)
+
+
+def _edit_csv(raw_dir: Path, table: str, where: dict, column: str, value: str) -> None:
+    df = pd.read_csv(raw_dir / f"{table}.csv", dtype=str, keep_default_na=False)
+    mask = pd.Series(True, index=df.index)
+    for k, v in where.items():
+        mask &= df[k] == v
+    assert mask.any()
+    df.loc[mask, column] = value
+    df.to_csv(raw_dir / f"{table}.csv", index=False)
+
+
+def _flat(output: str) -> str:
+    return " ".join(output.split())
+
+
+def test_validate_passes_an_export_with_warnings_and_lists_them_apart(raw_dir, tmp_path):
+    # The upper neighbour of A1-1 reads 24 mm before and 33 mm after surgery: questioned, used.
+    _edit_csv(raw_dir, "imaging", {"procedure_id": "A1-1", "timepoint": "postop"}, "upper_adjacent_height_mm", "33")
+    result = runner.invoke(app, ["validate", "--raw", str(raw_dir), "--report", str(tmp_path / "report.csv")])
+    assert result.exit_code == 0, result.output
+    out = _flat(result.output)
+    assert "1 warning(s): implausible values, used as they are" in out and "error(s)" not in out
+    assert "A1-1/postop" in out and "valid:" in out
+    report = pd.read_csv(tmp_path / "report.csv", dtype=str, keep_default_na=False)
+    assert report["message"].str.contains("24 mm before and 33 mm after").tolist() == [True]
+
+
+def test_validate_fails_only_on_errors_and_names_a_unit_slip(raw_dir, tmp_path):
+    _edit_csv(raw_dir, "imaging", {"procedure_id": "A1-1", "timepoint": "postop"}, "upper_adjacent_height_mm", "33")
+    _edit_csv(raw_dir, "imaging", {"procedure_id": "B2-1", "timepoint": "preop"}, "vertebral_height_mm", "2.1")
+    result = runner.invoke(app, ["validate", "--raw", str(raw_dir), "--report", str(tmp_path / "report.csv")])
+    assert result.exit_code == 1
+    out = _flat(result.output)
+    assert "1 error(s): values that cannot be used" in out and "1 warning(s)" in out
+    assert "1 error(s) in 1 of 4 procedures" in out and "--exclude-invalid" in out
+    report = pd.read_csv(tmp_path / "report.csv", dtype=str, keep_default_na=False)
+    assert report[["row", "severity", "excluded_procedures"]].values.tolist() == [
+        ["B2-1/preop", "error", "B2-1"], ["A1-1/postop", "warning", ""]]
+    assert report.loc[0, "message"].startswith("pre-operative height 2.1 looks like cm: 21 mm?")
+
+
+def test_features_stops_on_errors_and_writes_nothing(raw_dir, tmp_path):
+    _edit_csv(raw_dir, "patients", {"patient_id": "C3"}, "weight_kg", "900")
+    out = tmp_path / "ts.parquet"
+    result = runner.invoke(app, ["features", "--raw", str(raw_dir), "--out", str(out)])
+    assert result.exit_code == 1 and "--exclude-invalid" in _flat(result.output)
+    assert list(tmp_path.iterdir()) == [raw_dir]
+
+
+def test_features_with_exclude_invalid_leaves_out_exactly_the_broken_procedures_and_records_the_report(raw_dir, tmp_path):
+    import hashlib
+
+    from features.io import parquet_metadata
+
+    _edit_csv(raw_dir, "patients", {"patient_id": "C3"}, "weight_kg", "900")  # both levels of C3
+    out = tmp_path / "ts.parquet"
+    result = runner.invoke(app, ["features", "--raw", str(raw_dir), "--out", str(out), "--exclude-invalid"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["procedure_id"].tolist() == ["A1-1", "B2-1"]
+    report = tmp_path / "ts.exclusions.csv"
+    rows = pd.read_csv(report, dtype=str, keep_default_na=False)
+    assert rows[["table", "row", "column", "rule", "severity", "excluded_procedures"]].values.tolist() == [
+        ["patients", "C3", "weight_kg", "range", "error", "C3-1;C3-2"]]
+    meta = parquet_metadata(out)
+    sha = hashlib.sha256(report.read_bytes()).hexdigest()
+    assert meta["refracture.excluded_procedures"] == "2" and meta["refracture.exclusion_report_sha256"] == sha
+    assert sha in _flat(result.output) and "excluded 2 of 4 procedures" in _flat(result.output)
+
+
+def test_predict_raw_stops_on_broken_records_before_anything_is_loaded_or_written(raw_dir, tmp_path):
+    _edit_csv(raw_dir, "procedures", {"procedure_id": "B2-1"}, "technique", "glue")
+    out = tmp_path / "scored.parquet"
+    result = runner.invoke(app, ["predict", "--raw", str(raw_dir), "--output", str(out)])
+    assert result.exit_code == 1
+    assert "1 of 4 procedure records hold errors" in _flat(result.output) and "--exclude-invalid" in _flat(result.output)
+    assert list(tmp_path.iterdir()) == [raw_dir]
+    result = runner.invoke(app, ["predict", "--input", str(raw_dir / "procedures.csv"), "--output", str(out),
+                                 "--exclude-invalid"])
+    assert result.exit_code != 0 and "--raw" in _flat(result.output)

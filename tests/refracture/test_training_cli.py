@@ -235,3 +235,51 @@ def test_shap_method_is_stored_in_the_model_and_named_in_its_card(cohort, tmp_pa
     expl = model.explain(records)
     p = model.predict_proba(records)
     np.testing.assert_allclose(expl.logit(), np.log(p) - np.log1p(-p), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_on_a_few_broken_rows_stops_or_excludes_them_and_records_count_and_fingerprint(cohort, tmp_path):
+    """Issue 22: the cohort carries realistic measurement error (fractured heights at or above
+    the neighbours'); two broken rows stop training (no run, nothing registered) unless
+    --exclude-invalid leaves out exactly their procedures, with the report, its count and
+    SHA-256 in the MLflow run and on the registered version."""
+    import hashlib
+    import shutil
+
+    imaging = pd.read_csv(cohort / "imaging.csv", dtype=str, keep_default_na=False)
+    pre = imaging[imaging["timepoint"] == "preop"]
+    heights = pre[["vertebral_height_mm", "upper_adjacent_height_mm", "lower_adjacent_height_mm"]].replace("", np.nan).astype(float)
+    assert (heights["vertebral_height_mm"] >= heights.iloc[:, 1:].mean(axis=1)).any()  # borderline measurements
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cohort, broken)
+    procedures = pd.read_csv(broken / "procedures.csv", dtype=str, keep_default_na=False)
+    bad = procedures["procedure_id"].iloc[[3, 7]].tolist()
+    procedures.loc[procedures["procedure_id"] == bad[0], "technique"] = "glue"
+    procedures.to_csv(broken / "procedures.csv", index=False)
+    row = imaging.index[(imaging["procedure_id"] == bad[1]) & (imaging["timepoint"] == "preop")][0]
+    imaging.loc[row, "vertebral_height_mm"] = str(round(float(imaging.loc[row, "vertebral_height_mm"]) / 10, 2))  # cm
+    imaging.to_csv(broken / "imaging.csv", index=False)
+
+    store = tmp_path / "s"
+    args = ["train", "--raw", str(broken), "--outcome", OUTCOME, "--store", str(store), "--candidates", "logistic",
+            "--search-trials", "0", "--bootstrap", "50", "--cv-folds", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--exclude-invalid" in " ".join(result.output.split())
+    assert _client(store).get_experiment_by_name(f"refracture-{OUTCOME}") is None  # nothing logged
+
+    result = runner.invoke(app, [*args, "--exclude-invalid"])
+    assert result.exit_code == 0, result.output
+    client = _client(store)
+    parent = [r for r in client.search_runs([client.get_experiment_by_name(f"refracture-{OUTCOME}").experiment_id])
+              if r.data.tags.get("run_kind") == "parent"][0]
+    tags = parent.data.tags
+    report = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/validation/exclusions.csv")
+    assert tags["excluded_procedures"] == "2" and tags["export_procedures"] == str(len(procedures))
+    assert tags["exclusion_report_sha256"] == hashlib.sha256(report.encode("utf-8")).hexdigest()
+    assert parent.data.params["exclude_invalid"] == "True"
+    rows = pd.read_csv(__import__("io").StringIO(report), dtype=str, keep_default_na=False)
+    assert sorted(rows.loc[rows["severity"] == "error", "excluded_procedures"]) == sorted(bad)
+    assert parent.data.metrics["n_procedures"] == len(procedures) - 2
+    mv = client.get_model_version_by_alias(f"refracture-{OUTCOME}", "champion")
+    assert mv.tags["exclusion_report_sha256"] == tags["exclusion_report_sha256"]

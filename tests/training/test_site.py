@@ -190,6 +190,59 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
         json.dumps(sorted(mv.name.removeprefix("refracture-") for mv in new))
 
 
+def _borderline(folder: Path) -> int:
+    """Procedures whose fractured vertebra reads at or above its neighbours' mean before surgery."""
+    imaging = pd.read_csv(folder / "imaging.csv")
+    pre = imaging[imaging["timepoint"] == "preop"]
+    return int((pre["vertebral_height_mm"] >= pre[["upper_adjacent_height_mm", "lower_adjacent_height_mm"]].mean(axis=1)).sum())
+
+
+@pytest.mark.slow
+def test_site_report_runs_on_borderline_measurements_and_around_broken_rows(site_store, monkeypatch, tmp_path):
+    """Issue 22: the exports the champions were trained on and reported at carry realistic
+    measurement error (fractured heights at or above the neighbours'), and a site export with
+    a few broken rows stops the report unless --exclude-invalid leaves exactly those
+    procedures out, the report logged with its count and fingerprint."""
+    import hashlib
+    import shutil
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert _borderline(site_store / "train") > 0 and _borderline(site_store / "site") > 0
+    assert runner.invoke(app, ["validate", "--raw", str(site_store / "site")]).exit_code == 0
+
+    broken = tmp_path / "broken"
+    shutil.copytree(site_store / "fresh", broken)
+    procedures = pd.read_csv(broken / "procedures.csv", dtype=str, keep_default_na=False)
+    imaging = pd.read_csv(broken / "imaging.csv", dtype=str, keep_default_na=False)
+    two_levels = procedures[procedures["n_levels_treated"] == "2"]["patient_id"].iloc[0]
+    patients = pd.read_csv(broken / "patients.csv", dtype=str, keep_default_na=False)
+    patients.loc[patients["patient_id"] == two_levels, "weight_kg"] = "900"
+    slip = procedures["procedure_id"].iloc[0]  # its upper neighbour written in cm before surgery
+    pre = (imaging["procedure_id"] == slip) & (imaging["timepoint"] == "preop")
+    imaging.loc[pre, "upper_adjacent_height_mm"] = str(round(float(imaging.loc[pre, "upper_adjacent_height_mm"].iloc[0]) / 10, 2))
+    patients.to_csv(broken / "patients.csv", index=False)
+    imaging.to_csv(broken / "imaging.csv", index=False)
+    expected = {slip, *procedures.loc[procedures["patient_id"] == two_levels, "procedure_id"]}
+
+    store = ["--store", str(site_store / "mlflow")]
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["site-report", "--raw", str(broken), "--out", str(out), "--bootstrap", "0", *store])
+    assert r.exit_code == 1 and "--exclude-invalid" in " ".join(r.output.split()) and not out.exists()
+    r = runner.invoke(app, ["site-report", "--raw", str(broken), "--out", str(out), "--bootstrap", "0",
+                            "--site", "broken-site", "--exclude-invalid", *store])
+    assert r.exit_code == 0, r.output
+    report = pd.read_csv(out / "exclusions.csv", dtype=str, keep_default_na=False)
+    errors = report[report["severity"] == "error"]
+    assert set(";".join(errors["excluded_procedures"]).split(";")) == expected
+    assert "looks like cm" in errors.loc[errors["table"] == "imaging", "message"].iloc[0]
+    runs = mlflow.search_runs(experiment_names=["refracture-site-reports"], filter_string="tags.site = 'broken-site'")
+    assert runs["tags.excluded_procedures"].iloc[0] == str(len(expected))
+    assert runs["tags.exclusion_report_sha256"].iloc[0] == hashlib.sha256((out / "exclusions.csv").read_bytes()).hexdigest()
+    metrics = pd.read_csv(out / "metrics.csv")
+    site_rows = metrics[~metrics["cohort"].str.startswith("training")]
+    assert site_rows["n"].max() == 3000 - len(expected)
+
+
 # ---------------------------------------------------------------- /metrics
 
 def _reference():

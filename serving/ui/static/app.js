@@ -301,6 +301,18 @@ function renderContext(data) {
   box.hidden = false;
 }
 
+// Values the data contract finds implausible but possible: the record was scored with them
+// as entered; the page names them so they can be checked (nothing shows when there are none).
+function renderWarnings(data) {
+  const first = (data && data.predictions && data.predictions[0]) || {};
+  const warnings = Array.isArray(first.warnings) ? first.warnings : [];
+  const box = $("#results-warnings");
+  box.textContent = warnings.length
+    ? "Please check (scored as entered): " + warnings.map((w) => `${w.field}: ${w.warning}`).join("; ")
+    : "";
+  box.hidden = warnings.length === 0;
+}
+
 function renderResults(data) {
   const outcomes = outcomesOf(data);
   const cards = $("#outcome-cards");
@@ -343,6 +355,7 @@ function renderResults(data) {
     cards.appendChild(card);
   }
   renderContext(data);
+  renderWarnings(data);
   $("#results-meta").textContent = "Risk: the chance that the fracture happens by each time after surgery, counting " +
     "patients who die first as not having it." + (explained === null ? "" : ` Factors: each bar is the factor's ` +
     `contribution on the log-odds scale to the risk by ${explained} months, from the average risk (base) to this patient's.`);

@@ -194,7 +194,8 @@ def test_raw_export_scores_the_sound_records_and_names_the_others(spark, models,
     from features.io import read_raw
 
     clean = scorable_records(read_raw(cohort))
-    assert clean.violations == [] and clean.excluded == [] and len(clean.records) == clean.n_procedures
+    # A simulated export carries measurement error: warnings, which exclude nothing; no error.
+    assert clean.errors == [] and clean.excluded == [] and len(clean.records) == clean.n_procedures
     tables = read_raw(cohort)
     procedures, patients, imaging = tables["procedures"], tables["patients"], tables["imaging"]
     proc_bad = procedures.at[5, "procedure_id"]
@@ -228,8 +229,9 @@ def test_raw_export_scores_the_sound_records_and_names_the_others(spark, models,
 
 
 def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp_path):
-    """The real command (typer's runner, in-process) with --raw: the same report printed by
-    both engines, the sound records written."""
+    """The real command (typer's runner, in-process) with --raw: an error stops both engines
+    unless --exclude-invalid, then the same report printed by both, the sound records
+    written and the exclusion report beside the output."""
     from typer.testing import CliRunner
 
     from refracture.cli import _register, app
@@ -243,9 +245,14 @@ def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp
     runner = CliRunner()
     outputs, reports = {}, {}
     for engine, out in (("pandas", tmp_path / "p.parquet"), ("spark", tmp_path / "s-out")):
-        result = runner.invoke(app, ["predict", "--raw", str(raw), "--output", str(out), "--engine", engine,
-                                     "--master", "local[2]"])
+        args = ["predict", "--raw", str(raw), "--output", str(out), "--engine", engine, "--master", "local[2]"]
+        stopped = runner.invoke(app, args)  # by default an error stops the scoring, nothing written
+        assert stopped.exit_code == 1 and "--exclude-invalid" in " ".join(stopped.output.split()) and not out.exists()
+        result = runner.invoke(app, [*args, "--exclude-invalid"])
         assert result.exit_code == 0, result.output
+        report = pd.read_csv(tmp_path / f"{out.name.removesuffix('.parquet')}.exclusions.csv", dtype=str,
+                             keep_default_na=False)
+        assert report[["table", "column", "severity"]].values.tolist()[0] == ["patients", "sex", "error"]
         lines = result.output.splitlines()
         reports[engine] = lines[:next(i for i, line in enumerate(lines) if line.startswith("wrote"))]
         outputs[engine] = pd.read_parquet(out)

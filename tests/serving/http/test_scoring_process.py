@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The served models and drift counter of the test store, and a batch of jobs: valid
-    single records, a two-record request, and a request with a field error."""
+    single records, a two-record request, a request with a field error, and one with a
+    warning (implausible but possible: scored, the warning in its answer)."""
     from serving.monitoring.drift_metrics import DriftMetrics, served_reference
     from serving.scoring.loading import load_served_models
     from serving.scoring.served_models import ServedModels
@@ -37,7 +38,11 @@ def served(tmp_path_factory):
     records = [json_record(row) for row in flat.to_dict(orient="records")]
     bad = json.loads(json.dumps(records[5]))
     bad["procedure"]["age_years"] = 240  # outside the contract's range: 422 for that request only
-    bodies = [records[0], records[1], [records[2], records[3]], bad, records[4]]
+    warned = json.loads(json.dumps(records[5]))
+    # The upper neighbour reads 24 mm before surgery and 33 mm after: beyond measurement error.
+    warned["imaging"]["preop"]["upper_adjacent_height_mm"] = 24.0
+    warned["imaging"]["postop"]["upper_adjacent_height_mm"] = 33.0
+    bodies = [records[0], records[1], [records[2], records[3]], bad, records[4], warned]
     jobs = []
     for body in bodies:
         parsed = parse_body(json.dumps(body).encode(), 100)
@@ -69,12 +74,18 @@ def test_the_child_answers_the_same_bytes_as_the_thread(served, child, explain, 
     scorer, drift, jobs = served
     here = process_batch(scorer, drift.counter, jobs, explain, horizon)
     there = child.run(jobs, explain, horizon)
-    assert [a[0] for a in here.answers] == [200, 200, 200, 422, 200]
+    assert [a[0] for a in here.answers] == [200, 200, 200, 422, 200, 200]
     assert there.answers == here.answers
     assert json.loads(here.answers[2][1])["predictions"][1]["record"] == 1  # numbered within its request
     assert json.loads(here.answers[3][1])["errors"][0]["field"] == "procedure.age_years"
-    # The drift counts too: the five records scored, none of the refused one.
-    assert there.drift.records == here.drift.records == 5
+    # Warnings never refuse: the record is scored and its answer names them; the others have none.
+    warnings = json.loads(here.answers[5][1])["predictions"][0]["warnings"]
+    assert {"field": "imaging.postop.upper_adjacent_height_mm", "rule": "neighbour_height_over_time"} in [
+        {k: w[k] for k in ("field", "rule")} for w in warnings]
+    assert "24 mm before and 33 mm after" in warnings[0]["warning"]
+    assert all(p["warnings"] == [] for a in here.answers[:3] for p in json.loads(a[1])["predictions"])
+    # The drift counts too: the six records scored, none of the refused one.
+    assert there.drift.records == here.drift.records == 6
     assert there.drift.missing == here.drift.missing
     for name, (per_bucket, total) in here.drift.inputs.items():
         np.testing.assert_array_equal(there.drift.inputs[name][0], per_bucket)
@@ -90,7 +101,7 @@ def test_a_child_that_dies_is_replaced_and_the_batch_scored_again(served, child)
         psutil.Process(first).wait(timeout=10)
     before = child.restarts
     result = child.run(jobs, False, None)
-    assert [a[0] for a in result.answers] == [200, 200, 200, 422, 200]
+    assert [a[0] for a in result.answers] == [200, 200, 200, 422, 200, 200]
     assert child.restarts == before + 1
     assert child.pid not in (None, first)
 
