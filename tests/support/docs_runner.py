@@ -36,6 +36,7 @@ markdown-it-py's (already in the lock, through rich).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -246,9 +247,25 @@ def _quote(text: str) -> str:
 
 # --------------------------------------------------------------------------- the copy
 
+class StaleVenv(RuntimeError):
+    """The project's .venv was installed from another requirements.lock/pyproject.toml."""
+
+
+def venv_is_current(root: Path) -> bool:
+    """Whether ``make setup`` would find ``root/.venv`` up to date (scripts/bootstrap.sh's
+    stamp: the hash of requirements.lock and pyproject.toml)."""
+    stamp = root / ".venv" / ".lock-installed"
+    want = hashlib.sha256((root / "requirements.lock").read_bytes() + (root / "pyproject.toml").read_bytes()).hexdigest()
+    return stamp.is_file() and stamp.read_text().strip() == want
+
+
 def fresh_copy(source: Path, target: Path) -> Path:
     """The checkout's files as a fresh clone would have them (tracked and new, not ignored),
-    with ``.venv`` linked in (``make setup`` finds it up to date)."""
+    with ``.venv`` linked in (``make setup`` finds it up to date). A stale venv is refused:
+    a guide's ``make setup`` would reinstall the project into the shared venv from the
+    temporary copy, and the checkout's venv would then import a folder that is deleted."""
+    if not venv_is_current(source):
+        raise StaleVenv(f"{source}/.venv is not up to date with requirements.lock and pyproject.toml: run `make setup`")
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
                             capture_output=True, check=True).stdout.decode().split("\0")
     target.mkdir(parents=True)
