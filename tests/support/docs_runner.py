@@ -165,7 +165,7 @@ __docs_block() {
 __docs_service() {  # $1: port, $2: level of its section; the command line on stdin
   local port=$1 level=$2 cmd n log pid
   cmd=$(cat)
-  n=$(( ${#__DOCS_SERVICES[@]} + 1 ))
+  n=$(( $(wc -l < "$DOCS_STATE/services") + 1 ))   # every service of the guide has a log of its own
   log="$DOCS_STATE/service-$n.log"
   printf '[docs] in the background until Ctrl-C (port %s, log %s): %s\n' "$port" "$log" "$cmd"
   # A session of its own (Ctrl-C reaches its whole group), and SIGINT as in a terminal: a
