@@ -52,7 +52,7 @@ from features.io import write_frame_atomic, write_raw
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.report import markdown_table
 from training.selection import select
 from training.time_metrics import observed_expected, td_auroc
@@ -96,7 +96,7 @@ def train_profile(profile, n: int, seed: int, cfg_kwargs: dict, folder: Path, ta
     for outcome in targets:
         t0 = time.perf_counter()
         data = outcome_data(prep, outcome, cfg)
-        results = {m: fit_candidate(m, cfg, data, None, {}, _NullProgress()) for m in cfg.candidates}
+        results = {m: fit_candidate(m, cfg, data, None, {}, NullProgress()) for m in cfg.candidates}
         chosen, _ = select(results)
         out[outcome] = {"model": results[chosen].model, "seconds": time.perf_counter() - t0, "selected": chosen,
                         "candidate_seconds": {m: round(r.seconds, 1) for m, r in results.items()}}

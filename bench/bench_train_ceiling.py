@@ -47,7 +47,7 @@ from features.validate import validate_raw  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import outcome_data, prepare  # noqa: E402
 from training.fitting import fit_candidate  # noqa: E402
-from training.pipeline import _NullProgress  # noqa: E402
+from training.progress import NullProgress  # noqa: E402
 from training.time_metrics import td_auroc  # noqa: E402
 
 SCENARIOS = (("xiong2021-pvp", "cemented_refracture"), ("yassavoly2025-pkp", "adjacent_fracture"))
@@ -71,7 +71,7 @@ def fit(profile: str, outcome: str, model_type: str, n: int, seed: int, folder: 
     cfg = TrainConfig(raw_dir=raw, outcomes=(outcome,), register=False, search_trials=0, n_bootstrap=50,
                       candidates=(model_type,), n_jobs=2, seed=seed)
     data = outcome_data(prepare(cfg), outcome, cfg)
-    return fit_candidate(model_type, cfg, data, None, {}, _NullProgress()).model
+    return fit_candidate(model_type, cfg, data, None, {}, NullProgress()).model
 
 
 def fresh_cohort(profile: str, outcome: str, n: int, seed: int):

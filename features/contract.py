@@ -395,7 +395,7 @@ def _text(cols: Columns, name: str, n: int) -> np.ndarray:
 
 def _dates(cols: Columns, name: str, n: int) -> np.ndarray:
     v = cols.get(name)
-    return np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]") if v is None else np.asarray(v, dtype="datetime64[ns]")
+    return np.full(n, np.datetime64("NaT", "ns"), dtype="datetime64[ns]") if v is None else np.asarray(v, dtype="datetime64[ns]")
 
 
 def _pain_onset_after_surgery(cols: Columns, n: int) -> list[Implausible]:
@@ -663,7 +663,7 @@ def without(values: np.ndarray, positions) -> np.ndarray:
     out = values.copy()
     positions = np.asarray(list(positions), dtype=int)
     if len(positions):
-        out[positions] = np.nan if out.dtype.kind == "f" else np.datetime64("NaT") if out.dtype.kind == "M" else None
+        out[positions] = np.nan if out.dtype.kind == "f" else np.datetime64("NaT", "ns") if out.dtype.kind == "M" else None
     return out
 
 

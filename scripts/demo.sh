@@ -13,12 +13,25 @@ DATA=${DEMO_DATA:-data/demo}
 N=${DEMO_N:-5000}
 PORT=${DEMO_PORT:-3000}
 
-$R synth --profile xiong2021-pvp --n "$N" --seed 7 --out "$DATA"
-$R validate --raw "$DATA"
-$R features --raw "$DATA" --feature-set preop --out "$DATA/features-preop.parquet"
-$R features --raw "$DATA" --feature-set postop --out "$DATA/features-postop.parquet"
-$R train --raw "$DATA" --outcome all --feature-set postop
-$R models
+# Each step announced with what it runs, and timed.
+STEPS=6; [ "${DEMO_SERVE:-1}" = "0" ] || STEPS=7
+step=0
+run_step() {  # run_step "what" command args...
+  local what=$1 started=$SECONDS
+  shift
+  step=$((step + 1))
+  echo "demo [$step/$STEPS] $what: ${*/#.venv\/bin\//}"
+  "$@"
+  echo "demo [$step/$STEPS] done in $((SECONDS - started)) s"
+  echo
+}
+
+run_step "simulate a cohort" $R synth --profile xiong2021-pvp --n "$N" --seed 7 --out "$DATA"
+run_step "check it against the data contract" $R validate --raw "$DATA"
+run_step "pre-operative feature set" $R features --raw "$DATA" --feature-set preop --out "$DATA/features-preop.parquet"
+run_step "post-operative feature set" $R features --raw "$DATA" --feature-set postop --out "$DATA/features-postop.parquet"
+run_step "train, evaluate and register every outcome and death" $R train --raw "$DATA" --outcome all --feature-set postop
+run_step "the registry" $R models
 
 [ "${DEMO_SERVE:-1}" = "0" ] && exit 0
 
@@ -42,6 +55,7 @@ if [ -z "${REFRACTURE_PREDICTION_SECRET:-}${REFRACTURE_PREDICTION_SECRET_FILE:-}
   export REFRACTURE_PREDICTION_SECRET_FILE="$PWD/$secretfile"
   echo "demo: predictions logged to data/predictions.db (site secret in $secretfile; later: refracture outcomes, refracture performance)"
 fi
+echo "demo [$STEPS/$STEPS] serve the champions: refracture serve --port $PORT (Ctrl-C stops it)"
 echo "demo: serving on http://127.0.0.1:$PORT  (clinician page: http://127.0.0.1:$PORT/ui/, API docs: http://127.0.0.1:$PORT/, OpenAPI: /docs.json)"
 echo "demo: MLflow UI in another shell: .venv/bin/refracture ui"
 exec $R serve --port "$PORT"

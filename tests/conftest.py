@@ -52,8 +52,10 @@ SLOW_MODULES = frozenset({
     "serving/test_service.py",  # trains a champion per outcome, then serves them in-process
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
     "refracture/test_training_cli.py",
-    "refracture/test_prediction_cli.py",
-    "predictionlog/test_postgres_outage.py",  # PostgreSQL stopped for 30 s under load  # a local MLflow store (created on first use: ~20 s) for the performance run
+    "refracture/test_prediction_cli.py",  # a local MLflow store (created on first use: ~20 s) for the performance run
+    "predictionlog/test_postgres_outage.py",  # PostgreSQL stopped for 30 s under load
+    "refracture/test_training_interrupts.py",  # real trainings stopped by SIGINT, SIGTERM and SIGKILL
+    "modelstore/test_runs.py",  # a real SQLite MLflow store
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
     "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
 })

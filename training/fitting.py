@@ -30,6 +30,7 @@ from training.config import TrainConfig
 from training.data import OutcomeData
 from training.evaluation import replicates, weighted_log_loss, with_ci
 from training.horizon_metrics import evaluate_curve, flat_metrics
+from training.progress import Progress
 from modelstore.model import RefractureModel
 from training.search import search, trial_budget
 from training.split import fold_ids
@@ -98,17 +99,19 @@ def test_evaluation(model: RefractureModel, data: OutcomeData, truth: dict[float
 
 
 def fit_candidate(model_type: str, cfg: TrainConfig, data: OutcomeData, truth: dict[float, np.ndarray] | None,
-                  info: dict[str, str], progress) -> CandidateResult:
+                  info: dict[str, str], progress: Progress) -> CandidateResult:
     """Search, calibrate, refit and evaluate one candidate (module docstring)."""
     t0 = time.perf_counter()
-    trials = max(1, trial_budget(model_type, cfg.search_trials))
-    task = progress.add_task(f"{data.outcome}: {model_type} search", total=trials)
+    budget = trial_budget(model_type, cfg.search_trials)
+    trials = max(1, budget)
+    progress.step(f"{data.outcome}: {model_type}: " + (f"search, {budget} trials" if budget else "fixed parameters"))
     tr = data.train
     X_train = data.X.iloc[tr]
     y, w = data.headline(tr)
     result = search(model_type, X_train, y, w, data.folds, data.outcome, cfg.seed, cfg.search_trials, cfg.n_jobs,
-                    on_trial=lambda i, loss: progress.update(task, completed=i))
-    progress.update(task, description=f"{data.outcome}: {model_type} refit + evaluation")
+                    on_trial=lambda i, loss: progress.trials(i, trials))
+    searched = f" (best of {result.n_trials} trials: CV log loss {result.cv_log_loss:.4f})" if result.n_trials else ""
+    progress.step(f"{data.outcome}: {model_type}: refit, cross-validated and test metrics{searched}")
     calibration = HorizonCalibration.fit(result.oof_raw, data.labels[tr], data.weights[tr], data.horizons_months)
     fit = w > 0
     scorer = make_scorer(model_type, result.params, data.outcome, cfg.seed, cfg.n_jobs)
@@ -119,7 +122,5 @@ def fit_candidate(model_type: str, cfg: TrainConfig, data: OutcomeData, truth: d
                             explanation_method=cfg.shap_method)
     curve, table, metrics = test_evaluation(model, data, truth, cfg.n_bootstrap, cfg.seed)
     model.metrics = {**metrics, "cv_log_loss": cv["log_loss"], "cv_auroc": cv["auroc"]}
-    progress.update(task, completed=trials)
-    progress.remove_task(task)
     return CandidateResult(model_type, result.params, model, cv, curve, table, metrics,
                            seconds=time.perf_counter() - t0)

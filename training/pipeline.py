@@ -40,7 +40,9 @@ from training.fitting import CandidateResult, fit_candidate
 from training.horizon_metrics import calibration_tables, decision_curve, flat_metrics, net_benefit_metrics
 from modelstore.drift_reference import REFERENCE_TAG, log_reference
 from modelstore.model import example_records
+from modelstore.runs import close_active_runs, end_status, process_tags, tracked_run
 from training.report import markdown_table, table_one
+from training.progress import NullProgress, Progress
 from training.run_log import clean, log_candidate, log_comparison, log_setup, log_text
 from training.selection import SELECTION_RULE, decide_alias, select
 from modelstore.tracking import check_tracking, configure_tracking, get_or_create_experiment
@@ -65,20 +67,6 @@ class OutcomeResult:
     card: str = ""
 
 
-class _NullProgress:
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
-
-    def advance(self, *args, **kwargs):
-        pass
-
-    def remove_task(self, *args, **kwargs):
-        pass
-
-
 def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
     """Tags of every run and of the registered version (estimand and horizons included;
     death, the context model, has its own estimand and the pre-operative feature set; the
@@ -93,23 +81,21 @@ def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
 
 
 def train_candidates(cfg: TrainConfig, data: OutcomeData, truth, tags: dict[str, str], example: pd.DataFrame,
-                     experiment_id: str, progress) -> dict[str, CandidateResult]:
+                     experiment_id: str, progress: Progress) -> dict[str, CandidateResult]:
     """Fit, explain and log every candidate, each in its own child run."""
     info = {k: tags[k] for k in ("data_fingerprint", "schema_version", "git_commit", "simulator_profile")}
     rng = np.random.default_rng(cfg.seed)
     shap_rows = np.sort(rng.choice(len(data.test), size=min(cfg.shap_rows, len(data.test)), replace=False))
     X_explain = data.X.iloc[data.test[shap_rows]]
     results: dict[str, CandidateResult] = {}
-    task = progress.add_task(f"{data.outcome}: candidates", total=len(cfg.candidates))
     for model_type in cfg.candidates:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=model_type, nested=True) as child:
+        with tracked_run(experiment_id=experiment_id, run_name=model_type, nested=True) as child:
             res = fit_candidate(model_type, cfg, data, truth, info, progress)
+            progress.step(f"{data.outcome}: {model_type}: SHAP, figures and the model into MLflow")
             res.explanation = res.model.explain_features(X_explain)
             res.run_id = child.info.run_id
             log_candidate(res, cfg, data, example, tags, truth)
             results[model_type] = res
-        progress.advance(task)
-    progress.remove_task(task)
     return results
 
 
@@ -139,20 +125,23 @@ def oracle_metrics(best: CandidateResult, data: OutcomeData, truth, cfg: TrainCo
     return out
 
 
-def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None) -> OutcomeResult:
+def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress: Progress | None = None) -> OutcomeResult:
     """Train, evaluate, log and (at the end) register one outcome. See the module docstring."""
-    progress = progress or _NullProgress()
+    progress = progress or NullProgress()
     t_start = time.perf_counter()
     out = OutcomeResult(outcome)
     data = outcome_data(prep, outcome, cfg)                                       # 1. data
+    counts = data.counts()
+    progress.step(f"{outcome}: {counts['n']:,} procedures, {counts['events']:,} events by {cfg.horizon_months:g} "
+                  f"months; {len(data.train):,} to train, {len(data.test):,} to test")
     truth = truth_curves(prep, outcome, data.ids, cfg.horizons_months)
     tags = run_tags(cfg, prep, outcome)
     records = prep.records.set_index(prep.records["procedure_id"].astype(str), drop=False)
     records_test = records.loc[data.ids[data.test]]
     out.experiment_id = get_or_create_experiment(f"{cfg.experiment_prefix}{outcome}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    parent = mlflow.start_run(experiment_id=out.experiment_id,
-                              run_name=f"{outcome}-{cfg.feature_set_for(outcome)}-{stamp}")
+    parent = mlflow.start_run(experiment_id=out.experiment_id, run_name=f"{outcome}-{cfg.feature_set_for(outcome)}-{stamp}",
+                              tags=process_tags())
     out.parent_run_id = parent.info.run_id
     created_version = None
     try:
@@ -166,6 +155,7 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
         out.candidates = train_candidates(cfg, data, truth, tags, example_records(prep.records),   # 2. candidates
                                           out.experiment_id, progress)
 
+        progress.step(f"{outcome}: selection, the comparison with the champion, figures, model card")
         chosen, note = select(out.candidates)                                      # 3. selection
         out.selected = chosen
         best = out.candidates[chosen]
@@ -203,10 +193,11 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
                                    else " Not registered (--no-register)."),
             selection_rule=SELECTION_RULE, schema_version=SCHEMA_VERSION))
         log_text(out.card, "model_card.md")
-        with mlflow.start_run(run_id=best.run_id, nested=True):
+        with tracked_run(run_id=best.run_id, nested=True):
             log_text(out.card, "model_card.md")
 
         if cfg.register:                                                           # 5. registry
+            progress.step(f"{outcome}: registering {chosen}")
             mv = registry.register(best.model_uri, outcome, {
                 **tags, "model_type": chosen, "run_id": best.run_id, "parent_run_id": out.parent_run_id,
                 REFERENCE_TAG: reference_uri,
@@ -229,17 +220,20 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress=None)
                 registry.delete_version(outcome, created_version)
             except Exception:  # noqa: BLE001
                 logger.exception("could not remove half-registered version %s", created_version)
-        while mlflow.active_run() is not None:
-            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        close_active_runs(end_status(exc))  # KILLED by an interrupt, else FAILED; a lost store is logged
         raise
 
 
-def run(cfg: TrainConfig, progress=None, export: CheckedExport | None = None) -> list[OutcomeResult]:
+def run(cfg: TrainConfig, progress: Progress | None = None, export: CheckedExport | None = None) -> list[OutcomeResult]:
     """Train every outcome of ``cfg``. Too-few-event outcomes are refused (``refused`` set)
     and the others still trained; data and tracking problems raise. ``export``: the export
     already read and checked (``training.data.prepare``)."""
+    progress = progress or NullProgress()
     uri = configure_tracking(cfg.store_dir)
-    check_tracking(uri)
+    progress.step(f"tracking store {uri}")
+    check_tracking(uri)  # creates a new local store: its tables take seconds
+    if export is None:
+        progress.step(f"reading and checking {cfg.raw_dir}")
     prep = prepare(cfg, export)
     results = []
     for outcome in cfg.outcomes:

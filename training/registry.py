@@ -17,7 +17,6 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode, RESOURCE_DOES_NOT_EXIST
@@ -77,8 +76,13 @@ def load_version(outcome: str, version: str):
 
 
 def register(model_uri: str, outcome: str, tags: dict[str, Any], description: str = ""):
-    """Create a new version of ``refracture-<outcome>`` from ``model_uri`` with ``tags``.
-    Returns the ModelVersion."""
+    """Create a new version of ``refracture-<outcome>`` from ``model_uri`` (``models:/<model
+    id>``, as ``modelstore.artifact.log_model`` returns it) with ``tags``. Returns the ModelVersion.
+
+    The registered model is created here when it does not exist (with its description), and
+    the version by the client, as ``mlflow.register_model`` would but without its attempt to
+    create the registered model again, which printed "Registered model ... already exists" on
+    a store created a moment before."""
     client = _client()
     name = model_name(outcome)
     try:
@@ -91,10 +95,14 @@ def register(model_uri: str, outcome: str, tags: dict[str, Any], description: st
         except MlflowException as exc:
             if not already_exists(exc):  # another process on a shared server created it just now
                 raise
-    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    if description:
-        client.update_model_version(name, mv.version, description=description)
-    return mv
+    return client.create_model_version(name, source=model_uri, tags={k: str(v) for k, v in tags.items()},
+                                       description=description or None, model_id=_logged_model_id(model_uri))
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """``m-...`` of a logged model's URI ``models:/m-...``; None for any other URI."""
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and rest and "/" not in rest and "@" not in rest else None
 
 
 def set_alias(outcome: str, version: str, alias: str, reason: str, who: str | None = None) -> None:

@@ -166,5 +166,5 @@ def search(model_type: str, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray,
     study.optimize(objective, n_trials=n_trials, callbacks=callbacks)
     best = study.best_trial
     params = suggest(model_type, optuna.trial.FixedTrial(best.params))
-    logger.info("%s: best CV log loss %.4f after %d trials", model_type, best.value, n_trials)
+    logger.debug("%s: best CV log loss %.4f after %d trials", model_type, best.value, n_trials)  # training's progress says it
     return SearchResult(model_type, params, float(best.value), oofs[best.number], n_trials)

@@ -29,6 +29,7 @@ from features.labels import OUTCOMES, horizon_days
 from modelstore.artifact import log_model
 from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
 from modelstore.model import RefractureModel, example_records
+from modelstore.runs import tracked_run
 from modelstore.tracking import get_or_create_experiment
 from training import registry
 from training.pooled import decide_with_pool
@@ -196,7 +197,7 @@ def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: Site
     ``validation``: the export's exclusion counts and report fingerprint
     (``features.exclusion.ExclusionReport.summary``), set as tags."""
     exp = get_or_create_experiment(SITE_REPORT_EXPERIMENT)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{site_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}") as run:
+    with tracked_run(experiment_id=exp, run_name=f"{site_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}") as run:
         mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}, **(validation or {})})
         m = result.frames["metrics"]
         for c in chosen:
@@ -282,7 +283,7 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
                            "recalibration_method": d.choice, **(pool_tags if d.choice == "refit_pooled" else {})},
                           explanation_method=model.explanation_method)
     exp = get_or_create_experiment(RECALIBRATION_EXPERIMENT)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
+    with tracked_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
                 "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
                 "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", ""),

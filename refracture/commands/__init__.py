@@ -1,2 +1,3 @@
-"""One module per CLI command group. Each exposes typer-annotated functions that
-``refracture.cli`` registers; heavy imports stay inside the functions so ``--help`` is fast."""
+"""What each command does, one module per command group: plain functions with keyword-only
+parameters, called by ``refracture.lazy_group`` with the values of the options declared in
+``refracture.options`` (the function of the same name). Imported only when a command runs."""

@@ -1,30 +1,23 @@
-"""Data commands: synth, validate, features, records, dictionary."""
+"""Data commands: validate, features, records, dictionary (options and help: ``refracture.options.data``); synth is in
+``refracture.commands.synth`` (the simulator is imported only for it)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from features.assemble import build_training_set
-from features.catalog import FEATURE_SETS
 from features.dictionary import data_dictionary_markdown
 from features.exclusion import CheckedExport, ExclusionReport, checked_export, exclusion_report
 from features.io import read_raw, write_bytes_atomic, write_frame_atomic, write_records
 from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawCheck, RawDataError, Violation, capped, check_raw, rule_text
-from refracture.commands.synth import DataCutError, run_synth
 
 console = Console(stderr=True)
 
-#: The ``--exclude-invalid`` option of every command that uses an export (one wording).
-EXCLUDE_HELP = ("Leave out the procedures that hold errors (and only those: a patient's error excludes all their "
-                "procedures, an imaging row's its procedure) instead of stopping; an exclusion report (table, row key, "
-                "column, rule, severity) lists them. Warnings never stop work.")
 #: The commands that take ``--exclude-invalid``, as a stopped command names them.
 _CONTINUE = "train, site-report, recalibrate, features, records and predict --raw take --exclude-invalid"
 
@@ -117,13 +110,8 @@ def announce_report(report: ExclusionReport, path: Path | str) -> None:
                   f"warning(s), sha256 {report.fingerprint}")
 
 
-def validate(
-    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet).")],
-    report: Annotated[Path | None, typer.Option("--report", help="Also write every error and warning (uncapped) to this CSV: "
-                                                "table, row key, column, rule, severity, message, excluded procedures.")] = None,
-) -> None:
-    """Check a raw export against the data contract: errors (values that cannot be used) and
-    warnings (implausible values, used) by table, row and column; exit 1 only on errors."""
+def validate(*, raw: Path, report: Path | None) -> None:
+    """``refracture validate``: print the export's errors and warnings; exit 1 only on errors."""
     check, full = _check(raw)
     report_check(check, full)
     if report is not None:
@@ -135,20 +123,9 @@ def validate(
     console.print(f"[green]valid[/green]: {counts} rows{note}")
 
 
-def features(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file (one row per procedure_id).")],
-    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
-    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Label horizon in months.", min=1, max=120)] = 24.0,
-    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is written "
-                                                  "beside --out (<name>.exclusions.csv); its count and SHA-256 are "
-                                                  "stored in the Parquet file's metadata.")] = False,
-) -> None:
-    """Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."""
-    if feature_set not in FEATURE_SETS:
-        raise typer.BadParameter(f"choose one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
-    if out.suffix != ".parquet":
-        raise typer.BadParameter("the training set is written as Parquet: use a .parquet file name", param_hint="--out")
+def features(*, raw: Path, out: Path, feature_set: str, horizon_months: float, exclude_invalid: bool) -> None:
+    """``refracture features``: write the training set of an export to ``out`` (Parquet), its
+    exclusion report beside it when rows were left out or questioned."""
     checked = load_checked(raw, exclude_invalid)
     training_set = build_training_set(checked.tables, feature_set, horizon_months=horizon_months)
     metadata = None
@@ -187,22 +164,9 @@ def scorable_or_exit(raw: Path, exclude_invalid: bool = False) -> ScorableRecord
     return scorable
 
 
-def records(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (patients, procedures, imaging, events).")],
-    out: Annotated[Path, typer.Option("--out", help="A .parquet or .csv file, or a folder (any other name) of Parquet parts, "
-                                                    "as `refracture predict --input` and both engines read them.")],
-    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is written "
-                                                  "beside --out (<name>.exclusions.csv).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
-) -> None:
-    """Write a raw export's procedures as flat records (one row per procedure, one column per
-    field of the API's record, in its contract type; dates as calendar dates), for
-    `refracture predict --input` on either engine. The export is checked as for
-    `predict --raw`, with the same report and the same --exclude-invalid."""
-    if out.suffix not in (".parquet", ".csv", "") and not out.is_dir():
-        raise typer.BadParameter("write a .parquet or .csv file, or a folder (a name without a suffix)", param_hint="--out")
-    if out.exists() and not overwrite:
-        raise typer.BadParameter(f"{out} exists: give --overwrite to replace it", param_hint="--out")
+def records(*, raw: Path, out: Path, exclude_invalid: bool, overwrite: bool) -> None:
+    """``refracture records``: the export's sound procedures as flat records in ``out`` (options and
+    the refusal of an existing ``out``: ``refracture.options.data.records``)."""
     scorable = scorable_or_exit(raw, exclude_invalid)
     written = write_records(scorable.records, out, overwrite=overwrite)
     where = f"{len(written)} Parquet part(s) in {out}" if out.suffix == "" else str(out)
@@ -211,11 +175,8 @@ def records(
         write_exclusion_report(scorable.report, report_path(out))
 
 
-def dictionary(
-    out: Annotated[Path, typer.Option("--out", help="Markdown file to write.")] = Path("docs/data-dictionary.md"),
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file differs from the schema instead of writing it.")] = False,
-) -> None:
-    """Generate the data dictionary from the schema (never edit it by hand)."""
+def dictionary(*, out: Path, check: bool) -> None:
+    """``refracture dictionary``: write the data dictionary to ``out``, or with ``check`` exit 1 if it is stale."""
     text = data_dictionary_markdown()
     if check:
         if not out.exists() or out.read_text(encoding="utf-8") != text:
@@ -226,26 +187,3 @@ def dictionary(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     console.print(f"[green]wrote[/green] {out}")
-
-
-def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export and truth.parquet to.")],
-    n: Annotated[int, typer.Option("--n", help="Number of procedures (treated levels).", min=10, max=5_000_000)] = 5000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
-    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, or a YAML path.")] = "xiong2021-pvp",
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
-    draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
-    data_cut: Annotated[datetime | None, typer.Option(
-        "--data-cut", formats=["%Y-%m-%d"],
-        help="Draw the export on this date (YYYY-MM-DD) instead of the profile's cut: the same patients and outcomes "
-             "as with this seed at any cut, the procedures done before it, follow-up to it (a later export of the "
-             "same site).")] = None,
-) -> None:
-    """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
-    if fmt not in ("csv", "parquet"):
-        raise typer.BadParameter("choose csv or parquet", param_hint="--format")
-    try:
-        run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects,
-                  data_cut=data_cut.date() if data_cut else None)
-    except DataCutError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data-cut") from None

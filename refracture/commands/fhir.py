@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import orjson
 import typer
@@ -23,13 +22,8 @@ from refracture.commands.data import _report_violations
 console = Console(stderr=True)
 
 
-def fhir_export(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (patients, procedures, imaging, events).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write <ResourceType>.ndjson and bundles/<procedure_id>.json to.")],
-    bundles: Annotated[bool, typer.Option("--bundles/--no-bundles", help="Also write one Bundle per procedure.")] = True,
-) -> None:
-    """Write a raw export as FHIR R4: a Bulk Data export (one NDJSON file per resource type)
-    and one Bundle per procedure (the mapping of docs/fhir.md, in reverse)."""
+def fhir_export(*, raw: Path, out: Path, bundles: bool) -> None:
+    """``refracture fhir-export``: the export's resources as NDJSON (and Bundles) into ``out``, replaced whole."""
     try:
         tables = validate_raw(read_raw(raw))
     except RawDataError as exc:
@@ -80,11 +74,8 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:120]
 
 
-def fhir_docs(
-    out: Annotated[Path, typer.Option("--out", help="Markdown file to write.")] = Path("docs/fhir.md"),
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file differs from the mapping instead of writing it.")] = False,
-) -> None:
-    """Generate docs/fhir.md from the FHIR mapping (never edit it by hand)."""
+def fhir_docs(*, out: Path, check: bool) -> None:
+    """``refracture fhir-docs``: write docs/fhir.md from the mapping, or with ``check`` exit 1 if it is stale."""
     text = fhir_markdown()
     if check:
         if not out.exists() or out.read_text(encoding="utf-8") != text:
@@ -97,13 +88,8 @@ def fhir_docs(
     console.print(f"[green]wrote[/green] {out}")
 
 
-def fhir_records(
-    ndjson: Annotated[Path, typer.Option("--ndjson", help="FHIR Bulk Data export folder (<ResourceType>.ndjson files).")],
-    out: Annotated[Path, typer.Option("--out", help="Flat records file to write (.parquet or .csv), for `refracture predict --input`.")],
-    validate: Annotated[bool, typer.Option("--validate-models", help="Also check every resource against the FHIR R4 models (slow).")] = False,
-) -> None:
-    """Read a FHIR Bulk Data export with the mapping: every refused resource by file, line and
-    element, and the accepted procedures written as flat records."""
+def fhir_records(*, ndjson: Path, out: Path, validate: bool) -> None:
+    """``refracture fhir-records``: the accepted procedures of a Bulk export as flat records in ``out``."""
     try:
         parsed = read_bulk_ndjson(ndjson, validate=validate)
     except BulkInputError as exc:

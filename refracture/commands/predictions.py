@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,17 +23,13 @@ from predictionlog.linkage import data_cut_of, link_outcomes
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
 from refracture.commands.data import load_checked
-from refracture.commands.training import _STORE_HELP, _exit_if_tracking_lost, _tracking_or_exit
+from refracture.commands.training import _exit_if_tracking_lost, _tracking_or_exit
 from training.provenance import data_fingerprint
-from training.realized import OE_BAND, calibration_alerts, gauge_rows, realized_performance, summary_records
+from training.realized import calibration_alerts, gauge_rows, realized_performance, summary_records
 from training.realized_run import build_result, log_realized
 from training.site_run import write_report
 
 console = Console(stderr=True)
-
-predictions_app = typer.Typer(help="The prediction log's store: migrate its schema, prune old predictions, counts.",
-                              no_args_is_help=True)
-
 
 def _settings(need_secret: bool) -> PredictionLogSettings:
     try:
@@ -67,7 +62,6 @@ def _store(settings: PredictionLogSettings, current: bool = True) -> PredictionS
     return store
 
 
-@predictions_app.command("migrate")
 def migrate() -> None:
     """Create the prediction store or bring it to the newest schema (Alembic migrations)."""
     store = _store(_settings(need_secret=False), current=False)
@@ -76,25 +70,16 @@ def migrate() -> None:
     console.print(f"[green]prediction store[/green] {store!r}: migration {before or '(empty)'} -> {after}")
 
 
-@predictions_app.command("prune")
-def prune(
-    older_than_days: Annotated[int | None, typer.Option(
-        "--older-than-days", help="Delete predictions logged more than this many days ago (default: the retention "
-        "period, REFRACTURE_PREDICTION_RETENTION_DAYS, 1096 days).", min=1)] = None,
-) -> None:
-    """Delete the predictions older than the retention period, with their scores and outcomes."""
+def prune(*, older_than_days: int | None) -> None:
+    """``refracture predictions prune``: delete what is older than ``older_than_days`` (default: the retention)."""
     settings = _settings(need_secret=False)
-    days = older_than_days or settings.retention_days
-    if days < 731:
-        raise typer.BadParameter("at least 731 days: younger predictions may still get their 24-month outcome",
-                                 param_hint="--older-than-days")
+    days = older_than_days or settings.retention_days  # the settings hold the retention to its minimum
     store = _store(settings)
     before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
     n = store.prune(before)
     console.print(f"[green]pruned[/green] {n} prediction(s) logged before {before:%Y-%m-%d %H:%M} UTC ({days} days)")
 
 
-@predictions_app.command("status")
 def status() -> None:
     """Counts in the store: predictions, scores, linked outcomes."""
     store = _store(_settings(need_secret=False))
@@ -106,15 +91,8 @@ def status() -> None:
     Console().print(table)
 
 
-def outcomes(
-    raw: Annotated[Path, typer.Option("--raw", help="A later export of the site (the same raw contract: follow-up, "
-                                                    "events, deaths).")],
-    data_cut: Annotated[dt.datetime | None, typer.Option(
-        "--data-cut", formats=["%Y-%m-%d"],
-        help="The date the export was drawn (YYYY-MM-DD); default: the latest date in it.")] = None,
-) -> None:
-    """Link the outcomes of a later export to the logged predictions (by the keyed hash of
-    the procedure key) and store each one's status at every horizon that has matured."""
+def outcomes(*, raw: Path, data_cut: dt.datetime | None) -> None:
+    """``refracture outcomes``: link a later export's outcomes to the logged predictions."""
     settings = _settings(need_secret=True)
     tables = load_checked(raw).tables  # the contract's own errors, as `refracture validate` prints them
     store = _store(settings)
@@ -142,25 +120,9 @@ def outcomes(
         console.print(table)
 
 
-def performance(
-    out: Annotated[Path, typer.Option("--out", help="Report folder (report.html, figures/, CSVs); replaced.")] = Path(
-        "reports/performance"),
-    site: Annotated[str, typer.Option("--site", help="Site name shown in the report.")] = "this site",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on standard output.")] = False,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.", min=0)] = 200,
-    band: Annotated[str, typer.Option("--band", help="LOW,HIGH: realized O/E outside it, with an interval excluding 1 "
-                                                     "on >= 100 matured predictions, is an alert (as the Prometheus "
-                                                     "rules decide).")] = f"{OE_BAND[0]:g},{OE_BAND[1]:g}",
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-) -> None:
-    """Realized performance of every model version on its matured predictions: O/E,
-    calibration slope, AUROC (95 % CIs), by month, champion vs shadow challenger; HTML
-    report, MLflow run on the versions, and the figures the service exports on /metrics."""
-    try:
-        low, high = (float(x) for x in band.split(","))
-        assert 0 < low < 1 < high
-    except (ValueError, AssertionError):
-        raise typer.BadParameter("two numbers LOW,HIGH with 0 < LOW < 1 < HIGH, e.g. 0.8,1.25", param_hint="--band") from None
+def performance(*, out: Path, site: str, as_json: bool, bootstrap: int, band: str, store: Path | None) -> None:
+    """``refracture performance``: the realized report, MLflow run, /metrics gauges and alerts."""
+    low, high = (float(x) for x in band.split(","))  # checked by the options
     pstore = _store(_settings(need_secret=False))
     scores, linked = pstore.scores_frame(), pstore.outcomes_frame()
     realized = realized_performance(scores, linked, DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS, n_boot=bootstrap)

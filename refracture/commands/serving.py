@@ -1,4 +1,5 @@
-"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento)."""
+"""Serving commands: serve (HTTP), predict (batch files, no HTTP), bento (build a Bento); options and
+help: ``refracture.options.serving``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import typer
@@ -22,7 +22,8 @@ from modelstore.tracking import TrackingUnavailable, check_tracking, configure_t
 from predictionlog.log import PredictionLog
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore
-from refracture.commands.data import EXCLUDE_HELP, report_path, scorable_or_exit, write_exclusion_report
+from refracture.commands.data import report_path, scorable_or_exit, write_exclusion_report
+from refracture.options.serving import risk_assessments_target, source_of
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
@@ -39,13 +40,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code=code)
 
 
-def serve(
-    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 3000,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service beyond this machine.")] = "127.0.0.1",
-    insecure_dev: Annotated[bool, typer.Option("--insecure-dev", help="Run without an API key (local development only).")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the models).", min=1, max=64)] = 1,
-) -> None:
-    """Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."""
+def serve(*, port: int, host: str, insecure_dev: bool, workers: int) -> None:
+    """``refracture serve``: resolve the champion versions once, then become the BentoML server (exec)."""
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
@@ -97,40 +93,13 @@ def _migrate_prediction_store(log_settings) -> None:
         store.dispose()
 
 
-def predict(
-    output: Annotated[str, typer.Option("--output", help="Output: a .csv or .parquet file (--engine pandas), a folder of Parquet parts (--engine spark; a path or a URI such as s3a://...).")],
-    input: Annotated[str | None, typer.Option("--input", help="Flat records: .csv, .parquet or a Parquet folder (one column per record field), or nested records (.json list); with --engine spark, Parquet (a path or a URI). Any field error refuses the whole file.")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="A raw export folder (patients, procedures, imaging, events). Errors in rows a record uses stop the scoring (see --exclude-invalid); errors in what records do not use (events, follow-up) and warnings are reported.")] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="Add each outcome's base value and per-feature SHAP contributions (log-odds).")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="pandas (this process) or spark (mapInPandas, same scorer; Parquet in, Parquet folder out).")] = "pandas",
-    master: Annotated[str | None, typer.Option("--master", help="Spark master for --engine spark (default local[*]; under spark-submit, the one it sets).")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Records scored per vectorised call (per Arrow batch on Spark).", min=1)] = 50_000,
-    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help="With --raw: " + EXCLUDE_HELP + " The report "
-                                                  "is written beside --output (<name>.exclusions.csv) with its count and "
-                                                  "SHA-256 printed.")] = False,
-    fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
-    risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and RiskAssessment file); without it an existing one is refused before anything is scored.")] = False,
-) -> None:
-    """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
-    if engine not in ("pandas", "spark"):
-        raise typer.BadParameter("use pandas or spark", param_hint="--engine")
-    if sum(x is not None for x in (input, raw, fhir_ndjson)) != 1:
-        raise typer.BadParameter("give one of --input FILE, --raw DIR or --fhir-ndjson DIR", param_hint="--input/--raw/--fhir-ndjson")
-    source = (fhir_ndjson or raw) if input is None else (input if engine == "spark" and "://" in input else Path(input))
-    if isinstance(source, Path) and not source.exists():  # a URI is for Spark to open
-        raise typer.BadParameter(f"{source} does not exist", param_hint="--input" if input is not None else "--raw")
-    if engine == "pandas" and Path(output).suffix not in (".csv", ".parquet"):
-        raise typer.BadParameter("write .csv or .parquet", param_hint="--output")
-    if engine == "spark" and isinstance(source, Path) and input is not None and not (source.is_dir() or source.suffix == ".parquet"):
-        raise typer.BadParameter("--engine spark reads Parquet (a file or a folder)", param_hint="--input")
-    if exclude_invalid and raw is None:
-        raise typer.BadParameter("--exclude-invalid leaves out broken procedures of a raw export: give --raw DIR "
-                                 "(a records file with a field error is refused whole)", param_hint="--exclude-invalid")
-    ra_target = (risk_assessments or Path(output).parent / "RiskAssessment.ndjson") if fhir_ndjson is not None else None
-    for target, hint in ((output, "--output"), (ra_target, "--risk-assessments")):
-        if target is not None and "://" not in str(target) and Path(target).exists() and not overwrite:
-            raise typer.BadParameter(f"{target} exists: give --overwrite to replace it", param_hint=hint)
+def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, engine: str, master: str | None,
+            chunk_size: int, exclude_invalid: bool, fhir_ndjson: Path | None, risk_assessments: Path | None,
+            overwrite: bool) -> None:
+    """``refracture predict``: score ``input``, ``raw`` or ``fhir_ndjson`` with the champions into ``output``
+    (the options were checked by ``refracture.options.serving.predict``, an existing output refused there)."""
+    source = source_of(input, raw, engine, fhir_ndjson)
+    ra_target = risk_assessments_target(output, fhir_ndjson, risk_assessments)
     scorable = scorable_or_exit(raw, exclude_invalid) if raw is not None else None
     records = scorable.records if scorable is not None else None
     sources = None
@@ -243,10 +212,8 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
             spark.stop()
 
 
-def bento(
-    build: Annotated[bool, typer.Option("--build/--no-build", help="Run `bentoml build` after exporting the models.")] = True,
-) -> None:
-    """Pin the champion versions into the BentoML model store and build a Bento that runs without the registry."""
+def bento(*, build: bool) -> None:
+    """``refracture bento``: pin the champions into the BentoML model store, then (``build``) ``bentoml build``."""
     try:
         check_tracking(configure_tracking())
         pins = resolve_pins()

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from features.io import tmp_file_beside, write_frame_atomic, write_raw
@@ -91,7 +92,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
                                            data_cut),
                        out / "simulation.json")
     elapsed = time.perf_counter() - started
-    logger.info("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)
+    logger.debug("synth: profile=%s n=%d seed=%d draw_effects=%s out=%s", spec.name, n, seed, draw_effects, out)
     risk = ", ".join(f"{o.split('_')[0]} {truth[f'p_{o}_24m'].mean():.1%}"
                      for o in ("cemented_refracture", "adjacent_fracture", "remote_fracture"))
     Console(soft_wrap=True).print(
@@ -100,3 +101,12 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
         f"(true 24-month absolute risk: {risk}; death {truth['p_death_24m'].mean():.1%}) "
         f"-> {out} \\[{fmt}, seed {seed}, {elapsed:.1f} s]"
     )
+
+
+def synth(*, out: Path, n: int, seed: int, profile: str, fmt: str, draw_effects: bool, data_cut: datetime | None) -> None:
+    """``refracture synth`` (options and help: ``refracture.options.data.synth``)."""
+    try:
+        run_synth(n=n, seed=seed, profile=profile, out=out, fmt=fmt, draw_effects=draw_effects,
+                  data_cut=data_cut.date() if data_cut else None)
+    except DataCutError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data-cut") from None

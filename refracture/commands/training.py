@@ -1,4 +1,4 @@
-"""Training commands: train, models, promote, ui."""
+"""Training commands: train, models, promote, ui (options and help: ``refracture.options.training``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
 
 import mlflow
 import pandas as pd
@@ -17,14 +16,15 @@ import typer
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from features.labels import TARGETS
 from features.validate import RawDataError
+from modelstore import runs as modelstore_runs
 from modelstore.errors import ConfigError
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS
+from modelstore.runs import LeftRunning, StillRunning, left_running
 from modelstore.tracking import (
     TrackingUnavailable,
     check_tracking,
@@ -35,7 +35,9 @@ from modelstore.tracking import (
 )
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
-from refracture.commands.data import EXCLUDE_HELP, _report_violations, load_checked
+from refracture.commands.data import _report_violations, load_checked
+from refracture.interrupts import Terminated, exit_code, stop_at_checkpoints
+from refracture.progress import TrainingDisplay
 from training import registry
 from training.config import TrainConfig
 from training.pipeline import TrainingRefused, run
@@ -43,8 +45,6 @@ from training.realized import promotion_evidence
 
 console = Console(stderr=True)
 logger = logging.getLogger(__name__)
-
-_STORE_HELP = "Local MLflow store folder (default ./mlflow or $REFRACTURE_MLFLOW_DIR); ignored when MLFLOW_TRACKING_URI is set."
 
 
 def _outcomes(value: str) -> tuple[str, ...]:
@@ -57,7 +57,8 @@ def _outcomes(value: str) -> tuple[str, ...]:
 
 #: What a user should know after the tracking store went away mid-training (the pipeline
 #: touches the registry only in its last step, after every run has been logged).
-_TRAINING_INTERRUPTED = ("This training stopped; its runs may show as RUNNING or FAILED. The registry is changed only "
+_TRAINING_INTERRUPTED = ("This training stopped; its runs could not all be marked FAILED, so some show as RUNNING: once the "
+                         "store is back, `refracture models` lists them with the command that closes them. The registry is changed only "
                          "in the last step of training (register, then move the alias), so unless it got that far the "
                          "earlier versions and aliases are as they were: check with `refracture models` once the store "
                          "is back, then train again.")
@@ -89,32 +90,10 @@ def _tracking_or_exit(store: Path | None) -> str:
     return uri
 
 
-def train(
-    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (a simulated cohort may also hold truth.parquet).")],
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture, death (the context model: probability of death by the horizon) or all (the three outcomes and death).")] = "all",
-    feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
-    horizon_months: Annotated[float, typer.Option("--horizon-months", help="Outcome horizon in months.")] = 24.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of split, folds, search and bootstrap.")] = 0,
-    search_trials: Annotated[int, typer.Option("--search-trials", envvar="REFRACTURE_TRAIN_SEARCH_TRIALS", help="Optuna trials per searched candidate (0 = defaults).")] = 20,
-    test_size: Annotated[float, typer.Option("--test-size", help="Held-out test fraction (grouped by patient).")] = 0.2,
-    cv_folds: Annotated[int, typer.Option("--cv-folds", envvar="REFRACTURE_TRAIN_CV_FOLDS", help="Cross-validation folds on the training part.")] = 4,
-    candidates: Annotated[str, typer.Option("--candidates", envvar="REFRACTURE_TRAIN_CANDIDATES", help="Comma-separated subset of logistic,elastic_net,random_forest,xgboost.")] = "logistic,elastic_net,random_forest,xgboost",
-    bootstrap: Annotated[int, typer.Option("--bootstrap", envvar="REFRACTURE_TRAIN_BOOTSTRAP", help="Bootstrap resamples for 95 % CIs.")] = 1000,
-    experiment_prefix: Annotated[str, typer.Option("--experiment-prefix", help="MLflow experiment = prefix + outcome.")] = "refracture-",
-    register: Annotated[bool, typer.Option("--register/--no-register", help="Register the selected model (default) or only log runs.")] = True,
-    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads for forests/boosting (1-2).")] = 2,
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-    shap_method: Annotated[str, typer.Option("--shap-method", help="How XGBoost models are explained: path_dependent "
-                                             "(XGBoost's own TreeSHAP, fast; default) or interventional (against a training background, ~30x slower).")] = "path_dependent",
-    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is logged "
-                                                  "with every outcome's parent run (validation/exclusions.csv); its "
-                                                  "count and SHA-256 are tags of the runs and the registered versions.")] = False,
-) -> None:
-    """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best.
-
-    The search's size (candidates, trials, folds, bootstrap resamples) can also be set for
-    every run of a machine through REFRACTURE_TRAIN_*; an option given on the command line wins.
-    """
+def train(*, raw: Path, outcome: str, feature_set: str, horizon_months: float, seed: int, search_trials: int,
+          test_size: float, cv_folds: int, candidates: str, bootstrap: int, experiment_prefix: str, register: bool,
+          n_jobs: int, store: Path | None, shap_method: str, exclude_invalid: bool) -> None:
+    """``refracture train``: the configuration checked once, then ``training.pipeline.run`` with a progress display."""
     try:
         cfg = TrainConfig(raw_dir=raw, outcomes=_outcomes(outcome), feature_set=feature_set, horizon_months=horizon_months,
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
@@ -124,11 +103,15 @@ def train(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
     export = load_checked(raw, exclude_invalid)  # errors printed as `refracture validate` prints them; nothing run
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=console, transient=True)
     try:
-        with progress, _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
+        with stop_at_checkpoints() as checkpoint, TrainingDisplay(console, checkpoint=checkpoint) as progress, \
+                _exit_if_tracking_lost(f"training {outcome}", _TRAINING_INTERRUPTED):
             results = run(cfg, progress, export)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the runs were marked KILLED on the way out
+        console.print(f"[yellow]stopped[/yellow] ({'SIGTERM' if isinstance(exc, Terminated) else 'interrupted'}): "
+                      "this training's runs are marked KILLED and a version it was registering is removed; "
+                      "`refracture models` lists any run still marked RUNNING")
+        raise typer.Exit(code=exit_code(exc)) from None
     except RawDataError as exc:
         _report_violations(exc)
         raise typer.Exit(code=1) from None
@@ -162,49 +145,79 @@ def train(
         raise typer.Exit(code=1)
 
 
-def models(
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-) -> None:
-    """List registered models: versions, aliases and key test metrics."""
+def models(*, store: Path | None) -> None:
+    """``refracture models``: the registry as a table, then the runs still marked RUNNING."""
     _tracking_or_exit(store)
     with _exit_if_tracking_lost("listing the registered models"):
         rows = registry.list_models()
+        running = left_running()
     if not rows:
         console.print("no registered models yet: run `refracture train`")
+    else:
+        table = Table(title="Registered models (test-set metrics)")
+        for col in ("model", "version", "aliases", "type", "features", "horizon", *registry.KEY_METRICS, "created",
+                    "run"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            t = r["tags"]
+            table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]) or "–", t.get("model_type", "?"),
+                          t.get("feature_set", "?"), t.get("horizon_months", "?"),
+                          *(t.get(f"test_{k}", "–") for k in registry.KEY_METRICS),
+                          r["created"].strftime("%Y-%m-%d %H:%M"), (r["run_id"] or "")[:8])
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)  # files and pipes: do not squeeze the table to 80 columns
+        out.print(table)
+    _report_left_running(running)
+
+
+def _report_left_running(running: list[LeftRunning]) -> None:
+    """The runs marked RUNNING: those whose process is gone, with the command that closes
+    them; those that may still run (elsewhere, or here)."""
+    ids = {r.run_id for r in running}
+    outer = [r for r in running if r.parent_run_id not in ids]  # closing one closes its nested runs
+
+    def where(r: LeftRunning) -> str:
+        return (f"{r.experiment} / {r.name} ({r.run_id}), started {r.started:%Y-%m-%d %H:%M} UTC"
+                + (f" on {r.host} (pid {r.pid})" if r.host else ""))
+    for alive, says in ((False, "their process is gone (a crash, a kill, or a tracking store that stopped answering)"),
+                        (None, "on another machine or from an older version: check that they are not running"),
+                        (True, "their process still runs on this machine")):
+        group = [r for r in outer if r.alive is alive]
+        if not group:
+            continue
+        console.print(f"[yellow]{len(group)} run(s) marked RUNNING[/yellow], {says}:", highlight=False)
+        for r in group:
+            console.print(f"  {where(r)}", markup=False, highlight=False)
+        if alive is not True:
+            console.print(f"  close them: refracture close-runs {' '.join(r.run_id for r in group)}",
+                          markup=False, highlight=False)
+
+
+def close_runs(*, run_ids: list[str], status: str, force: bool, store: Path | None) -> None:
+    """``refracture close-runs``: mark the runs (and their nested runs) FAILED or KILLED."""
+    _tracking_or_exit(store)
+    with _exit_if_tracking_lost("closing runs"):
+        try:
+            closed = modelstore_runs.close_runs(run_ids, status.upper(), force=force)
+        except StillRunning as exc:
+            console.print(f"[red]refused[/red]: {exc}")
+            raise typer.Exit(code=1) from None
+        except MlflowException as exc:
+            if lost_connection_reason(exc) is not None:
+                raise
+            console.print(f"[red]error[/red]: {str(exc).splitlines()[0]}")
+            raise typer.Exit(code=1) from None
+    if not closed:
+        console.print("nothing to close: none of these runs is marked RUNNING")
         return
-    table = Table(title="Registered models (test-set metrics)")
-    for col in ("model", "version", "aliases", "type", "features", "horizon", *registry.KEY_METRICS, "created", "run"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        t = r["tags"]
-        table.add_row(r["name"], str(r["version"]), ", ".join(r["aliases"]) or "–", t.get("model_type", "?"),
-                      t.get("feature_set", "?"), t.get("horizon_months", "?"),
-                      *(t.get(f"test_{k}", "–") for k in registry.KEY_METRICS),
-                      r["created"].strftime("%Y-%m-%d %H:%M"), (r["run_id"] or "")[:8])
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # files and pipes: do not squeeze the table to 80 columns
-    out.print(table)
+    console.print(f"[green]closed[/green] {len(closed)} run(s) as {status.upper()}: {', '.join(closed)}", highlight=False)
 
 
-def promote(
-    outcome: Annotated[str, typer.Option("--outcome", help="cemented_refracture, adjacent_fracture, remote_fracture or death.")],
-    version: Annotated[int, typer.Option("--version", help="Registered version to move the alias to.")],
-    alias: Annotated[str, typer.Option("--alias", help="champion or challenger.")] = "champion",
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the move).")] = "promoted by hand",
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Move without asking for confirmation.")] = False,
-    store: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
-) -> None:
-    """Move an alias (champion/challenger) to a version by hand; the move is recorded.
-
-    Moving the champion first shows the realized comparison of the current champion and
-    the candidate on the linked outcomes of the prediction log (the candidate scored in
-    shadow as the challenger: O/E, slope and AUROC with 95 % CIs, the number of matured
-    outcomes behind them), asks for confirmation unless --yes, and records that evidence
-    on the version (tag ``promotion_evidence``)."""
-    (name,) = _outcomes(outcome) if outcome != "all" else (None,)
-    if name is None:
-        raise typer.BadParameter("promote one outcome at a time", param_hint="--outcome")
+def promote(*, outcome: str, version: int, alias: str, reason: str, yes: bool, store: Path | None) -> None:
+    """``refracture promote``: move ``alias`` of ``outcome``'s model to ``version``, recorded with ``reason``;
+    the champion's move shows the realized comparison first and asks unless ``yes``."""
+    (name,) = _outcomes(outcome)
     if alias not in registry.ALIASES:
         raise typer.BadParameter(f"choose one of {', '.join(registry.ALIASES)}", param_hint="--alias")
     _tracking_or_exit(store)
@@ -289,13 +302,8 @@ def _evidence_tag(evidence: pd.DataFrame, summary: str) -> str:
     return json.dumps({"summary": summary, "by_horizon": rows}, separators=(",", ":"))[:5000]
 
 
-def ui(
-    port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
-    store: Annotated[Path | None, typer.Option("--store", help="Local MLflow store folder (default ./mlflow).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="UI server processes (1 is plenty on a 2-core machine).", min=1, max=4)] = 1,
-) -> None:
-    """Open the MLflow UI on the local store (runs, plots, model cards, registry)."""
+def ui(*, port: int, host: str, store: Path | None, workers: int) -> None:
+    """``refracture ui``: run ``mlflow ui`` on the local store until Ctrl-C."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         console.print(f"MLFLOW_TRACKING_URI is set: open {os.environ['MLFLOW_TRACKING_URI']} in a browser instead.")
         raise typer.Exit(code=0)

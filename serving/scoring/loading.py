@@ -49,7 +49,7 @@ OPTIONAL_TARGETS = (DEATH_TARGET,)
 #: start is refused (the page and API show curves).
 SERVED_HORIZONS_MONTHS = DEFAULT_HORIZONS_MONTHS
 SERVED_HEADLINE_MONTHS = HEADLINE_HORIZON_MONTHS
-BUNDLE_MANIFEST = Path(__file__).with_name("bento_models.json")
+BUNDLE_MANIFEST = Path(__file__).resolve().parents[1] / "bento_models.json"  # serving/, as bentofile.yaml packs it
 
 
 class ModelsUnavailable(RuntimeError):
@@ -257,7 +257,7 @@ def running_in_bento() -> bool:
     """True when this code runs from a built Bento (``<bento>/src/serving/...`` beside
     ``<bento>/bento.yaml``). ``bentoml serve <bento>`` does not apply the Bento's ``envs``
     outside a container, so the layout, not only the variable, says where we are."""
-    return (Path(__file__).resolve().parents[2] / "bento.yaml").exists()
+    return (Path(__file__).resolve().parents[3] / "bento.yaml").exists()  # <bento>/src/serving/scoring/
 
 
 def load_served_models(pinned_versions: dict[str, str] | None = None) -> list[LoadedModel]:

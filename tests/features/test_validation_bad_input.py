@@ -8,11 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from features.validate import RawDataError, validate_raw
-from refracture.cli import _register, app
+from refracture.cli import app
 from features.io import read_raw
 
 runner = CliRunner()
-_register()
 
 
 def _violations(raw) -> list[str]:

@@ -15,10 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from features.records import RECORD_FIELDS
-from refracture.cli import _register, app
+from refracture.cli import app
 
 runner = CliRunner()
-_register()
 
 FLAT_NAMES = [f.flat_name for f in RECORD_FIELDS]
 DATE_NAMES = [f.flat_name for f in RECORD_FIELDS if f.spec.kind == "date"]

@@ -12,17 +12,17 @@ from typer.testing import CliRunner
 
 from features.io import write_raw
 from predictionlog.store import PredictionStore
-from refracture.cli import _register, app
+from refracture.cli import app
 from prediction_log_support import SECRET, log_at_surgery, site_exports, truth_scores
 
 runner = CliRunner()
-_register()
 
 
 @pytest.fixture
 def env(tmp_path):
     return {"REFRACTURE_PREDICTION_DB": f"sqlite:///{tmp_path / 'predictions.db'}",
-            "REFRACTURE_PREDICTION_SECRET": SECRET.decode(), "MLFLOW_TRACKING_URI": ""}
+            "REFRACTURE_PREDICTION_SECRET": SECRET.decode(), "MLFLOW_TRACKING_URI": "",
+            "REFRACTURE_PREDICTION_LOG": "1"}  # stated: another module of the same worker may have turned it off
 
 
 def test_outcomes_and_performance_from_the_command_line(tmp_path, env):

@@ -16,13 +16,11 @@ from typer.testing import CliRunner
 from features.records import tables_to_records
 from features.simulator import load_profile, simulate
 from features.validate import validate_raw
-from refracture.cli import _register, app
+from refracture.cli import app
 from features.io import write_frame_atomic, write_raw
 from modelstore.artifact import load_model
 
 runner = CliRunner()
-if not app.registered_commands:
-    _register()
 
 OUTCOME = "adjacent_fracture"
 FAST = ["--search-trials", "2", "--bootstrap", "100", "--cv-folds", "3"]

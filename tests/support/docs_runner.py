@@ -390,6 +390,7 @@ def run_doc(copy: Path, doc: str, isolate: list[str] | None = None, timeout: flo
     home = copy.parent / f"home-{state.name}"
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
+    _traversable(copy, home)
     env = doc_env(copy, home, token, state)
     doc_blocks = blocks(copy / doc, copy)
     (state / "run.sh").write_text(script(doc_blocks), encoding="utf-8")
@@ -423,6 +424,21 @@ def run_doc(copy: Path, doc: str, isolate: list[str] | None = None, timeout: flo
     problems += _leftovers(token)
     durations = [(name, round(t1 - t0, 1)) for (t0, name), (t1, _) in zip(marks, marks[1:])]
     return DocRun(doc, not problems, log, seconds, durations, failed, problems)
+
+
+def _traversable(*folders: Path) -> None:
+    """As root, let other users pass through the folders above the copy and its home (o+x,
+    not read): tracking-stack.sh runs PostgreSQL as ``postgres``, which must reach its data
+    folder under them (temporary folders are made 0700). A reader's home is passable so."""
+    if os.geteuid() != 0:
+        return
+    for folder in folders:
+        for d in (folder, *folder.parents):
+            if d == Path(d.anchor):
+                break
+            mode = d.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(d, (mode | 0o011) & 0o7777)
 
 
 def _block_marks(path: Path) -> list[tuple[float, str]]:

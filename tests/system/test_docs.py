@@ -39,7 +39,7 @@ def test_every_guide_with_runnable_blocks_is_run():
 def test_the_training_budget_is_what_train_reads():
     """The docs tier shortens training only through `refracture train`'s own environment
     defaults, so the commands it runs are the guides' text."""
-    from refracture.commands.training import train
+    from refracture.options.training import train
 
     envvars = {getattr(meta, "envvar", None) for hint in typing.get_type_hints(train, include_extras=True).values()
                for meta in typing.get_args(hint)[1:]}

@@ -150,7 +150,7 @@ def test_cli_predict_matches_http_for_csv_parquet_and_json(server, store, flat, 
     short) on CSV, Parquet and JSON, with and without --explain; a bad file writes nothing."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
 
     env = store_env(store)
     records = to_json_records(flat)
@@ -173,7 +173,6 @@ def test_cli_predict_matches_http_for_csv_parquet_and_json(server, store, flat, 
 
     monkeypatch.setenv("REFRACTURE_MLFLOW_DIR", env["REFRACTURE_MLFLOW_DIR"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    _register()
     runner = CliRunner()
     for kind in ("csv", "parquet", "json"):
         out = tmp_path / f"out-{kind}.parquet"

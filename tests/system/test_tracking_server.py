@@ -200,5 +200,15 @@ def test_server_stopped_mid_training_gives_a_clear_error_and_leaves_the_registry
     assert registry_state(client) == before
     unfinished = [r for r in parent_runs(client, "cemented_refracture") if r.info.run_id not in known]
     assert len(unfinished) == 1 and unfinished[0].info.status == "RUNNING"  # left as it was when the server went
+    run_id = unfinished[0].info.run_id
+    assert f"`refracture close-runs {run_id}`" in text  # said on the way out, with the run it could not close
     listed = refracture("models", env=env)
     assert listed.returncode == 0 and "refracture-cemented_refracture" in listed.stdout
+    said = " ".join(listed.stderr.split())
+    assert "1 run(s) marked RUNNING, their process is gone" in said and f"close them: refracture close-runs {run_id}" in said
+    closed = refracture("close-runs", run_id, env=env)
+    assert closed.returncode == 0 and "as FAILED" in closed.stderr, closed.stderr
+    assert client.get_run(run_id).info.status == "FAILED"
+    exp = client.get_experiment_by_name("refracture-cemented_refracture").experiment_id
+    assert not client.search_runs([exp], filter_string="attributes.status = 'RUNNING'")  # its nested run too
+    assert "marked RUNNING" not in refracture("models", env=env).stderr

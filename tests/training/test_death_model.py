@@ -32,7 +32,7 @@ from training.competing_risks import aalen_johansen, censoring_survival
 from training.config import TrainConfig
 from training.data import outcome_data, prepare
 from training.fitting import fit_candidate
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.selection import select
 from training.time_metrics import td_auroc
 
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
     cfg = TrainConfig(raw_dir=raw, outcomes=(DEATH_TARGET,), search_trials=0, candidates=("logistic", "xgboost"),
                       n_bootstrap=50, cv_folds=2, n_jobs=1, register=False)
     data = outcome_data(prepare(cfg), DEATH_TARGET, cfg)
-    results = {m: fit_candidate(m, cfg, data, None, {}, _NullProgress()) for m in cfg.candidates}
+    results = {m: fit_candidate(m, cfg, data, None, {}, NullProgress()) for m in cfg.candidates}
     chosen, _ = select(results)  # the documented selection rule, as `refracture train` applies it
     return results[chosen].model, data
 

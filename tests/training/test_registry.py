@@ -3,6 +3,9 @@ registry error stops the promotion instead of handing the alias to the new model
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
@@ -66,13 +69,17 @@ def versions(tmp_path_factory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         configure_tracking(tmp_path_factory.mktemp("registry") / "mlflow")
         # An experiment with its artifacts beside the store (the default one writes ./mlruns).
-        with mlflow.start_run(experiment_id=get_or_create_experiment("registry-test")):
+        with mlflow.start_run(experiment_id=get_or_create_experiment("registry-test")) as run:
             info = mlflow.pyfunc.log_model(name="model", python_model=_Constant())
-        first = registry.register(info.model_uri, OUTCOME, tags={"log_loss": 0.3}).version
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
+            first_version = registry.register(info.model_uri, OUTCOME, tags={"log_loss": 0.3}, description="why")
+        first = first_version.version
         before_alias = registry.current_version(OUTCOME, CHAMPION)
         second = registry.register(info.model_uri, OUTCOME, tags={"log_loss": 0.2}).version
         registry.set_alias(OUTCOME, second, CHAMPION, reason="test")
-        yield {"first": first, "second": second, "before_alias": before_alias,
+        yield {"first": first, "second": second, "before_alias": before_alias, "printed": printed.getvalue(),
+               "first_version": first_version, "run_id": run.info.run_id, "model_uri": info.model_uri,
                "no_model": registry.current_version("remote_fracture", CHAMPION),
                "champion": registry.current_version(OUTCOME, CHAMPION)}
 
@@ -80,6 +87,17 @@ def versions(tmp_path_factory):
 @pytest.mark.slow
 def test_no_registered_model_is_no_champion(versions):
     assert versions["no_model"] is None
+
+
+@pytest.mark.slow
+def test_the_first_version_is_registered_silently_with_its_run(versions):
+    """No "Registered model ... already exists" on a store created a moment before (what
+    mlflow.register_model printed after we had created the registered model), and the
+    version knows its run, source and description as register_model recorded them."""
+    assert versions["printed"] == ""
+    mv = versions["first_version"]
+    assert (mv.run_id, mv.source, mv.description) == (versions["run_id"], versions["model_uri"], "why")
+    assert mv.tags == {"log_loss": "0.3"}
 
 
 @pytest.mark.slow

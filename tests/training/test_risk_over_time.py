@@ -22,7 +22,7 @@ from training.config import ConfigError, TrainConfig
 from training.data import horizon_targets, outcome_data, prepare
 from training.fitting import fit_candidate
 from modelstore.model import RefractureModel
-from training.pipeline import _NullProgress
+from training.progress import NullProgress
 from training.search import oof_raw_logit
 from training.split import cv_folds
 
@@ -44,7 +44,7 @@ def prepared(tmp_path_factory):
 def test_every_candidates_curve_rises_for_every_record(prepared, model_type):
     cfg, prep = prepared
     data = outcome_data(prep, "adjacent_fracture", cfg)
-    res = fit_candidate(model_type, cfg, data, None, {}, _NullProgress())
+    res = fit_candidate(model_type, cfg, data, None, {}, NullProgress())
     cal = res.model.calibration
     assert cal.horizons_months == HORIZONS and cal.slope > 0 and np.all(np.diff(cal.intercepts) >= 0)
     curve = res.model.curve_from_features(data.X)  # every procedure, train and test

@@ -16,14 +16,13 @@ from typer.testing import CliRunner
 
 from features.labels import OUTCOMES, horizon_days
 from modelstore.calibration import HorizonCalibration
-from refracture.cli import _register, app
+from refracture.cli import app
 from training.data import horizon_targets
 from training.competing_risks import censoring_survival
 from training.recalibrate import MIN_EVENTS_INTERCEPT, MIN_EVENTS_REFIT, decide
 from training.time_metrics import calibration_slope_intercept, observed_expected
 
 runner = CliRunner()
-_register()
 
 HORIZONS = (3.0, 6.0, 12.0, 24.0)
 

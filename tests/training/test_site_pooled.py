@@ -176,10 +176,9 @@ def test_recalibrate_refits_on_the_pooled_data_with_lineage_and_a_better_model(p
 
     from features.io import read_raw
     from features.validate import validate_raw
-    from refracture.cli import _register, app
+    from refracture.cli import app
     from training.site_eval import site_data
 
-    _register()
     runner = CliRunner()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     base = pooled_store

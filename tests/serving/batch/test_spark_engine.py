@@ -23,7 +23,9 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry_env(store):
-    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow")}
+    # The log off: only the pandas engine logs a batch run (docs/prediction-log.md), so with it
+    # on the two engines' reports differ by that line, whatever the worker's environment.
+    env = {"REFRACTURE_MLFLOW_DIR": str(store / "mlflow"), "REFRACTURE_PREDICTION_LOG": "0"}
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"]}
     for k in ("MLFLOW_TRACKING_URI", "REFRACTURE_MODEL_VERSIONS"):
         os.environ.pop(k, None)
@@ -234,14 +236,13 @@ def test_cli_raw_export_on_both_engines(spark, models, registry_env, cohort, tmp
     written and the exclusion report beside the output."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
     from features.io import read_raw, write_raw
 
     tables = read_raw(cohort)
     tables["patients"].loc[0, "sex"] = "X"
     raw = tmp_path / "raw"
     write_raw(tables, raw, fmt="csv")
-    _register()
     runner = CliRunner()
     outputs, reports = {}, {}
     for engine, out in (("pandas", tmp_path / "p.parquet"), ("spark", tmp_path / "s-out")):
@@ -299,9 +300,8 @@ def test_records_written_by_refracture_records_and_by_pandas_read_on_both_engine
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
 
-    _register()
     records = tmp_path / "records"
     result = CliRunner().invoke(app, ["records", "--raw", str(cohort), "--out", str(records)])
     assert result.exit_code == 0, result.output
@@ -326,11 +326,10 @@ def test_an_unreadable_file_is_one_line_on_spark(spark, models, registry_env, tm
     """No Java stack trace: one line naming the file and Spark's reason, exit 1, nothing written."""
     from typer.testing import CliRunner
 
-    from refracture.cli import _register, app
+    from refracture.cli import app
 
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not a Parquet file")
-    _register()
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["predict", "--engine", "spark", "--master", "local[2]", "--input", str(bad),
                                       "--output", str(out)])

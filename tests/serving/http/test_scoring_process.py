@@ -31,6 +31,7 @@ def served(tmp_path_factory):
     from serving.scoring.served_models import ServedModels
     from serving.http.validation import parse_body
 
+    saved = dict(os.environ)  # use_trained_store points this process at the store: restored after
     use_trained_store(tmp_path_factory.getbasetemp())
     scorer = ServedModels(load_served_models(None))
     drift = DriftMetrics(served_reference(scorer.models), scorer.outcomes)
@@ -48,7 +49,9 @@ def served(tmp_path_factory):
         parsed = parse_body(json.dumps(body).encode(), 100)
         assert parsed.ok, parsed.errors
         jobs.append((parsed.rows, parsed.procedure_ids, parsed.errors))
-    return scorer, drift, jobs
+    yield scorer, drift, jobs
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
