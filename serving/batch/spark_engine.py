@@ -206,20 +206,27 @@ def _reason(exc: Exception) -> str:
 def records_frame_on_spark(spark, records: pd.DataFrame):
     """Flat records held by the driver (e.g. from a raw export) as a numbered Spark frame.
     Values go as text (missing as null): the scorer reads text exactly as a CSV file's."""
-    text = records.reset_index(drop=True).astype(object)
-    text = text.where(text.notna(), None).map(lambda v: None if v is None else _text(v))
-    text[RECORD_COLUMN] = range(len(text))
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-    schema = StructType([StructField(c, StringType(), True) for c in text.columns[:-1]]
+    records = records.reset_index(drop=True)
+    # Built cell by cell, not through a frame: pandas 3 infers a column of text and None as
+    # its str dtype, whose missing value is NaN, which Spark would then store as "NaN".
+    columns = [[None if _missing(v) else _text(v) for v in records[c].astype(object)] for c in records.columns]
+    n = len(records)
+    rows = list(zip(*columns, range(n))) if columns else [(i,) for i in range(n)]
+    schema = StructType([StructField(str(c), StringType(), True) for c in records.columns]
                         + [StructField(RECORD_COLUMN, LongType(), False)])
     # The rows travel inside the tasks (they are on the driver): slices of about TASK_BYTES
     # keep every task small (Spark warns past 1,000 KiB; createDataFrame from pandas would
     # cut them into one slice per core whatever their size).
-    size = text.memory_usage(deep=True, index=False).sum()
+    size = sum(len(v) for column in columns for v in column if v is not None) + 8 * n * (len(columns) + 1)
     slices = max(spark.sparkContext.defaultParallelism, -(-int(size) // TASK_BYTES))
-    rows = spark.sparkContext.parallelize(list(text.itertuples(index=False, name=None)), min(slices, max(len(text), 1)))
-    return spark.createDataFrame(rows, schema=schema), len(text)
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, min(slices, max(n, 1))), schema=schema), n
+
+
+def _missing(value: Any) -> bool:
+    """A missing cell, whatever pandas holds it as (None, NaN, NaT, pd.NA)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _text(value: Any) -> str:

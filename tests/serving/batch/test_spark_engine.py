@@ -338,3 +338,19 @@ def test_an_unreadable_file_is_one_line_on_spark(spark, models, registry_env, tm
     assert f"cannotread{bad}" in text and "Couldnotreadfooter" in text, result.output
     assert len(text) < 700 and "atorg.apache" not in text and "Traceback" not in text, result.output
     assert not out.exists()
+
+
+def test_driver_held_records_keep_missing_values_missing(spark, flat):
+    """Missing cells of driver-held records (a raw export's, a FHIR export's) reach the
+    executors as null, whatever pandas held them as: NaN in a float column, None or NaN in
+    pandas 3's str column (the FHIR parser's frame gave "NaN" text, which the contract refused)."""
+    from serving.batch.spark_engine import RECORD_COLUMN, records_frame_on_spark
+
+    records = flat.head(6).copy()
+    records["dxa_bmd_g_cm2"] = [0.43, np.nan, 0.58, np.nan, 0.61, 0.7]
+    records["pain_onset_date"] = pd.Series(["2024-01-02", None, "2024-02-03", np.nan, "2024-03-04", None], dtype="str")
+    frame, n = records_frame_on_spark(spark, records)
+    rows = sorted(frame.select(RECORD_COLUMN, "dxa_bmd_g_cm2", "pain_onset_date").collect())  # Spark's own values
+    assert n == 6
+    assert [r["dxa_bmd_g_cm2"] for r in rows] == ["0.43", None, "0.58", None, "0.61", "0.7"]
+    assert [r["pain_onset_date"] for r in rows] == ["2024-01-02", None, "2024-02-03", None, "2024-03-04", None]
