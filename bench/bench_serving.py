@@ -76,11 +76,11 @@ def ensure_store() -> Path:
     return ensure_trained_store(OUT)
 
 
-def start(cmd: list[str], env: dict, log: Path, url: str, ready_path: str = "/readyz"):
+def start(cmd: list[str], env: dict, log: Path, url: str, ready_path: str = "/readyz", timeout_s: float = 120):
     import httpx
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd} exited; see {log}")

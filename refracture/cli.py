@@ -46,7 +46,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("fhir-docs", "refracture.options.fhir:fhir_docs", "refracture.commands.fhir:fhir_docs",
             "Generate docs/fhir.md from the FHIR mapping (never edit it by hand)."),
     Command("serve", "refracture.options.serving:serve", "refracture.commands.serving:serve",
-            "Serve the champion models over HTTP (BentoML). Needs REFRACTURE_API_KEY unless --insecure-dev."),
+            "Serve the champion models over HTTP or HTTPS (BentoML). Needs a way for callers to authenticate "
+            "(REFRACTURE_API_KEY, REFRACTURE_CLIENTS_FILE or REFRACTURE_OIDC_ISSUER) unless --insecure-dev."),
     Command("predict", "refracture.options.serving:predict", "refracture.commands.serving:predict",
             "Score procedure records with the champion models, without HTTP (vectorised, in chunks)."),
     Command("bento", "refracture.options.serving:bento", "refracture.commands.serving:bento",
@@ -76,6 +77,8 @@ COMMANDS: tuple[Command, ...] = (
             "figures the service exports on /metrics."),
     Command("predictions", "refracture.options.predictions:PREDICTIONS", None,
             "The prediction log's store: migrate its schema, prune old predictions, counts."),
+    Command("clients", "refracture.options.clients:CLIENTS", None,
+            "Named clients of the service: add (prints the key once), list, rotate a key, revoke."),
     Command("ui", "refracture.options.training:ui", "refracture.commands.training:ui",
             "Open the MLflow UI on the local store (runs, plots, model cards, registry)."),
 )

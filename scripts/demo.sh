@@ -35,12 +35,17 @@ run_step "the registry" $R models
 
 [ "${DEMO_SERVE:-1}" = "0" ] && exit 0
 
-# A local API key for the demo, kept out of git (data/ is ignored) and out of the page.
-if [ -z "${REFRACTURE_API_KEY:-}" ]; then
+# One named client for the demo, "demo" with every scope, in a registry the service re-reads
+# (refracture clients add|list|revoke; docs/security.md). Its key is kept out of git (data/
+# is ignored) and out of the page.
+if [ -z "${REFRACTURE_API_KEY:-}" ] && [ -z "${REFRACTURE_CLIENTS_FILE:-}" ]; then
   keyfile="$DATA/api-key"
-  [ -s "$keyfile" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$keyfile")
-  export REFRACTURE_API_KEY_FILE="$PWD/$keyfile"
-  echo "demo: API key in $keyfile (use it as: Authorization: Bearer \$(cat $keyfile))"
+  export REFRACTURE_CLIENTS_FILE="$PWD/$DATA/clients.json"
+  if [ ! -s "$keyfile" ] || [ ! -s "$REFRACTURE_CLIENTS_FILE" ]; then
+    rm -f "$REFRACTURE_CLIENTS_FILE"
+    (umask 077; $R clients add demo --scopes predict,explain,model:read,metrics:read > "$keyfile")
+  fi
+  echo "demo: client 'demo', key in $keyfile (use it as: Authorization: Bearer \$(cat $keyfile))"
 fi
 if [ -z "${REFRACTURE_AUDIT_SALT:-}" ]; then
   saltfile="$DATA/audit-salt"

@@ -29,10 +29,10 @@ LOCK = ROOT / "requirements.lock"
 SERVE_LOCK = ROOT / "requirements-serve.lock"
 
 #: Runtime dependencies of the project the service never imports: the search and the plots
-#: of training, the statistics of the evidence tests, BLAS thread limits of the site report,
-#: and the PostgreSQL driver of a tracking *server* (the service reaches a server over HTTP).
-#: tests/system/test_serve_lock.py checks that nothing the service imports is left out.
-NOT_SERVED = frozenset({"optuna", "matplotlib", "statsmodels", "threadpoolctl", "psycopg"})
+#: of training, the statistics of the evidence tests, BLAS thread limits of the site report.
+#: (The PostgreSQL driver stays: the service writes its prediction log to PostgreSQL in a
+#: deployment.) tests/system/test_serve_lock.py checks that nothing the service imports is left out.
+NOT_SERVED = frozenset({"optuna", "matplotlib", "statsmodels", "threadpoolctl"})
 
 HEADER = """\
 # The service's runtime environment (the Bento, `refracture serve`, `refracture predict`):

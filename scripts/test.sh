@@ -9,5 +9,6 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-chromium.sh
 bash scripts/ensure-postgres.sh
 bash scripts/ensure-promtool.sh
+bash scripts/ensure-node.sh
 mkdir -p test-artifacts
 exec .venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadfile "$@"

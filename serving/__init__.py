@@ -9,5 +9,7 @@
 - ``serving/batch/``: batch scoring of files without HTTP (``refracture predict``), on pandas
   or Spark.
 - ``serving/monitoring/``: the input and prediction drift metrics on ``/metrics``.
+- ``serving/auth/``: who is calling, without HTTP: the identity provider's keys, token
+  checks, the registry of named clients, per-client rate limits.
 - ``serving/ui/``: the clinician review page at ``/ui``.
 """

@@ -33,6 +33,20 @@ ENV_MAX_RECORDS = "REFRACTURE_MAX_RECORDS"
 ENV_MAX_BODY_BYTES = "REFRACTURE_MAX_BODY_BYTES"
 ENV_MODEL_VERSIONS = "REFRACTURE_MODEL_VERSIONS"
 ENV_SCORING_PROCESS = "REFRACTURE_SCORING_PROCESS"
+ENV_CLIENTS_FILE = "REFRACTURE_CLIENTS_FILE"
+ENV_RATE_LIMIT = "REFRACTURE_RATE_LIMIT_PER_S"
+ENV_RATE_BURST = "REFRACTURE_RATE_LIMIT_BURST"
+ENV_OIDC_ISSUER = "REFRACTURE_OIDC_ISSUER"
+ENV_OIDC_AUDIENCE = "REFRACTURE_OIDC_AUDIENCE"
+ENV_OIDC_JWKS_URI = "REFRACTURE_OIDC_JWKS_URI"
+ENV_OIDC_SCOPE_MAP = "REFRACTURE_OIDC_SCOPE_MAP"
+ENV_OIDC_UI_CLIENT_ID = "REFRACTURE_OIDC_UI_CLIENT_ID"
+ENV_OIDC_UI_SCOPE = "REFRACTURE_OIDC_UI_SCOPE"
+ENV_OIDC_LEEWAY_S = "REFRACTURE_OIDC_LEEWAY_S"
+ENV_OIDC_KEY_LIFETIME_S = "REFRACTURE_OIDC_KEY_LIFETIME_S"
+ENV_OIDC_REGISTERED_ONLY = "REFRACTURE_OIDC_REGISTERED_ONLY"
+ENV_TLS_CERT = "REFRACTURE_TLS_CERT"
+ENV_TLS_KEY = "REFRACTURE_TLS_KEY"
 ENV_SHADOW_CHALLENGERS = "REFRACTURE_SHADOW_CHALLENGERS"
 
 
@@ -87,11 +101,86 @@ def parse_model_versions(text: str | None) -> dict[str, str]:
     return out
 
 
+def _positive_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {raw}")
+    return value
+
+
+def parse_scope_map(text: str | None) -> dict[str, str]:
+    """'predict=refracture/predict explain=refracture/explain' (our scope = the provider's,
+    separated by spaces or commas) -> {provider scope: our scope}. Empty -> {} (same names)."""
+    out: dict[str, str] = {}
+    for part in (text or "").replace(",", " ").split():
+        ours, sep, theirs = part.partition("=")
+        if not sep or not ours or not theirs:
+            raise ConfigError(f"{ENV_OIDC_SCOPE_MAP}: expected ours=theirs pairs, got {part!r}")
+        out[theirs] = ours
+    return out
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """The hospital's identity provider (OAuth 2.0 / OpenID Connect), when configured.
+
+    ``issuer``: its exact issuer URL (keys found by discovery unless ``jwks_uri`` is set).
+    ``audience``: what this service's access tokens carry in ``aud``. ``scope_map``:
+    provider scope -> service scope. ``ui_client_id``: the public client the clinician page
+    signs in as (authorization code + PKCE), None: the page offers no sign-in.
+    ``leeway_s``: clock skew allowed on exp/nbf. ``key_lifetime_s``: how long cached keys
+    stay trusted while the provider cannot be reached.
+    """
+
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None
+    scope_map: dict[str, str] = field(default_factory=dict)
+    ui_client_id: str | None = None
+    ui_scope: str = "openid profile"
+    leeway_s: int = 30
+    key_lifetime_s: float = 86400.0
+    #: Accept tokens only from clients the registry names (``oauth_client_id``).
+    registered_only: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "OidcSettings | None":
+        issuer = (env.get(ENV_OIDC_ISSUER) or "").strip()
+        if not issuer:
+            return None
+        audience = (env.get(ENV_OIDC_AUDIENCE) or "").strip()
+        if not audience:
+            raise ConfigError(f"{ENV_OIDC_ISSUER} is set but {ENV_OIDC_AUDIENCE} is not: set it to the identifier "
+                              "the provider puts in this service's access tokens (aud)")
+        if not issuer.startswith("https://") and not issuer.startswith(("http://127.0.0.1", "http://localhost")):
+            raise ConfigError(f"{ENV_OIDC_ISSUER}={issuer!r}: the identity provider must be reached over https "
+                              "(http only on this machine, for tests)")
+        scope_map = parse_scope_map(env.get(ENV_OIDC_SCOPE_MAP))
+        ui_scope = (env.get(ENV_OIDC_UI_SCOPE) or "").strip() or " ".join(
+            ["openid", "profile", *(t for t, o in scope_map.items() if o in ("predict", "explain", "model:read"))]
+            if scope_map else ["openid", "profile", "predict", "explain", "model:read"])
+        leeway = _positive_int(env, ENV_OIDC_LEEWAY_S, 30)
+        if leeway > 300:
+            raise ConfigError(f"{ENV_OIDC_LEEWAY_S}={leeway}: at most 300 seconds")
+        return cls(issuer=issuer, audience=audience, jwks_uri=(env.get(ENV_OIDC_JWKS_URI) or "").strip() or None,
+                   scope_map=scope_map, ui_client_id=(env.get(ENV_OIDC_UI_CLIENT_ID) or "").strip() or None,
+                   ui_scope=ui_scope, leeway_s=leeway,
+                   key_lifetime_s=float(_positive_int(env, ENV_OIDC_KEY_LIFETIME_S, 86400)),
+                   registered_only=_truthy(env.get(ENV_OIDC_REGISTERED_ONLY)))
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """What the service needs to know at start.
 
-    ``api_key`` is None only when ``insecure_dev`` is set. ``audit_salt`` is bytes; when
+    ``api_key`` is None when ``insecure_dev`` is set or callers authenticate otherwise
+    (``clients_file``, ``oidc``). ``audit_salt`` is bytes; when
     none is configured a random one is drawn per process (hashes then link requests
     within one process lifetime only) and ``audit_salt_is_random`` says so.
     """
@@ -109,6 +198,14 @@ class ServingSettings:
     #: Score micro-batches in a child process of each worker (``serving.http.scoring_process``)
     #: rather than in a thread of it: on by default when the worker may use 2 or more CPUs.
     scoring_process: bool = False
+    #: The client registry (``serving.auth.clients``), re-read when it changes.
+    clients_file: Path | None = None
+    #: The identity provider whose bearer tokens are accepted (None: API keys only).
+    oidc: OidcSettings | None = None
+    #: Rate limit of clients without their own (the ``default`` client, OAuth clients not
+    #: in the registry), requests per second and burst; None: unlimited.
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
     #: Score each outcome's ``challenger`` alongside the champion and log it, never
     #: return it (``serving.http.shadow``; needs the prediction log). Off by default.
     shadow_challengers: bool = False
@@ -116,7 +213,8 @@ class ServingSettings:
     def __repr__(self) -> str:  # never print the key or the salt
         return (f"ServingSettings(api_key={'set' if self.api_key else 'none'}, insecure_dev={self.insecure_dev}, "
                 f"max_records={self.max_records}, max_body_bytes={self.max_body_bytes}, "
-                f"model_versions={self.model_versions})")
+                f"model_versions={self.model_versions}, clients_file={self.clients_file}, "
+                f"oidc={self.oidc.issuer if self.oidc else None})")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServingSettings":
@@ -130,10 +228,13 @@ class ServingSettings:
                 key = Path(key_file).read_text(encoding="utf-8").strip() or None
             except OSError as exc:
                 raise ConfigError(f"{ENV_API_KEY_FILE}={key_file}: cannot read it ({exc.strerror})") from None
-        if key is None and not insecure:
+        clients_file = (env.get(ENV_CLIENTS_FILE) or "").strip() or None
+        oidc = OidcSettings.from_env(env)
+        if key is None and clients_file is None and oidc is None and not insecure:
             raise ConfigError(
-                f"no API key configured: set {ENV_API_KEY} (or {ENV_API_KEY_FILE} to a file holding it), "
-                "or start with --insecure-dev for a local, unauthenticated development server"
+                f"no way for callers to authenticate: set {ENV_API_KEY} (or {ENV_API_KEY_FILE} to a file holding it), "
+                f"{ENV_CLIENTS_FILE} (named clients: `refracture clients add`) or {ENV_OIDC_ISSUER} (an identity "
+                "provider), or start with --insecure-dev for a local, unauthenticated development server"
             )
         if key is not None and len(key) < 16:
             raise ConfigError(f"{ENV_API_KEY} is too short ({len(key)} characters): use at least 16, "
@@ -142,7 +243,7 @@ class ServingSettings:
         log_path = env.get(ENV_AUDIT_LOG)
         return cls(
             api_key=key,
-            insecure_dev=insecure and key is None,
+            insecure_dev=insecure and key is None and clients_file is None and oidc is None,
             audit_salt=salt_text.encode("utf-8") if salt_text else secrets.token_bytes(32),
             audit_salt_is_random=not salt_text,
             audit_log_path=Path(log_path) if log_path else None,
@@ -150,6 +251,10 @@ class ServingSettings:
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, 4 * 1024 * 1024),
             model_versions=parse_model_versions(env.get(ENV_MODEL_VERSIONS)),
             scoring_process=_scoring_process(env.get(ENV_SCORING_PROCESS)),
+            clients_file=Path(clients_file) if clients_file else None,
+            oidc=oidc,
+            rate_limit_per_s=_positive_float(env, ENV_RATE_LIMIT),
+            rate_limit_burst=_positive_int(env, ENV_RATE_BURST, 0) if env.get(ENV_RATE_BURST) else None,
             shadow_challengers=_truthy(env.get(ENV_SHADOW_CHALLENGERS)),
         )
 

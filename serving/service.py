@@ -9,9 +9,13 @@ At start the service reads its settings (``serving.config``: no API key and no
 Routes: POST ``/predict`` (per outcome the risk curve at 3, 6, 12 and 24 months and the
 24-month headline; per record ``context.death``, the probability of death by 24 months,
 when a ``refracture-death`` champion is registered), POST ``/explain`` (also the SHAP explanation at ``?horizon_months=``,
-default 24) (bearer key); GET ``/model`` (versions,
-metrics, horizon, schema, example request), ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics``, ``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.http.docs_page``), all open.
+default 24) (scopes predict, explain); GET ``/model`` (versions,
+metrics, horizon, schema, example request; scope model:read), ``/metrics`` (scope
+metrics:read); ``/healthz``, ``/livez``, ``/readyz`` (with the identity provider's state),
+``/docs.json`` (OpenAPI) and ``/`` (Swagger UI, ``serving.http.docs_page``), open. Who may
+call is decided by the guard (``serving.http.guard``: named clients' keys, the identity
+provider's tokens; docs/security.md). With ``REFRACTURE_TLS_CERT`` and ``REFRACTURE_TLS_KEY``
+(``refracture serve --tls-cert/--tls-key``) the server speaks HTTPS itself.
 
 A request body is parsed here, per request (JSON, shape, value types:
 ``serving.http.validation.parse_body``); the contract checks and the scoring run per *batch*
@@ -73,6 +77,18 @@ logger = logging.getLogger(__name__)
 WORKERS = int(os.environ.get("REFRACTURE_WORKERS", "1") or 1)
 #: Longest a request may take (seconds) before BentoML answers 504.
 TIMEOUT_S = int(os.environ.get("REFRACTURE_TIMEOUT_S", "120") or 120)
+#: TLS, read where the service is defined (BentoML takes it from the service's config):
+#: certificate chain and private key files (PEM), or nothing for plain HTTP.
+TLS_CERT = os.environ.get("REFRACTURE_TLS_CERT") or None
+TLS_KEY = os.environ.get("REFRACTURE_TLS_KEY") or None
+#: TLS 1.2 with forward-secret AEAD suites, and TLS 1.3 (whose suites OpenSSL sets itself).
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _ssl_config() -> dict[str, Any]:
+    if not TLS_CERT:
+        return {}
+    return {"enabled": True, "certfile": TLS_CERT, "keyfile": TLS_KEY, "ciphers": TLS_CIPHERS}
 
 RecordsBody = Annotated[
     ProcedureRecord | Annotated[list[ProcedureRecord], Field(min_length=1)],
@@ -167,6 +183,7 @@ def _ui_app():
     # The audit line (serving.http.guard) is the access log: BentoML's own would add a second
     # line per request, with the client's address, and cost ~10 % of throughput.
     logging={"access": {"enabled": False}},
+    ssl=_ssl_config(),
 )
 @_declare_bundled_models
 class RefractureRisk:

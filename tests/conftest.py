@@ -51,6 +51,8 @@ SLOW_MODULES = frozenset({
     "features/simulator/test_evidence_table1.py",
     "serving/test_service.py",  # trains a champion per outcome, then serves them in-process
     "system/test_serving_e2e.py", "system/test_ui_browser.py", "system/test_packaging.py",
+    "system/test_identity_provider.py",  # starts an OpenID Provider (Node)
+    "system/test_identity_service.py",  # the service with the provider, a browser, HTTPS
     "refracture/test_training_cli.py",
     "refracture/test_prediction_cli.py",  # a local MLflow store (created on first use: ~20 s) for the performance run
     "predictionlog/test_postgres_outage.py",  # PostgreSQL stopped for 30 s under load

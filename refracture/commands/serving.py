@@ -24,10 +24,12 @@ from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore
 from refracture.commands.data import report_path, scorable_or_exit, write_exclusion_report
 from refracture.options.serving import risk_assessments_target, source_of
+from serving.auth.clients import RegistryError, read_registry
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
 from serving.batch.prediction_log import log_scored
-from serving.config import ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ServingSettings, prediction_log_settings
+from serving.config import (ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings,
+                            prediction_log_settings)
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
 
 console = Console(stderr=True)
@@ -40,15 +42,19 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code=code)
 
 
-def serve(*, port: int, host: str, insecure_dev: bool, workers: int) -> None:
+def serve(*, port: int, host: str, insecure_dev: bool, workers: int, tls_cert: Path | None, tls_key: Path | None) -> None:
     """``refracture serve``: resolve the champion versions once, then become the BentoML server (exec)."""
     env = dict(os.environ)
     if insecure_dev:
         env[ENV_INSECURE_DEV] = "1"
+    if tls_cert is not None:  # both given and files (the options checked them)
+        env[ENV_TLS_CERT], env[ENV_TLS_KEY] = str(tls_cert.resolve()), str(tls_key.resolve())
     try:
         settings = ServingSettings.from_env(env)
         log_settings = prediction_log_settings(env, settings.insecure_dev)
-    except ConfigError as exc:
+        if settings.clients_file is not None:
+            read_registry(settings.clients_file)  # an invalid registry stops here, not in every worker
+    except (ConfigError, RegistryError) as exc:
         _fail(str(exc), code=2)
     if log_settings.enabled:
         _migrate_prediction_store(log_settings)
@@ -67,8 +73,9 @@ def serve(*, port: int, host: str, insecure_dev: bool, workers: int) -> None:
     env["REFRACTURE_WORKERS"] = str(workers)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     served = ", ".join(f"{p.name} v{p.version}" for p in pins)
-    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key required"
-    console.print(f"serving {served} on http://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
+    mode = "[yellow]INSECURE DEV MODE (no API key)[/yellow]" if settings.insecure_dev else "bearer key or token required"
+    scheme = "https" if env.get(ENV_TLS_CERT) else "http"
+    console.print(f"serving {served} on {scheme}://{host}:{port} ({mode}); docs at /, OpenAPI at /docs.json")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
            "--working-dir", str(PROJECT_ROOT)]
     # Become the server (exec) rather than start it as a child: a process manager or a

@@ -33,6 +33,7 @@ API (stable: the token verifier and the CDS Hooks endpoint use it)::
 
     meta = discover("https://idp.example/realms/h")        # ProviderMetadata (issuer checked)
     cache = cache_for(meta.jwks_uri)                       # shared per URL in this process
+    cache = discovered_cache("https://idp.example/realms/h")  # or: discovery at every fetch
     key = cache.get_key(kid)                               # cached key or None; no waiting
     key = cache.key_for(kid)                               # cached, else refresh once: Key or UnknownKeyError
     cache.status()                                         # JwksStatus(state="ok"|"degraded"|"unavailable", ...)
@@ -222,11 +223,12 @@ class JwksCache:
         starts a background refresh when the set is due one (or was never fetched)."""
         self._refresh_in_background_if_due()
         now = self._clock()
-        with self._lock:
-            usable = {k: key for k, (key, seen) in self._keys.items() if now < seen + self.key_lifetime_s}
+        keys = self._keys  # replaced whole by a fetch, never changed in place: no lock needed to read
         if kid is None or kid == "":
-            return next(iter(usable.values())) if len(usable) == 1 else None
-        return usable.get(kid)
+            usable = [key for key, seen in keys.values() if now < seen + self.key_lifetime_s]
+            return usable[0] if len(usable) == 1 else None
+        entry = keys.get(kid)
+        return entry[0] if entry is not None and now < entry[1] + self.key_lifetime_s else None
 
     def key_for(self, kid: str | None) -> Key:
         """The key with this id: cached, else after one refresh (if the last attempt is older
@@ -313,6 +315,18 @@ class JwksCache:
                               last_success=self._last_success, last_attempt=self._last_attempt,
                               keys_usable_until=(max(usable) + self.key_lifetime_s) if usable else None,
                               last_error=error)
+
+
+def discovered_cache(issuer: str, **options: Any) -> JwksCache:
+    """The process's cache of ``issuer``'s keys found by discovery at every fetch (the
+    ``jwks_uri`` may move; a provider down at start is found when it is back). Keyed, and
+    shown in ``status()``, by the discovery document's URL."""
+    fetch = options.pop("fetch", http_fetch)
+
+    def fetch_discovered(url: str, timeout_s: float) -> bytes:
+        return fetch(discover(issuer, fetch, timeout_s).jwks_uri, timeout_s)
+
+    return cache_for(issuer.rstrip("/") + "/.well-known/openid-configuration", fetch=fetch_discovered, **options)
 
 
 _CACHES: dict[str, JwksCache] = {}

@@ -1,6 +1,8 @@
 """The audit trail: one JSON line per request, with no raw identifier or clinical value.
 
 A line holds the time (UTC, ISO 8601), the endpoint, the HTTP status, the latency, the
+client (its name, how it authenticated, and for a signed-in person a salted hash of the
+subject; ``null`` when the request was refused before one was known), the
 outcomes and model versions that answered, the number of records and, per record, a
 salted hash of its ``procedure_id`` (HMAC-SHA256 with the audit salt, first 16 hex
 digits). With the salt, the site can find the lines for a given procedure; without it,
@@ -69,6 +71,9 @@ def audit_line(
     auth: str = "ok",
     request_id: str | None = None,
     client: str | None = None,
+    auth_method: str | None = None,
+    subject_hash: str | None = None,
+    disconnected: bool = False,
 ) -> str:
     """One audit record as a JSON string (keys in a fixed order)."""
     record: dict[str, Any] = {
@@ -80,14 +85,20 @@ def audit_line(
         "status": status,
         "latency_ms": round(latency_ms, 2),
         "auth": auth,
+        # Who: the client's name (or the identity provider's client_id), how it proved it
+        # (api-key, client-token, user-token, ...), and for a signed-in person a salted hash
+        # of issuer and subject (staff identities are personal data too).
+        "client": client,
+        "auth_method": auth_method,
+        "subject_hash": subject_hash,
         "outcomes": list(outcomes),
         "model_versions": model_versions or {},
         "n_records": n_records,
         "n_errors": n_errors,
         "procedure_key_hashes": [key_hash(salt, pid) for pid in procedure_ids],
     }
-    if client is not None:  # e.g. "disconnected": the client left before the end of its body
-        record["client"] = client
+    if disconnected:  # the client left before the end of its body (status 499)
+        record["disconnected"] = True
     # ASCII only: the line can be written to any stream whatever the request held.
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
 

@@ -11,22 +11,26 @@ guard (the endpoints, the prediction log) reads both from there and never re-che
 A route may also render the guard's own refusals (401, 413) in its protocol's error
 format (a FHIR ``OperationOutcome`` under ``/fhir``, say) through ``render_error``.
 
-The embedded default is ``ApiKeyAuthenticator``: the one ``REFRACTURE_API_KEY`` is a
-client named ``default`` with every scope.
+The default route's authenticator is ``serving.http.identity.ClientAuthenticator``: named
+clients' API keys (the one ``REFRACTURE_API_KEY`` is the client ``default`` with every
+scope) and the identity provider's bearer tokens. ``ApiKeyAuthenticator`` (the single key
+alone) stays for routes that want only that. The guard checks each path's scope
+(``required_scope``) and the caller's rate limit whatever the route.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
+from serving.auth.clients import ALL_SCOPES
 from serving.config import ServingSettings
 
 Scope = dict[str, Any]
 
 #: What a caller may be allowed to do. An endpoint names the scope it needs
-#: (``required_scope``); a client holds a set of them.
-SCOPES = ("predict", "explain", "model:read", "metrics:read")
+#: (``required_scope``); a client holds a set of them (``serving.auth.clients``).
+SCOPES = ALL_SCOPES
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Caller:
 class Refusal:
     """Why a request is refused before it reaches an endpoint.
 
-    ``status``: 401 (who are you?) or 403 (known, but not allowed). ``reason``: a short
+    ``status``: 401 (who are you?), 403 (known, but not allowed) or 429 (over its rate
+    limit; ``retry_after``). ``reason``: a short
     token for the audit line (``missing``, ``wrong``, ``scope``, ...). ``message``: said to
     the client, naming what to fix and never echoing the credential.
     """
@@ -61,13 +66,17 @@ class Refusal:
     reason: str
     message: str
     www_authenticate: str = 'Bearer realm="refracture-risk"'
+    #: Seconds, for a 429 (``Retry-After``); None otherwise.
+    retry_after: str | None = None
 
 
 class Authenticator(Protocol):
     """Decides who a request comes from. Called once per protected request, before its
-    body is read; must not block the event loop for long (cache what it can)."""
+    body is read; must not block the event loop for long (cache what it can). When it
+    must wait (keys to fetch again), it may return an awaitable instead, which the guard
+    awaits (``serving.http.identity`` does so for a token signed with a new key)."""
 
-    def authenticate(self, scope: Scope) -> Caller | Refusal: ...
+    def authenticate(self, scope: Scope) -> "Caller | Refusal | Awaitable[Caller | Refusal]": ...
 
 
 #: (status, message, field errors) -> (body bytes, media type): a route's own error format.
@@ -111,14 +120,19 @@ def bearer_token(scope: Scope) -> str | None:
     return token.strip()
 
 
+#: Exact paths and the scope each needs (besides any path ending in /predict or /explain).
+PATH_SCOPES = {"/model": "model:read", "/metrics": "metrics:read"}
+
+
 def required_scope(path: str) -> str | None:
-    """The scope an endpoint needs (None: any authenticated caller)."""
-    path = path.rstrip("/")
+    """The scope an endpoint needs (None: any authenticated caller). The guard checks it
+    for every route (403 without it)."""
+    path = path.rstrip("/") or "/"
     if path.endswith("/explain"):
         return "explain"
     if path.endswith("/predict"):
         return "predict"
-    return None
+    return PATH_SCOPES.get(path)
 
 
 class ApiKeyAuthenticator:

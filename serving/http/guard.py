@@ -1,16 +1,27 @@
 """ASGI middleware in front of every route: API key, body-size limit, audit line.
 
 - **Auth.** Every path is authenticated except the open ones (``OPEN_PATHS``: health,
-  readiness, metrics, ``GET /model`` and the API docs), so a route added later is
+  readiness, the API docs, the clinician page's files), so a route added later is
   protected unless someone decides otherwise. How a caller proves who it is belongs to
-  the route's ``Authenticator`` (``serving.http.callers``; by default the API key,
-  compared in constant time); a refusal is a 401/403 with ``WWW-Authenticate`` and is
-  audited like any other request. The guard puts the ``Caller`` and the request id in
-  ``scope["state"]`` for what comes after it.
+  the route's ``Authenticator`` (``serving.http.callers``; by default
+  ``serving.http.identity.ClientAuthenticator``: named clients' API keys and the identity
+  provider's tokens); a refusal is a 401 with ``WWW-Authenticate`` and is audited like any
+  other request. The guard puts the ``Caller`` and the request id in ``scope["state"]``
+  for what comes after it.
+- **Scopes, in one place.** The scope a path needs (``required_scope``: ``/predict``
+  predict, ``/explain`` explain, ``/model`` model:read, ``/metrics`` metrics:read) is
+  checked here for every route; a caller without it gets 403 ``insufficient_scope``
+  (RFC 6750: it is known, a new credential would not help).
+- **Rate limit per client** (``serving.auth.limits``): over its limit a caller gets 429
+  with ``Retry-After``; other clients are not affected.
+- **Readiness.** ``/readyz`` answers as BentoML decides (models loaded) with a JSON body
+  that adds the identity state (``ok``, ``degraded``: provider unreachable, cached keys in
+  use; ``unavailable``: no key, its tokens refused).
 - **Body size.** A body over ``max_body_bytes`` is a 413, decided on ``Content-Length``
   before reading, or while reading a chunked body; the body is then buffered and
   handed on, so the endpoint never sees a partial one.
-- **Audit.** One JSON line per request to a protected path (``serving.http.audit``). The
+- **Audit.** One JSON line per request to a protected path (``serving.http.audit``), naming
+  the client and, for a signed-in person, a salted hash of their subject. The
   endpoint adds what only it knows (procedure ids, model versions) to
   ``scope["state"]["audit"]``; the ids are hashed here, never logged raw. The line is
   written before the answer leaves; if it cannot be, the answer is a 503 and the
@@ -24,21 +35,28 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Callable
 
+from serving.auth.limits import RateLimiter
 from serving.config import ServingSettings, get_settings
 from serving.http import audit, docs_page
-from serving.http.callers import ApiKeyAuthenticator, Refusal, Route, header, route_for
+from serving.http.callers import Caller, Refusal, Route, header, required_scope, route_for
 from serving.http.headers import secure_start
+from serving.http.identity import ClientAuthenticator
 
 logger = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
-OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics", "/model", "/docs.json", "/schema.json"})
+#: /model (model:read) and /metrics (metrics:read) are not open: /metrics names the clients
+#: and their traffic, and both are read by known callers (the page, Prometheus) that can
+#: send a credential (docs/security.md).
+OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/docs.json", "/schema.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui")  # /ui: the clinician page (holds no key)
 #: Audit status of a request whose client left before the end of its body (nginx's 499):
 #: not a server error, and no answer was sent.
@@ -82,14 +100,17 @@ class GuardMiddleware:
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
     def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None,
-                 routes: tuple[Route, ...] = ()):
+                 routes: tuple[Route, ...] = (), identity: ClientAuthenticator | None = None):
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider
         #: Paths with their own authenticator or error format (``serving.http.callers``);
-        #: everything else is the default route: the API key.
+        #: everything else is the default route: named clients and the identity provider.
         self.routes = tuple(routes)
-        self.default_route = Route("/", ApiKeyAuthenticator(self.settings))
+        self.identity = identity or ClientAuthenticator.from_settings(self.settings)
+        self.default_route = Route("/", self.identity)
+        self.limiter = RateLimiter()
+        self._by_client = None  # the per-client request counter, made at the first request
         self._spec: bytes | None = None
         audit.configure_audit_log(self.settings.audit_log_path)
 
@@ -109,6 +130,9 @@ class GuardMiddleware:
         if docs_page.handles(path):
             await docs_page.docs_app()(scope, receive, secured)
             return
+        if path == "/readyz":
+            await self._readyz(scope, receive, secured)
+            return
         if is_open(path):
             await self.app(scope, receive, secured)
             return
@@ -120,6 +144,32 @@ class GuardMiddleware:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(self._spec)).encode())]})
         await send({"type": "http.response.body", "body": self._spec})
+
+    async def _readyz(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        """BentoML's readiness (its status code kept) with the identity state as JSON."""
+        answer: dict[str, Any] = {"status": 503}
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+
+        await self.app(scope, receive, capture)
+        status = answer["status"]
+        await _send_json(send, status, {"ready": status == 200, "identity": self.identity.status()})
+
+    def _count(self, caller: Caller | None, status: int) -> None:
+        """``refracture_requests_by_client_total{client, status}``: bounded labels (the
+        registry's clients, else ``other``; ``anonymous`` when no caller was established)."""
+        if self._by_client is None:
+            # Imported here, not at module import: BentoML points prometheus_client at its
+            # multiprocess directory before the worker builds this middleware.
+            import prometheus_client
+
+            self._by_client = prometheus_client.Counter(
+                "refracture_requests_by_client", "Requests to protected paths, by client and HTTP status.",
+                ["client", "status"], registry=None)
+        label = "anonymous" if caller is None else self.identity.metrics_label(caller.client)
+        self._by_client.labels(client=label, status=str(status)).inc()
 
     async def _guarded(self, scope: Scope, receive: Callable, send: Callable) -> None:
         """Auth, body limit and the audit line. The audit line is written *before* the
@@ -136,10 +186,13 @@ class GuardMiddleware:
         held: dict | None = None
         audited = False
         auth = "ok"
+        who: dict[str, Caller | None] = {"caller": None}
 
-        def audit_now(status: int, client: str | None = None) -> None:
+        def audit_now(status: int, disconnected: bool = False) -> None:
             nonlocal audited
             audited = True
+            caller = who["caller"]
+            self._count(caller, status)
             audit.write(audit.audit_line(
                 endpoint=scope.get("path", ""),
                 method=scope.get("method", ""),
@@ -153,7 +206,10 @@ class GuardMiddleware:
                 n_errors=info.get("n_errors"),
                 auth=auth,
                 request_id=request_id,
-                client=client,
+                client=caller.client if caller is not None else None,
+                auth_method=caller.method if caller is not None else None,
+                subject_hash=caller.subject_hash if caller is not None else None,
+                disconnected=disconnected,
             ))
 
         async def send_wrapper(message: dict) -> None:
@@ -175,10 +231,17 @@ class GuardMiddleware:
 
         try:
             caller = route.authenticator.authenticate(scope)
+            if inspect.isawaitable(caller):  # e.g. the identity provider's keys being fetched again
+                caller = await caller
+            if isinstance(caller, Caller):
+                who["caller"] = caller
+                caller = self._permitted(caller, scope.get("path", ""))
             if isinstance(caller, Refusal):
                 auth = caller.reason
+                extra = [(b"retry-after", caller.retry_after.encode())] if caller.retry_after else []
                 await _send_error(send_wrapper, route, caller.status, {"error": caller.message},
-                                  [(b"www-authenticate", caller.www_authenticate.encode("latin-1"))])
+                                  [(b"www-authenticate", caller.www_authenticate.encode("latin-1")), *extra]
+                                  if caller.www_authenticate else extra)
                 return
             auth = "insecure-dev" if caller.method == "insecure-dev" else "ok"
             state["caller"] = caller
@@ -197,15 +260,30 @@ class GuardMiddleware:
             await self.app(scope, replay, send_wrapper)
         except ClientDisconnected:
             if not audited:
-                self._audit_or_log(audit_now, CLIENT_CLOSED_REQUEST, "disconnected")
+                self._audit_or_log(audit_now, CLIENT_CLOSED_REQUEST, True)
         finally:
             if not audited:  # an exception, or the app never answered
                 self._audit_or_log(audit_now, status_box["status"])
 
+    def _permitted(self, caller: Caller, path: str) -> Caller | Refusal:
+        """The caller, if it is within its rate limit (every request counts, refused ones
+        too) and holds the path's scope."""
+        wait = self.limiter.take(caller.client, self.identity.rate_limit(caller))
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            return Refusal(429, "rate-limited", f"too many requests from client {caller.client!r}: "
+                                                f"over its rate limit; retry after {seconds} s",
+                           www_authenticate="", retry_after=str(seconds))
+        need = required_scope(path)
+        if need is not None and not caller.may(need):
+            return Refusal(403, "scope", f"client {caller.client!r} may not use {path}: it needs the scope {need!r}",
+                           www_authenticate=f'Bearer realm="refracture-risk", error="insufficient_scope", scope="{need}"')
+        return caller
+
     @staticmethod
-    def _audit_or_log(audit_now: Callable, status: int, client: str | None = None) -> None:
+    def _audit_or_log(audit_now: Callable, status: int, disconnected: bool = False) -> None:
         try:
-            audit_now(status, client)
+            audit_now(status, disconnected)
         except Exception as exc:
             # Nobody is waiting for an answer any more; the operator must still know.
             logger.error("AUDIT FAILURE: a request was not audited (%s)", type(exc).__name__)

@@ -18,16 +18,29 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-#: The policy of every HTML page served here (the clinician page, the API docs).
-PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'self'; "
+
+def page_csp(connect_origins: tuple[str, ...] = ()) -> str:
+    """The policy of the service's HTML pages. ``connect_origins``: other origins the page's
+    script may call (the identity provider's token endpoint, for the clinician page that
+    signs in; nothing else). Sign-in and sign-out are top-level navigations, not fetches."""
+    connect = " ".join(("'self'", *connect_origins))
+    return ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            f"connect-src {connect}; font-src 'self'; object-src 'none'; frame-ancestors 'self'; "
             "base-uri 'none'; form-action 'self'")
-PAGE_HEADERS = {
-    "Content-Security-Policy": PAGE_CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+
+
+def page_headers(connect_origins: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": page_csp(connect_origins),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+#: The policy of every HTML page served here (the clinician page, the API docs): this origin only.
+PAGE_CSP = page_csp()
+PAGE_HEADERS = page_headers()
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 

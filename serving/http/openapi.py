@@ -1,7 +1,7 @@
 """The served OpenAPI document: BentoML's, plus what only this service knows.
 
 BentoML documents each API's request and 200 response from the pydantic models. This
-adds the bearer-key scheme on the protected routes and the answers the service really
+adds the bearer scheme (API key or access token) on the protected routes (``GET /model`` too) and the answers the service really
 gives on bad input (400 malformed JSON, 401 key, 413 body size, 415 media type, 422
 field errors) and the 503 when the audit log cannot be written, each with the
 ``ErrorResponse`` body, and drops BentoML's generic 400/404 error bodies, which this
@@ -21,10 +21,13 @@ PROTECTED_ROUTES = ("/predict", "/explain")
 _ERRORS = {
     "400": "Malformed JSON, an empty body, invalid Unicode (a lone surrogate), a key given twice, or a horizon_months "
            "that is not a served horizon (the error names the field). Nothing was scored.",
-    "401": "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+    "401": "Missing, wrong, revoked or expired API key, or an invalid access token (send 'Authorization: Bearer "
+           "<key or token>'); WWW-Authenticate says why (RFC 6750).",
+    "403": "The client is known but lacks the scope this path needs (predict, explain); WWW-Authenticate names it.",
     "413": "Request body larger than the service's limit (REFRACTURE_MAX_BODY_BYTES).",
     "415": "Content-Type is not application/json.",
     "422": "One or more field errors, or too many / no records. The first 100 errors are listed (n_errors gives the total); nothing was scored.",
+    "429": "The client is over its rate limit; Retry-After says when to try again (seconds).",
     "503": "The audit line could not be written, so no answer was given (retry later).",
 }
 _DESCRIPTION = (
@@ -32,8 +35,9 @@ _DESCRIPTION = (
     "vertebroplasty (PVP) or kyphoplasty (PKP): per outcome the risk curve at 3, 6, 12 and 24 months (the chance "
     "that the fracture happens by then, counting patients who die first as not having it) and the 24-month headline "
     "with its risk band, with optional SHAP explanations at a chosen horizon (/explain?horizon_months=6). "
-    "POST /predict and /explain take one procedure record or a list and need 'Authorization: Bearer <key>'. "
-    "GET /model (open) lists the served model versions, their held-out metrics, the risk-band thresholds, the "
+    "POST /predict and /explain take one procedure record or a list and need 'Authorization: Bearer <key or "
+    "token>' with the scope predict or explain. "
+    "GET /model (scope model:read) lists the served model versions, their held-out metrics, the risk-band thresholds, the "
     "record schema and an example request. Decision support only: not a substitute for clinical judgement."
 )
 
@@ -49,7 +53,10 @@ def patch_spec(spec: dict[str, Any]) -> dict[str, Any]:
     schemas["ErrorResponse"] = error_schema
     components.setdefault("securitySchemes", {})["bearerAuth"] = {
         "type": "http", "scheme": "bearer",
-        "description": "The API key configured with REFRACTURE_API_KEY (compared in constant time).",
+        "description": "A named client's API key (`refracture clients add`; REFRACTURE_API_KEY is the client "
+                       "'default'), or an OAuth 2.0 access token (JWT) from the identity provider configured with "
+                       "REFRACTURE_OIDC_ISSUER. Scopes: predict, explain, model:read (GET /model), metrics:read "
+                       "(GET /metrics). docs/security.md.",
     }
     info = spec.setdefault("info", {})
     info["title"] = "refracture-risk"
@@ -70,6 +77,11 @@ def patch_spec(spec: dict[str, Any]) -> dict[str, Any]:
             responses[code] = {"description": text, **copy.deepcopy(ref)}
         if path == "/explain":
             operation["parameters"] = [_HORIZON_PARAMETER]
+    model = spec.get("paths", {}).get("/model", {}).get("get")
+    if model is not None:
+        model["security"] = [{"bearerAuth": []}]
+        for code in ("401", "403", "429"):
+            model.setdefault("responses", {})[code] = {"description": _ERRORS[code], **copy.deepcopy(ref)}
     info["version"] = f"response schema {RESPONSE_SCHEMA_VERSION}"
     return spec
 

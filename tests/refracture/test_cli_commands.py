@@ -113,6 +113,9 @@ def test_names_are_unique_and_the_light_constants_match_the_code():
     from predictionlog.settings import MIN_RETENTION_DAYS
     from training.realized import OE_BAND
     assert OE_BAND_TEXT == f"{OE_BAND[0]:g},{OE_BAND[1]:g}" and MIN_PRUNE_DAYS == MIN_RETENTION_DAYS
+    from refracture.options.clients import CLIENTS_FILE_ENV
+    from serving.config import ENV_CLIENTS_FILE
+    assert CLIENTS_FILE_ENV == ENV_CLIENTS_FILE
 
 
 def test_a_bad_option_is_refused_before_the_work_is_imported(tmp_path):

@@ -176,7 +176,7 @@ def test_service_without_a_death_model_serves_the_outcomes_and_no_context(store_
         assert r.status_code == 200, r.text
         for item in r.json()["predictions"]:
             assert "context" not in item and set(item["outcomes"]) == set(OUTCOMES)
-        assert httpx.get(f"{server.url}/model", timeout=10).json()["context"] == {}
+        assert httpx.get(f"{server.url}/model", headers=AUTH, timeout=10).json()["context"] == {}
         assert "serving without the death context" in server.log_text()
 
 

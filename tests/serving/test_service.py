@@ -241,8 +241,9 @@ def test_high_risk_example_scores_above_the_typical_one(client):
     assert answers["high_risk"]["cemented_refracture"]["probability"] > answers["typical"]["cemented_refracture"]["probability"]
 
 
-def test_model_info_is_open_and_its_example_is_accepted_as_is(client, champions):
-    r = client.get("/model")
+def test_model_info_needs_model_read_and_its_example_is_accepted_as_is(client, champions):
+    assert client.get("/model").status_code == 401
+    r = client.get("/model", headers=AUTH)
     assert r.status_code == 200
     info = r.json()
     assert info["horizon_months"] == 24.0 and info["horizons_months"] == [3.0, 6.0, 12.0, 24.0]
@@ -455,7 +456,7 @@ def test_every_page_and_static_file_has_the_security_headers(client):
         assert "frame-ancestors" in csp and "default-src 'self'" in csp, path
         assert r.headers.get("x-content-type-options") == "nosniff", path
     for path in ("/ui/static/app.js", "/ui/static/style.css", "/docs-static/swagger-ui-bundle.js", "/model", "/healthz"):
-        r = client.get(path)
+        r = client.get(path, headers=AUTH)
         assert r.status_code == 200, path
         assert r.headers.get("x-content-type-options") == "nosniff", path
 
@@ -517,7 +518,7 @@ def test_service_fills_the_death_context_from_the_champion(client, store):
             assert death["model"] == {"name": "refracture-death", "version": str(champion.version),
                                       "run_id": champion.run_id}
             assert set(item["outcomes"]) == set(OUTCOMES)  # death is context, not an outcome
-    info = client.get("/model").json()
+    info = client.get("/model", headers=AUTH).json()
     assert info["context"]["death"]["estimand"] == DEATH_ESTIMAND
     assert info["context"]["death"]["model"]["version"] == str(champion.version)
     assert "death" not in info["outcomes"]

@@ -106,16 +106,19 @@ class Server:
     """``refracture serve`` in a subprocess on 127.0.0.1:<free port>; stopped on exit."""
 
     def __init__(self, env: dict[str, str], *extra_args: str, log: Path | None = None, bento: str | None = None,
-                 cwd: Path = ROOT, ready_timeout: float = 90):
+                 cwd: Path = ROOT, tls: tuple[Path, Path] | None = None, ready_timeout: float = 90):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        #: What httpx checks the server's certificate against (its own, self-signed, for TLS).
+        self.verify: str | bool = str(tls[0]) if tls else True
         self.env = env
-        self.args = extra_args
+        self.args = (*extra_args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else extra_args
         self.log = log
         self.bento = bento
         self.cwd = cwd
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
+        self.ready_timeout = ready_timeout
 
     def command(self) -> list[str]:
         if self.bento:  # a built Bento, served by BentoML itself
@@ -139,7 +142,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -16,9 +16,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The project's own top-level packages (not distributions of the lock).
-OWN = {"features", "modelstore", "training", "serving", "refracture"}
+OWN = {"features", "modelstore", "predictionlog", "training", "serving", "refracture"}
 #: What the Bento ships (bentofile.yaml) and `refracture serve` / `predict` run.
-SERVED_CODE = ("features", "modelstore", "serving", "refracture/commands/serving.py", "refracture/options",
+SERVED_CODE = ("features", "modelstore", "predictionlog", "serving", "refracture/commands/serving.py", "refracture/options",
                "refracture/cli.py", "refracture/lazy_group.py")
 #: Imported by served code only for `refracture predict --engine spark`, which needs the
 #: `spark` extra (docs/deployment.md): never by the service.

@@ -70,8 +70,13 @@ def test_auth_over_http(server):
     assert httpx.post(f"{server.url}/predict", json=example_record(), timeout=30).status_code == 401
     wrong = {"Authorization": "Bearer not-the-key-0123456789"}
     assert httpx.post(f"{server.url}/explain", json=example_record(), headers=wrong, timeout=30).status_code == 401
-    for path in ("/healthz", "/readyz", "/model", "/docs.json"):
+    for path in ("/healthz", "/readyz", "/docs.json"):
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200
+    # /model and /metrics need a credential (model:read, metrics:read).
+    for path in ("/model", "/metrics"):
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 401
+        assert httpx.get(f"{server.url}{path}", headers=AUTH, timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/readyz", timeout=30).json()["identity"]["state"] == "ok"
 
 
 def test_concurrent_requests_all_answered_correctly(server, flat):
@@ -222,7 +227,7 @@ def test_restart_picks_up_a_new_champion(server, own_store, tmp_path):
     client.set_registered_model_alias(name, "champion", new.version)
 
     def served_version(url):
-        info = httpx.get(f"{url}/model", timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
+        info = httpx.get(f"{url}/model", headers=AUTH, timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
         answer = httpx.post(f"{url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
         assert answer["predictions"][0]["outcomes"]["adjacent_fracture"]["model"]["version"] == info
         return info
@@ -256,9 +261,9 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
     unreachable = f"http://127.0.0.1:{free_port()}"
     run_env.update(REFRACTURE_MLFLOW_DIR=str(no_registry), REFRACTURE_API_KEY=API_KEY, MLFLOW_TRACKING_URI=unreachable)
     with Server(run_env, bento="refracture-risk:latest", cwd=tmp_path, log=tmp_path / "bento.log") as bento:
-        info = httpx.get(f"{bento.url}/model", timeout=30).json()
+        info = httpx.get(f"{bento.url}/model", headers=AUTH, timeout=30).json()
         answer = httpx.post(f"{bento.url}/predict", json=example_record(), headers=AUTH, timeout=60).json()
-        metrics = httpx.get(f"{bento.url}/metrics", timeout=30).text
+        metrics = httpx.get(f"{bento.url}/metrics", headers=AUTH, timeout=30).text
     assert all(o["source"].startswith("bento:") for o in info["outcomes"].values())
     # The Bento carries each model's drift reference: reference-aware input metrics, no registry.
     assert 'refracture_input_reference_share{input="hu_index_preop"' in metrics

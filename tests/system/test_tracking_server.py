@@ -145,7 +145,7 @@ def test_promote_while_serving_keeps_the_pinned_version_until_restart(first_trai
     after = "2" if before == "1" else "1"
 
     def served_version(url):
-        info = httpx.get(f"{url}/model", timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
+        info = httpx.get(f"{url}/model", headers=AUTH, timeout=30).json()["outcomes"]["adjacent_fracture"]["model"]["version"]
         answer = httpx.post(f"{url}/predict", json=example_record(), headers=AUTH, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["outcomes"]["adjacent_fracture"]["model"]["version"] == info

@@ -1,6 +1,10 @@
 // Clinician review page. Plain JavaScript, no external libraries: the page must work on a
-// hospital network without internet access. The API key is never part of the page source;
-// it comes from the key field (kept in sessionStorage for this tab) or from a login proxy.
+// hospital network without internet access. No credential is ever part of the page source.
+// With the hospital's identity provider (auth.json says "oidc") the clinician signs in there:
+// authorization code with PKCE, the page a public client; the access token stays in this
+// page's memory (never in storage), is refreshed before it expires, and is gone on reload or
+// sign-out. Without one (the embedded default, local use) the page asks for the API key
+// (kept in sessionStorage for this tab), or a login proxy adds it.
 "use strict";
 
 const OUTCOME_NAMES = {
@@ -14,18 +18,145 @@ const DEFAULT_HORIZONS = [3, 6, 12, 24];
 const HEADLINE_MONTHS = 24;
 const $ = (sel) => document.querySelector(sel);
 
+// ---------------------------------------------------------------- sign-in (OIDC)
+// Only the PKCE verifier and the state survive the round trip to the provider
+// (sessionStorage, removed on return); the tokens live in this object only.
+const auth = { config: null, accessToken: null, refreshToken: null, expiresAt: 0, user: null, refreshing: null };
+
+function b64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+function randomText(n) { return b64url(crypto.getRandomValues(new Uint8Array(n))); }
+function redirectUri() { return location.origin + location.pathname; }
+
+async function signIn() {
+  const c = auth.config;
+  const verifier = randomText(48);
+  const stateText = randomText(24);
+  sessionStorage.setItem("refracture-pkce", JSON.stringify({ verifier, state: stateText }));
+  const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  const params = new URLSearchParams({
+    response_type: "code", client_id: c.client_id, redirect_uri: redirectUri(), scope: c.scope,
+    state: stateText, code_challenge: challenge, code_challenge_method: "S256", resource: c.resource,
+  });
+  // offline_access (a refresh token) must be consented to explicitly (OpenID Connect Core 11).
+  if (c.scope.split(" ").includes("offline_access")) params.set("prompt", "consent");
+  location.assign(c.authorization_endpoint + "?" + params.toString());
+}
+
+async function tokenRequest(fields) {
+  const c = auth.config;
+  const resp = await fetch(c.token_endpoint, {
+    method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ client_id: c.client_id, resource: c.resource, ...fields }),
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok || !data.access_token) throw new Error(data.error_description || data.error || `HTTP ${resp.status}`);
+  auth.accessToken = data.access_token;
+  if (data.refresh_token) auth.refreshToken = data.refresh_token;
+  auth.expiresAt = Date.now() + 1000 * (Number(data.expires_in) || 300);
+  if (data.id_token) {
+    try {  // shown, not trusted: the service checks the access token itself
+      const claims = JSON.parse(atob(data.id_token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      auth.user = claims.name || claims.preferred_username || claims.sub;
+    } catch (e) { /* keep the name shown so far */ }
+  }
+}
+
+async function finishSignIn(params) {
+  const saved = JSON.parse(sessionStorage.getItem("refracture-pkce") || "null");
+  sessionStorage.removeItem("refracture-pkce");
+  history.replaceState(null, "", location.pathname);  // the code must not stay in the address bar
+  if (params.get("error")) throw new Error(params.get("error_description") || params.get("error"));
+  if (!saved || saved.state !== params.get("state")) throw new Error("the sign-in answer does not match this page's request");
+  await tokenRequest({ grant_type: "authorization_code", code: params.get("code"), redirect_uri: redirectUri(),
+                       code_verifier: saved.verifier });
+}
+
+// A token valid for at least another 30 s: refreshed when it is not, else null (sign in again).
+async function currentToken() {
+  if (auth.accessToken && Date.now() < auth.expiresAt - 30000) return auth.accessToken;
+  if (auth.refreshToken) {
+    auth.refreshing = auth.refreshing || tokenRequest({ grant_type: "refresh_token", refresh_token: auth.refreshToken })
+      .catch(() => { auth.accessToken = null; auth.refreshToken = null; })
+      .finally(() => { auth.refreshing = null; });
+    await auth.refreshing;
+    if (auth.accessToken) return auth.accessToken;
+  }
+  auth.accessToken = null;
+  showSignedIn();
+  return null;
+}
+
+function signOut() {
+  const c = auth.config;
+  auth.accessToken = auth.refreshToken = auth.user = null;
+  auth.expiresAt = 0;
+  state.model = null;
+  if (c.end_session_endpoint) {
+    const params = new URLSearchParams({ client_id: c.client_id, post_logout_redirect_uri: redirectUri() });
+    location.assign(c.end_session_endpoint + "?" + params.toString());
+  } else {
+    showSignedIn();
+  }
+}
+
+function showSignedIn(message) {
+  const signedIn = Boolean(auth.accessToken);
+  $("#signin-status").textContent = message || (signedIn ? `Signed in as ${auth.user || "(unnamed user)"}.`
+    : "Not signed in: sign in with your hospital account to estimate risks.");
+  $("#sign-in").hidden = signedIn;
+  $("#sign-out").hidden = !signedIn;
+}
+
+async function initAuth() {
+  let config = { mode: "api-key" };
+  try {
+    const resp = await fetch("auth.json");
+    config = await resp.json();
+  } catch (e) { /* the embedded default */ }
+  auth.config = config;
+  if (config.mode !== "oidc") {
+    $("#api-key-box").hidden = false;
+    const key = sessionStorage.getItem("refracture-api-key");
+    if (key) $("#api-key").value = key;
+    $("#api-key").addEventListener("change", (e) => sessionStorage.setItem("refracture-api-key", e.target.value.trim()));
+    return;
+  }
+  $("#signin-box").hidden = false;
+  if (config.error) { showSignedIn("Sign-in is unavailable: " + config.error); $("#sign-in").hidden = true; return; }
+  $("#sign-in").addEventListener("click", () => signIn().catch((e) => showSignedIn("Sign-in failed: " + e.message)));
+  $("#sign-out").addEventListener("click", signOut);
+  const params = new URLSearchParams(location.search);
+  if (params.has("code") || params.has("error")) {
+    try {
+      await finishSignIn(params);
+    } catch (e) {
+      showSignedIn("Sign-in failed: " + e.message);
+      return;
+    }
+  }
+  showSignedIn();
+}
+
 // ---------------------------------------------------------------- API
 // X-Refracture-Source: the prediction log stores the page's predictions as such; a what-if
 // request (a changed copy of the record) says so and is not logged as a prediction.
-function authHeaders(extra) {
-  const key = $("#api-key").value.trim();
+async function authHeaders(extra) {
   const h = { "Content-Type": "application/json", Accept: "application/json", "X-Refracture-Source": "page" };
+  if (auth.config && auth.config.mode === "oidc") {
+    const token = await currentToken();
+    if (token) h.Authorization = "Bearer " + token;
+    return Object.assign(h, extra || {});
+  }
+  const key = $("#api-key").value.trim();
   if (key) h.Authorization = "Bearer " + key;
   return Object.assign(h, extra || {});
 }
 
 async function call(path, body, extra) {
-  const opts = body === undefined ? { headers: authHeaders(extra) } : { method: "POST", headers: authHeaders(extra), body: JSON.stringify(body) };
+  const headers = await authHeaders(extra);
+  const opts = body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) };
   const resp = await fetch(path, opts);
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
@@ -507,8 +638,14 @@ async function submit(ev) {
   $("#form-status").textContent = "Estimating…";
   const resp = await api.explain(record, $("#explain-horizon").value || HEADLINE_MONTHS);
   if (resp.status === 401 || resp.status === 403) {
-    $("#form-status").textContent = "Not authorised: enter the API key (or sign in through your hospital's portal).";
-    $("#api-key").focus();
+    if (auth.config && auth.config.mode === "oidc") {
+      $("#form-status").textContent = resp.status === 403
+        ? "Your account may not use this service (ask for access)." : "Not signed in, or the sign-in has expired: sign in again.";
+      $("#sign-in").hidden ? $("#sign-out").focus() : $("#sign-in").focus();
+    } else {
+      $("#form-status").textContent = "Not authorised: enter the API key (or sign in through your hospital's portal).";
+      $("#api-key").focus();
+    }
     return;
   }
   if (!resp.ok) {
@@ -526,7 +663,7 @@ async function submit(ev) {
   $("#results-title").focus();
 }
 
-// GET /model (open): metrics for the cards and the served horizons for the selector.
+// GET /model (scope model:read): metrics for the cards and the served horizons for the selector.
 async function loadModelInfo() {
   try {
     const m = await api.model();
@@ -543,9 +680,7 @@ function buildHorizonSelect() {
 }
 
 async function init() {
-  const key = sessionStorage.getItem("refracture-api-key");
-  if (key) $("#api-key").value = key;
-  $("#api-key").addEventListener("change", (e) => sessionStorage.setItem("refracture-api-key", e.target.value.trim()));
+  await initAuth();
   $("#results-title").tabIndex = -1;
   const form = await (await fetch("form.json")).json();
   state.schema = form;

@@ -4,8 +4,10 @@ in the ASGI scope's state."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+
+from asgi_calls import Recorder as _Recorder
+from asgi_calls import call as _call
 
 from serving.config import ServingSettings
 from serving.http.callers import (SCOPES, ApiKeyAuthenticator, Caller, Refusal, Route, bearer_token, required_scope,
@@ -13,20 +15,6 @@ from serving.http.callers import (SCOPES, ApiKeyAuthenticator, Caller, Refusal, 
 from serving.http.guard import GuardMiddleware
 
 API_KEY = "k" * 32
-
-
-class _Recorder:
-    """A stand-in for the service: records the scope state it was handed, answers 200."""
-
-    def __init__(self):
-        self.states: list[dict] = []
-
-    async def __call__(self, scope, receive, send):
-        while (await receive()).get("more_body"):
-            pass
-        self.states.append(dict(scope.get("state", {})))
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": b"{}"})
 
 
 class _Fixed:
@@ -37,23 +25,6 @@ class _Fixed:
     def authenticate(self, scope):
         self.calls += 1
         return self.answer
-
-
-def _call(app, path, headers=(), body=b"{}"):
-    sent: list[dict] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start, body
 
 
 def _settings(tmp_path, **kw):
@@ -88,7 +59,8 @@ def test_bearer_token_and_required_scope():
     assert bearer_token({"headers": [(b"authorization", b"bearer  abc ")]}) == "abc"
     assert bearer_token({"headers": [(b"authorization", b"Basic abc")]}) is None
     assert required_scope("/explain") == "explain" and required_scope("/predict/") == "predict"
-    assert required_scope("/model") is None
+    assert required_scope("/model") == "model:read" and required_scope("/metrics") == "metrics:read"
+    assert required_scope("/healthz") is None and required_scope("/fhir/metadata") is None
 
 
 def test_the_guard_hands_on_the_caller_and_the_request_id_it_audits(tmp_path):
