@@ -90,7 +90,8 @@ def start(cmd: list[str], env: dict, log: Path, url: str, ready_path: str = "/re
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{cmd} not ready; see {log}")
+    stop(proc)  # not left running when the caller gives up
+    raise TimeoutError(f"{cmd} not ready after {timeout_s:.0f} s; see {log}")
 
 
 def tree_cpu_s(pid: int) -> float:

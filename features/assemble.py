@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features._columns import WideColumns
+from features.ascertainment import Ascertainment
 from features.bone_density import bone_density_columns, bone_density_features
 from features.catalog import FEATURES, feature_names
 from features.cement import cement_columns, cement_features
@@ -124,14 +125,16 @@ def build_feature_table(tables: dict[str, pd.DataFrame], feature_set: str) -> pd
     return compute_all_features(tables)[names]
 
 
-def build_training_set(tables: dict[str, pd.DataFrame], feature_set: str, horizon_months: float = 24.0) -> pd.DataFrame:
+def build_training_set(tables: dict[str, pd.DataFrame], feature_set: str, horizon_months: float = 24.0,
+                       ascertainment: Ascertainment | None = None) -> pd.DataFrame:
     """Features of ``feature_set`` with ``patient_id`` and the outcome labels at the horizon.
 
     One row per procedure, indexed by ``procedure_id``. Label columns are described in
-    ``features.labels.build_labels``.
+    ``features.labels.build_labels``; ``ascertainment``: the export's ``export.yaml``
+    (None: the default when it has none).
     """
     features = build_feature_table(tables, feature_set)
-    labels = build_labels(tables, horizon_months=horizon_months)
+    labels = build_labels(tables, horizon_months=horizon_months, ascertainment=ascertainment)
     ids = tables["procedures"].set_index("procedure_id")[["patient_id"]]
     out = ids.join(features, how="left").join(labels, how="left")
     out.attrs["feature_set"] = feature_set

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import typing
+
+from features.ascertainment import DEFAULT_WITHOUT_FILE, EXPORT_METADATA_FILE, ExportMetadata
 from features.catalog import FEATURES, feature_names
 from features.contract import COLUMN_RULES, MAX_TEXT_CHARS, MEASUREMENT_ERRORS, PLAUSIBILITY_RULES
 from features.labels import OUTCOMES
@@ -13,6 +16,15 @@ from features.validate import TABLE_RULES
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _allowed(annotation) -> str:
+    """The values a metadata field takes, from its type."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return ", ".join(f"`{a}`" for a in args)
+    kind = args[0] if args else annotation
+    return {"date": "date (YYYY-MM-DD)", "str": "text"}.get(getattr(kind, "__name__", str(kind)), str(kind))
 
 
 def data_dictionary_markdown() -> str:
@@ -41,6 +53,18 @@ def data_dictionary_markdown() -> str:
             )
         lines.append("")
     lines += [
+        f"### Site metadata: `{EXPORT_METADATA_FILE}`",
+        "",
+        f"A YAML file beside the tables saying how far the export's follow-up reaches; the labels follow it "
+        "(`features/ascertainment.py`, `docs/estimand.md`). Unknown fields are refused; each bad field is named.",
+        "",
+        "| field | allowed | required | definition |",
+        "|---|---|---|---|",
+        *[f"| `{name}` | {_allowed(f.annotation)} | {'yes' if f.is_required() else 'no'} | {_cell(f.description or '')} |"
+          for name, f in ExportMetadata.model_fields.items()],
+        "",
+        DEFAULT_WITHOUT_FILE,
+        "",
         "### Errors and warnings",
         "",
         "Every rule reports an **error** (the value cannot be used: wrong type, impossible, broken keys, a unit slip) "
@@ -67,7 +91,8 @@ def data_dictionary_markdown() -> str:
         *[f"| `{m.name}` | {m.value:g} | {_cell(m.unit)} | {_cell(m.meaning)} | {_cell(m.source)} |"
           for m in MEASUREMENT_ERRORS],
         "",
-        f"Also: no date after today; text at most {MAX_TEXT_CHARS} characters; CSV flags may be written `True`/`False`; "
+        f"Also: no date after today (nor after the data cut `{EXPORT_METADATA_FILE}` states: an error); text at most "
+        f"{MAX_TEXT_CHARS} characters; CSV flags may be written `True`/`False`; "
         "a semicolon-separated CSV is read with decimal commas in its number columns; sacral events (S1–S5) are "
         "accepted and set aside (the outcomes are vertebral).",
         "",
@@ -89,8 +114,12 @@ def data_dictionary_markdown() -> str:
         "## Labels",
         "",
         f"Outcomes: {', '.join(f'`{o}`' for o in OUTCOMES)}; see `features/labels.py` for the definitions. "
-        "Per outcome: `<outcome>_time_days`, `<outcome>_event` (1 observed, 0 censored) and the binary `<outcome>` "
-        "at the horizon (default 24 months): missing when follow-up ended before the horizon without the event.",
+        "Per outcome: `<outcome>_time_days`, `<outcome>_status` (0 censored, 1 event, 2 death first), "
+        "`<outcome>_event` (1 observed, 0 censored) and the binary `<outcome>` at the horizon (default 24 months): "
+        "missing when follow-up ended before the horizon without the event. Death: `death_time_days`, "
+        "`death_status` (1 died, 0 censored alive) and `death`. Follow-up ends where "
+        f"`{EXPORT_METADATA_FILE}` says: for death at the data cut (registry) or the last contact; for the fractures "
+        "at death or the data cut, or at the last contact.",
         "",
     ]
     return "\n".join(lines)

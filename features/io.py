@@ -1,7 +1,9 @@
 """Reading and writing raw exports and derived tables. The only file I/O of the data path.
 
 A raw export is a folder with one file per table of the contract (``features.schema``):
-``patients``, ``procedures``, ``imaging``, ``events``, each as ``.csv`` or ``.parquet``.
+``patients``, ``procedures``, ``imaging``, ``events``, each as ``.csv`` or ``.parquet``,
+and optionally its site metadata ``export.yaml`` (how far deaths and fractures were
+ascertained: ``features.ascertainment``).
 
 It lives beside the contract it reads (``features`` is the bottom layer): the command
 line, training and batch scoring all read and write through it.
@@ -24,7 +26,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
+from features.ascertainment import EXPORT_METADATA_FILE, Ascertainment, parse_metadata
 from features.coerce import DECIMAL_COMMA
 from features.records import RECORD_FIELDS, inspect_records
 from features.schema import TABLES
@@ -126,6 +130,47 @@ def read_raw(raw_dir: str | Path) -> dict[str, pd.DataFrame]:
     if problems:
         raise RawDataError(problems)
     return tables
+
+
+class _DatesAsText(yaml.SafeLoader):
+    """Safe YAML loading that leaves dates as text, so the metadata's own validation (not
+    the YAML parser) reads them and can name the field of an impossible one."""
+
+
+_DatesAsText.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def read_export_metadata(raw_dir: str | Path) -> Ascertainment | None:
+    """The export's ``export.yaml``, validated (``features.ascertainment.parse_metadata``),
+    or None when the folder has none. Raises RawDataError naming the file's problems."""
+    path = Path(raw_dir) / EXPORT_METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_DatesAsText)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RawDataError([Violation(EXPORT_METADATA_FILE, "-", "-", f"cannot read {path}: {exc}")]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "-"
+        raise RawDataError([Violation(EXPORT_METADATA_FILE, where, "-",
+                                      f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]) from exc
+    return parse_metadata(data)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write a small text file (e.g. ``export.yaml``) so that a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_file_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_raw(tables: dict[str, pd.DataFrame], out_dir: str | Path, fmt: str = "csv") -> None:

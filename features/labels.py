@@ -29,10 +29,22 @@ For each outcome the label frame holds:
   labels must not be dropped silently: unbiased estimates reweight the labelled rows by
   the inverse probability of remaining uncensored (``training.competing_risks``).
 
-A death counts only when ``death_date`` is on or before ``last_followup_date`` (or no
-last contact is recorded): a death learnt later (registry linkage after the patient was
-lost) says nothing about fractures after the last contact, so follow-up is censored
-there. Months are 365.25/12 days.
+How far follow-up reaches is the export's statement (``export.yaml``,
+``features.ascertainment``; a default when absent):
+
+- the death target runs to death, or to the end of death ascertainment: the data cut
+  when deaths are linked from a registry (``deaths_ascertained_until: data_cut``; a death
+  after the last clinic contact then counts), else the last contact (a death after it is
+  not counted: other patients' deaths after their last contact are unknown);
+- each outcome runs to its first event, or to death or the end of fracture
+  ascertainment: death or the data cut when the hospital would have seen any new
+  fracture until then (``fractures_ascertained_until: death_or_data_cut``: every death
+  before the data cut competes), else the last contact (a death after it does not
+  compete: the fracture status between the last contact and death is unknown; nor does a
+  fracture recorded after it count, for the same reason).
+
+``followup_days`` is the days to the end of fracture follow-up (death or censoring).
+Months are 365.25/12 days.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import DATA_CUT, DEATH_OR_DATA_CUT, Ascertainment, resolve
 from features.levels import LEVEL_INDEX
 
 OUTCOMES = ("cemented_refracture", "adjacent_fracture", "remote_fracture")
@@ -90,10 +103,42 @@ def _classify_events(procedures: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
     return pairs[pairs["outcome"] != ""]
 
 
-def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAULT_HORIZON_MONTHS) -> pd.DataFrame:
+def _follow_up(patients: pd.DataFrame, until_death_or_cut: bool, data_cut) -> pd.DataFrame:
+    """Per patient: ``end_date`` (death, else the end of ascertainment) and ``died``
+    (a death within the window). ``until_death_or_cut``: the window runs to the data cut
+    (every recorded death is in it), else to the last contact (a death on or before it)."""
+    last, death = patients["last_followup_date"], patients["death_date"]
+    if until_death_or_cut:
+        died = death.notna()
+        end = death.where(died, pd.Timestamp(data_cut))
+    else:
+        died = death.notna() & (last.isna() | (death <= last))
+        end = death.where(died, last)
+    return pd.DataFrame({"patient_id": patients["patient_id"], "end_date": end, "died": died})
+
+
+def _within(pairs: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+    """The (procedure, event) pairs whose event falls within the patient's fracture window:
+    a fracture after the end of ascertainment (after the last contact, when fractures are
+    ascertained until it) is not counted, as other patients' fractures then are unknown."""
+    end = pairs["patient_id"].map(window.set_index("patient_id")["end_date"])
+    return pairs[end.isna().to_numpy() | (pairs["event_date"] <= end).to_numpy()]
+
+
+def _per_procedure(procedures: pd.DataFrame, window: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+    """(days from surgery to the window's end, died within it) per procedure."""
+    base = procedures[["procedure_id", "patient_id", "surgery_date"]].merge(window, on="patient_id", how="left")
+    days = (base["end_date"] - base["surgery_date"]).dt.days.astype("float64")
+    return pd.Series(days.to_numpy(), index=base["procedure_id"]), base["died"].fillna(False).astype(bool).to_numpy()
+
+
+def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAULT_HORIZON_MONTHS,
+                 ascertainment: Ascertainment | None = None) -> pd.DataFrame:
     """Labels for every procedure at ``horizon_months`` (default 24), indexed by procedure_id.
 
-    Takes typed tables (``features.validate.validate_raw``). Returns ``followup_days``,
+    Takes typed tables (``features.validate.validate_raw``) and the export's
+    ``ascertainment`` (``features.io.read_export_metadata``; None: the default of
+    ``features.ascertainment.resolve``). Returns ``followup_days``,
     ``death_time_days`` / ``death_status`` (1 died within follow-up, 0 censored alive),
     ``death`` (0/1 death by the horizon, missing when censored alive before it) and,
     per outcome, ``<o>_time_days`` (float), ``<o>_status`` (0 censored, 1 event, 2 death
@@ -102,32 +147,26 @@ def build_labels(tables: dict[str, pd.DataFrame], horizon_months: float = DEFAUL
     if horizon_months <= 0:
         raise ValueError(f"horizon_months must be positive, got {horizon_months}")
     procedures, patients, events = tables["procedures"], tables["patients"], tables["events"]
-    ends = patients[["patient_id", "last_followup_date", "death_date"]].copy()
-    last, death = ends["last_followup_date"], ends["death_date"]
-    died = death.notna() & (last.isna() | (death <= last))
-    ends["end_date"] = death.where(died, last)
-    ends["died"] = died
-    base = procedures[["procedure_id", "patient_id", "surgery_date"]].merge(
-        ends[["patient_id", "end_date", "died"]], on="patient_id", how="left")
-    base["followup_days"] = (base["end_date"] - base["surgery_date"]).dt.days.astype("float64")
-    base["died"] = base["died"].fillna(False).astype(bool)
-    base = base.set_index("procedure_id")
+    asc = resolve(ascertainment, tables)
+    t_death_s, died_d = _per_procedure(procedures, _follow_up(patients, asc.deaths_until == DATA_CUT, asc.data_cut))
+    window = _follow_up(patients, asc.fractures_until == DEATH_OR_DATA_CUT, asc.data_cut)
+    followup, died = _per_procedure(procedures, window)
+    base = pd.DataFrame({"followup_days": followup})
 
-    pairs = _classify_events(procedures, events)
+    pairs = _within(_classify_events(procedures, events), window)
     pairs = pairs.assign(days=(pairs["event_date"] - pairs["surgery_date"]).dt.days.astype("float64"))
     first = pairs.groupby(["procedure_id", "outcome"])["days"].min().unstack("outcome")
 
     h = horizon_days(horizon_months)
-    died = base["died"].to_numpy()
     out = pd.DataFrame(index=base.index)
     out["followup_days"] = base["followup_days"]
-    out["death_time_days"] = base["followup_days"]
-    out["death_status"] = died.astype("int8")
-    t_death = base["followup_days"].to_numpy(dtype="float64")
+    out["death_time_days"] = t_death_s
+    out["death_status"] = died_d.astype("int8")
+    t_death = t_death_s.to_numpy(dtype="float64")
     death_label = pd.Series(pd.NA, index=base.index, dtype="Int8")
-    death_label[died & (t_death <= h)] = 1
+    death_label[died_d & (t_death <= h)] = 1
     death_label[t_death > h] = 0
-    death_label[~died & (t_death >= h)] = 0
+    death_label[~died_d & (t_death >= h)] = 0
     out[DEATH_TARGET] = death_label
     for outcome in OUTCOMES:
         event_days = first[outcome].reindex(base.index) if outcome in first.columns else pd.Series(np.nan, index=base.index)

@@ -138,8 +138,12 @@ PATIENTS = TableSpec(
                    unit_hint="BMD is areal density in g/cm²; negative values look like a T-score (use dxa_t_score)"),
         ColumnSpec("dxa_t_score", "float", "DXA T-score at the site of dxa_bmd_g_cm2 (osteoporosis: T ≤ −2.5).",
                    unit="SD", min=-7, max=4, nullable=True),
-        ColumnSpec("last_followup_date", "date", "Date of the last clinical or imaging contact; follow-up is censored here.", timing="followup"),
-        ColumnSpec("death_date", "date", "Date of death, empty if alive at last follow-up.", nullable=True, timing="followup"),
+        ColumnSpec("last_followup_date", "date", "Date of the last clinical or imaging contact. Follow-up is censored here "
+                   "unless export.yaml says deaths or fractures were ascertained further (until death or the data cut).",
+                   timing="followup"),
+        ColumnSpec("death_date", "date", "Date of death from any cause, from the hospital's records or a death registry: "
+                   "on or after last_followup_date (a registry death usually comes after the last visit). Empty if not "
+                   "known to have died; export.yaml says until when deaths were ascertained.", nullable=True, timing="followup"),
     ),
 )
 

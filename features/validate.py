@@ -48,6 +48,9 @@ TABLE_RULES: dict[str, str] = {
     "followup_before_surgery": "the last follow-up contact is before the patient's last surgery",
     "death_before_surgery": "death is dated before the patient's last surgery",
     "death_before_followup": "death is dated before the last follow-up contact",
+    "event_after_death": "a new fracture is dated after the patient's death",
+    "after_data_cut": "a date is after the data cut export.yaml states (checked with export.yaml, after the tables; it "
+                      "stops the command: either the file or the rows are wrong, so no procedure is set aside for it)",
     "level_count": "n_levels_treated differs from the session's rows",
     "level_twice": "the same level appears twice in one session",
 }
@@ -267,6 +270,10 @@ def _cross_table(t: dict[str, pd.DataFrame], typed: dict[str, pd.DataFrame]) -> 
                "death_date", "death is before the surgery", "death_before_surgery")
     v += _rows("patients", pt[pt["death_date"].notna() & (pt["death_date"] < pt["last_followup_date"])], ["patient_id"],
                "death_date", "death is before the last follow-up contact", "death_before_followup")
+    died = events.merge(patients[["patient_id", "death_date"]], on="patient_id", how="inner")
+    v += _rows("events", died[died["death_date"].notna() & (died["event_date"] > died["death_date"])], ["event_id"],
+               "event_date", lambda r: f"fracture {r['event_date']:%Y-%m-%d} is after the patient's death "
+               f"({r['death_date']:%Y-%m-%d})", "event_after_death")
 
     # The session's level count must match its rows, and no level is treated twice in a session.
     session = procedures.groupby(["patient_id", "surgery_date"])["procedure_id"].transform("size")

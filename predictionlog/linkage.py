@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import EXPORT_DATES, Ascertainment, latest_date
 from features.labels import DEATH, EVENT, TARGETS, build_labels, horizon_days
 from predictionlog.keys import link_key, link_keys
 from predictionlog.schema import HORIZONS_MONTHS
@@ -36,8 +37,7 @@ from predictionlog.store import PredictionStore
 logger = logging.getLogger(__name__)
 
 #: The dates of an export whose latest value is its data cut when none is stated.
-DATE_COLUMNS = (("patients", "last_followup_date"), ("patients", "death_date"), ("procedures", "surgery_date"),
-                ("events", "event_date"), ("imaging", "exam_date"))
+DATE_COLUMNS = tuple((table, column) for table, columns in EXPORT_DATES.items() for column in columns)
 #: Prefix of the text hashed for a patient key, so a patient key and a procedure key that
 #: happen to be equal never share a hash.
 PATIENT_DOMAIN = "patient:"
@@ -46,10 +46,10 @@ PATIENT_DOMAIN = "patient:"
 def data_cut_of(tables: dict[str, pd.DataFrame]) -> dt.date:
     """The latest date recorded anywhere in the export (``DATE_COLUMNS``): its data cut
     when the export does not state one."""
-    latest = [tables[t][c].max() for t, c in DATE_COLUMNS if t in tables and c in tables[t] and tables[t][c].notna().any()]
-    if not latest:
+    latest = latest_date(tables)
+    if latest is None:
         raise ValueError("the export holds no date: cannot tell its data cut (give it with --data-cut)")
-    return pd.Timestamp(max(latest)).date()
+    return latest
 
 
 def check_data_cut(tables: dict[str, pd.DataFrame], data_cut: dt.date) -> None:
@@ -85,11 +85,13 @@ def horizon_status(time_days: np.ndarray, status: np.ndarray, followed_days: np.
     return out
 
 
-def follow_up(tables: dict[str, pd.DataFrame], data_cut: dt.date, targets=TARGETS) -> pd.DataFrame:
+def follow_up(tables: dict[str, pd.DataFrame], data_cut: dt.date, targets=TARGETS,
+              ascertainment: Ascertainment | None = None) -> pd.DataFrame:
     """One row per procedure of the export: ``procedure_id``, ``patient_id``,
     ``surgery_date``, ``followed_days`` (surgery to the data cut) and, per target,
-    ``<t>_time_days`` and ``<t>_status`` (``features.labels.build_labels``)."""
-    labels = build_labels(tables)
+    ``<t>_time_days`` and ``<t>_status`` (``features.labels.build_labels``, following the
+    export's ``export.yaml``: ``ascertainment``, None for its default)."""
+    labels = build_labels(tables, ascertainment=ascertainment)
     procs = tables["procedures"][["procedure_id", "patient_id", "surgery_date"]].copy()
     procs["procedure_id"] = procs["procedure_id"].astype(str).str.strip()
     labels.index = labels.index.astype(str).str.strip()
@@ -126,11 +128,12 @@ class LinkSummary:
 
 
 def link_outcomes(store: PredictionStore, tables: dict[str, pd.DataFrame], secret: bytes, data_cut: dt.date,
-                  fingerprint: str, targets=TARGETS) -> LinkSummary:
+                  fingerprint: str, targets=TARGETS, ascertainment: Ascertainment | None = None) -> LinkSummary:
     """Link the export (validated typed tables) to the store's predictions and store each
-    linked prediction's follow-up and horizon statuses; returns a ``LinkSummary``."""
+    linked prediction's follow-up and horizon statuses; returns a ``LinkSummary``.
+    ``ascertainment``: how far the export followed deaths and fractures (its ``export.yaml``)."""
     check_data_cut(tables, data_cut)
-    fu = follow_up(tables, data_cut, targets)
+    fu = follow_up(tables, data_cut, targets, ascertainment)
     fu["key_hash"] = link_keys(secret, fu["procedure_id"])
     logged = store.prediction_keys(fu["key_hash"].dropna())
     summary = LinkSummary(data_cut=data_cut, procedures=len(fu))

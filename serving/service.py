@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import gc
 import json
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
 import logging
 import os
 import threading
@@ -45,9 +47,17 @@ from features.records import RECORD_FIELDS, records_frame
 from features.schema import SCHEMA_VERSION
 from modelstore.estimand import DEATH_ESTIMAND_SENTENCE, ESTIMAND_SENTENCE
 from predictionlog.log import PredictionLog
+from serving.cds_hooks.app import CdsApp, CdsService
+from serving.cds_hooks.client_auth import CdsClientAuthenticator
+from serving.cds_hooks.cors import CdsCorsMiddleware
+from serving.cds_hooks.settings import get_cds_settings
 from serving.config import get_settings, prediction_log_settings
+from serving.fhir.capability import capability_statement
+from serving.fhir.operation_outcome import render_guard_error
 from serving.http.answer_log import PAGE_SOURCE, WHAT_IF, AnsweredPredictions
 from serving.http.batcher import MicroBatcher
+from serving.http.callers import Route
+from serving.http.fhir import FhirApp, FhirScoring, fhir_datetime, request_time
 from serving.http.guard import GuardMiddleware
 from serving.http.micro_batch import process_batch
 from serving.http.openapi import patch_spec
@@ -89,6 +99,18 @@ def _ssl_config() -> dict[str, Any]:
     if not TLS_CERT:
         return {}
     return {"enabled": True, "certfile": TLS_CERT, "keyfile": TLS_KEY, "ciphers": TLS_CIPHERS}
+
+
+def _service_version() -> str:
+    """The installed package's version ('unknown' when run from a source tree not installed)."""
+    try:
+        return _package_version("refracture-risk")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: The service's version, named by its FHIR CapabilityStatement.
+SERVICE_VERSION = _service_version()
 
 RecordsBody = Annotated[
     ProcedureRecord | Annotated[list[ProcedureRecord], Field(min_length=1)],
@@ -168,6 +190,10 @@ def _declare_bundled_models(cls: type) -> type:
 
 
 model_app = FastAPI(title="refracture-risk model info", docs_url=None, redoc_url=None, openapi_url=None)
+#: The FHIR endpoints (``serving.http.fhir``) and the CDS Hooks service (``serving.cds_hooks.app``),
+#: served once the models are loaded (``__init__``).
+fhir_app = FhirApp()
+cds_app = CdsApp()
 
 
 def _ui_app():
@@ -175,6 +201,8 @@ def _ui_app():
 
 
 @bentoml.asgi_app(_ui_app(), path="/ui")
+@bentoml.asgi_app(fhir_app, path="/fhir")
+@bentoml.asgi_app(cds_app, path="/cds-services")
 @bentoml.asgi_app(model_app, path="/")
 @bentoml.service(
     name="refracture-risk",
@@ -242,6 +270,14 @@ class RefractureRisk:
             for h in SERVED_HORIZONS_MONTHS}
         self._warm_up()
         self._info = _model_info(self.models, self.settings, self.scorer)
+        # FHIR requests are explained at the headline horizon, in the same batches as /explain's.
+        self.fhir = FhirScoring(self._explain_batchers[float(SERVED_HEADLINE_MONTHS)].submit, self.settings.max_records,
+                                self.scorer.outcomes, self.scorer.versions,
+                                self._log_rows if self.prediction_log is not None else None)
+        cds = get_cds_settings()
+        fhir_app.start(self.fhir, capability_statement(SERVICE_VERSION, fhir_datetime(request_time()), cds.public_url,
+                                                       self.scorer.outcomes), SERVICE_VERSION)
+        cds_app.start(CdsService(self.fhir, cds))
         if self._scoring_process is not None:
             starting.join()
             if self._start_error is not None:
@@ -330,13 +366,17 @@ class RefractureRisk:
         headers = ctx.request.headers
         if headers.get("x-refracture-purpose") == WHAT_IF:
             return
-        state = ctx.request.scope.get("state", {})
         source = PAGE_SOURCE if headers.get("x-refracture-source") == PAGE_SOURCE else "api"
+        self._log_rows(payload, parsed.rows, source, ctx.request.scope.get("state", {}))
+
+    def _log_rows(self, payload: bytes, rows: list, source: str, state: dict[str, Any]) -> None:
+        """Queue one answered request (``source``: api, page, fhir, cds) for the prediction log,
+        and its records for the shadow challengers."""
         caller = state.get("caller")  # serving.http.callers.Caller: its client's name, never a secret
-        answered = AnsweredPredictions(payload, parsed.rows, source, state.get("request_id"),
+        answered = AnsweredPredictions(payload, rows, source, state.get("request_id"),
                                        getattr(caller, "client", None), self.prediction_log.settings.store_inputs)
         if self.prediction_log.submit(answered) and self.shadow is not None:
-            self.shadow.submit(parsed.rows, answered.prediction_ids)
+            self.shadow.submit(rows, answered.prediction_ids)
 
     def _process(self, jobs: list, explain: bool, horizon_months: float | None = None) -> list[tuple[int, bytes, int]]:
         """Check and score a batch of requests (runs in the batcher's thread), in the
@@ -422,8 +462,21 @@ def _spec() -> dict[str, Any]:
     return patch_spec(RefractureRisk.openapi_spec.asdict())
 
 
+def _routes(settings) -> tuple[Route, ...]:
+    """The guard's routes with their own authentication or error format (``serving.http.callers``):
+    ``/fhir`` answers its refusals as FHIR OperationOutcomes, its callers authenticated as ``/predict``'s
+    (the default route's authenticator);
+    ``/cds-services`` takes the CDS client's signed JWT (its keys fetched once at start, in a thread)."""
+    cds_auth = CdsClientAuthenticator(get_cds_settings())
+    threading.Thread(target=cds_auth.warm, name="cds-client-keys", daemon=True).start()
+    return (Route("/fhir", render_error=render_guard_error),
+            Route("/cds-services", cds_auth))
+
+
 def _add_guard() -> None:
-    RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec)
+    # Outside the guard: a browser's CORS preflight carries no credentials (serving.cds_hooks.cors).
+    RefractureRisk.add_asgi_middleware(CdsCorsMiddleware)
+    RefractureRisk.add_asgi_middleware(GuardMiddleware, spec_provider=_spec, routes=_routes)
     install()  # request-head limits and bounded metric labels (serving.http.server)
 
 

@@ -59,7 +59,9 @@ SLOW_MODULES = frozenset({
     "refracture/test_training_interrupts.py",  # real trainings stopped by SIGINT, SIGTERM and SIGKILL
     "modelstore/test_runs.py",  # a real SQLite MLflow store
     "training/test_death_model.py",  # trains the death model on 3,000 procedures, scores a fresh 10,000
+    "training/test_registry_deaths.py",  # trains the four targets on 20,000 procedures, scores a fresh 20,000
     "features/fhir/test_round_trip_profiles.py",  # 3 x 1,000 procedures to FHIR and back (~90 s)
+    "serving/test_fhir_service.py",  # serves the shared store; 3 x 1,000 procedures through FHIR and CDS Hooks
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
 SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store",

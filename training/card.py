@@ -49,9 +49,16 @@ ESTIMATOR_JUSTIFICATION = (
     "horizon is calibrated (a_t), SHAP is exactly additive on the log-odds at each horizon (an affine map: "
     "contributions × b, base a_t + b × E[score]), and the monotone constraints keep their direction (b > 0). Its "
     "assumption, that the score ranks patients the same way at every horizon (proportional odds), is checked by "
-    "the calibration slope per horizon below. The weights assume censoring independent of the outcome (a marginal "
-    "G), which holds for administrative censoring at the data cut and random loss to follow-up."
+    "the calibration slope per horizon below. The weights assume censoring independent of the outcome, given "
+    "nothing (a marginal G) or, with `--censoring-model cox`, given the patient's clinical covariates: true of the "
+    "data cut and of random loss; a follow-up that ends at the last visit before a registry death is not, which "
+    "is why the export states how far fractures were ascertained (`docs/estimand.md`)."
 )
+CENSORING_TEXT = {
+    "km": "one Kaplan-Meier of remaining under follow-up for every patient (censoring independent of the patient)",
+    "cox": "a Cox model of censoring on age, sex, BMI, CKD, glucocorticoids, diabetes, earlier fractures and "
+           "sarcopenia (censoring independent of the outcome given them)",
+}
 
 
 def target_section(o: str, h: float, horizons: str, allc: dict[str, int]) -> list[str]:
@@ -192,6 +199,9 @@ def model_card(c: CardInputs) -> str:
         "when moved to another centre (Dai 2024): expect the same and recalibrate before use elsewhere.",
         "- Table 1 (`table1.md`) describes the cohort by outcome group.",
         *exclusion_lines(c.prep),
+        f"- Follow-up (`export.yaml`, `features.ascertainment`): {c.prep.ascertainment.describe()}."
+        + "".join(f" Note: {n}." for n in c.prep.followup_notes)
+        + f" Censoring weights: {CENSORING_TEXT[cfg.censoring_model]} (`training.censoring`).",
         "",
         "## Heterogeneity across centres (23b)",
         "Not assessed: the data are " + ("simulated" if c.prep.profile not in ("none", "") else "from a single export")

@@ -13,9 +13,11 @@ Inputs everywhere are per-row follow-up ``time`` (any unit, e.g. days) and compe
   at a horizon (Blanche et al. 2013): a row whose status at the horizon is known (event
   or death before it, or followed past it) gets 1 / G(min(time, horizon)-); a row censored
   before the horizon gets 0. Weighted means of the label estimate the cumulative incidence
-  without the upward bias of dropping early-censored event-free rows. The weights assume
-  censoring is independent of the outcome given nothing (a marginal G), which holds for
-  administrative censoring at a data cut and random loss; it is stated in the model card.
+  without the upward bias of dropping early-censored event-free rows. With the marginal G
+  of ``censoring_survival`` the weights assume censoring is independent of the outcome
+  given nothing, which holds for administrative censoring at a data cut and random loss;
+  ``training.censoring`` offers a G given the patient's covariates for training (any
+  ``G(at, before)`` that takes one time per row works here). Stated in the model card.
 
 Ties follow the usual convention: at a common time, events and deaths happen before
 censoring (and leave the censoring risk set first).

@@ -11,6 +11,7 @@ from modelstore.errors import ConfigError
 from modelstore.candidates import MODEL_TYPES
 from modelstore.explain import DEFAULT_XGB_METHOD, XGB_METHODS
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
+from training.censoring import CENSORING_MODELS
 
 
 #: Feature set of the context targets (death): pre-operative only.
@@ -34,8 +35,10 @@ class TrainConfig:
     context model: probability of death from any cause, trained on the pre-operative
     features whatever ``feature_set`` says, ``feature_set_for``).
     ``n_bootstrap``: resamples for test-set CIs. ``min_events`` / ``min_test_events``: an
-    outcome with fewer events is refused. ``exclude_invalid``: leave out the procedures
-    holding errors instead of refusing the export (``features.exclusion``).
+    outcome with fewer events is refused. ``censoring_model``: the G of the training weights
+    (``training.censoring``: ``km`` marginal Kaplan-Meier, or ``cox`` given the patient's
+    clinical covariates). ``exclude_invalid``: leave out the procedures holding errors
+    instead of refusing the export (``features.exclusion``).
     """
 
     raw_dir: Path
@@ -57,6 +60,7 @@ class TrainConfig:
     register: bool = True
     min_events: int = 20
     min_test_events: int = 5
+    censoring_model: str = "km"
     exclude_invalid: bool = False
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"--shap-method: choose one of {', '.join(XGB_METHODS)}, got {self.shap_method!r}")
         if not 50 <= self.n_bootstrap <= 10_000:
             raise ConfigError(f"--bootstrap must be within 50-10000, got {self.n_bootstrap}")
+        if self.censoring_model not in CENSORING_MODELS:
+            raise ConfigError(f"--censoring-model: choose one of {', '.join(CENSORING_MODELS)}, got {self.censoring_model!r}")
         if not 1 <= self.n_jobs <= 2:
             raise ConfigError(f"--n-jobs must be 1 or 2 on this machine, got {self.n_jobs}")
         if not self.experiment_prefix or any(c in self.experiment_prefix for c in "/\\"):

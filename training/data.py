@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import Ascertainment, checked, followup_notes
 from features.assemble import build_training_set
 from features.catalog import FEATURES_BY_NAME, feature_names
 from features.labels import EVENT, horizon_days
@@ -27,8 +28,9 @@ from features.levels import is_thoracolumbar
 from features.exclusion import CheckedExport, ExclusionReport, checked_export
 from features.records import tables_to_records
 from features.validate import check_raw
-from features.io import read_raw
-from training.competing_risks import censoring_survival, crude_label, ipcw_weights
+from features.io import read_export_metadata, read_raw
+from training.censoring import censoring_model
+from training.competing_risks import crude_label, ipcw_weights
 from training.config import TrainConfig
 from modelstore.estimand import horizon_column
 from training.evaluation import age_band
@@ -55,6 +57,8 @@ class Prepared:
     profile: str
     git_commit: str
     validation: ExclusionReport | None = None
+    ascertainment: Ascertainment = Ascertainment()
+    followup_notes: tuple[str, ...] = ()
 
 
 def subgroup_frame(records: pd.DataFrame) -> pd.DataFrame:
@@ -90,11 +94,18 @@ def prepare(cfg: TrainConfig, export: CheckedExport | None = None) -> Prepared:
 
     ``export``: the export of ``cfg.raw_dir`` already read and checked under the policy
     (the CLI does it, to print what `refracture validate` prints); else it is read here, with
-    ``cfg.exclude_invalid``. The exclusion report goes with the runs (``validation``)."""
+    ``cfg.exclude_invalid``. The exclusion report goes with the runs (``validation``).
+    The labels follow the export's ``export.yaml`` (``features.ascertainment``; its default
+    when absent); what a reader must know about them is logged as warnings and kept in
+    ``followup_notes``."""
     if export is None:
         export = checked_export(check_raw(read_raw(cfg.raw_dir)), cfg.exclude_invalid)
     tables = export.tables
-    ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months)
+    asc = checked(read_export_metadata(cfg.raw_dir), tables)
+    notes = tuple(followup_notes(asc, tables))
+    for note in notes:
+        logger.warning("%s", note)
+    ts = build_training_set(tables, cfg.feature_set, horizon_months=cfg.horizon_months, ascertainment=asc)
     ts.index = ts.index.astype(str)
     check_feature_set(tables, ts, cfg.feature_set)
     records = tables_to_records(tables)
@@ -104,7 +115,7 @@ def prepare(cfg: TrainConfig, export: CheckedExport | None = None) -> Prepared:
         truth = pd.read_parquet(truth_path)
         truth = truth.set_index(truth["procedure_id"].astype(str))
     return Prepared(tables, ts, records, subgroup_frame(records), data_fingerprint(Path(cfg.raw_dir)),
-                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), export.report)
+                    truth, read_profile(Path(cfg.raw_dir)), git_commit(), export.report, asc, notes)
 
 
 def horizon_targets(time_days: np.ndarray, status: np.ndarray, horizons_months, G) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +132,8 @@ class OutcomeData:
 
     ``X`` features; ``time_days``/``status`` (0 censored, 1 event, 2 death first);
     ``train``/``test`` positions (grouped by patient, stratified by the headline status);
-    ``folds``: positions *within* ``train``; ``G``: censoring survival of the training part;
+    ``folds``: positions *within* ``train``; ``G``: censoring survival fitted on the training part
+    (``training.censoring``: Kaplan-Meier, or given the patient's covariates, for every row);
     ``labels``/``weights`` (n, K) at ``horizons_months``; ``k``: the headline's column;
     ``feature_set``: the set ``X`` holds (``TrainConfig.feature_set_for``). For ``death``
     the status is 1 death, 0 censored alive (no competing event).
@@ -189,7 +201,7 @@ def outcome_data(prep: Prepared, outcome: str, cfg: TrainConfig) -> OutcomeData:
             f"({n_events} events among {len(rows)} overall); at least {cfg.min_test_events} are needed. Raise "
             "--test-size or use a larger export.")
     folds = cv_folds(strata[train], patients[train], cfg.cv_folds, cfg.seed)
-    G = censoring_survival(t[train], s[train])
+    G = censoring_model(cfg.censoring_model, t, s, rows, train, until=horizon_days(max(horizons)))
     labels, weights = horizon_targets(t, s, horizons, G)
     feature_set = cfg.feature_set_for(outcome)
     X = rows[feature_names(feature_set)]

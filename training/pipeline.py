@@ -70,13 +70,15 @@ class OutcomeResult:
 def run_tags(cfg: TrainConfig, prep: Prepared, outcome: str) -> dict[str, str]:
     """Tags of every run and of the registered version (estimand and horizons included;
     death, the context model, has its own estimand and the pre-operative feature set; the
-    export's exclusion counts and report fingerprint, ``features.exclusion``)."""
+    export's exclusion counts and report fingerprint, ``features.exclusion``; how far the
+    export ascertained deaths and fractures, which the labels followed)."""
     validation = prep.validation.summary() if prep.validation is not None else {}
     return {**validation,
         "outcome": outcome, "feature_set": cfg.feature_set_for(outcome), "horizon_months": f"{cfg.horizon_months:g}",
         "horizons_months": horizons_text(cfg.horizons_months), "estimand": estimand_of(outcome),
         "schema_version": SCHEMA_VERSION, "data_fingerprint": prep.fingerprint, "git_commit": prep.git_commit,
-        "simulator_profile": prep.profile, "seed": str(cfg.seed), **cfg.tags,
+        "simulator_profile": prep.profile, "seed": str(cfg.seed), **prep.ascertainment.tags(),
+        "censoring_model": cfg.censoring_model, **cfg.tags,
     }
 
 
@@ -150,6 +152,8 @@ def train_outcome(cfg: TrainConfig, prep: Prepared, outcome: str, progress: Prog
             log_text(prep.validation.csv_bytes().decode("utf-8"), VALIDATION_ARTIFACT)
         t1 = table_one(prep.training_set.loc[data.ids], outcome, list(data.X.columns), cfg.horizon_months)
         log_text(markdown_table(t1), "table1.md")
+        if prep.followup_notes:  # e.g. deaths after the last contact that do not compete (features.ascertainment)
+            log_text("\n".join(prep.followup_notes) + "\n", "followup_notes.txt")
         log_text(t1.to_csv(index=False), "table1.csv")
 
         out.candidates = train_candidates(cfg, data, truth, tags, example_records(prep.records),   # 2. candidates

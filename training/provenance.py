@@ -7,16 +7,18 @@ import json
 import subprocess
 from pathlib import Path
 
+from features.ascertainment import EXPORT_METADATA_FILE
 from features.schema import TABLES
 from features.io import find_table_file
 
 
 def data_fingerprint(raw_dir: Path) -> str:
-    """SHA-256 over the raw table files (name and bytes, in contract order)."""
+    """SHA-256 over the raw table files (name and bytes, in contract order), then
+    ``export.yaml`` when there is one (it decides the labels)."""
     h = hashlib.sha256()
-    for name in TABLES:
-        path = find_table_file(raw_dir, name)
-        if path is None:
+    for name in (*TABLES, EXPORT_METADATA_FILE):
+        path = find_table_file(raw_dir, name) if name in TABLES else raw_dir / name
+        if path is None or not path.is_file():
             continue
         h.update(path.name.encode())
         with open(path, "rb") as fh:

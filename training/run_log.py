@@ -41,7 +41,7 @@ def log_setup(cfg: TrainConfig, data: OutcomeData, tags: dict[str, str]) -> None
         "horizons_months": ",".join(f"{h:g}" for h in cfg.horizons_months), "seed": cfg.seed,
         "search_trials": cfg.search_trials, "test_size": cfg.test_size, "cv_folds": cfg.cv_folds,
         "n_bootstrap": cfg.n_bootstrap, "candidates": ",".join(cfg.candidates), "n_features": data.X.shape[1],
-        "exclude_invalid": cfg.exclude_invalid,
+        "censoring_model": cfg.censoring_model, "exclude_invalid": cfg.exclude_invalid,
     })
     c, tr, te = data.counts(), data.counts(data.train), data.counts(data.test)
     mlflow.log_metrics({"n_procedures": c["n"], "n_events": c["events"], "n_deaths_first": c["deaths_first"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import Ascertainment, followup_notes, resolve
 from features.labels import OUTCOMES, build_labels, horizon_days
 from features.records import tables_to_records
 from modelstore.estimand import horizon_column
@@ -33,12 +34,16 @@ class SiteData:
     """A site's records (index procedure_id, one row per treated level as serving sees
     them), the follow-up per outcome (``<o>_time_days``, ``<o>_status``: 0 censored, 1
     event, 2 death first), the subgroups (sex, age band, region, technique) and each
-    record's patient id (``patients``, aligned with ``records``; folds group by it)."""
+    record's patient id (``patients``, aligned with ``records``; folds group by it), and
+    how far the export ascertained deaths and fractures (``ascertainment``, which the
+    labels followed, with ``followup_notes`` on what that means for them)."""
 
     records: pd.DataFrame
     labels: pd.DataFrame
     subgroups: pd.DataFrame
     patients: np.ndarray | None = None
+    ascertainment: Ascertainment = Ascertainment()
+    followup_notes: tuple[str, ...] = ()
 
     def follow_up(self, outcome: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row mask with a follow-up time, time in days, status) for ``outcome``."""
@@ -48,16 +53,19 @@ class SiteData:
         return ok, t[ok], s[ok].astype("int64")
 
 
-def site_data(tables: dict[str, pd.DataFrame]) -> SiteData:
-    """SiteData from validated typed tables (``features.validate.validate_raw``)."""
+def site_data(tables: dict[str, pd.DataFrame], ascertainment: Ascertainment | None = None) -> SiteData:
+    """SiteData from validated typed tables (``features.validate.validate_raw``) and the
+    export's ``export.yaml`` (``features.io.read_export_metadata``; None: the default)."""
     records = tables_to_records(tables)
     records.index = records["procedure_id"].astype(str)
-    labels = build_labels(tables)
+    ascertainment = resolve(ascertainment, tables)
+    labels = build_labels(tables, ascertainment=ascertainment)
     labels.index = labels.index.astype(str)
     labels = labels.reindex(records.index)
     patients = tables["procedures"].set_index(tables["procedures"]["procedure_id"].astype(str))["patient_id"]
     return SiteData(records, labels, subgroup_frame(records).set_axis(records.index),
-                    patients.reindex(records.index).astype(str).to_numpy())
+                    patients.reindex(records.index).astype(str).to_numpy(), ascertainment,
+                    tuple(followup_notes(ascertainment, tables)))
 
 
 def evaluate_outcome(curve: pd.DataFrame, time_days: np.ndarray, status: np.ndarray, horizons_months,

@@ -306,7 +306,7 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
                        calibration: pd.DataFrame | None = None, decision: pd.DataFrame | None = None,
                        computed: pd.DataFrame | None = None, model: str = "", generated_on: str = "",
                        decision_horizon_months: float = 24.0, top_inputs: int = 6,
-                       subgroups: pd.DataFrame | None = None) -> SiteReport:
+                       subgroups: pd.DataFrame | None = None, followup: list[str] | None = None) -> SiteReport:
     """Render the site report (see the module docstring for the inputs).
 
     ``site``/``training_site``: names shown to the reader; the performance frames'
@@ -316,7 +316,9 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
     same bytes). ``decision_horizon_months``: the horizon of the summary sentences and
     decision curves. ``top_inputs``: most shifted inputs plotted. ``subgroups``: optional
     rows ``outcome``, ``cohort``, ``subgroup``, ``level``, ``n``, ``events`` and the
-    headline metrics with CIs (``training.site_eval.evaluate_outcome``).
+    headline metrics with CIs (``training.site_eval.evaluate_outcome``). ``followup``:
+    sentences on how far the export ascertained deaths and fractures (the labels follow
+    it: ``features.ascertainment``), shown under the title.
 
     Returns a ``SiteReport`` (HTML text and the Figures in it).
     """
@@ -333,6 +335,8 @@ def render_site_report(drift: pd.DataFrame, reference: dict, records: pd.DataFra
              f"<p class=meta>Model: {_e(model or 'not stated')} · trained on: {_e(training_site)} · "
              f"procedures compared: {int(drift['n_now'].iloc[0]) if 'n_now' in drift and len(drift) else 0}"
              + (f" · report of {_e(generated_on)}" if generated_on else "") + "</p>"]
+    if followup:
+        parts.append("<p class=meta>Follow-up: " + " ".join(_e(f) for f in followup) + "</p>")
     summary = [_drift_sentence(drift, site, training_site)]
     if metrics is not None:
         cohorts = list(dict.fromkeys(metrics["cohort"]))

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from features.ascertainment import Ascertainment
 from features.drift import build_reference, drift_table
 from features.exclusion import VALIDATION_ARTIFACT, ExclusionReport
 from features.io import tmp_dir_beside
@@ -44,7 +45,7 @@ SITE_REPORT_EXPERIMENT = "refracture-site-reports"
 RECALIBRATION_EXPERIMENT = "refracture-recalibrations"
 #: Tags copied from the parent version to a recalibrated one (serving checks the first three).
 _INHERITED = ("estimand", "horizons_months", "horizon_months", "outcome", "feature_set", "schema_version",
-              "model_type", "simulator_profile", REFERENCE_TAG)
+              "model_type", "simulator_profile", REFERENCE_TAG, *Ascertainment().tags())
 
 
 @dataclass
@@ -95,6 +96,7 @@ class SiteResult:
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_boot: int = 200,
@@ -154,14 +156,30 @@ def _build_site_report(site: SiteData, chosen: list[Chosen], site_name: str, n_b
     stages["drift"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     models = ", ".join(f"{registry.model_name(c.outcome)} v{c.version}" for c in chosen)
-    report = render_site_report(drift, reference, site.records, site=site_name,
+    report = render_site_report(drift, reference, site.records, site=site_name, followup=followup_sentences(site, chosen),
                                 training_site=chosen[0].tags.get("simulator_profile") or "the training data",
                                 metrics=frames["metrics"], calibration=frames.get("calibration"),
                                 decision=frames.get("decision"), subgroups=frames.get("subgroups"), model=models,
                                 generated_on=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                 decision_horizon_months=chosen[0].model.horizon_months)
     stages["render"] = time.perf_counter() - t1
-    return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0, stages)
+    return SiteResult(frames, report.html, report.figures, time.perf_counter() - t0, stages,
+                      tags=site.ascertainment.tags())
+
+
+def followup_sentences(site: SiteData, chosen: list[Chosen]) -> list[str]:
+    """How far the site's export ascertained deaths and fractures (its labels follow it),
+    its notes, and each version's training export when that was followed differently:
+    observed/expected then also reflects the difference (e.g. a model trained where
+    deaths did not compete over-predicts where they do)."""
+    asc = site.ascertainment
+    out = [f"{asc.describe()}."] + [f"Note: {n}." for n in site.followup_notes]
+    for c in chosen:
+        trained = (c.tags.get("deaths_ascertained_until"), c.tags.get("fractures_ascertained_until"))
+        if trained[0] and trained != (asc.deaths_until, asc.fractures_until):
+            out.append(f"{c.outcome} v{c.version} was trained on an export with deaths ascertained until "
+                       f"{trained[0].replace('_', ' ')} and fractures until {trained[1].replace('_', ' ')}.")
+    return out
 
 
 def write_report(result: SiteResult, out_dir: Path, extra: dict[str, bytes] | None = None) -> None:
@@ -198,7 +216,8 @@ def log_report(out_dir: Path, chosen: list[Chosen], site_name: str, result: Site
     (``features.exclusion.ExclusionReport.summary``), set as tags."""
     exp = get_or_create_experiment(SITE_REPORT_EXPERIMENT)
     with tracked_run(experiment_id=exp, run_name=f"{site_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}") as run:
-        mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}, **(validation or {})})
+        mlflow.set_tags({"site": site_name, **{f"version.{c.outcome}": c.version for c in chosen}, **result.tags,
+                         **(validation or {})})
         m = result.frames["metrics"]
         for c in chosen:
             rows = m[(m["outcome"] == c.outcome) & ~m["cohort"].str.startswith("training")]
@@ -266,6 +285,7 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
                 if not same:
                     pool_note += " (NOT the version's training data by its fingerprint: used as given)"
                 data = load_pool(Path(folder))
+                pool_tags.update(data.ascertainment.tags(prefix="pooled_"))
                 pok, pt, ps = data.follow_up(c.outcome)
                 pool_records = data.records[pok]
                 pool = (model.features(pool_records), pt, ps)
@@ -285,6 +305,7 @@ def recalibrate_outcome(site: SiteData, c: Chosen, site_name: str, pooled_with: 
     exp = get_or_create_experiment(RECALIBRATION_EXPERIMENT)
     with tracked_run(experiment_id=exp, run_name=f"{c.outcome}-{site_name}") as run:
         tags = {**{k: c.tags[k] for k in _INHERITED if k in c.tags}, **d.tags(), "site": site_name,
+                **site.ascertainment.tags(prefix="site_"),
                 "parent_version": c.version, "parent_run_id": c.tags.get("run_id", ""),
                 "training_run_id": c.tags.get("training_run_id") or c.tags.get("run_id", ""),
                 **(pool_tags if d.choice == "refit_pooled" else {}), **(validation.summary() if validation else {})}

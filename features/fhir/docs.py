@@ -205,5 +205,9 @@ def fhir_markdown() -> str:
         "for a Bulk export; `serving.fhir.risk_assessment.risk_assessments(prediction, source, occurrence)` "
         "builds the RiskAssessments of one `/predict` answer.",
         "",
+        "Over HTTP: `POST /fhir/$refracture-risk` takes one patient's Bundle and answers RiskAssessments "
+        "([`serving.md`](serving.md#fhir-r4-endpoints)); the CDS Hooks service puts the same numbers in cards in "
+        "the EHR, called with the EHR's signed JWT ([`cds-hooks.md`](cds-hooks.md)).",
+        "",
     ]
     return "\n".join(lines)

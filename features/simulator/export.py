@@ -7,14 +7,17 @@ columns not measured at an imaging time point left empty.
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pandas as pd
 
+from features.ascertainment import Ascertainment, ExportMetadata, from_metadata
 from features.levels import LEVELS
 from features.schema import IMAGING, IMAGING_BY_TIMEPOINT, OPTIONAL_COLUMNS, TABLES, TIMEPOINTS
 from features.simulator.anatomy import N_LEVELS
 from features.simulator.cohort import Arrays, Sessions
-from features.simulator.outcomes import DAYS_PER_MONTH, TRUTH_HORIZONS_MONTHS, Events
+from features.simulator.outcomes import DAYS_PER_MONTH, TRUTH_HORIZONS_MONTHS, Events, Observation
 from features.simulator.profile import OUTCOMES, Profile
 
 _LEVEL_NAMES = np.array(LEVELS, dtype=object)
@@ -39,15 +42,37 @@ def _binary_or_na(values: np.ndarray) -> pd.Series:
     return pd.Series(pd.arrays.IntegerArray(np.where(mask, 0, values).astype(np.int8), mask))
 
 
+def export_metadata(profile: Profile, data_cut: date | None = None) -> ExportMetadata:
+    """The ``export.yaml`` of the profile's exports: how far they record deaths and
+    fractures (``Profile.followup.recording``) and their data cut (``data_cut``: an export
+    drawn on another date, ``simulate(..., data_cut=)``)."""
+    rec = profile.followup.recording
+    return ExportMetadata(site=profile.name, data_cut=data_cut or profile.followup.data_cut,
+                          deaths_ascertained_until="data_cut" if rec.deaths == "registry" else "last_contact",
+                          fractures_ascertained_until=rec.fractures_until)
+
+
+def ascertainment_of(profile: Profile, data_cut: date | None = None) -> Ascertainment:
+    """What the labels of the profile's exports follow (their ``export.yaml``), for code that
+    simulates in memory without writing the file."""
+    return from_metadata(export_metadata(profile, data_cut))
+
+
+def _days(months: np.ndarray) -> np.ndarray:
+    """Whole days after surgery, at least 3 (the discharge)."""
+    return np.maximum(np.round(months * DAYS_PER_MONTH), 3)
+
+
 def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedures: Arrays, imaging: Arrays,
-                 followup_imaging: Arrays, followup_months: np.ndarray, death_months: np.ndarray,
-                 events: Events, truth: dict[str, np.ndarray], missing: Arrays, measured: Arrays,
-                 rng: np.random.Generator) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+                 followup_imaging: Arrays, seen: Observation, events: Events, truth: dict[str, np.ndarray],
+                 missing: Arrays, measured: Arrays, rng: np.random.Generator) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Return (tables, truth): the raw export and each treated level's true crude risks.
 
-    ``truth``: ``outcomes.truth_table`` arrays; ``missing``: ``missingness.draw_missingness``;
-    ``measured``: ``missingness.draw_measurement``. The tables carry the contract's columns
-    in order, then its optional metadata columns (``features.schema.OPTIONAL_COLUMNS``).
+    ``seen``: ``outcomes.observation_months`` (last contact, recorded death, fracture
+    window); ``truth``: ``outcomes.truth_table`` arrays; ``missing``:
+    ``missingness.draw_missingness``; ``measured``: ``missingness.draw_measurement``. The
+    tables carry the contract's columns in order, then its optional metadata columns
+    (``features.schema.OPTIONAL_COLUMNS``).
     """
     start = np.datetime64(profile.followup.enrolment_start, "D")
     n_pat, n = len(sessions.n_levels), len(sessions.level)
@@ -55,7 +80,11 @@ def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedu
     patient_id = _ids("P", n_pat)
     procedure_id = _ids("V", n)
     surgery = patients["surgery_day"].astype(float)
-    followup_days = np.maximum(np.round(followup_months * DAYS_PER_MONTH), 3)
+    died = np.isfinite(seen.death)
+    death_days = np.where(died, _days(np.where(died, seen.death, 0.0)), np.nan)
+    # Never a contact after the death (a registry death can fall within the first days).
+    followup_days = np.where(died, np.minimum(_days(seen.last_contact), death_days), _days(seen.last_contact))
+    window_days = np.where(died, np.minimum(_days(seen.fracture_window), death_days), _days(seen.fracture_window))
     last_contact = surgery + followup_days
 
     male = patients["male"]
@@ -73,7 +102,7 @@ def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedu
         "dxa_bmd_g_cm2": np.where(dxa_missing, np.nan, measured["dxa_bmd_g_cm2"]),
         "dxa_t_score": np.where(dxa_missing, np.nan, measured["dxa_t_score"]),
         "last_followup_date": _dates(start, last_contact),
-        "death_date": _dates(start, np.where(np.isfinite(death_months), last_contact, np.nan)),
+        "death_date": _dates(start, surgery + death_days),
         "dxa_site": np.where(dxa_missing, None, measured["dxa_site"]).astype(object),
     })
 
@@ -92,8 +121,8 @@ def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedu
         "brace_prescribed": patients["brace_prescribed"][pat],
     })
 
-    imaging_df = _imaging_table(profile, procedure_id, surgery[pat], last_contact[pat], patients, sessions, imaging,
-                                followup_imaging, events, missing, measured, start, rng)
+    imaging_df = _imaging_table(profile, procedure_id, surgery[pat], last_contact[pat], (surgery + window_days)[pat],
+                                patients, sessions, imaging, followup_imaging, events, missing, measured, start, rng)
 
     event_level = _LEVEL_NAMES[events.level]
     event_patient, event_months = events.patient, events.months
@@ -101,14 +130,14 @@ def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedu
         # Sacral insufficiency fractures appear in real event lists; S1 is outside the spine
         # levels the outcomes count (quirk: the contract must accept and ignore it).
         sacral = np.flatnonzero(rng.random(n_pat) < profile.export_quirks.sacral_event_share)
-        months = rng.uniform(0, followup_months[sacral])
+        months = rng.uniform(0, seen.fracture_window[sacral])
         event_level = np.concatenate([event_level, np.full(len(sacral), "S1", dtype=object)])
         event_patient = np.concatenate([event_patient, sacral])
         event_months = np.concatenate([event_months, months])
     events_df = pd.DataFrame({
         "event_id": _ids("E", len(event_patient)),
         "patient_id": patient_id[event_patient],
-        "event_date": _dates(start, _event_day(surgery, followup_days, event_patient, event_months)),
+        "event_date": _dates(start, _event_day(surgery, window_days, event_patient, event_months)),
         "fracture_level": event_level,
         "fracture_criterion": np.full(len(event_patient), profile.measurement.new_fracture_criterion, dtype=object),
     })
@@ -123,9 +152,10 @@ def build_tables(profile: Profile, sessions: Sessions, patients: Arrays, procedu
     return tables, truth_df
 
 
-def _event_day(surgery: np.ndarray, followup_days: np.ndarray, patient: np.ndarray, months: np.ndarray) -> np.ndarray:
-    """Day of diagnosis: at least one day after surgery, never after the last contact."""
-    return surgery[patient] + np.clip(np.round(months * DAYS_PER_MONTH), 1, followup_days[patient])
+def _event_day(surgery: np.ndarray, window_days: np.ndarray, patient: np.ndarray, months: np.ndarray) -> np.ndarray:
+    """Day of diagnosis: at least one day after surgery, never after the end of the fracture
+    window (the last contact, or death or the data cut)."""
+    return surgery[patient] + np.clip(np.round(months * DAYS_PER_MONTH), 1, window_days[patient])
 
 
 def _same_session_neighbour_hu(sessions: Sessions, hu_post: np.ndarray, offset: int) -> np.ndarray:
@@ -137,9 +167,12 @@ def _same_session_neighbour_hu(sessions: Sessions, hu_post: np.ndarray, offset: 
 
 
 def _imaging_table(profile: Profile, procedure_id: np.ndarray, surgery: np.ndarray, last_contact: np.ndarray,
-                   patients: Arrays, sessions: Sessions, im: Arrays, fu: Arrays, events: Events, missing: Arrays,
+                   window_end: np.ndarray, patients: Arrays, sessions: Sessions, im: Arrays, fu: Arrays, events: Events, missing: Arrays,
                    measured: Arrays, start: np.datetime64, rng: np.random.Generator) -> pd.DataFrame:
     """One row per treated level and time point (pre-op, post-op, follow-up), in that order.
+
+    The follow-up examination is at the last contact, or at a cemented refracture seen
+    before ``window_end`` (the end of the fracture window, day after the enrolment start).
 
     Values read on a missing examination are empty (pre-op MRI: cleft and endplate; pre-op
     CT: HU, body volume, muscle; post-op CT: HU and larger-side volume). Recorded bone HU
@@ -172,7 +205,7 @@ def _imaging_table(profile: Profile, procedure_id: np.ndarray, surgery: np.ndarr
         collapse = events.cemented_observed & (rng.random(n) < quirks.near_complete_collapse_share)
         h_fu = np.where(collapse, np.round(rng.uniform(1.5, 2.9, n), 1), h_fu)
     fu_day = np.where(events.cemented_observed,
-                      surgery + np.clip(np.round(events.cemented_months * DAYS_PER_MONTH), 1, last_contact - surgery),
+                      surgery + np.clip(np.round(events.cemented_months * DAYS_PER_MONTH), 1, window_end - surgery),
                       last_contact)
     kvp, contrast = measured["ct_kvp"][pat], measured["ct_contrast"][pat].astype(float)
     by_tp: dict[str, dict[str, np.ndarray]] = {

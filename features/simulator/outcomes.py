@@ -47,6 +47,7 @@ import numpy as np
 from features.levels import LEVELS, THORACOLUMBAR_JUNCTION
 from features.simulator.anatomy import N_LEVELS
 from features.simulator.cohort import Arrays, Sessions, level_probabilities
+from features.simulator.missingness import frailty_score
 from features.simulator.profile import OUTCOMES, PATIENT_COVARIATES, EventTiming, Mortality, OutcomeModel, Profile
 
 DAYS_PER_MONTH = 365.25 / 12
@@ -266,6 +267,22 @@ def death_hazard_per_year(mortality: Mortality, age_years: np.ndarray, male: np.
     return -np.log1p(-q80) * np.exp(mortality.gompertz_slope_per_year.value * (age_years - 80))
 
 
+def _mortality_covariate(name: str, patients: Arrays) -> np.ndarray:
+    if name == "prior_fracture_any":
+        return (patients["prior_vertebral_fractures_n"] > 0).astype(float)
+    return patients[name].astype(float)
+
+
+def patient_death_hazard(mortality: Mortality, patients: Arrays) -> np.ndarray:
+    """Each patient's death hazard at surgery, per year: the Gompertz hazard of their age
+    and sex times the profile's hazard ratios (``Mortality.hazard_ratios``; proportional,
+    so the Gompertz shape over time is kept)."""
+    hz = death_hazard_per_year(mortality, patients["age_years"], patients["male"])
+    for name, hr in mortality.hazard_ratios.items():
+        hz = hz * hr.value ** _mortality_covariate(name, patients)
+    return hz
+
+
 def death_survival(mortality: Mortality, hazard_now: np.ndarray, months: float | np.ndarray) -> np.ndarray:
     """P(alive at ``months`` after surgery) under the Gompertz hazard."""
     gamma = mortality.gompertz_slope_per_year.value
@@ -309,7 +326,7 @@ def crude_risk(lam: np.ndarray, timing: EventTiming, hazard_now: np.ndarray, mor
 def truth_table(profile: Profile, sessions: Sessions, patients: Arrays, r: Risks) -> dict[str, np.ndarray]:
     """Per treated level: ``p_<outcome>_<m>m`` (crude risk by m months) and ``p_death_<m>m``
     (probability of death from any cause by m months; the death model's oracle)."""
-    hz = death_hazard_per_year(profile.followup.mortality, patients["age_years"], patients["male"])[sessions.patient]
+    hz = patient_death_hazard(profile.followup.mortality, patients)[sessions.patient]
     mort = profile.followup.mortality
     cif = crude_risks(r.lam_truth, {o: profile.outcomes[o].timing for o in OUTCOMES}, hz, mort)
     out = {f"p_{o}_{m}m": cif[o][m] for o in OUTCOMES for m in TRUTH_HORIZONS_MONTHS}
@@ -333,6 +350,36 @@ def remote_levels(profile: Profile, sessions: Sessions, rng: np.random.Generator
     return np.argmax(keys, axis=1)
 
 
+def _planned_contact_death(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                           data_cut: date | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Months to the data cut, to the end of clinic contact (the data cut, or loss at a
+    uniform time for a share, optionally more often for frail patients), and to death
+    (Gompertz rising with age, higher in men, times the profile's hazard ratios), in that
+    draw order.
+
+    ``data_cut`` (default the profile's): the export drawn on another date. Who is lost
+    and when is drawn against the profile's own cut, whatever the date, so the same seed
+    gives the same patients, losses, deaths and fractures at every cut: a later cut only
+    shows more of the same follow-up (a patient lost at month 5 stays lost at month 5)."""
+    f = profile.followup
+    n = len(patients["age_years"])
+    planned = ((f.data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
+    share = f.lost_to_followup.value
+    if f.lost_to_followup_frailty_odds_ratio_per_sd is not None and 0 < share < 1:
+        odds = share / (1 - share) * f.lost_to_followup_frailty_odds_ratio_per_sd.value ** frailty_score(patients)
+        share = odds / (1 + odds)
+    lost = rng.random(n) < share
+    lost_at = rng.uniform(np.minimum(f.lost_min_months.value, planned), planned)
+    if data_cut is not None:
+        planned = ((data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
+        lost &= lost_at < planned
+    contact_end = np.where(lost, lost_at, planned)
+    gamma = f.mortality.gompertz_slope_per_year.value
+    hazard_now = patient_death_hazard(f.mortality, patients)
+    death_years = np.log1p(gamma * rng.exponential(1.0, n) / hazard_now) / gamma
+    return planned, contact_end, death_years * 12
+
+
 def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generator,
                      data_cut: date | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Follow-up (months to the last contact) and death time (months, inf if not known).
@@ -340,29 +387,56 @@ def censoring_months(profile: Profile, patients: Arrays, rng: np.random.Generato
     Follow-up runs to the data cut; a share is lost earlier; death follows a Gompertz
     hazard rising with age (higher in men). A death is recorded when it happens before the
     patient is lost or the data cut; the last contact is then the death date.
-
-    ``data_cut`` (default the profile's): the export drawn on another date. Who is lost
-    and when is drawn against the profile's own cut, whatever the date, so the same seed
-    gives the same patients, losses, deaths and fractures at every cut: a later cut only
-    shows more of the same follow-up (a patient lost at month 5 stays lost at month 5).
+    ``data_cut``: the export drawn on another date than the profile's
+    (``_planned_contact_death``).
     """
-    f = profile.followup
-    n = len(patients["age_years"])
-    planned = ((f.data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
-    lost = rng.random(n) < f.lost_to_followup.value
-    lost_at = rng.uniform(np.minimum(f.lost_min_months.value, planned), planned)
-    if data_cut is not None:
-        planned = ((data_cut - f.enrolment_start).days - patients["surgery_day"]) / DAYS_PER_MONTH
-        lost &= lost_at < planned
-    contact_end = np.where(lost, lost_at, planned)
-
-    gamma = f.mortality.gompertz_slope_per_year.value
-    hazard_now = death_hazard_per_year(f.mortality, patients["age_years"], patients["male"])
-    death_years = np.log1p(gamma * rng.exponential(1.0, n) / hazard_now) / gamma
-    death = death_years * 12
+    _, contact_end, death = _planned_contact_death(profile, patients, rng, data_cut)
     died_in_view = death <= contact_end
     followup = np.maximum(np.where(died_in_view, death, contact_end), 0.1)
     return followup, np.where(died_in_view, followup, np.inf)
+
+
+#: Earliest last contact after surgery, months (the discharge, about 3 days).
+_DISCHARGE_MONTHS = 0.1
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the export sees of each patient's follow-up, in months after surgery:
+    ``last_contact`` (last clinic contact), ``death`` (recorded death, inf if none) and
+    ``fracture_window`` (fractures up to then are in the export)."""
+
+    last_contact: np.ndarray
+    death: np.ndarray
+    fracture_window: np.ndarray
+
+
+def observation_months(profile: Profile, patients: Arrays, rng: np.random.Generator,
+                       data_cut: date | None = None) -> Observation:
+    """Follow-up as the profile's export records it (``profile.followup.recording``).
+
+    ``clinic``: ``censoring_months`` (a death is seen when it comes before loss or the data
+    cut, and ends the follow-up), fractures until the last contact. ``registry``: loss and
+    death are drawn the same way, but every death before the data cut is recorded (a death
+    registry), and the last contact is the last scheduled clinic visit before death, loss
+    or the data cut: every ``visit_interval_months`` times
+    ``visit_interval_ratio_per_frailty_sd`` per SD of frailty (``missingness.frailty_score``:
+    frail patients are seen less often); fractures are seen until the last contact or,
+    with ``fractures_until: death_or_data_cut``, until death or the data cut. ``data_cut``:
+    the export drawn on another date than the profile's (``_planned_contact_death``).
+    """
+    rec = profile.followup.recording
+    if rec.deaths == "clinic":
+        followup, death = censoring_months(profile, patients, rng, data_cut)
+        return Observation(followup, death, followup)
+    planned, contact_end, death = _planned_contact_death(profile, patients, rng, data_cut)
+    interval = rec.visit_interval_months.value * rec.visit_interval_ratio_per_frailty_sd.value ** frailty_score(patients)
+    visits_end = np.minimum(contact_end, death)
+    last_visit = np.floor(visits_end / interval) * interval
+    last_contact = np.where(last_visit >= _DISCHARGE_MONTHS, last_visit, np.minimum(_DISCHARGE_MONTHS, visits_end))
+    recorded = death <= planned
+    window = np.minimum(death, planned) if rec.fractures_until == "death_or_data_cut" else last_contact
+    return Observation(last_contact, np.where(recorded, death, np.inf), window)
 
 
 @dataclass(frozen=True)
@@ -378,7 +452,8 @@ class Events:
 
 def draw_events(profile: Profile, sessions: Sessions, r: Risks, followup_months: np.ndarray,
                 rng: np.random.Generator) -> Events:
-    """Draw every process's event time and keep the fractures seen before the last contact."""
+    """Draw every process's event time and keep the fractures seen in the export: those
+    before ``followup_months`` per patient (``Observation.fracture_window``)."""
     timing = {o: profile.outcomes[o].timing for o in OUTCOMES}
     pat, level = sessions.patient, sessions.level
     n_pat = len(sessions.n_levels)

@@ -18,15 +18,15 @@ from features.simulator.export import build_tables
 from features.simulator.imaging import draw_followup_imaging, draw_operative_imaging
 from features.simulator.missingness import draw_measurement, draw_missingness
 from features.simulator.outcomes import (
-    censoring_months,
     covariates,
     crude_risk,
-    death_hazard_per_year,
     draw_events,
     ceilings_of,
     intercepts_of,
     linear_predictor,
+    observation_months,
     patient_cumhaz,
+    patient_death_hazard,
     risks,
     truth_table,
 )
@@ -136,13 +136,13 @@ def simulate(profile: Profile | str | Path, n_procedures: int, seed: int,
         intercepts = _match_net_means(base, intercepts, targets, ceilings_of(profile))
     r = risks(base.sessions, base.etas, intercepts, ceilings_of(profile))
     truth = truth_table(profile, base.sessions, base.patients, r)
-    followup, death = censoring_months(profile, base.patients, rng, data_cut)
-    events = draw_events(profile, base.sessions, r, followup, rng)
+    seen = observation_months(profile, base.patients, rng, data_cut)
+    events = draw_events(profile, base.sessions, r, seen.fracture_window, rng)
     followup_imaging = draw_followup_imaging(profile, base.imaging, events.cemented_observed, rng)
     missing = draw_missingness(profile, base.patients, rng)
     measured = draw_measurement(profile, base.patients, rng)
     tables, truth_df = build_tables(profile, base.sessions, base.patients, base.procedures, base.imaging,
-                                    followup_imaging, followup, death, events, truth, missing, measured, rng)
+                                    followup_imaging, seen, events, truth, missing, measured, rng)
     return (tables, truth_df) if data_cut is None else cut_export(tables, truth_df, data_cut)
 
 
@@ -181,7 +181,7 @@ def calibrate_intercepts(profile: Profile, n_procedures: int = 200_000, seed: in
     covariates or odds ratios, run it and copy the values into ``intercept_log_odds``.
     """
     base = _draw_baseline(profile, n_procedures, np.random.default_rng(seed))
-    hz = death_hazard_per_year(profile.followup.mortality, base.patients["age_years"], base.patients["male"])
+    hz = patient_death_hazard(profile.followup.mortality, base.patients)
     horizon = float(profile.horizon_months)
     intercepts = intercepts_of(profile)
     for outcome in OUTCOMES:

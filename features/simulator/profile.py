@@ -370,9 +370,71 @@ class ExportQuirks(_Frozen):
     source: str = "assumption: values seen in real exports (issue 12)"
 
 
+#: Patient characteristics a profile may let raise the death hazard (``Mortality.hazard_ratios``).
+MORTALITY_COVARIATES: dict[str, str] = {
+    "sarcopenia": "1 if psoas muscle index below the profile's sex-specific cut-off",
+    "prior_fracture_any": "1 if at least one earlier osteoporotic vertebral fracture",
+    "chronic_kidney_disease": "1 if chronic kidney disease",
+    "type2_diabetes": "1 if type 2 diabetes",
+    "glucocorticoids_long_term": "1 if long-term oral glucocorticoids",
+}
+
+
 class Mortality(_Frozen):
+    """Gompertz mortality at surgery by age and sex, optionally multiplied by hazard ratios
+    of patient characteristics (frail patients die sooner; none in the published profiles,
+    where death depends on age and sex only)."""
+
     annual_at_80: SexValue  # annual probability of death at age 80
     gompertz_slope_per_year: Value
+    hazard_ratios: dict[str, Value] = Field(default_factory=dict)
+
+    @field_validator("hazard_ratios")
+    @classmethod
+    def _known_and_positive(cls, v: dict[str, Value]) -> dict[str, Value]:
+        unknown = set(v) - set(MORTALITY_COVARIATES)
+        if unknown:
+            raise ValueError(f"unknown mortality covariates {sorted(unknown)}; allowed: {sorted(MORTALITY_COVARIATES)}")
+        if any(hr.value <= 0 for hr in v.values()):
+            raise ValueError("hazard ratios must be positive")
+        return v
+
+
+class Recording(_Frozen):
+    """How the export records follow-up (``features.ascertainment``; written to its
+    ``export.yaml``).
+
+    ``clinic`` (the published profiles): a death is recorded when it happens before the
+    patient is lost or the data cut, and the last contact is then the death date;
+    fractures are seen until the last contact. ``registry``: every death before the data
+    cut is linked from a death registry, lost or not; the last contact is the last
+    scheduled clinic visit before death, loss or the data cut (visits every
+    ``visit_interval_months``, multiplied by ``visit_interval_ratio_per_frailty_sd`` per SD
+    of frailty: frail patients are seen less often), so nearly every death comes after it.
+    ``fractures_until``: ``last_contact`` (fractures after the last contact are not in the
+    export) or ``death_or_data_cut`` (every fracture until death or the data cut is; needs
+    ``deaths: registry``).
+    """
+
+    deaths: Literal["clinic", "registry"] = "clinic"
+    fractures_until: Literal["last_contact", "death_or_data_cut"] = "last_contact"
+    visit_interval_months: Value | None = None
+    visit_interval_ratio_per_frailty_sd: Value | None = None
+    source: str = "the published cohorts' follow-up: deaths and fractures seen at clinic contacts"
+
+    @model_validator(mode="after")
+    def _visits_with_a_registry(self) -> Recording:
+        if self.fractures_until == "death_or_data_cut" and self.deaths != "registry":
+            raise ValueError("fractures_until: death_or_data_cut needs deaths: registry")
+        if self.deaths == "registry" and (self.visit_interval_months is None
+                                          or self.visit_interval_ratio_per_frailty_sd is None):
+            raise ValueError("deaths: registry needs visit_interval_months and visit_interval_ratio_per_frailty_sd "
+                             "(the last contact is the last clinic visit)")
+        if self.visit_interval_months is not None and self.visit_interval_months.value <= 0:
+            raise ValueError("visit_interval_months must be positive")
+        if self.visit_interval_ratio_per_frailty_sd is not None and self.visit_interval_ratio_per_frailty_sd.value <= 0:
+            raise ValueError("visit_interval_ratio_per_frailty_sd must be positive")
+        return self
 
 
 class FollowUp(_Frozen):
@@ -382,7 +444,11 @@ class FollowUp(_Frozen):
     dates_source: str = Field(min_length=3)  # where the three dates come from
     lost_to_followup: Share  # share lost at a uniform time between lost_min_months and the planned end
     lost_min_months: Value
+    # Odds of being lost multiplied by this per SD of frailty (frail patients move to care
+    # homes); none: loss is independent of the patient (the published profiles).
+    lost_to_followup_frailty_odds_ratio_per_sd: Value | None = None
     mortality: Mortality
+    recording: Recording = Recording()
     published_reference: str = ""  # the cohort's published follow-up, for the record
 
     @model_validator(mode="after")

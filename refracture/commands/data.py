@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.ascertainment import Ascertainment, checked, followup_notes
 from features.assemble import build_training_set
 from features.dictionary import data_dictionary_markdown
 from features.exclusion import CheckedExport, ExclusionReport, checked_export, exclusion_report
-from features.io import read_raw, write_bytes_atomic, write_frame_atomic, write_records
+from features.io import read_export_metadata, read_raw, write_bytes_atomic, write_frame_atomic, write_records
 from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawCheck, RawDataError, Violation, capped, check_raw, rule_text
 
@@ -110,14 +111,30 @@ def announce_report(report: ExclusionReport, path: Path | str) -> None:
                   f"warning(s), sha256 {report.fingerprint}")
 
 
+def load_ascertainment(raw: Path, tables) -> Ascertainment:
+    """The export's ``export.yaml`` checked against its validated tables (the default when
+    it has none), its notes printed; or print every problem and exit 1."""
+    try:
+        asc = checked(read_export_metadata(raw), tables)
+    except RawDataError as exc:
+        _report_violations(exc)
+        raise typer.Exit(code=1) from None
+    console.print(f"follow-up: {asc.describe()}")
+    for note in followup_notes(asc, tables):
+        console.print(f"[yellow]note[/yellow]: {note}")
+    return asc
+
+
 def validate(*, raw: Path, report: Path | None) -> None:
-    """``refracture validate``: print the export's errors and warnings; exit 1 only on errors."""
+    """``refracture validate``: print the export's errors and warnings; exit 1 only on errors;
+    then check its export.yaml against the tables and print the follow-up it states."""
     check, full = _check(raw)
     report_check(check, full)
     if report is not None:
         write_exclusion_report(full, report)
     if check.errors:
         raise typer.Exit(code=1)
+    load_ascertainment(raw, check.tables())
     counts = ", ".join(f"{name} {len(df)}" for name, df in check.tables().items())
     note = f"; {len(check.warnings)} warning(s)" if check.warnings else ""
     console.print(f"[green]valid[/green]: {counts} rows{note}")
@@ -127,7 +144,8 @@ def features(*, raw: Path, out: Path, feature_set: str, horizon_months: float, e
     """``refracture features``: write the training set of an export to ``out`` (Parquet), its
     exclusion report beside it when rows were left out or questioned."""
     checked = load_checked(raw, exclude_invalid)
-    training_set = build_training_set(checked.tables, feature_set, horizon_months=horizon_months)
+    training_set = build_training_set(checked.tables, feature_set, horizon_months=horizon_months,
+                                      ascertainment=load_ascertainment(raw, checked.tables))
     metadata = None
     if exclude_invalid or checked.report.violations:
         path = write_exclusion_report(checked.report, report_path(out))

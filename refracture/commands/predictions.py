@@ -19,10 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from modelstore.errors import ConfigError
 from modelstore.estimand import DEFAULT_HORIZONS_MONTHS, HEADLINE_HORIZON_MONTHS
+from features.ascertainment import EXPORT_METADATA_FILE
 from predictionlog.linkage import data_cut_of, link_outcomes
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore, SchemaOutOfDate
-from refracture.commands.data import load_checked
+from refracture.commands.data import load_ascertainment, load_checked
 from refracture.commands.training import _exit_if_tracking_lost, _tracking_or_exit
 from training.provenance import data_fingerprint
 from training.realized import calibration_alerts, gauge_rows, realized_performance, summary_records
@@ -95,10 +96,12 @@ def outcomes(*, raw: Path, data_cut: dt.datetime | None) -> None:
     """``refracture outcomes``: link a later export's outcomes to the logged predictions."""
     settings = _settings(need_secret=True)
     tables = load_checked(raw).tables  # the contract's own errors, as `refracture validate` prints them
+    ascertainment = load_ascertainment(raw, tables)  # export.yaml: how far deaths and fractures were followed
     store = _store(settings)
-    cut = data_cut.date() if data_cut else data_cut_of(tables)
+    stated = ascertainment.data_cut if ascertainment.source == EXPORT_METADATA_FILE else None
+    cut = data_cut.date() if data_cut else stated or data_cut_of(tables)
     try:
-        summary = link_outcomes(store, tables, settings.secret, cut, data_fingerprint(raw))
+        summary = link_outcomes(store, tables, settings.secret, cut, data_fingerprint(raw), ascertainment=ascertainment)
     except ValueError as exc:
         console.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(code=1) from None

@@ -11,7 +11,7 @@ from rich.console import Console
 from features.labels import OUTCOMES
 from modelstore.drift_reference import ReferenceMissing
 from modelstore.naming import ALIASES, CHAMPION
-from refracture.commands.data import announce_report, load_checked
+from refracture.commands.data import announce_report, load_ascertainment, load_checked
 from refracture.interrupts import terminate_as_interrupt
 from training.site_eval import site_data
 from training.site_run import build_site_report, choose_versions, log_report, recalibrate_outcome, write_report
@@ -27,13 +27,14 @@ def site_report(*, raw: Path, out: Path, alias: str, version: int | None, outcom
         raise typer.BadParameter(f"choose one of {', '.join(ALIASES)}", param_hint="--alias")
     outcomes = _outcomes(outcome)
     checked = load_checked(raw, exclude_invalid)  # the contract's own errors, exactly as `refracture validate` prints them
+    ascertainment = load_ascertainment(raw, checked.tables)
     _tracking_or_exit(store)
     name = site or Path(raw).resolve().name
     with terminate_as_interrupt(), _exit_if_tracking_lost("writing the site report"):
         try:
             chosen = choose_versions(None if version is not None else alias,
                                      None if version is None else str(version), outcomes)
-            result = build_site_report(site_data(checked.tables), chosen, name, n_boot=bootstrap)
+            result = build_site_report(site_data(checked.tables, ascertainment), chosen, name, n_boot=bootstrap)
         except (ValueError, ReferenceMissing) as exc:
             console.print(f"[red]error[/red]: {exc}")
             raise typer.Exit(code=1) from None
@@ -49,8 +50,9 @@ def recalibrate(*, raw: Path, site: str, outcome: str, pooled_with: Path | None,
                 exclude_invalid: bool) -> None:
     """``refracture recalibrate``: a challenger for every champion, by the rule in the help."""
     checked = load_checked(raw, exclude_invalid)
+    ascertainment = load_ascertainment(raw, checked.tables)
     _tracking_or_exit(store)
-    data = site_data(checked.tables)
+    data = site_data(checked.tables, ascertainment)
     pools: dict[Path, object] = {}
 
     def load_pool(folder: Path):
@@ -58,7 +60,8 @@ def recalibrate(*, raw: Path, site: str, outcome: str, pooled_with: Path | None,
         key = Path(folder).resolve()
         if key not in pools:
             console.print(f"option (iii): reading the training export {folder}")
-            pools[key] = site_data(load_checked(folder, exclude_invalid).tables)
+            pool = load_checked(folder, exclude_invalid)
+            pools[key] = site_data(pool.tables, load_ascertainment(folder, pool.tables))
         return pools[key]
     with terminate_as_interrupt(), _exit_if_tracking_lost("recalibrating"):
         try:

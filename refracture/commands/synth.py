@@ -8,7 +8,10 @@ simulator bug can never leave an invalid export on disk. Beside the tables go:
   probability of death by 24 months (``p_death_24m``), and ``p_<outcome>`` (deprecated
   alias of ``p_<outcome>_24m``);
 - ``simulation.json``: the provenance training reads (``training.pipeline.read_profile``):
-  profile name, seed, n, whether effects were drawn (and with which seed), horizons.
+  profile name, seed, n, whether effects were drawn (and with which seed), horizons;
+- ``export.yaml``: the export's site metadata, as a hospital writes it: the data cut and
+  how far deaths and fractures were ascertained (``features.ascertainment``; from the
+  profile's ``followup.recording``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from features.io import tmp_file_beside, write_frame_atomic, write_raw
+from features.ascertainment import EXPORT_METADATA_FILE, metadata_text
+from features.io import tmp_file_beside, write_frame_atomic, write_raw, write_text_atomic
 from features.simulator import load_profile, simulate
+from features.simulator.export import export_metadata
 from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
 from features.validate import validate_raw
 
@@ -66,8 +71,8 @@ def _write_json_atomic(data: dict, path: Path) -> None:
 def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw_effects: bool = False,
               data_cut: date | None = None) -> None:
     """Simulate ``n`` treated levels from ``profile`` (a shipped name or a YAML path) with
-    ``seed``, validate, and write ``<table>.<fmt>``, ``truth.parquet`` and
-    ``simulation.json`` to ``out``. ``draw_effects``: draw every odds ratio with a
+    ``seed``, validate, and write ``<table>.<fmt>``, ``truth.parquet``,
+    ``simulation.json`` and ``export.yaml`` to ``out``. ``draw_effects``: draw every odds ratio with a
     published CI from that CI first (seeded by ``seed``: the same seed gives the same world).
     ``data_cut``: draw the export on that date (``features.simulator.simulate``).
 
@@ -88,6 +93,7 @@ def run_synth(n: int, seed: int, profile: str, out: Path, fmt: str = "csv", draw
     out = Path(out)
     write_raw(tables, out, fmt)
     write_frame_atomic(truth, out / "truth.parquet")
+    write_text_atomic(metadata_text(export_metadata(spec, data_cut)), out / EXPORT_METADATA_FILE)
     _write_json_atomic(simulation_metadata(spec.name, seed, n, draw_effects, effects_seed, list(TRUTH_HORIZONS_MONTHS),
                                            data_cut),
                        out / "simulation.json")

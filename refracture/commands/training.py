@@ -92,14 +92,14 @@ def _tracking_or_exit(store: Path | None) -> str:
 
 def train(*, raw: Path, outcome: str, feature_set: str, horizon_months: float, seed: int, search_trials: int,
           test_size: float, cv_folds: int, candidates: str, bootstrap: int, experiment_prefix: str, register: bool,
-          n_jobs: int, store: Path | None, shap_method: str, exclude_invalid: bool) -> None:
+          n_jobs: int, store: Path | None, shap_method: str, censoring_model: str, exclude_invalid: bool) -> None:
     """``refracture train``: the configuration checked once, then ``training.pipeline.run`` with a progress display."""
     try:
         cfg = TrainConfig(raw_dir=raw, outcomes=_outcomes(outcome), feature_set=feature_set, horizon_months=horizon_months,
                           seed=seed, search_trials=search_trials, test_size=test_size, cv_folds=cv_folds,
                           candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), n_bootstrap=bootstrap,
                           experiment_prefix=experiment_prefix, register=register, n_jobs=n_jobs, store_dir=store,
-                          shap_method=shap_method, exclude_invalid=exclude_invalid)
+                          shap_method=shap_method, censoring_model=censoring_model, exclude_invalid=exclude_invalid)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
     export = load_checked(raw, exclude_invalid)  # errors printed as `refracture validate` prints them; nothing run

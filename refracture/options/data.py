@@ -19,17 +19,17 @@ EXCLUDE_HELP = ("Leave out the procedures that hold errors (and only those: a pa
 
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export and truth.parquet to.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw export, its export.yaml and truth.parquet to.")],
     n: Annotated[int, typer.Option("--n", help="Number of procedures (treated levels).", min=10, max=5_000_000)] = 5000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
-    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, or a YAML path.")] = "xiong2021-pvp",
+    profile: Annotated[str, typer.Option("--profile", help="Site profile: xiong2021-pvp, yassavoly2025-pkp, site-c-older-frail-pkp, site-d-frail-registry-pkp, or a YAML path.")] = "xiong2021-pvp",
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     draw_effects: Annotated[bool, typer.Option("--draw-effects", help="Draw each published effect from its 95 % CI (seeded by --seed).")] = False,
     data_cut: Annotated[datetime | None, typer.Option(
         "--data-cut", formats=["%Y-%m-%d"],
         help="Draw the export on this date (YYYY-MM-DD) instead of the profile's cut: the same patients and outcomes "
              "as with this seed at any cut, the procedures done before it, follow-up to it (a later export of the "
-             "same site).")] = None,
+             "same site; export.yaml states it).")] = None,
 ) -> None:
     """Simulate a cohort calibrated to published evidence, written as a raw export plus true risks."""
     if fmt not in SYNTH_FORMATS:
@@ -37,12 +37,15 @@ def synth(
 
 
 def validate(
-    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet).")],
+    raw: Annotated[Path, typer.Option("--raw", help="Folder with patients, procedures, imaging, events (.csv or .parquet), "
+                                      "and optionally export.yaml (how far deaths and fractures were ascertained).")],
     report: Annotated[Path | None, typer.Option("--report", help="Also write every error and warning (uncapped) to this CSV: "
                                                 "table, row key, column, rule, severity, message, excluded procedures.")] = None,
 ) -> None:
     """Check a raw export against the data contract: errors (values that cannot be used) and
-    warnings (implausible values, used) by table, row and column; exit 1 only on errors."""
+    warnings (implausible values, used) by table, row and column; exit 1 only on errors.
+
+    Then its export.yaml against the tables: a bad field, or a date after its data cut, is an error too."""
 
 
 def features(

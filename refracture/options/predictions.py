@@ -24,7 +24,8 @@ def outcomes(
                                                     "events, deaths).")],
     data_cut: Annotated[datetime | None, typer.Option(
         "--data-cut", formats=["%Y-%m-%d"],
-        help="The date the export was drawn (YYYY-MM-DD); default: the latest date in it.")] = None,
+        help="The date the export was drawn (YYYY-MM-DD); default: the data cut its export.yaml states, else the "
+             "latest date in it.")] = None,
 ) -> None:
     """Link the outcomes of a later export to the logged predictions (by the keyed hash of
     the procedure key) and store each one's status at every horizon that has matured."""

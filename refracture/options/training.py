@@ -29,6 +29,9 @@ def train(
     store: Annotated[Path | None, typer.Option("--store", help=STORE_HELP)] = None,
     shap_method: Annotated[str, typer.Option("--shap-method", help="How XGBoost models are explained: path_dependent "
                                              "(XGBoost's own TreeSHAP, fast; default) or interventional (against a training background, ~30x slower).")] = "path_dependent",
+    censoring_model: Annotated[str, typer.Option("--censoring-model", help="Censoring model of the training weights: km "
+                                                 "(one Kaplan-Meier for everyone; default) or cox (given age, sex, frailty and "
+                                                 "comorbidity: when the clinic loses frail patients more often). docs/estimand.md.")] = "km",
     exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is logged "
                                                   "with every outcome's parent run (validation/exclusions.csv); its "
                                                   "count and SHA-256 are tags of the runs and the registered versions.")] = False,

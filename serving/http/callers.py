@@ -85,10 +85,14 @@ ErrorRenderer = Callable[[int, str, list[dict[str, Any]]], tuple[bytes, str]]
 
 @dataclass(frozen=True)
 class Route:
-    """A path prefix with its authenticator and, optionally, its error format."""
+    """A path prefix with, optionally, its own authenticator and its own error format.
+
+    ``authenticator`` None: the default route's (whoever may call ``/predict`` may call this
+    path, by the same means); a route that only speaks another protocol's errors (``/fhir``)
+    sets ``render_error`` alone and so follows every change to how callers authenticate."""
 
     prefix: str
-    authenticator: Authenticator
+    authenticator: Authenticator | None = None
     render_error: ErrorRenderer | None = None
 
     def matches(self, path: str) -> bool:
@@ -121,7 +125,9 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 #: Exact paths and the scope each needs (besides any path ending in /predict or /explain).
-PATH_SCOPES = {"/model": "model:read", "/metrics": "metrics:read"}
+#: The FHIR operation and the CDS Hooks call answer with the top factors, as /explain does.
+PATH_SCOPES = {"/model": "model:read", "/metrics": "metrics:read",
+               "/fhir/$refracture-risk": "explain", "/cds-services/refracture-risk": "explain"}
 
 
 def required_scope(path: str) -> str | None:

@@ -55,9 +55,10 @@ logger = logging.getLogger(__name__)
 Scope = dict[str, Any]
 #: /model (model:read) and /metrics (metrics:read) are not open: /metrics names the clients
 #: and their traffic, and both are read by known callers (the page, Prometheus) that can
-#: send a credential (docs/security.md).
-OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/docs.json", "/schema.json"})
-OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui")  # /ui: the clinician page (holds no key)
+#: send a credential (docs/security.md). FHIR's CapabilityStatement is public, as FHIR servers' are.
+OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz", "/docs.json", "/schema.json", "/fhir/metadata"})
+# /ui: the clinician page (holds no key); the FHIR CodeSystem and OperationDefinition: public definitions
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui", "/fhir/CodeSystem/", "/fhir/OperationDefinition/")
 #: Audit status of a request whose client left before the end of its body (nginx's 499):
 #: not a server error, and no answer was sent.
 CLIENT_CLOSED_REQUEST = 499
@@ -100,13 +101,16 @@ class GuardMiddleware:
     (``ServingSettings.from_env``, read when the middleware is built, i.e. at start)."""
 
     def __init__(self, app, settings: ServingSettings | None = None, spec_provider: Callable[[], dict] | None = None,
-                 routes: tuple[Route, ...] = (), identity: ClientAuthenticator | None = None):
+                 routes: tuple[Route, ...] | Callable[[ServingSettings], tuple[Route, ...]] = (),
+                 identity: ClientAuthenticator | None = None):
         self.app = app
         self.settings = settings or get_settings()
         self.spec_provider = spec_provider
         #: Paths with their own authenticator or error format (``serving.http.callers``);
-        #: everything else is the default route: named clients and the identity provider.
-        self.routes = tuple(routes)
+        #: everything else is the default route: named clients and the identity provider. Given as
+        #: a function of the settings when the routes need them (the middleware is declared at
+        #: import, built at start). A route without its own authenticator uses the default's.
+        self.routes = tuple(routes(self.settings) if callable(routes) else routes)
         self.identity = identity or ClientAuthenticator.from_settings(self.settings)
         self.default_route = Route("/", self.identity)
         self.limiter = RateLimiter()
@@ -230,7 +234,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            caller = route.authenticator.authenticate(scope)
+            caller = (route.authenticator or self.default_route.authenticator).authenticate(scope)
             if inspect.isawaitable(caller):  # e.g. the identity provider's keys being fetched again
                 caller = await caller
             if isinstance(caller, Caller):

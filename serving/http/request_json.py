@@ -18,10 +18,13 @@ error lists of bounded size.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 #: Errors listed in one answer; ``n_errors`` always gives the total.
 MAX_LISTED_ERRORS = 100
+#: A JSON escape of a UTF-16 surrogate (``\ud800``-``\udfff``): how a lone one gets into valid UTF-8 text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class BodyRefused(ValueError):
@@ -97,8 +100,24 @@ def loads_strict(body: bytes) -> Any:
     raises ``ValueError`` (like ``json.loads``) for malformed JSON, NaN and Infinity."""
     # Invalid UTF-8 bytes become lone surrogates here and are then reported by field,
     # like the escaped ones, instead of failing the whole body with a byte offset.
-    text = body.decode("utf-8", errors="surrogateescape")
-    data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_pairs_hook)
+    try:
+        text, suspect = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, suspect = body.decode("utf-8", errors="surrogateescape"), True
+    duplicated: list[bool] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj = _pairs_hook(pairs)
+        if type(obj) is _DuplicateKeys:
+            duplicated.append(True)
+        return obj
+
+    data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=pairs_hook)
+    # The walk over every value (a third of the cost of a FHIR Bundle's parse) only when a
+    # problem is possible: a duplicate key was met, the bytes were not UTF-8, or the text
+    # escapes a UTF-16 surrogate (a valid pair too: the walk tells them apart).
+    if not (duplicated or suspect or _SURROGATE_ESCAPE.search(text)):
+        return data
     found: list[tuple[list[str], str]] = []
     _problems(data, [], found)
     if not found:

@@ -37,8 +37,9 @@ HEAD_TIMEOUT_S = float(os.environ.get("REFRACTURE_HEAD_TIMEOUT_S", "10") or 10)
 
 #: Metric labels: the service's routes; any other path is counted as "other".
 ROUTE_LABELS = frozenset({"/", "/predict", "/explain", "/model", "/healthz", "/livez", "/readyz", "/metrics",
-                          "/docs", "/docs.json", "/schema.json"})
-PREFIX_LABELS = ("/ui", "/docs-static", "/static_content")
+                          "/docs", "/docs.json", "/schema.json", "/fhir/metadata", "/fhir/$refracture-risk",
+                          "/cds-services", "/cds-services/refracture-risk"})
+PREFIX_LABELS = ("/ui", "/docs-static", "/static_content", "/fhir", "/cds-services")
 _REAL_SCOPE = "refracture.real_scope"
 
 

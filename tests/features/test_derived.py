@@ -88,16 +88,6 @@ def test_censored_before_horizon_gets_no_label(raw):
     assert labels.loc["A1-1", "cemented_refracture_time_days"] == (pd.Timestamp("2021-08-01") - pd.Timestamp("2021-01-10")).days
 
 
-def test_death_after_last_contact_censors(raw):
-    """A death learnt after the patient was lost says nothing about fractures after the last contact."""
-    raw["patients"].loc[raw["patients"]["patient_id"] == "C3", ["death_date", "last_followup_date"]] = ["2021-06-01", "2021-05-01"]
-    raw["events"] = raw["events"][raw["events"]["patient_id"] != "C3"]
-    labels = build_labels(validate_raw(raw))
-    assert pd.isna(labels.loc["C3-1", "remote_fracture"])
-    assert labels.loc["C3-1", "remote_fracture_status"] == 0
-    assert labels.loc["C3-1", "death_status"] == 0
-
-
 def test_death_is_a_competing_event(raw):
     """Crude risk: a patient who died without the fracture is a known non-event, not censored."""
     raw["patients"].loc[raw["patients"]["patient_id"] == "C3", ["death_date", "last_followup_date"]] = ["2021-05-01", "2021-05-01"]

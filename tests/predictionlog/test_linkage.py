@@ -96,3 +96,23 @@ def test_the_data_cut(exports):
     assert data_cut_of(typed) <= FIRST_CUT
     with pytest.raises(ValueError, match=r"patients, row patient_id=.*column last_followup_date: .* is after the data cut"):
         check_data_cut(typed, FIRST_CUT - dt.timedelta(days=200))
+
+
+def test_follow_up_follows_the_exports_ascertainment():
+    """A registry-linked export (deaths until the data cut, fractures until death or the
+    data cut, as its export.yaml says) read as stated: its deaths after the last visit
+    count for the death target and compete with the fractures; read as a clinic export
+    (until the last contact) they do neither."""
+    from features.ascertainment import Ascertainment
+    from features.simulator import load_profile, simulate
+    from features.simulator.export import ascertainment_of
+    from predictionlog.linkage import follow_up
+
+    profile = load_profile("site-d-frail-registry-pkp")
+    typed = validate_raw(simulate(profile, 600, seed=4)[0])
+    cut = profile.followup.data_cut
+    stated = follow_up(typed, cut, ascertainment=ascertainment_of(profile))
+    clinic = follow_up(typed, cut, ascertainment=Ascertainment())
+    assert (stated["death_status"] == EVENT).sum() > 2 * max((clinic["death_status"] == EVENT).sum(), 1)
+    for outcome in OUTCOMES:
+        assert (stated[f"{outcome}_status"] == DEATH).sum() > (clinic[f"{outcome}_status"] == DEATH).sum()

@@ -20,7 +20,7 @@ from docs_runner import ROOT, TRAIN_BUDGET, blocks, convention_problems, copy_st
 
 #: The guides run by the docs tier, in order; README.md first (the others start from its state).
 DOCS_IN_ORDER = ("README.md", "docs/deployment.md", "docs/serving.md", "docs/monitoring.md", "docs/simulator.md",
-                 "docs/fhir.md")
+                 "docs/fhir.md", "docs/cds-hooks.md")
 #: The files the convention holds for (bench/README.md records benchmark runs: not a guide).
 MARKDOWN = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 ARTIFACTS = ROOT / "test-artifacts" / "docs"

@@ -119,6 +119,10 @@ def site_store(tmp_path_factory):
         for name, seed in (("site", 4), ("fresh", 5)):
             tables, _ = simulate(load_profile("site-c-older-frail-pkp"), 3000, seed)
             write_raw(tables, base / name)
+        # The site states its follow-up (as synth writes it); the training export does not.
+        from features.ascertainment import metadata_text
+        from features.simulator.export import export_metadata
+        (base / "site" / "export.yaml").write_text(metadata_text(export_metadata(load_profile("site-c-older-frail-pkp"))))
         cfg = TrainConfig(raw_dir=base / "train", search_trials=0, candidates=("logistic",), n_bootstrap=50,
                           cv_folds=2, n_jobs=1, shap_rows=30, feature_set="preop", store_dir=base / "mlflow",
                           outcomes=OUTCOMES)  # site reports cover the outcomes, not the death context
@@ -149,6 +153,10 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
     assert set(subgroups["subgroup"]) == {"sex", "age_band", "region", "technique"}
     runs = mlflow.search_runs(experiment_names=["refracture-site-reports"])
     assert len(runs) == 1 and runs["tags.site"].iloc[0] == "site-c"
+    # The follow-up the labels used: shown, and recorded with the run (export.yaml of the site).
+    assert "Follow-up: deaths ascertained until the last contact; fractures ascertained until the last contact " \
+           "(export.yaml)." in html
+    assert (runs["tags.ascertainment_source"].iloc[0], runs["tags.data_cut"].iloc[0]) == ("export.yaml", "2025-01-31")
 
     r = runner.invoke(app, ["recalibrate", "--raw", str(site_store / "site"), "--site", "site-c", *store])
     assert r.exit_code == 0, r.output
@@ -163,6 +171,8 @@ def test_site_report_recalibrate_and_challenger_report(site_store, monkeypatch):
         assert tags["recalibration_decision"] in ("intercept", "intercept_slope", "refit_pooled")
         assert tags["recalibration_method"].startswith(("(i)", "(ii)", "(iii)"))
         assert "recalibration_p_ii_vs_none" in tags and tags["drift_reference"].startswith("runs:/")
+        assert (tags["site_ascertainment_source"], tags["site_fractures_ascertained_until"]) == ("export.yaml", "last_contact")
+        assert (tags["ascertainment_source"], tags["deaths_ascertained_until"]) == ("default", "last_contact")  # training's
         if int(tags["local_n_events"]) >= MIN_EVENTS_REFIT:  # (iii) was fitted and tested against the closed test's choice
             assert "recalibration_refit_p_vs_recalibrated" in tags, tags["recalibration_note"]
         else:

@@ -55,3 +55,27 @@ def test_a_later_cut_shows_more_of_the_same_follow_up(cuts):
     # The truth of a procedure does not depend on when the export was drawn.
     late_truth = cuts[late_cut][1].set_index("procedure_id").loc[early_truth["procedure_id"]]
     pd.testing.assert_frame_equal(early_truth.set_index("procedure_id"), late_truth)
+
+
+def test_an_earlier_cut_of_a_registry_site_records_deaths_and_fractures_until_that_cut():
+    """The registry-death profile drawn on an earlier date: its export.yaml states that
+    date, no date of the export is after it (``ascertainment_problems``), deaths after the
+    last visit are still recorded up to it, and they are the same deaths the profile's own
+    export records (a later cut only shows more of the same follow-up)."""
+    from features.ascertainment import ascertainment_problems
+    from features.simulator.export import ascertainment_of
+
+    profile = load_profile("site-d-frail-registry-pkp")
+    cut = dt.date(profile.followup.data_cut.year - 2, 6, 30)
+    early, _ = simulate(profile, 1500, seed=8, data_cut=cut)
+    late, _ = simulate(profile, 1500, seed=8)
+    typed = validate_raw(early)
+    asc = ascertainment_of(profile, cut)
+    assert (asc.data_cut, asc.deaths_until, asc.fractures_until) == (cut, "data_cut", "death_or_data_cut")
+    assert ascertainment_problems(asc, typed) == []
+    pt = typed["patients"].set_index("patient_id")
+    died = pt["death_date"].notna()
+    assert died.any() and (pt.loc[died, "death_date"] > pt.loc[died, "last_followup_date"]).mean() > 0.9
+    later = validate_raw(late)["patients"].set_index("patient_id").loc[pt.index]
+    pd.testing.assert_series_equal(pt.loc[died, "death_date"], later.loc[died, "death_date"])
+    assert (later["death_date"].notna() & ~died).any()  # deaths after the early cut appear later

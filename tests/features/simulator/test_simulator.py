@@ -20,7 +20,7 @@ from features.validate import validate_raw
 from refracture.commands.synth import run_synth
 from simulated_cohorts import pkp_cohort, xiong_cohort
 
-PROFILES = ("xiong2021-pvp", "yassavoly2025-pkp", "site-c-older-frail-pkp")
+PROFILES = ("xiong2021-pvp", "yassavoly2025-pkp", "site-c-older-frail-pkp", "site-d-frail-registry-pkp")
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -99,7 +99,7 @@ def test_synth_writes_the_same_bytes_for_the_same_seed(tmp_path, fmt):
     run_synth(n=1500, seed=9, profile="yassavoly2025-pkp", out=tmp_path / "a", fmt=fmt)
     run_synth(n=1500, seed=9, profile="yassavoly2025-pkp", out=tmp_path / "b", fmt=fmt)
     first = _digests(tmp_path / "a")
-    assert set(first) == {f"{t}.{fmt}" for t in ("patients", "procedures", "imaging", "events")} | {"truth.parquet", "simulation.json"}
+    assert set(first) == {f"{t}.{fmt}" for t in ("patients", "procedures", "imaging", "events")} | {"truth.parquet", "simulation.json", "export.yaml"}
     assert first == _digests(tmp_path / "b")
 
 

@@ -61,12 +61,20 @@ def test_bearer_token_and_required_scope():
     assert required_scope("/explain") == "explain" and required_scope("/predict/") == "predict"
     assert required_scope("/model") == "model:read" and required_scope("/metrics") == "metrics:read"
     assert required_scope("/healthz") is None and required_scope("/fhir/metadata") is None
+    # The FHIR operation and the CDS Hooks call answer with explanations, as /explain does.
+    assert required_scope("/fhir/$refracture-risk") == "explain"
+    assert required_scope("/cds-services/refracture-risk") == "explain"
+    assert required_scope("/cds-services") is None
 
 
 def test_the_guard_hands_on_the_caller_and_the_request_id_it_audits(tmp_path):
     app = _Recorder()
-    caller = Caller("ehr-bridge", frozenset({"predict"}), "test", subject_hash=None)
+    caller = Caller("ehr-bridge", frozenset({"predict", "explain"}), "test", subject_hash=None)
     guard = GuardMiddleware(app, settings=_settings(tmp_path), routes=(Route("/fhir", _Fixed(caller)),))
+    # Without the explain scope, the FHIR operation (its answer carries the top factors) is refused.
+    predict_only = Caller("ehr-bridge", frozenset({"predict"}), "test")
+    refused = GuardMiddleware(app, settings=_settings(tmp_path), routes=(Route("/fhir", _Fixed(predict_only)),))
+    assert _call(refused, "/fhir/$refracture-risk")[0]["status"] == 403 and app.states == []
     start, _ = _call(guard, "/fhir/$refracture-risk")
     assert start["status"] == 200
     (state,) = app.states
@@ -103,3 +111,18 @@ def test_a_route_refuses_in_its_own_error_format_and_the_refusal_is_audited(tmp_
     # Other paths keep the API key and the service's JSON errors.
     start, body = _call(guard, "/predict")
     assert start["status"] == 401 and "API key" in json.loads(body)["error"]
+
+
+def test_a_route_with_only_an_error_format_authenticates_as_the_default_route(tmp_path):
+    app = _Recorder()
+
+    def outcome(status, message, errors):
+        return json.dumps({"resourceType": "OperationOutcome", "issue": [{"diagnostics": message}]}).encode(), \
+            "application/fhir+json"
+
+    guard = GuardMiddleware(app, settings=_settings(tmp_path), routes=(Route("/fhir", render_error=outcome),))
+    start, body = _call(guard, "/fhir/$refracture-risk", headers=[(b"authorization", b"Bearer wrong")])
+    assert start["status"] == 401 and json.loads(body)["resourceType"] == "OperationOutcome"
+    assert "API key" in json.loads(body)["issue"][0]["diagnostics"]  # the default route's refusal
+    start, _ = _call(guard, "/fhir/$refracture-risk", headers=[(b"authorization", f"Bearer {API_KEY}".encode())])
+    assert start["status"] == 200 and app.states[-1]["caller"].client == "default"
