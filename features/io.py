@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +30,7 @@ import yaml
 
 from features.ascertainment import EXPORT_METADATA_FILE, Ascertainment, parse_metadata
 from features.coerce import DECIMAL_COMMA
+from features.records import RECORD_FIELDS, inspect_records
 from features.schema import TABLES
 from features.validate import RawDataError, Violation
 
@@ -161,7 +164,7 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     """Write a small text file (e.g. ``export.yaml``) so that a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
+    tmp = tmp_file_beside(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -178,7 +181,7 @@ def write_raw(tables: dict[str, pd.DataFrame], out_dir: str | Path, fmt: str = "
     try:
         for name, df in tables.items():
             target = out_dir / f"{name}.{fmt}"
-            tmp = _tmp_beside(target)
+            tmp = tmp_file_beside(target)
             _write_frame(df, tmp, fmt)
             staged.append((tmp, target))
         for tmp, target in staged:
@@ -196,7 +199,7 @@ def write_frame_atomic(df: pd.DataFrame, path: str | Path, metadata: dict[str, s
     exclusion report's count and fingerprint, ``features.exclusion``); refused for CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
+    tmp = tmp_file_beside(path)
     try:
         _write_frame(df, tmp, path.suffix.lstrip("."), metadata)
         os.replace(tmp, path)
@@ -209,7 +212,7 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     """Write ``data`` to ``path`` so that a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
+    tmp = tmp_file_beside(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -224,10 +227,40 @@ def parquet_metadata(path: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
 
 
-def _tmp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+def umask() -> int:
+    """This process's umask (from /proc, which reads it without changing it; else the
+    classic set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def tmp_file_beside(path: Path) -> Path:
+    """A new empty file beside ``path`` (hidden), created with the mode a plain ``open``
+    gives (0666 less the umask): it is renamed into place, so its mode is the output's."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def tmp_dir_beside(path: Path) -> Path:
+    """A new empty folder beside ``path`` (hidden) with the mode ``mkdir`` gives (0777 less
+    the umask; ``tempfile.mkdtemp`` would make it 0700), to be renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
 
 
 def _write_frame(df: pd.DataFrame, path: Path, fmt: str, metadata: dict[str, str] | None = None) -> None:
@@ -245,3 +278,91 @@ def _write_frame(df: pd.DataFrame, path: Path, fmt: str, metadata: dict[str, str
         df.to_csv(path, index=False, lineterminator="\n")
     else:
         raise ValueError(f"unsupported format {fmt!r}: use csv or parquet")
+
+
+# ------------------------------------------------------------------ flat records
+
+#: Records per Parquet file when ``write_records`` writes a folder (a Spark task each).
+RECORDS_PER_PART = 100_000
+_ARROW_TYPES = {"int": pa.int64(), "binary": pa.int64(), "float": pa.float64(), "date": pa.date32()}
+
+
+def records_table(records: pd.DataFrame) -> pa.Table:
+    """Flat records (any cells: CSV text, Parquet types, JSON values) as an Arrow table
+    with one column per record field in its contract type: whole numbers as int64, other
+    numbers float64, dates as date32 (a calendar date: both batch engines read it, where
+    Spark refuses the nanosecond timestamps pandas writes by default), text as string;
+    missing values null. Cells that cannot be read as their type become null: check the
+    records first (``features.records.inspect_records``)."""
+    typed = inspect_records(records).typed
+    arrays = []
+    for f in RECORD_FIELDS:
+        values = typed[f.flat_name]
+        kind = f.spec.kind
+        if kind in ("int", "binary"):
+            arrays.append(pa.array(np.where(np.isnan(values), 0, values).astype("int64"), pa.int64(), mask=np.isnan(values)))
+        elif kind == "float":
+            arrays.append(pa.array(values, pa.float64(), mask=np.isnan(values)))
+        elif kind == "date":
+            arrays.append(pa.array(values.astype("datetime64[D]"), pa.date32(), mask=np.isnat(values)))
+        else:
+            arrays.append(pa.array(values, pa.string()))
+    return pa.Table.from_arrays(arrays, names=[f.flat_name for f in RECORD_FIELDS])
+
+
+def write_records(records: pd.DataFrame, path: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write flat records for ``refracture predict --input`` and the API's batch use: a
+    ``.parquet`` or ``.csv`` file, or (any other name) a folder of Parquet parts of
+    ``RECORDS_PER_PART`` records (``part-00000.parquet``, ...), typed as ``records_table``
+    says. All or nothing: written beside the target and renamed into place. An existing
+    target is refused (FileExistsError) unless ``overwrite``. Returns the files written."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} exists (give --overwrite to replace it)")
+    table = records_table(records)
+    if path.suffix in (".parquet", ".csv"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_file_beside(path)
+        try:
+            if path.suffix == ".parquet":
+                pq.write_table(table, tmp)
+            else:
+                _records_csv(table).to_csv(tmp, index=False, lineterminator="\n")
+            _replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return [path]
+    tmp_dir = tmp_dir_beside(path)
+    try:
+        names = []
+        for i, start in enumerate(range(0, max(table.num_rows, 1), RECORDS_PER_PART)):
+            name = f"part-{i:05d}.parquet"
+            pq.write_table(table.slice(start, RECORDS_PER_PART), tmp_dir / name)
+            os.chmod(tmp_dir / name, 0o666 & ~umask())
+            names.append(name)
+        _replace(tmp_dir, path)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    return [path / name for name in names]
+
+
+def _records_csv(table: pa.Table) -> pd.DataFrame:
+    """The typed records as CSV cells: dates YYYY-MM-DD, whole numbers without a decimal point."""
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    for f in RECORD_FIELDS:
+        if f.spec.kind == "date":
+            frame[f.flat_name] = pd.to_datetime(frame[f.flat_name]).dt.strftime("%Y-%m-%d")
+    return frame
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``; an existing ``path`` (file or folder) is removed only after."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.parent / f".{path.name}.old-{os.urandom(4).hex()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)

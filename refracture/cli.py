@@ -31,6 +31,10 @@ COMMANDS: tuple[Command, ...] = (
             "(implausible values, used) by table, row and column; exit 1 only on errors."),
     Command("features", "refracture.options.data:features", "refracture.commands.data:features",
             "Build a training set: the feature set's features plus outcome labels, keyed by procedure_id."),
+    Command("records", "refracture.options.data:records", "refracture.commands.data:records",
+            "Write a raw export's procedures as flat records (one row per procedure, one column per field of the "
+            "API's record, in its contract type; dates as calendar dates), for `refracture predict --input` on either "
+            "engine."),
     Command("dictionary", "refracture.options.data:dictionary", "refracture.commands.data:dictionary",
             "Generate the data dictionary from the schema (never edit it by hand)."),
     Command("fhir-export", "refracture.options.fhir:fhir_export", "refracture.commands.fhir:fhir_export",

@@ -199,7 +199,9 @@ class TrackingStack:
             if done.returncode:
                 raise StackError(f"initdb failed in {self.pg_data}:\n{done.stdout}{done.stderr}")
         self.pg_port = self.pg_port or free_port()  # a restart keeps the port: clients' URLs stay valid
-        options = f"-c listen_addresses=127.0.0.1 -p {self.pg_port} -c unix_socket_directories={self.pg_dir}"
+        # TCP only: every client connects to 127.0.0.1, and a Unix socket's path is limited to
+        # 107 bytes, which a folder under a long TMPDIR exceeds (PostgreSQL then refuses to start).
+        options = f"-c listen_addresses=127.0.0.1 -p {self.pg_port} -c unix_socket_directories=''"
         done = self._pg("pg_ctl", "start", "-D", str(self.pg_data), "-l", str(self.pg_log), "-o", options, "-w",
                         "-t", str(PG_START_TIMEOUT_S))
         if done.returncode:

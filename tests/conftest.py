@@ -64,7 +64,8 @@ SLOW_MODULES = frozenset({
     "serving/test_fhir_service.py",  # serves the shared store; 3 x 1,000 procedures through FHIR and CDS Hooks
 })
 #: Names whose use (in the test, its parameters or its fixtures) makes a test slow.
-SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store"})
+SLOW_NEEDS = frozenset({"xiong_cohort", "pkp_cohort", "ensure_trained_store",
+                        "fresh_copy"})  # the docs tier: a copy of the checkout, guides run as written
 
 
 def _needs(item) -> set[str]:

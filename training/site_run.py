@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from features.ascertainment import Ascertainment
 from features.drift import build_reference, drift_table
 from features.exclusion import VALIDATION_ARTIFACT, ExclusionReport
+from features.io import tmp_dir_beside
 from features.labels import OUTCOMES, horizon_days
 from modelstore.artifact import log_model
 from modelstore.drift_reference import REFERENCE_TAG, load_reference, log_reference
@@ -188,7 +188,7 @@ def write_report(result: SiteResult, out_dir: Path, extra: dict[str, bytes] | No
     e.g. the exclusion report) into ``out_dir``, all or nothing."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".site-report-", dir=out_dir.parent))
+    tmp = tmp_dir_beside(out_dir)
     try:
         (tmp / "report.html").write_text(result.html, encoding="utf-8")
         for name, data in (extra or {}).items():

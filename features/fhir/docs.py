@@ -175,11 +175,11 @@ def fhir_markdown() -> str:
         "",
         "## How to",
         "",
-        "Export the demo cohort to FHIR (a Bulk Data export: one `<ResourceType>.ndjson` per type, and "
-        "`bundles/<procedure_id>.json`, one Bundle per procedure):",
+        "Export the demo cohort (`data/demo`, made by `make demo`; any raw export works) to FHIR (a Bulk "
+        "Data export: one `<ResourceType>.ndjson` per type, and `bundles/<procedure_id>.json`, one Bundle per "
+        "procedure):",
         "",
         "```bash",
-        "refracture synth --n 5000 --seed 0 --out data/demo",
         "refracture fhir-export --raw data/demo --out data/demo-fhir",
         "```",
         "",
@@ -191,8 +191,11 @@ def fhir_markdown() -> str:
         "",
         "```bash",
         "refracture predict --fhir-ndjson data/demo-fhir --output data/demo-fhir-scored/scored.parquet",
-        "refracture predict --engine spark --fhir-ndjson data/demo-fhir --output data/demo-fhir-scored/parts",
+        "refracture predict --engine spark --fhir-ndjson data/demo-fhir --output data/demo-fhir-spark/parts",
         "```",
+        "",
+        "Each run writes its own folder: an existing `--output` or `RiskAssessment.ndjson` is refused unless "
+        "`--overwrite` is given.",
         "",
         "`refracture fhir-records --ndjson data/demo-fhir --out records.parquet` only reads the export "
         "(the same report) and writes the accepted procedures as flat records.",

@@ -1,4 +1,4 @@
-"""Data commands: validate, features, dictionary (options and help: ``refracture.options.data``); synth is in
+"""Data commands: validate, features, records, dictionary (options and help: ``refracture.options.data``); synth is in
 ``refracture.commands.synth`` (the simulator is imported only for it)."""
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from features.ascertainment import Ascertainment, checked, followup_notes
 from features.assemble import build_training_set
 from features.dictionary import data_dictionary_markdown
 from features.exclusion import CheckedExport, ExclusionReport, checked_export, exclusion_report
-from features.io import read_export_metadata, read_raw, write_bytes_atomic, write_frame_atomic
+from features.io import read_export_metadata, read_raw, write_bytes_atomic, write_frame_atomic, write_records
+from features.raw_records import ScorableRecords, scorable_records
 from features.validate import RawCheck, RawDataError, Violation, capped, check_raw, rule_text
 
 console = Console(stderr=True)
 
 #: The commands that take ``--exclude-invalid``, as a stopped command names them.
-_CONTINUE = "train, site-report, recalibrate, features and predict --raw take --exclude-invalid"
+_CONTINUE = "train, site-report, recalibrate, features, records and predict --raw take --exclude-invalid"
 
 
 def _violation_table(violations: list[Violation], title: str, style: str) -> Table:
@@ -153,6 +154,43 @@ def features(*, raw: Path, out: Path, feature_set: str, horizon_months: float, e
     write_frame_atomic(training_set.reset_index(), out, metadata=metadata)
     console.print(f"[green]wrote[/green] {out}: {len(training_set)} procedures, feature set {feature_set}, "
                   f"horizon {horizon_months:g} months")
+
+
+def scorable_or_exit(raw: Path, exclude_invalid: bool = False) -> ScorableRecords:
+    """A raw export's records for scoring (``features.raw_records``): every violation reported
+    by table, row and column as ``refracture validate`` prints them; the procedures whose
+    rows hold errors left out with ``exclude_invalid``, else nothing is written (exit 1), as
+    also when the export as a whole cannot be used (a table or column missing, a file
+    unreadable). The one report of ``records`` and ``predict --raw``."""
+    try:
+        scorable = scorable_records(read_raw(raw))
+    except RawDataError as exc:
+        console.print(str(exc), markup=False, highlight=False)
+        console.print(f"[red]error[/red]: {raw}: the export cannot be scored as a whole; nothing was written")
+        raise typer.Exit(code=1) from None
+    if scorable.violations:
+        console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
+        for line in scorable.report_lines()[:-1]:
+            console.print(line, markup=False, highlight=False)
+    if scorable.excluded and not exclude_invalid:
+        console.print(f"[red]error[/red]: {len(scorable.excluded)} of {scorable.n_procedures} procedure records hold "
+                      "errors: fix those rows, or run again with --exclude-invalid to score the others (an exclusion "
+                      "report lists them); nothing was written")
+        raise typer.Exit(code=1)
+    if scorable.violations:
+        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
+    return scorable
+
+
+def records(*, raw: Path, out: Path, exclude_invalid: bool, overwrite: bool) -> None:
+    """``refracture records``: the export's sound procedures as flat records in ``out`` (options and
+    the refusal of an existing ``out``: ``refracture.options.data.records``)."""
+    scorable = scorable_or_exit(raw, exclude_invalid)
+    written = write_records(scorable.records, out, overwrite=overwrite)
+    where = f"{len(written)} Parquet part(s) in {out}" if out.suffix == "" else str(out)
+    console.print(f"[green]wrote[/green] {where}: {len(scorable.records)} of {scorable.n_procedures} procedure records")
+    if exclude_invalid or scorable.violations:
+        write_exclusion_report(scorable.report, report_path(out))
 
 
 def dictionary(*, out: Path, check: bool) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -16,7 +15,7 @@ from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.docs import fhir_markdown
 from features.fhir.export import BUNDLE_DIR, RESOURCE_TYPES, export_resources, procedure_bundles
 from features.fhir.parse import record_frame
-from features.io import read_raw, write_frame_atomic
+from features.io import read_raw, tmp_dir_beside, write_frame_atomic
 from features.validate import RawDataError, validate_raw
 from refracture.commands.data import _report_violations
 
@@ -30,8 +29,7 @@ def fhir_export(*, raw: Path, out: Path, bundles: bool) -> None:
     except RawDataError as exc:
         _report_violations(exc)
         raise typer.Exit(code=1) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = tmp_dir_beside(out)
     try:
         counts = write_fhir(tables, tmp, bundles)
         if out.exists():

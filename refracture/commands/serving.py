@@ -4,6 +4,7 @@ help: ``refracture.options.serving``."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -16,15 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from features.fhir.bulk import BulkInputError, read_bulk_ndjson
 from features.fhir.parse import record_frame
-from features.io import read_raw
-from features.raw_records import ScorableRecords, scorable_records
-from features.validate import RawDataError
 from modelstore.errors import ConfigError
 from modelstore.tracking import TrackingUnavailable, check_tracking, configure_tracking
 from predictionlog.log import PredictionLog
 from predictionlog.settings import PredictionLogSettings
 from predictionlog.store import PredictionStore
-from refracture.options.serving import source_of
+from refracture.commands.data import report_path, scorable_or_exit, write_exclusion_report
+from refracture.options.serving import risk_assessments_target, source_of
 from serving.auth.clients import RegistryError, read_registry
 from serving.batch.fhir_output import write_risk_assessments
 from serving.batch.pandas_engine import BatchInputError, score_file
@@ -32,7 +31,6 @@ from serving.batch.prediction_log import log_scored
 from serving.config import (ENV_INSECURE_DEV, ENV_MODEL_VERSIONS, ENV_TLS_CERT, ENV_TLS_KEY, ServingSettings,
                             prediction_log_settings)
 from serving.scoring.loading import ModelsUnavailable, export_to_bentoml, load_from_registry, resolve_pins
-from refracture.commands.data import report_path, write_exclusion_report
 
 console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -103,11 +101,13 @@ def _migrate_prediction_store(log_settings) -> None:
 
 
 def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, engine: str, master: str | None,
-            chunk_size: int, exclude_invalid: bool, fhir_ndjson: Path | None, risk_assessments: Path | None) -> None:
+            chunk_size: int, exclude_invalid: bool, fhir_ndjson: Path | None, risk_assessments: Path | None,
+            overwrite: bool) -> None:
     """``refracture predict``: score ``input``, ``raw`` or ``fhir_ndjson`` with the champions into ``output``
-    (the options were checked by ``refracture.options.serving.predict``)."""
+    (the options were checked by ``refracture.options.serving.predict``, an existing output refused there)."""
     source = source_of(input, raw, engine, fhir_ndjson)
-    scorable = _raw_records(raw, exclude_invalid) if raw is not None else None
+    ra_target = risk_assessments_target(output, fhir_ndjson, risk_assessments)
+    scorable = scorable_or_exit(raw, exclude_invalid) if raw is not None else None
     records = scorable.records if scorable is not None else None
     sources = None
     started = dt.datetime.now(dt.timezone.utc)
@@ -121,7 +121,7 @@ def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, 
     try:
         if engine == "spark":
             summary = _predict_on_spark(models, source if input is not None else None, records, output, explain,
-                                        chunk_size, master)
+                                        chunk_size, master, overwrite)
         else:
             log = _batch_prediction_log()
             kind = "fhir" if fhir_ndjson is not None else "batch"
@@ -139,6 +139,8 @@ def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, 
         for line in exc.lines():
             console.print(line, markup=False, highlight=False)
         _fail(f"{source}: nothing was written")
+    except FileExistsError as exc:  # a URI output Spark found in place
+        _fail(f"{exc}: give --overwrite to replace it", code=2)
     console.print(f"[green]wrote[/green] {output}: {summary}")
     if scorable is not None and (exclude_invalid or scorable.violations):
         if "://" in output:
@@ -148,9 +150,8 @@ def predict(*, output: str, input: str | None, raw: Path | None, explain: bool, 
         else:
             write_exclusion_report(scorable.report, report_path(Path(output)))
     if sources is not None:
-        target = risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
-        n = write_risk_assessments(_read_scored(output, engine), sources, target, started.isoformat(timespec="seconds"))
-        console.print(f"[green]wrote[/green] {target}: {n} RiskAssessment resources")
+        n = write_risk_assessments(_read_scored(output, engine), sources, ra_target, started.isoformat(timespec="seconds"))
+        console.print(f"[green]wrote[/green] {ra_target}: {n} RiskAssessment resources")
 
 
 def _fhir_records(folder: Path, now: dt.datetime):
@@ -197,28 +198,8 @@ def _batch_prediction_log():
     return PredictionLog.open(settings)
 
 
-def _raw_records(raw: Path, exclude_invalid: bool) -> ScorableRecords:
-    """A raw export's records: the sound procedures'; the others reported by table, row and
-    column, and left out with ``exclude_invalid`` (else nothing is scored)."""
-    try:
-        scorable = scorable_records(read_raw(raw))
-    except RawDataError as exc:
-        console.print(str(exc), markup=False, highlight=False)
-        _fail(f"{raw}: the export cannot be scored as a whole; nothing was written")
-    if scorable.violations:
-        console.print(f"{len(scorable.violations)} violation(s) in {raw}:", markup=False, highlight=False)
-        for line in scorable.report_lines()[:-1]:
-            console.print(line, markup=False, highlight=False)
-    if scorable.excluded and not exclude_invalid:
-        _fail(f"{len(scorable.excluded)} of {scorable.n_procedures} procedure records hold errors: fix those rows, or run "
-              "again with --exclude-invalid to score the others (an exclusion report lists them); nothing was written")
-    if scorable.violations:
-        console.print(scorable.report_lines()[-1], markup=False, highlight=False)
-    return scorable
-
-
 def _predict_on_spark(models, input: str | Path | None, records, output: str, explain: bool, chunk_size: int,
-                      master: str | None) -> str:
+                      master: str | None, overwrite: bool = False) -> str:
     from pyspark.sql import SparkSession
 
     from serving.batch.spark_engine import read_parquet_records, records_frame_on_spark, score_on_spark, spark_session
@@ -226,10 +207,13 @@ def _predict_on_spark(models, input: str | Path | None, records, output: str, ex
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
     # A session this command did not start (spark-submit's, a notebook's) is left running.
     ours = SparkSession.getActiveSession() is None and not under_submit
-    spark = spark_session(master or (None if under_submit else "local[*]"))
+    # py4j logs every command it sends the JVM (DEBUG) and every connection it closes (INFO).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # `refracture --verbose`: Spark's own log as it is
+    spark = spark_session(master or (None if under_submit else "local[*]"), quiet=not verbose)
     try:
         frame, n = read_parquet_records(spark, input) if records is None else records_frame_on_spark(spark, records)
-        return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size)
+        return score_on_spark(spark, models, frame, n, output, explain=explain, chunk_size=chunk_size, overwrite=overwrite)
     finally:
         if ours:
             spark.stop()

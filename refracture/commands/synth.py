@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ import typer
 from rich.console import Console
 
 from features.ascertainment import EXPORT_METADATA_FILE, metadata_text
-from features.io import write_frame_atomic, write_raw, write_text_atomic
+from features.io import tmp_file_beside, write_frame_atomic, write_raw, write_text_atomic
 from features.simulator import load_profile, simulate
 from features.simulator.export import export_metadata
 from features.simulator.outcomes import TRUTH_HORIZONS_MONTHS
@@ -58,9 +57,9 @@ def simulation_metadata(profile_name: str, seed: int, n: int, draw_effects: bool
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = tmp_file_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
             fh.write("\n")
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Options of the data commands: synth, validate, features, dictionary (work: ``refracture.commands.data``)."""
+"""Options of the data commands: synth, validate, features, records, dictionary (work: ``refracture.commands.data``)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,24 @@ def features(
         raise typer.BadParameter(f"choose one of {', '.join(FEATURE_SET_NAMES)}", param_hint="--feature-set")
     if out.suffix != ".parquet":
         raise typer.BadParameter("the training set is written as Parquet: use a .parquet file name", param_hint="--out")
+
+
+def records(
+    raw: Annotated[Path, typer.Option("--raw", help="Raw export folder (patients, procedures, imaging, events).")],
+    out: Annotated[Path, typer.Option("--out", help="A .parquet or .csv file, or a folder (any other name) of Parquet parts, "
+                                                    "as `refracture predict --input` and both engines read them.")],
+    exclude_invalid: Annotated[bool, typer.Option("--exclude-invalid", help=EXCLUDE_HELP + " The report is written "
+                                                  "beside --out (<name>.exclusions.csv).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Write a raw export's procedures as flat records (one row per procedure, one column per field of the API's
+    record, in its contract type; dates as calendar dates), for `refracture predict --input` on either engine.
+
+    The export is checked as for `predict --raw`, with the same report and the same --exclude-invalid."""
+    if out.suffix not in (".parquet", ".csv", "") and not out.is_dir():
+        raise typer.BadParameter("write a .parquet or .csv file, or a folder (a name without a suffix)", param_hint="--out")
+    if out.exists() and not overwrite:
+        raise typer.BadParameter(f"{out} exists: give --overwrite to replace it", param_hint="--out")
 
 
 def dictionary(

@@ -40,6 +40,7 @@ def predict(
                                                   "SHA-256 printed.")] = False,
     fhir_ndjson: Annotated[Path | None, typer.Option("--fhir-ndjson", help="A FHIR Bulk Data export folder (<ResourceType>.ndjson; docs/fhir.md). Refused resources are reported by file, line and element; the other procedures are scored, and RiskAssessment.ndjson is written.")] = None,
     risk_assessments: Annotated[Path | None, typer.Option("--risk-assessments", help="With --fhir-ndjson: where to write the RiskAssessment NDJSON (default: RiskAssessment.ndjson beside --output).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and RiskAssessment file); without it an existing one is refused before anything is scored.")] = False,
 ) -> None:
     """Score procedure records with the champion models, without HTTP (vectorised, in chunks)."""
     if engine not in ("pandas", "spark"):
@@ -56,6 +57,17 @@ def predict(
     if exclude_invalid and raw is None:
         raise typer.BadParameter("--exclude-invalid leaves out broken procedures of a raw export: give --raw DIR "
                                  "(a records file with a field error is refused whole)", param_hint="--exclude-invalid")
+    targets = ((output, "--output"), (risk_assessments_target(output, fhir_ndjson, risk_assessments), "--risk-assessments"))
+    for target, hint in targets:  # a URI output is checked by Spark, before it writes
+        if target is not None and "://" not in str(target) and Path(target).exists() and not overwrite:
+            raise typer.BadParameter(f"{target} exists: give --overwrite to replace it", param_hint=hint)
+
+
+def risk_assessments_target(output: str, fhir_ndjson: Path | None, risk_assessments: Path | None) -> Path | None:
+    """Where ``predict --fhir-ndjson`` writes its RiskAssessment NDJSON (None without --fhir-ndjson)."""
+    if fhir_ndjson is None:
+        return None
+    return risk_assessments or Path(output).parent / "RiskAssessment.ndjson"
 
 
 def source_of(input: str | None, raw: Path | None, engine: str, fhir_ndjson: Path | None = None) -> str | Path:

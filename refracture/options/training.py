@@ -18,11 +18,11 @@ def train(
     feature_set: Annotated[str, typer.Option("--feature-set", help="preop or postop.")] = "postop",
     horizon_months: Annotated[float, typer.Option("--horizon-months", help="Outcome horizon in months.")] = 24.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of split, folds, search and bootstrap.")] = 0,
-    search_trials: Annotated[int, typer.Option("--search-trials", help="Optuna trials per searched candidate (0 = defaults).")] = 20,
+    search_trials: Annotated[int, typer.Option("--search-trials", envvar="REFRACTURE_TRAIN_SEARCH_TRIALS", help="Optuna trials per searched candidate (0 = defaults).")] = 20,
     test_size: Annotated[float, typer.Option("--test-size", help="Held-out test fraction (grouped by patient).")] = 0.2,
-    cv_folds: Annotated[int, typer.Option("--cv-folds", help="Cross-validation folds on the training part.")] = 4,
-    candidates: Annotated[str, typer.Option("--candidates", help="Comma-separated subset of logistic,elastic_net,random_forest,xgboost.")] = "logistic,elastic_net,random_forest,xgboost",
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    cv_folds: Annotated[int, typer.Option("--cv-folds", envvar="REFRACTURE_TRAIN_CV_FOLDS", help="Cross-validation folds on the training part.")] = 4,
+    candidates: Annotated[str, typer.Option("--candidates", envvar="REFRACTURE_TRAIN_CANDIDATES", help="Comma-separated subset of logistic,elastic_net,random_forest,xgboost.")] = "logistic,elastic_net,random_forest,xgboost",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", envvar="REFRACTURE_TRAIN_BOOTSTRAP", help="Bootstrap resamples for 95 % CIs.")] = 1000,
     experiment_prefix: Annotated[str, typer.Option("--experiment-prefix", help="MLflow experiment = prefix + outcome.")] = "refracture-",
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the selected model (default) or only log runs.")] = True,
     n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads for forests/boosting (1-2).")] = 2,
@@ -36,7 +36,11 @@ def train(
                                                   "with every outcome's parent run (validation/exclusions.csv); its "
                                                   "count and SHA-256 are tags of the runs and the registered versions.")] = False,
 ) -> None:
-    """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best."""
+    """Train all candidate models, calibrate and evaluate them, log to MLflow, register the best.
+
+    The search's size (candidates, trials, folds, bootstrap resamples) can also be set for
+    every run of a machine through REFRACTURE_TRAIN_*; an option given on the command line wins.
+    """
 
 
 def models(

@@ -20,23 +20,31 @@ cannot drift apart: same checks, same features, same models, same output columns
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
+import re
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
+from features.records import RECORD_FIELDS
 from serving.batch.pandas_engine import FLAT_NAMES, BatchInputError, check_and_score, output_template, use_threads
 from serving.scoring.served_models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 RECORD_COLUMN = "_refracture_record"
+#: Bytes of driver-held records per Spark task (``records_frame_on_spark``).
+TASK_BYTES = 256 * 1024
+#: Record fields that hold a calendar date.
+DATE_FIELDS = tuple(f.flat_name for f in RECORD_FIELDS if f.spec.kind == "date")
 
 #: Models unpickled in this Python worker, by broadcast token (one entry per job).
 _WORKER_MODELS: dict[str, list[LoadedModel]] = {}
@@ -44,11 +52,25 @@ _WORKER_MODELS: dict[str, list[LoadedModel]] = {}
 WORKER_LOADS = {"count": 0}
 
 
-def spark_session(master: str | None = "local[*]", app_name: str = "refracture-predict", conf: dict[str, str] | None = None):
+#: Spark's log configuration for the sessions ``spark_session`` starts (read it for why).
+LOG_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
+#: PySpark 4.3 warns on every import that it "does not yet fully support pandas >= 3.0.0";
+#: the project pins pandas 3 and its tests hold both engines to 1e-9 (docs/deployment.md).
+PANDAS_3_WARNING = "ignore:PySpark does not yet fully support pandas:FutureWarning"
+
+
+def spark_session(master: str | None = "local[*]", app_name: str = "refracture-predict", conf: dict[str, str] | None = None,
+                  quiet: bool = True):
     """A SparkSession for scoring. ``master=None`` keeps the one ``spark-submit`` chose.
 
     Local workers run the driver's own interpreter (PySpark's default, ``python3`` on the
-    PATH, may be another Python). Timestamps are read and written in UTC.
+    PATH, may be another Python). Timestamps are read and written in UTC. ``quiet``
+    configures away what Spark prints that says nothing to the user (docs/deployment.md,
+    "What Spark prints"): its log below WARN and three messages (``LOG_CONFIG``), the
+    progress bar (the command prints its own summary), PySpark's pandas-3 warning, and, for
+    a local master, the warning that the host name resolves to a loopback address (the
+    driver binds to 127.0.0.1, as a local job should). Set before the JVM starts, so they
+    apply to sessions this function starts, not to one ``spark-submit`` or a notebook started.
     """
     from pyspark.sql import SparkSession
 
@@ -57,9 +79,27 @@ def spark_session(master: str | None = "local[*]", app_name: str = "refracture-p
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
     if master:
         builder = builder.master(master)
+    if quiet:
+        warnings.filterwarnings(*_filter(PANDAS_3_WARNING))
+        # Python workers are started by the JVM, which inherits this environment.
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), PANDAS_3_WARNING]))
+        if master and master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = (builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
+                   .config("spark.executorEnv.PYTHONWARNINGS", PANDAS_3_WARNING)
+                   .config("spark.ui.showConsoleProgress", "false")
+                   # The plans of a 60-field record (hundreds of columns with --explain) are
+                   # logged truncated, with a warning, past Spark's default of 25 fields.
+                   .config("spark.sql.debug.maxToStringFields", "10000"))
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def _filter(spec: str) -> tuple:
+    """A PYTHONWARNINGS entry as ``warnings.filterwarnings`` arguments."""
+    action, message, category = spec.split(":")[:3]
+    return action, re.escape(message), getattr(builtins, category)
 
 
 def _worker_models(token: str, payload) -> list[LoadedModel]:
@@ -124,33 +164,69 @@ def _numbered(spark, frame) -> tuple[Any, int]:
 
 def read_parquet_records(spark, path: str | Path):
     """Flat records from a Parquet file or a (partitioned) folder, each row numbered.
-    Raises BatchInputError as ``serving.batch.pandas_engine.read_records`` does (unknown columns, unreadable)."""
-    from pyspark.errors import PySparkException
+    Raises BatchInputError as ``serving.batch.pandas_engine.read_records`` does (unknown
+    columns, unreadable: one line naming the file and Spark's reason).
 
+    Dates stored as nanosecond timestamps (what pandas writes for a ``datetime64[ns]``
+    column) are read too: Spark has no nanosecond type and refuses such a file, so they are
+    read as integers (``spark.sql.legacy.parquet.nanosAsLong``) and turned back into the
+    calendar date, in UTC as the session reads every timestamp. A nanosecond timestamp in a
+    field that is not a date stays an integer, which the contract then refuses by field."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType
+
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     try:
         frame = spark.read.parquet(str(path))
         unknown = [c for c in frame.columns if c not in FLAT_NAMES]
         if unknown:
             raise BatchInputError([{"record": None, "field": c, "error": "unknown column (not a record field)", "allowed": ""}
                                    for c in unknown])
-        return _numbered(spark, frame)
-    except PySparkException as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BatchInputError([{"record": None, "field": "", "error": f"cannot read {path}: {message}"[:300],
+        nanos = [name for name in DATE_FIELDS if name in frame.columns and isinstance(frame.schema[name].dataType, LongType)]
+        numbered, n = _numbered(spark, frame)
+        for name in nanos:
+            numbered = numbered.withColumn(name, F.to_date(F.timestamp_micros(F.floor(F.col(name) / 1000))))
+        return numbered, n
+    except (PySparkException, Py4JJavaError) as exc:
+        raise BatchInputError([{"record": None, "field": "", "error": f"cannot read {path}: {_reason(exc)}"[:300],
                                 "allowed": ""}]) from None
+
+
+def _reason(exc: Exception) -> str:
+    """Spark's reason in one line: the first line of its message (the Java exception's for
+    an error PySpark does not translate), without the SQLSTATE suffix."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java.getMessage() if java is not None else exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"\s*SQLSTATE: \w+\.?$", "", first)
 
 
 def records_frame_on_spark(spark, records: pd.DataFrame):
     """Flat records held by the driver (e.g. from a raw export) as a numbered Spark frame.
     Values go as text (missing as null): the scorer reads text exactly as a CSV file's."""
-    text = records.reset_index(drop=True).astype(object)
-    text = text.where(text.notna(), None).map(lambda v: None if v is None else _text(v))
-    text[RECORD_COLUMN] = range(len(text))
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-    schema = StructType([StructField(c, StringType(), True) for c in text.columns[:-1]]
+    records = records.reset_index(drop=True)
+    # Built cell by cell, not through a frame: pandas 3 infers a column of text and None as
+    # its str dtype, whose missing value is NaN, which Spark would then store as "NaN".
+    columns = [[None if _missing(v) else _text(v) for v in records[c].astype(object)] for c in records.columns]
+    n = len(records)
+    rows = list(zip(*columns, range(n))) if columns else [(i,) for i in range(n)]
+    schema = StructType([StructField(str(c), StringType(), True) for c in records.columns]
                         + [StructField(RECORD_COLUMN, LongType(), False)])
-    return spark.createDataFrame(text, schema=schema), len(text)
+    # The rows travel inside the tasks (they are on the driver): slices of about TASK_BYTES
+    # keep every task small (Spark warns past 1,000 KiB; createDataFrame from pandas would
+    # cut them into one slice per core whatever their size).
+    size = sum(len(v) for column in columns for v in column if v is not None) + 8 * n * (len(columns) + 1)
+    slices = max(spark.sparkContext.defaultParallelism, -(-int(size) // TASK_BYTES))
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, min(slices, max(n, 1))), schema=schema), n
+
+
+def _missing(value: Any) -> bool:
+    """A missing cell, whatever pandas holds it as (None, NaN, NaT, pd.NA)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _text(value: Any) -> str:
@@ -180,14 +256,20 @@ def spark_schema(template: pd.DataFrame):
 
 
 def score_on_spark(spark, models: list[LoadedModel], frame, n_records: int, output_path: str | Path,
-                   explain: bool = False, chunk_size: int = 50_000) -> str:
+                   explain: bool = False, chunk_size: int = 50_000, overwrite: bool = True) -> str:
     """Score a numbered frame (``read_parquet_records`` / ``records_frame_on_spark``) and
-    write partitioned Parquet to ``output_path`` (a folder or URI, e.g. ``s3a://...``;
-    replaced if it exists). Raises
-    BatchInputError with every field error, in record order; nothing is written then."""
+    write partitioned Parquet to ``output_path`` (a folder or URI, e.g. ``s3a://...``).
+    An existing output is replaced when ``overwrite``, else refused (FileExistsError)
+    before anything is scored. Raises BatchInputError with every field error, in record
+    order; nothing is written then."""
     import cloudpickle
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException, PythonException
 
     start = time.perf_counter()
+    fs = _FileSystem(spark, str(output_path))
+    if not overwrite and fs.target_exists():
+        raise FileExistsError(f"{output_path} exists")
     template = output_template(models, explain)
     schema = spark_schema(template)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(chunk_size))
@@ -196,10 +278,16 @@ def score_on_spark(spark, models: list[LoadedModel], frame, n_records: int, outp
     errors_acc = spark.sparkContext.accumulator([], _ErrorList())
     scored = frame.mapInPandas(_scorer(token, payload, errors_acc, explain, list(template.columns)), schema)
 
-    fs = _FileSystem(spark, str(output_path))
     staging = fs.beside(f"staging-{token[:8]}")
     try:
-        scored.write.mode("errorifexists").parquet(staging)
+        try:
+            scored.write.mode("errorifexists").parquet(staging)
+        except (PySparkException, Py4JJavaError) as exc:
+            if isinstance(exc, PythonException):  # the scorer failed: its traceback is the report
+                raise
+            # The input could not be read (a corrupt page only shows when the rows are read).
+            raise BatchInputError([{"record": None, "field": "", "error": f"cannot read the input: {_reason(exc)}"[:300],
+                                    "allowed": ""}], n_records) from None
         errors = _unique(errors_acc.value)
         if errors:
             raise BatchInputError(errors, n_records)
@@ -235,6 +323,9 @@ class _FileSystem:
     def beside(self, tag: str) -> str:
         """A hidden sibling of the target (Spark and Parquet readers skip names starting with '.')."""
         return str(self._Path(self.target.getParent(), f".{self.target.getName()}.{tag}"))
+
+    def target_exists(self) -> bool:
+        return bool(self.fs.exists(self.target))
 
     def delete(self, path: str) -> None:
         p = self._Path(path)

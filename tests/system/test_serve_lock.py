@@ -22,7 +22,7 @@ SERVED_CODE = ("features", "modelstore", "predictionlog", "serving", "refracture
                "refracture/cli.py", "refracture/lazy_group.py")
 #: Imported by served code only for `refracture predict --engine spark`, which needs the
 #: `spark` extra (docs/deployment.md): never by the service.
-SPARK_ONLY = {"pyspark"}
+SPARK_ONLY = {"pyspark", "py4j"}  # py4j: Spark's bridge to the JVM, imported only by the Spark engine
 
 
 def _serve_lock_module():

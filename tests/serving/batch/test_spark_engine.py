@@ -289,3 +289,68 @@ def test_models_are_loaded_once_per_worker(spark, models, flat, tmp_path):
     # fewer than 16 jobs on these workers, one load each at most.
     assert per_worker["loads"].max() < 16
     assert (per_worker.loc[per_worker["loads"] > 0, "jobs"] == 1).all()  # one job's models kept
+
+
+def test_records_written_by_refracture_records_and_by_pandas_read_on_both_engines(spark, models, registry_env, cohort,
+                                                                                  flat, tmp_path):
+    """What `refracture records` writes (Parquet dates, a folder of parts) and what pandas
+    writes for datetime64[ns] dates (Parquet TIMESTAMP(NANOS), which Spark has no type for)
+    score the same on both engines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from refracture.cli import app
+
+    records = tmp_path / "records"
+    result = CliRunner().invoke(app, ["records", "--raw", str(cohort), "--out", str(records)])
+    assert result.exit_code == 0, result.output
+    n = len(pd.read_parquet(records))
+    assert_same_output(run_pandas(models, records, tmp_path / "p.parquet"), run_spark(spark, models, records, tmp_path / "s"), n)
+
+    nanos = flat.head(2_000).copy()
+    for col in ("surgery_date", "pain_onset_date"):
+        nanos[col] = pd.to_datetime(nanos[col]).astype("datetime64[ns]")
+    nanos.to_parquet(tmp_path / "nanos.parquet", index=False)
+    assert pq.read_schema(tmp_path / "nanos.parquet").field("surgery_date").type == pa.timestamp("ns"), \
+        "the file holds what made Spark fail: nanosecond timestamps"
+    by_pandas = run_pandas(models, tmp_path / "nanos.parquet", tmp_path / "np.parquet")
+    by_spark = run_spark(spark, models, tmp_path / "nanos.parquet", tmp_path / "ns")
+    assert_same_output(by_pandas, by_spark, 2_000)
+    text = flat.head(2_000).copy()
+    text.to_parquet(tmp_path / "text.parquet", index=False)
+    assert_same_output(by_pandas, run_pandas(models, tmp_path / "text.parquet", tmp_path / "tp.parquet"), 2_000)
+
+
+def test_an_unreadable_file_is_one_line_on_spark(spark, models, registry_env, tmp_path):
+    """No Java stack trace: one line naming the file and Spark's reason, exit 1, nothing written."""
+    from typer.testing import CliRunner
+
+    from refracture.cli import app
+
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 this is not a Parquet file")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", "--engine", "spark", "--master", "local[2]", "--input", str(bad),
+                                      "--output", str(out)])
+    assert result.exit_code == 1
+    text = "".join(result.output.split())  # the console wraps long lines at the runner's width
+    assert f"cannotread{bad}" in text and "Couldnotreadfooter" in text, result.output
+    assert len(text) < 700 and "atorg.apache" not in text and "Traceback" not in text, result.output
+    assert not out.exists()
+
+
+def test_driver_held_records_keep_missing_values_missing(spark, flat):
+    """Missing cells of driver-held records (a raw export's, a FHIR export's) reach the
+    executors as null, whatever pandas held them as: NaN in a float column, None or NaN in
+    pandas 3's str column (the FHIR parser's frame gave "NaN" text, which the contract refused)."""
+    from serving.batch.spark_engine import RECORD_COLUMN, records_frame_on_spark
+
+    records = flat.head(6).copy()
+    records["dxa_bmd_g_cm2"] = [0.43, np.nan, 0.58, np.nan, 0.61, 0.7]
+    records["pain_onset_date"] = pd.Series(["2024-01-02", None, "2024-02-03", np.nan, "2024-03-04", None], dtype="str")
+    frame, n = records_frame_on_spark(spark, records)
+    rows = sorted(frame.select(RECORD_COLUMN, "dxa_bmd_g_cm2", "pain_onset_date").collect())  # Spark's own values
+    assert n == 6
+    assert [r["dxa_bmd_g_cm2"] for r in rows] == ["0.43", None, "0.58", None, "0.61", "0.7"]
+    assert [r["pain_onset_date"] for r in rows] == ["2024-01-02", None, "2024-02-03", None, "2024-03-04", None]
