@@ -33,7 +33,9 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _env(store: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # Without the tracking URI another module of this worker may have set (mlflow.set_tracking_uri
+    # exports it to the environment): the store is the one --store and REFRACTURE_MLFLOW_DIR name.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     return {**env, "REFRACTURE_MLFLOW_DIR": str(store), "PYTHONUNBUFFERED": "1"}
 
 
@@ -56,7 +58,7 @@ def _train_until_the_search(cohort: Path, store: Path) -> subprocess.Popen:
 
 def _runs(store: Path) -> dict[str, str]:
     """run name -> status of every run in the store."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", registry_uri=f"sqlite:///{store / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     return {r.info.run_name: r.info.status for r in client.search_runs(experiments, run_view_type=ViewType.ALL)}
 
@@ -74,9 +76,9 @@ def test_a_stopped_training_marks_its_runs_killed(cohort, tmp_path, sig, code, s
     parent = [name for name in runs if name.startswith("adjacent_fracture-postop-")]
     assert len(parent) == 1 and runs[parent[0]] == "KILLED", runs
     assert runs["xgboost"] == "KILLED", runs
-    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", registry_uri=f"sqlite:///{store / 'mlflow.db'}")
     assert not client.search_registered_models()  # nothing registered
-    listed = refracture("models", "--store", str(store))
+    listed = refracture("models", "--store", str(store), env=_env(store))
     assert listed.returncode == 0 and "marked RUNNING" not in listed.stdout + listed.stderr
 
 
@@ -84,12 +86,12 @@ def test_runs_left_running_by_a_kill_are_listed_and_closed(cohort, tmp_path):
     store = tmp_path / "mlflow"
     proc = _train_until_the_search(cohort, store)
     try:  # while it runs: listed as running, and not closed without --force
-        listed = refracture("models", "--store", str(store))
+        listed = refracture("models", "--store", str(store), env=_env(store))
         text = " ".join((listed.stdout + listed.stderr).split())
         assert "their process still runs on this machine" in text and "close them" not in text
         (parent_name,) = [name for name in _runs(store) if name.startswith("adjacent_fracture-postop-")]
         parent_id = text.split(f"{parent_name} (", 1)[1].split(")", 1)[0]
-        refused = refracture("close-runs", parent_id, "--store", str(store))
+        refused = refracture("close-runs", parent_id, "--store", str(store), env=_env(store))
         assert refused.returncode == 1 and "still runs on this machine" in " ".join(refused.stderr.split())
         assert _runs(store)[parent_name] == "RUNNING"
     finally:
@@ -98,16 +100,16 @@ def test_runs_left_running_by_a_kill_are_listed_and_closed(cohort, tmp_path):
     runs = _runs(store)
     assert runs == {parent_name: "RUNNING", "xgboost": "RUNNING"}
 
-    listed = refracture("models", "--store", str(store))
+    listed = refracture("models", "--store", str(store), env=_env(store))
     text = " ".join((listed.stdout + listed.stderr).split())
     assert listed.returncode == 0, text
     assert "1 run(s) marked RUNNING, their process is gone" in text and parent_name in text
     # The outer run only: its nested run is closed with it.
     assert f"close them: refracture close-runs {parent_id}" in text
 
-    closed = refracture("close-runs", parent_id, "--store", str(store))
+    closed = refracture("close-runs", parent_id, "--store", str(store), env=_env(store))
     assert closed.returncode == 0, closed.stderr
     assert "closed 2 run(s) as FAILED" in closed.stderr
     assert _runs(store) == {parent_name: "FAILED", "xgboost": "FAILED"}
-    again = refracture("models", "--store", str(store))
+    again = refracture("models", "--store", str(store), env=_env(store))
     assert "marked RUNNING" not in again.stdout + again.stderr

@@ -19,7 +19,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 import fhir_server_support as fhir_server
 from fhir_support import entry, example
 from prediction_log_support import migrated_store
-from serving_support import API_KEY, ensure_trained_store, to_json_records
+from serving_support import API_KEY, asgi_client, ensure_trained_store, to_json_records
 
 from features.fhir import codes as c
 from features.fhir.export import export_resources, fhir_id, procedure_bundles
@@ -86,11 +86,7 @@ def service_env(store, keys, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(service_env):
-    from starlette.testclient import TestClient
-
-    from serving.service import RefractureRisk
-
-    with TestClient(RefractureRisk.to_asgi()) as c:
+    with asgi_client() as c:
         yield c
 
 

@@ -27,6 +27,27 @@ ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
 
 
+@contextlib.contextmanager
+def asgi_client():
+    """The service in-process (``RefractureRisk.to_asgi()`` behind Starlette's TestClient),
+    with the Prometheus collectors it registered removed afterwards: BentoML registers its
+    HTTP metrics in the process-wide registry, so a second module serving in the same test
+    worker would otherwise fail with DuplicateTimeseries."""
+    import prometheus_client
+    from starlette.testclient import TestClient
+
+    from serving.service import RefractureRisk
+
+    registry = prometheus_client.REGISTRY
+    before = set(registry._collector_to_names)
+    try:
+        with TestClient(RefractureRisk.to_asgi()) as c:
+            yield c
+    finally:
+        for collector in set(registry._collector_to_names) - before:
+            registry.unregister(collector)
+
+
 def refracture(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run the real ``refracture`` CLI (``python -m``-style, same interpreter)."""
     cmd = [sys.executable, "-c", "from refracture.cli import main; main()", *args]

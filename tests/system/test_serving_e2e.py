@@ -244,9 +244,9 @@ def test_bento_runs_without_the_registry(store, server, tmp_path):
     from serving.scoring.examples import example_record
 
     project = tmp_path / "project"  # build from a copy: the pin file is written into serving/
-    for name in ("features", "modelstore", "training", "serving", "refracture"):
+    for name in ("features", "modelstore", "predictionlog", "training", "serving", "refracture"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "bento_models.json"))
-    for name in ("bentofile.yaml", "pyproject.toml", "requirements.lock"):
+    for name in ("bentofile.yaml", "pyproject.toml", "requirements.lock", "requirements-serve.lock"):
         shutil.copy(ROOT / name, project / name)
     env = store_env(store, BENTOML_HOME=str(tmp_path / "bentoml"), PYTHONPATH=str(project))
     result = subprocess.run([sys.executable, "-c", "from refracture.cli import main; main()", "bento"], cwd=project,

@@ -70,7 +70,7 @@ def test_the_figures_are_the_site_reports_on_the_matured_rows(store, realized):
     # the intervals resample patients (the keyed patient hash of the export)
     assert part["patient_hash"].notna().all()
     assert (patients(part) == part["patient_hash"].to_numpy()).all()
-    assert (patients(part.assign(patient_hash=None)) == part["key_hash"].to_numpy()).all()  # none named: procedures
+    assert (patients(part.assign(patient_hash=None)) == ("procedure:" + part["key_hash"]).to_numpy()).all()  # none named: each procedure alone
 
 
 def test_a_challenger_predicting_half_as_much_again_has_two_thirds_the_o_e(realized):
