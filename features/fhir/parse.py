@@ -90,12 +90,15 @@ class FhirRecords:
 # ---------------------------------------------------------------------------- public API
 
 
-def parse_bundle(bundle: Any, *, now: dt.datetime | None = None, validate: bool = True) -> FhirRecords:
+def parse_bundle(bundle: Any, *, now: dt.datetime | None = None, validate: bool = True,
+                 check: bool = True) -> FhirRecords:
     """A FHIR Bundle (type collection or transaction) of one patient's resources -> records.
 
     ``now``: the request time (default: now, UTC); anything dated after it is refused.
     ``validate``: check every entry's resource with the FHIR R4 models (fhir.resources R4B)
     first, so malformed elements are named even where the mapping does not read them.
+    ``check``: run the contract checker on the records (the service leaves it to its
+    micro-batch, which checks a whole batch of concurrent requests at once).
     """
     if not isinstance(bundle, dict):
         return _refused("Bundle", "expected a FHIR Bundle (a JSON object)", "structure")
@@ -115,15 +118,16 @@ def parse_bundle(bundle: Any, *, now: dt.datetime | None = None, validate: bool 
             problems.append(FhirProblem(f"{base}.resource", "entry without a resource", code="structure"))
             continue
         items.append((entry["resource"], f"{base}.resource", entry.get("fullUrl") or ""))
-    out = parse_resources(items, now=now, validate=validate, one_patient=True)
+    out = parse_resources(items, now=now, validate=validate, one_patient=True, check=check)
     out.problems[:0] = problems
     return out
 
 
-def parse_prefetch(prefetch: dict[str, Any], *, now: dt.datetime | None = None, validate: bool = True) -> FhirRecords:
+def parse_prefetch(prefetch: dict[str, Any], *, now: dt.datetime | None = None, validate: bool = True,
+                   check: bool = True) -> FhirRecords:
     """CDS Hooks prefetch (key -> a Bundle, usually a searchset, or one resource, or None)
     -> records of the one patient it describes. Expressions start with the prefetch key:
-    ``prefetch.conditions.entry[2].resource.code``."""
+    ``prefetch.conditions.entry[2].resource.code``. ``check`` as for ``parse_bundle``."""
     items: list[tuple[Any, str, str]] = []
     for key, value in (prefetch or {}).items():
         if value is None:
@@ -135,7 +139,7 @@ def parse_prefetch(prefetch: dict[str, Any], *, now: dt.datetime | None = None, 
                     items.append((entry["resource"], f"{base}.entry[{i}].resource", entry.get("fullUrl") or ""))
         else:
             items.append((value, base, ""))
-    return parse_resources(items, now=now, validate=validate, one_patient=True)
+    return parse_resources(items, now=now, validate=validate, one_patient=True, check=check)
 
 
 def parse_resources(items: Iterable[tuple[Any, str, str] | tuple[Any, str] | Any], *, now: dt.datetime | None = None,

@@ -195,10 +195,15 @@ def records(*, raw: Path, out: Path, exclude_invalid: bool, overwrite: bool) -> 
 
 def dictionary(*, out: Path, check: bool) -> None:
     """``refracture dictionary``: write the data dictionary to ``out``, or with ``check`` exit 1 if it is stale."""
-    text = data_dictionary_markdown()
+    write_generated(data_dictionary_markdown(), out, check, "refracture dictionary")
+
+
+def write_generated(text: str, out: Path, check: bool, command: str) -> None:
+    """Write a generated document, or with ``check`` exit 1 when ``out`` differs from ``text``
+    (naming the ``command`` that regenerates it)."""
     if check:
         if not out.exists() or out.read_text(encoding="utf-8") != text:
-            console.print(f"[red]{out} is out of date[/red]: run `refracture dictionary --out {out}`")
+            console.print(f"[red]{out} is out of date[/red]: run `{command} --out {out}`")
             raise typer.Exit(code=1)
         console.print(f"{out} is up to date")
         return

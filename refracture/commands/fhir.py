@@ -17,7 +17,7 @@ from features.fhir.export import BUNDLE_DIR, RESOURCE_TYPES, export_resources, p
 from features.fhir.parse import record_frame
 from features.io import read_raw, tmp_dir_beside, write_frame_atomic
 from features.validate import RawDataError, validate_raw
-from refracture.commands.data import _report_violations
+from refracture.commands.data import _report_violations, write_generated
 
 console = Console(stderr=True)
 
@@ -76,16 +76,7 @@ def _safe(name: str) -> str:
 
 def fhir_docs(*, out: Path, check: bool) -> None:
     """``refracture fhir-docs``: write docs/fhir.md from the mapping, or with ``check`` exit 1 if it is stale."""
-    text = fhir_markdown()
-    if check:
-        if not out.exists() or out.read_text(encoding="utf-8") != text:
-            console.print(f"[red]{out} is out of date[/red]: run `refracture fhir-docs --out {out}`")
-            raise typer.Exit(code=1)
-        console.print(f"{out} is up to date")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    console.print(f"[green]wrote[/green] {out}")
+    write_generated(fhir_markdown(), out, check, "refracture fhir-docs")
 
 
 def fhir_records(*, ndjson: Path, out: Path, validate: bool) -> None:

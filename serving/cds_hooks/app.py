@@ -40,11 +40,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from features.fhir.parse import FhirRecords
+from features.fhir.parse import FhirRecords, parse_prefetch
 from serving.cds_hooks import cards as cds_cards
 from serving.cds_hooks.prefetch import FETCH_TIMEOUT_S, FhirAccess, PrefetchFailed, complete, prefetch_templates
 from serving.cds_hooks.settings import CdsSettings, check_url
-from serving.fhir.unchecked import parse_prefetch_unchecked
 from serving.http.fhir import FhirRefused, FhirScoring, parse_refusal, request_time
 from serving.http.request_json import BodyRefused, error_body, loads_strict
 
@@ -194,7 +193,7 @@ class CdsService:
             raise CdsError(412, f"the patient's FHIR data cannot be had: {exc}", [("prefetch", str(exc))]) from None
         _patient_matches(prefetch, call.context["patientId"])
         now = request_time()
-        parsed = parse_prefetch_unchecked({k: prefetch.get(k) for k in self.templates}, now)
+        parsed = parse_prefetch({k: prefetch.get(k) for k in self.templates}, now=now, validate=False, check=False)
         if parsed.no_procedure:
             return {"cards": []}
         refusal = parse_refusal(parsed)

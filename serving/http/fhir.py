@@ -12,7 +12,8 @@ The path of a request is ``/predict``'s, so the numbers are the same: the guard 
 ``/fhir`` route: the same authentication as ``/predict``, the ``explain`` scope for the
 operation, whose answer carries the top factors; its refusals as OperationOutcomes) and its audit line; the Bundle
 read by the mapping (``features.fhir.parse.parse_bundle``, at the request's time: anything
-dated later is refused; ``serving.fhir.unchecked`` says why without its own contract check);
+dated later is refused; without its own contract check, ``check=False``: the micro-batch
+checks a whole batch of concurrent requests at once, and checking twice doubled the CPU);
 the records it yields turned into request rows by the very parser
 of ``/predict``'s body (``serving.http.validation.parse_body``), then checked and scored
 with the concurrent ``/predict`` and ``/explain`` requests in one micro-batch
@@ -43,11 +44,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from features.fhir.codesystem import project_code_system
-from features.fhir.parse import FhirProblem, FhirRecords, RecordSource
+from features.fhir.parse import FhirProblem, FhirRecords, RecordSource, parse_bundle
 from serving.fhir.capability import CODE_SYSTEM_ID, OPERATION, operation_definition
 from serving.fhir.operation_outcome import FHIR_JSON, Issue, issues_of, operation_outcome, outcome_bytes
 from serving.fhir.risk_assessment import risk_assessments
-from serving.fhir.unchecked import parse_bundle_unchecked
 from serving.http.request_json import BodyRefused, loads_strict
 from serving.http.validation import parse_body
 
@@ -293,7 +293,7 @@ class FhirApp:
         now = request_time()
         try:
             bundle, prefix = read_bundle(await request.body(), request.headers.get("content-type", ""))
-            parsed = _renamed(parse_bundle_unchecked(bundle, now), prefix)
+            parsed = _renamed(parse_bundle(bundle, now=now, validate=False, check=False), prefix)
             scored = await self.scoring.score(parsed, state)
         except FhirRefused as exc:
             return refused(exc.status, exc.issues)
